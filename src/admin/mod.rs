@@ -1,0 +1,81 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, served by axum
+//! inside a Pingora background service.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::json;
+
+use crate::app::Shared;
+
+/// The admin HTTP service on a listener bound before start-up.
+pub struct Admin {
+    shared: Arc<Shared>,
+    listener: Mutex<Option<std::net::TcpListener>>,
+}
+
+impl Admin {
+    pub fn new(shared: Arc<Shared>, listener: std::net::TcpListener) -> Self {
+        Self { shared, listener: Mutex::new(Some(listener)) }
+    }
+}
+
+/// The admin API's routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(shared)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.ready.load(Ordering::Acquire) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "starting or shutting down")
+    }
+}
+
+/// An error in the admin API's shape: `{"error": {"code", "message"}}`.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+#[async_trait]
+impl BackgroundService for Admin {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin listener unusable");
+                return;
+            }
+        };
+        self.shared.ready.store(true, Ordering::Release);
+        let shared = self.shared.clone();
+        let stop = async move {
+            let _ = shutdown.changed().await;
+            shared.ready.store(false, Ordering::Release);
+        };
+        if let Err(e) = axum::serve(listener, router(self.shared.clone())).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Wiring: one Pingora `Server` with the proxy, the pipeline, the admin
+//! listener and the rules reloader as its services.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use tokio::sync::mpsc;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::proxy::Tap;
+use crate::rules::{self, Rules};
+
+/// State every service shares.
+pub struct Shared {
+    pub config: Config,
+    pub rules: ArcSwap<Rules>,
+    pub metrics: Arc<Metrics>,
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    /// Reloads the rules directory; a failing load keeps the current
+    /// rules, logs every problem and is counted.
+    pub fn reload_rules(&self) -> Result<(), rules::Problems> {
+        match rules::load_dir(&self.config.rules_dir, &rules::source::process_env) {
+            Ok(new) => {
+                self.rules.store(Arc::new(new));
+                self.metrics.rules_reloads.with_label_values(&["success"]).inc();
+                tracing::info!(dir = %self.config.rules_dir.display(), "rules reloaded");
+                Ok(())
+            }
+            Err(problems) => {
+                self.metrics.rules_reloads.with_label_values(&["error"]).inc();
+                for p in &problems.0 {
+                    tracing::error!(problem = %p, "rules reload failed; keeping the previous rules");
+                }
+                Err(problems)
+            }
+        }
+    }
+}
+
+/// How the server is asked to stop.
+pub enum Stop {
+    /// SIGTERM (graceful), SIGINT (fast); SIGHUP reloads the rules.
+    Signals,
+    /// A channel, for running in-process (the demo, tests).
+    Channel(tokio::sync::oneshot::Receiver<()>),
+}
+
+/// Builds and runs taphook until it is stopped.
+pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    metrics.rules_reloads.with_label_values(&["success"]).inc();
+    check_bindable(config.listen).with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
+    admin_listener.set_nonblocking(true)?;
+    if !config.admin_listen.ip().is_loopback() && config.admin_token.is_none() {
+        tracing::warn!(addr = %config.admin_listen, "admin listener binds a non-loopback address without admin_token");
+    }
+    let listen = config.listen.to_string();
+    let (tx, rx) = mpsc::channel(config.tap_queue);
+    let shared = Arc::new(Shared { rules: ArcSwap::from_pointee(rules), metrics, ready: AtomicBool::new(false), config });
+
+    let mut conf = ServerConf { threads: shared.config.threads, ..ServerConf::default() };
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(5);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Tap::new(shared.clone(), tx));
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    server.add_service(background_service("pipeline", Pipeline::new(shared.clone(), rx)?));
+    let signal: Box<dyn ShutdownSignalWatch> = match stop {
+        Stop::Signals => {
+            server.add_service(background_service("rules reloader", Reloader { shared: shared.clone() }));
+            RunArgs::default().shutdown_signal
+        }
+        Stop::Channel(rx) => Box::new(ChannelSignal(tokio::sync::Mutex::new(Some(rx)))),
+    };
+    server.add_service(background_service("admin", Admin::new(shared, admin_listener)));
+    tracing::info!(%listen, "taphook running");
+    server.run(RunArgs { shutdown_signal: signal });
+    Ok(())
+}
+
+fn check_bindable(addr: SocketAddr) -> std::io::Result<()> {
+    TcpListener::bind(addr).map(drop)
+}
+
+/// Stops the server when the channel fires or its sender is dropped.
+struct ChannelSignal(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        if let Some(rx) = self.0.lock().await.take() {
+            let _ = rx.await;
+        }
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// Reloads the rules on SIGHUP.
+struct Reloader {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot watch SIGHUP; rules reload by signal is off");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => { let _ = self.shared.reload_rules(); }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The config file (YAML): read with the rules' source loader (so errors
+//! carry lines and `${NAME}` works), then lowered into [`Config`].
+//! Relative paths are taken from the config file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::rules::error::{Problem, Problems};
+use crate::rules::source::Document;
+use crate::rules::units::{Dur, Size};
+
+/// The running configuration, lowered and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<String>,
+    pub rules_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub environment_name: String,
+    pub events_retention: Duration,
+    pub dedup_ttl: Duration,
+    pub dedup_capacity: u64,
+    pub max_body_bytes: usize,
+    pub tap_queue: usize,
+    pub delivery: Delivery,
+    pub jwt_hs256_secret: Option<String>,
+    pub threads: usize,
+}
+
+/// The importer service taphook forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Upstream {
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Delivery settings shared by every webhook.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub timeout: Duration,
+    pub concurrency_per_webhook: usize,
+    /// Deliveries a webhook may have waiting in memory before new events
+    /// for it are dropped (and counted).
+    pub queue_per_webhook: usize,
+    pub allow_private_networks: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "defaults::listen")]
+    listen: String,
+    upstream: String,
+    #[serde(default = "defaults::admin_listen")]
+    admin_listen: String,
+    #[serde(default)]
+    admin_token: Option<String>,
+    #[serde(default = "defaults::rules_dir")]
+    rules_dir: PathBuf,
+    #[serde(default = "defaults::data_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "defaults::environment_name")]
+    environment_name: String,
+    #[serde(default)]
+    events_retention: Option<Dur>,
+    #[serde(default)]
+    dedup: RawDedup,
+    #[serde(default)]
+    capture: RawCapture,
+    #[serde(default)]
+    tap: RawTap,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    jwt: RawJwt,
+    #[serde(default)]
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDedup {
+    ttl: Option<Dur>,
+    capacity: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    max_body_bytes: Option<Size>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTap {
+    queue_capacity: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    timeout: Option<Dur>,
+    concurrency_per_webhook: Option<usize>,
+    queue_per_webhook: Option<usize>,
+    #[serde(default)]
+    allow_private_networks: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    hs256_secret: Option<String>,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    pub fn listen() -> String {
+        "0.0.0.0:8080".into()
+    }
+    pub fn admin_listen() -> String {
+        "127.0.0.1:9900".into()
+    }
+    pub fn rules_dir() -> PathBuf {
+        "./rules".into()
+    }
+    pub fn data_dir() -> PathBuf {
+        "./data".into()
+    }
+    pub fn environment_name() -> String {
+        "Production".into()
+    }
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Problems> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Problems::one(Problem::new(path, 1, format!("cannot read config: {e}"))))?;
+        let doc = Document::parse(path, &text, env)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_document(&doc, &base)
+    }
+
+    /// Lowers a parsed config; relative paths are joined to `base`.
+    pub fn from_document(doc: &Document, base: &Path) -> Result<Self, Problems> {
+        let raw: RawConfig = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
+            let pointer: String = e.path().to_string().split('.').filter(|s| !s.is_empty() && *s != "?").map(|s| format!("/{s}")).collect();
+            Problems::one(doc.problem(&pointer, e.inner().to_string()))
+        })?;
+        let mut problems = Vec::new();
+        let mut addr = |key: &str, text: &str| -> SocketAddr {
+            text.parse().unwrap_or_else(|_| {
+                problems.push(doc.problem(&format!("/{key}"), format!("`{key}`: invalid address `{text}`: expected host:port such as 127.0.0.1:8080")));
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            })
+        };
+        let listen = addr("listen", &raw.listen);
+        let admin_listen = addr("admin_listen", &raw.admin_listen);
+        let upstream = parse_upstream(&raw.upstream).unwrap_or_else(|reason| {
+            problems.push(doc.problem("/upstream", reason));
+            Upstream { host: String::new(), port: 0 }
+        });
+        let concurrency = raw.delivery.concurrency_per_webhook.unwrap_or(16);
+        if concurrency == 0 {
+            problems.push(doc.problem("/delivery/concurrency_per_webhook", "must be at least 1"));
+        }
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        let retention = raw.events_retention.map(|d| d.0).unwrap_or(Duration::from_secs(30 * 86400));
+        Ok(Self {
+            listen,
+            upstream,
+            admin_listen,
+            admin_token: raw.admin_token.filter(|t| !t.is_empty()),
+            rules_dir: base.join(raw.rules_dir),
+            data_dir: base.join(raw.data_dir),
+            environment_name: raw.environment_name,
+            events_retention: retention,
+            dedup_ttl: raw.dedup.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(86400)),
+            dedup_capacity: raw.dedup.capacity.unwrap_or(1_000_000),
+            max_body_bytes: raw.capture.max_body_bytes.map(|s| s.0 as usize).unwrap_or(1 << 20),
+            tap_queue: raw.tap.queue_capacity.unwrap_or(10_000).max(1),
+            delivery: Delivery {
+                timeout: raw.delivery.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+                concurrency_per_webhook: concurrency,
+                queue_per_webhook: raw.delivery.queue_per_webhook.unwrap_or(10_000).max(1),
+                allow_private_networks: raw.delivery.allow_private_networks,
+            },
+            jwt_hs256_secret: raw.jwt.hs256_secret.filter(|s| !s.is_empty()),
+            threads: raw.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1),
+        })
+    }
+}
+
+/// `http://host:port` (no TLS: the proxy speaks plain HTTP upstream).
+fn parse_upstream(text: &str) -> Result<Upstream, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("`upstream`: invalid URL `{text}`: {e}"))?;
+    if url.scheme() != "http" {
+        return Err(format!("`upstream`: scheme `{}` is not supported: taphook speaks plain http to the importer", url.scheme()));
+    }
+    if url.path() != "/" && !url.path().is_empty() {
+        return Err(format!("`upstream`: `{text}` has a path; give only http://host:port"));
+    }
+    let host = url.host_str().ok_or_else(|| format!("`upstream`: `{text}` has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok(Upstream { host, port: url.port_or_known_default().unwrap_or(80) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, Problems> {
+        let env = |n: &str| (n == "TOKEN").then(|| "t0k".to_string());
+        let doc = Document::parse(Path::new("taphook.yaml"), text, &env)?;
+        Config::from_document(&doc, Path::new("/etc/taphook"))
+    }
+
+    #[test]
+    fn defaults_and_paths() {
+        let c = load("upstream: http://127.0.0.1:9000\nadmin_token: ${TOKEN}\n").unwrap();
+        assert_eq!(c.upstream, Upstream { host: "127.0.0.1".into(), port: 9000 });
+        assert_eq!(c.rules_dir, Path::new("/etc/taphook/./rules"));
+        assert_eq!(c.admin_token.as_deref(), Some("t0k"));
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.dedup_ttl, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let err = load("upstream: http://127.0.0.1:9000\ndelivery:\n  timeout: soon\n").unwrap_err();
+        assert!(err.to_string().starts_with("taphook.yaml:3: invalid duration `soon`"), "{err}");
+        let err = load("upstream: https://x:1\n").unwrap_err();
+        assert!(err.to_string().starts_with("taphook.yaml:1: `upstream`: scheme `https`"), "{err}");
+        let err = load("upstream: http://x:1\nlisten_typo: 1\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `listen_typo`"), "{err}");
+    }
+}

@@ -1,0 +1,247 @@
+//! The exchange: what the proxy copied of one request and its response,
+//! and the JSON document route expressions are evaluated against.
+//!
+//! Everything here runs off the proxy's hot path. Bodies are decoded
+//! (gzip, deflate, br) with the output bounded by the capture cap, then
+//! parsed as JSON or as a form; anything else becomes `null`.
+
+use std::io::Read;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// A bounded copy of one body.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    pub bytes: Vec<u8>,
+    /// The body was longer than the cap; `bytes` holds only its start.
+    pub truncated: bool,
+    /// The cap that applied (also bounds decompression).
+    pub cap: usize,
+}
+
+impl Captured {
+    pub fn new(cap: usize) -> Self {
+        Self { bytes: Vec::new(), truncated: false, cap }
+    }
+
+    /// Appends what fits under the cap.
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.truncated {
+            return;
+        }
+        let room = self.cap.saturating_sub(self.bytes.len());
+        if chunk.len() > room {
+            self.bytes.extend_from_slice(&chunk[..room]);
+            self.truncated = true;
+        } else {
+            self.bytes.extend_from_slice(chunk);
+        }
+    }
+}
+
+/// One multipart part that carried a filename.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FilePart {
+    pub field: String,
+    pub filename: String,
+    pub content_type: Option<String>,
+}
+
+/// Headers as received: lower-case names, raw values, in order.
+pub type Headers = Vec<(String, Bytes)>;
+
+/// One finished request/response pair, as copied by the proxy.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub request_headers: Headers,
+    pub request_body: Option<Captured>,
+    pub files: Vec<FilePart>,
+    pub status: u16,
+    pub response_headers: Headers,
+    pub response_body: Option<Captured>,
+    pub completed_at: SystemTime,
+}
+
+impl Exchange {
+    /// The first value of a request header, as text.
+    pub fn request_header(&self, name: &str) -> Option<String> {
+        first(&self.request_headers, name)
+    }
+
+    /// The exchange document, without `params`, `jwt` and `session`,
+    /// which depend on the route and are filled in by derive.
+    pub fn document(&self, environment_name: &str) -> Value {
+        let query = self.query.as_deref().map(parse_form).unwrap_or_default();
+        let cookies = self.request_header("cookie").map(|c| parse_cookies(&c)).unwrap_or_default();
+        let (req_body, req_truncated) = body_value(&self.request_headers, self.request_body.as_ref());
+        let (resp_body, resp_truncated) = body_value(&self.response_headers, self.response_body.as_ref());
+        let mut request = Map::new();
+        request.insert("headers".into(), Value::Object(header_map(&self.request_headers)));
+        request.insert("cookies".into(), Value::Object(cookies));
+        request.insert("body".into(), req_body);
+        request.insert("truncated".into(), Value::Bool(req_truncated));
+        request.insert("files".into(), serde_json::to_value(&self.files).unwrap_or(Value::Null));
+        let mut response = Map::new();
+        response.insert("status".into(), Value::from(self.status));
+        response.insert("headers".into(), Value::Object(header_map(&self.response_headers)));
+        response.insert("body".into(), resp_body);
+        response.insert("truncated".into(), Value::Bool(resp_truncated));
+        let mut doc = Map::new();
+        doc.insert("method".into(), Value::String(self.method.clone()));
+        doc.insert("path".into(), Value::String(self.path.clone()));
+        doc.insert("params".into(), Value::Object(Map::new()));
+        doc.insert("query".into(), Value::Object(query));
+        doc.insert("request".into(), Value::Object(request));
+        doc.insert("response".into(), Value::Object(response));
+        doc.insert("jwt".into(), Value::Object(Map::new()));
+        doc.insert("session".into(), Value::Object(Map::new()));
+        doc.insert("environment_name".into(), Value::String(environment_name.to_string()));
+        Value::Object(doc)
+    }
+}
+
+fn first(headers: &Headers, name: &str) -> Option<String> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Lower-case names; a header seen twice keeps its first value.
+fn header_map(headers: &Headers) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (k, v) in headers {
+        if !map.contains_key(k) {
+            map.insert(k.clone(), Value::String(String::from_utf8_lossy(v).into_owned()));
+        }
+    }
+    map
+}
+
+fn parse_form(text: &str) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (k, v) in form_urlencoded::parse(text.as_bytes()) {
+        map.entry(k.into_owned()).or_insert(Value::String(v.into_owned()));
+    }
+    map
+}
+
+fn parse_cookies(header: &str) -> Map<String, Value> {
+    let mut map = Map::new();
+    for cookie in cookie::Cookie::split_parse(header).flatten() {
+        map.entry(cookie.name().to_string()).or_insert(Value::String(cookie.value().to_string()));
+    }
+    map
+}
+
+/// The parsed body and whether it was cut short.
+fn body_value(headers: &Headers, body: Option<&Captured>) -> (Value, bool) {
+    let Some(body) = body else { return (Value::Null, false) };
+    if body.truncated {
+        return (Value::Null, true);
+    }
+    let Some(decoded) = decode(first(headers, "content-encoding").as_deref(), &body.bytes, body.cap) else {
+        return (Value::Null, true);
+    };
+    let content_type = first(headers, "content-type").unwrap_or_default().to_ascii_lowercase();
+    let value = if content_type.starts_with("application/x-www-form-urlencoded") {
+        std::str::from_utf8(&decoded).map(|t| Value::Object(parse_form(t))).unwrap_or(Value::Null)
+    } else if decoded.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&decoded).unwrap_or(Value::Null)
+    };
+    (value, false)
+}
+
+/// Undoes `content-encoding` (applied in order, so undone in reverse).
+/// `None` when the result would exceed `cap` or the data is corrupt.
+pub fn decode(encoding: Option<&str>, bytes: &[u8], cap: usize) -> Option<Vec<u8>> {
+    let mut data = bytes.to_vec();
+    let Some(encoding) = encoding else { return Some(data) };
+    for coding in encoding.rsplit(',').map(|c| c.trim().to_ascii_lowercase()) {
+        data = match coding.as_str() {
+            "" | "identity" => data,
+            "gzip" | "x-gzip" => read_bounded(flate2::read::MultiGzDecoder::new(&data[..]), cap)?,
+            "deflate" => read_bounded(flate2::read::ZlibDecoder::new(&data[..]), cap)
+                .or_else(|| read_bounded(flate2::read::DeflateDecoder::new(&data[..]), cap))?,
+            "br" => read_bounded(brotli::Decompressor::new(&data[..], 4096), cap)?,
+            _ => return None,
+        };
+    }
+    Some(data)
+}
+
+fn read_bounded(reader: impl Read, cap: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    reader.take(cap as u64 + 1).read_to_end(&mut out).ok()?;
+    (out.len() <= cap).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn exchange(req_headers: &[(&str, &str)], body: &[u8]) -> Exchange {
+        let mut captured = Captured::new(1024);
+        captured.push(body);
+        Exchange {
+            method: "POST".into(),
+            path: "/v1/embeds".into(),
+            query: Some("sheet=1&sheet=2&x=%20y".into()),
+            request_headers: req_headers.iter().map(|(k, v)| (k.to_string(), Bytes::from(v.to_string()))).collect(),
+            request_body: Some(captured),
+            files: vec![],
+            status: 200,
+            response_headers: vec![],
+            response_body: None,
+            completed_at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn builds_the_document() {
+        let ex = exchange(
+            &[("content-type", "application/json"), ("cookie", "sessionid=abc; b=2"), ("x-a", "1"), ("x-a", "2")],
+            br#"{"template_key":"contacts"}"#,
+        );
+        let doc = ex.document("Production");
+        assert_eq!(doc["request"]["body"]["template_key"], "contacts");
+        assert_eq!(doc["request"]["cookies"]["sessionid"], "abc");
+        assert_eq!(doc["request"]["headers"]["x-a"], "1");
+        assert_eq!(doc["query"]["sheet"], "1");
+        assert_eq!(doc["query"]["x"], " y");
+        assert_eq!(doc["response"]["body"], Value::Null);
+    }
+
+    #[test]
+    fn form_bodies_and_invalid_json() {
+        let doc = exchange(&[("content-type", "application/x-www-form-urlencoded")], b"a=1&b=two").document("P");
+        assert_eq!(doc["request"]["body"]["b"], "two");
+        let doc = exchange(&[("content-type", "application/json")], b"{not json").document("P");
+        assert_eq!(doc["request"]["body"], Value::Null);
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&vec![b'a'; 10_000]).unwrap();
+        let packed = gz.finish().unwrap();
+        assert_eq!(decode(Some("gzip"), &packed, 20_000).unwrap().len(), 10_000);
+        assert!(decode(Some("gzip"), &packed, 9_999).is_none());
+        assert!(decode(Some("gzip"), b"garbage", 100).is_none());
+    }
+
+    #[test]
+    fn captured_stops_at_the_cap() {
+        let mut c = Captured::new(4);
+        c.push(b"abc");
+        c.push(b"def");
+        assert_eq!(c.bytes, b"abcd");
+        assert!(c.truncated);
+    }
+}

@@ -1,0 +1,169 @@
+//! The derive stage: an exchange becomes zero or more lifecycle events.
+//!
+//! For every route whose method, path and status match, the route's
+//! expressions are evaluated against the exchange document: `session`
+//! finds the importer session, `when` guards, `remember` updates the
+//! session, and `trigger`, `data` and `dedup_key` fill the event.
+
+pub mod exchange;
+pub mod jwt;
+pub mod routes;
+
+use std::time::{Instant, UNIX_EPOCH};
+
+use datalogic_rs::bumpalo::Bump;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::event::{DerivedEvent, Event};
+use crate::filter::{Expr, Scope};
+use crate::rules::model::{Route, Template, TRIGGER_TYPES};
+use crate::rules::Rules;
+use crate::store::{session_key, Session, SessionStore};
+pub use exchange::{Captured, Exchange, FilePart};
+
+/// The namespace of taphook's name-based (v5) event UUIDs.
+pub const UUID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b6e_8d0a_4c55_9a7e_3d2f_5b1e_7c40);
+
+/// Settings of the derive stage.
+#[derive(Debug, Clone)]
+pub struct Deriver {
+    pub environment_name: String,
+    pub jwt_hs256_secret: Option<Vec<u8>>,
+}
+
+impl Deriver {
+    /// Every event `exchange` yields under `rules`. Sessions are read and
+    /// updated in `sessions`.
+    pub fn derive(&self, exchange: &Exchange, rules: &Rules, sessions: &dyn SessionStore) -> Vec<DerivedEvent> {
+        let matches = rules.routes.lookup(&exchange.method, &exchange.path);
+        let matches: Vec<_> = matches.into_iter().filter(|m| m.route.status.matches(exchange.status)).collect();
+        if matches.is_empty() {
+            return Vec::new();
+        }
+        let mut doc = exchange.document(&self.environment_name);
+        let bearer = exchange
+            .request_header("authorization")
+            .and_then(|a| jwt::bearer(&a).and_then(|t| jwt::claims(t, self.jwt_hs256_secret.as_deref())));
+        let mut events = Vec::new();
+        for m in matches {
+            let params = m.params.iter().map(|(k, v)| (k.to_string(), Value::String(v.clone()))).collect();
+            set(&mut doc, "params", Value::Object(params));
+            set(&mut doc, "session", Value::Object(Map::new()));
+            set(&mut doc, "jwt", bearer.clone().unwrap_or_else(|| Value::Object(Map::new())));
+            if let Some(event) = self.route(m.route, exchange, &mut doc, bearer.is_some(), sessions) {
+                events.push(event);
+            }
+        }
+        events
+    }
+
+    fn route(
+        &self,
+        route: &Route,
+        exchange: &Exchange,
+        doc: &mut Value,
+        has_bearer: bool,
+        sessions: &dyn SessionStore,
+    ) -> Option<DerivedEvent> {
+        let key_value = route.session.as_ref().map(|e| eval(e, doc, route)).unwrap_or(Value::Null);
+        let key = session_key(&key_value);
+        let mut session = key.as_deref().and_then(|k| sessions.get(k));
+        if let Some(s) = &session {
+            set(doc, "session", Value::Object(s.fields.clone()));
+            if !has_bearer {
+                if let Some(claims) = s.fields.get("embed_jwt").and_then(Value::as_str).and_then(|t| jwt::claims(t, self.jwt_hs256_secret.as_deref())) {
+                    set(doc, "jwt", claims);
+                }
+            }
+        }
+        let arena = Bump::new();
+        let scope = Scope::new(doc, &arena);
+        if let Some(when) = &route.when {
+            match scope.truthy(when) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    tracing::debug!(route = %route.name, error = %e, "route guard failed to evaluate");
+                    return None;
+                }
+            }
+        }
+        if let Some(key) = &key {
+            let s = session.get_or_insert_with(|| Session { key: key_value.clone(), fields: Map::new() });
+            for (field, expr) in &route.remember {
+                match scope_value(&scope, expr, route) {
+                    Value::Null => {}
+                    v => {
+                        s.fields.insert(field.clone(), v);
+                    }
+                }
+            }
+            sessions.put(key, s.clone());
+        }
+        let trigger = route
+            .trigger
+            .as_ref()
+            .map(|t| scope_value(&scope, t, route))
+            .and_then(|v| v.as_str().map(str::to_string))
+            .filter(|t| TRIGGER_TYPES.contains(&t.as_str()))
+            .unwrap_or_else(|| "user".to_string());
+        let data = template(&scope, &route.data, route);
+        let uuid = match &route.dedup_key {
+            Some(k) => name_uuid(&route.event, &scope_value(&scope, k, route).to_string()),
+            None => match exchange.request_header("idempotency-key") {
+                Some(k) => name_uuid(&route.event, &format!("idempotency-key\n{k}")),
+                None => Uuid::new_v4(),
+            },
+        };
+        let fields = session.as_ref().map(|s| &s.fields);
+        let field = |name: &str| fields.and_then(|f| f.get(name)).cloned().unwrap_or(Value::Null);
+        let event = Event {
+            uuid: format!("event-{uuid}"),
+            embed_id: session.as_ref().map(|s| s.key.clone()).unwrap_or(key_value),
+            embed_jwt: field("embed_jwt"),
+            environment_name: self.environment_name.clone(),
+            template_key: field("template_key"),
+            event_type: route.event.clone(),
+            trigger_type: trigger,
+            data,
+            created_at: exchange.completed_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        };
+        Some(DerivedEvent { event, session: session.map(|s| s.fields), derived_at: Instant::now() })
+    }
+}
+
+/// The v5 UUID of an event type and a key: the same step seen twice gets
+/// the same UUID.
+pub fn name_uuid(event_type: &str, key: &str) -> Uuid {
+    Uuid::new_v5(&UUID_NAMESPACE, format!("{event_type}\n{key}").as_bytes())
+}
+
+fn set(doc: &mut Value, key: &str, value: Value) {
+    if let Value::Object(m) = doc {
+        m.insert(key.to_string(), value);
+    }
+}
+
+fn eval(expr: &Expr, doc: &Value, route: &Route) -> Value {
+    expr.eval(doc).unwrap_or_else(|e| {
+        tracing::debug!(route = %route.name, error = %e, "route expression failed to evaluate");
+        Value::Null
+    })
+}
+
+fn scope_value<'a>(scope: &Scope<'a>, expr: &'a Expr, route: &Route) -> Value {
+    scope.value(expr).unwrap_or_else(|e| {
+        tracing::debug!(route = %route.name, error = %e, "route expression failed to evaluate");
+        Value::Null
+    })
+}
+
+fn template<'a>(scope: &Scope<'a>, t: &'a Template, route: &Route) -> Value {
+    match t {
+        Template::Expr(e) => scope_value(scope, e, route),
+        Template::Object(fields) => {
+            Value::Object(fields.iter().map(|(k, v)| (k.clone(), template(scope, v, route))).collect())
+        }
+    }
+}

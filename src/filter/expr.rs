@@ -1,0 +1,201 @@
+//! JSON-logic expressions, compiled once at load by `datalogic-rs`.
+//!
+//! A string that starts with `$` is shorthand for a variable
+//! (`"$response.body.id"` is `{"var": "response.body.id"}`); `$$` escapes a
+//! literal `$`. The shorthand is rewritten before compiling, so routes and
+//! filters share one evaluator.
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock};
+
+use datalogic_rs::bumpalo::Bump;
+use datalogic_rs::{DataValue, Engine, Logic};
+use serde_json::{Map, Value};
+
+static ENGINE: LazyLock<Engine> = LazyLock::new(Engine::new);
+static OPERATORS: LazyLock<HashSet<&'static str>> =
+    LazyLock::new(|| ENGINE.builtin_operator_names().collect());
+
+/// Operators whose arguments are data, not expressions.
+const LITERAL_OPERATORS: &[&str] = &["preserve"];
+
+/// Why an expression was refused at load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct ExprError {
+    /// JSON pointer below the expression's own position.
+    pub pointer: String,
+    pub reason: String,
+}
+
+/// A compiled expression.
+#[derive(Clone)]
+pub struct Expr {
+    logic: Arc<Logic>,
+    source: Arc<Value>,
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expr({})", self.source)
+    }
+}
+
+impl Expr {
+    /// Rewrites the `$` shorthand, rejects unknown operators, compiles.
+    pub fn compile(rule: &Value) -> Result<Self, ExprError> {
+        let lowered = lower(rule);
+        check_operators(&lowered, String::new())?;
+        let logic = ENGINE.compile(&lowered).map_err(|e| ExprError {
+            pointer: String::new(),
+            reason: format!("invalid JSON-logic: {e}"),
+        })?;
+        Ok(Self { logic: Arc::new(logic), source: Arc::new(lowered) })
+    }
+
+    /// The expression after the `$` rewrite, as JSON-logic.
+    pub fn source(&self) -> &Value {
+        &self.source
+    }
+
+    /// Evaluates against `data`, converting it for this one call.
+    pub fn eval(&self, data: &Value) -> Result<Value, EvalError> {
+        let arena = Bump::new();
+        let scope = Scope::new(data, &arena);
+        scope.value(self)
+    }
+
+    /// True when the expression's result is truthy (JSON-logic rules).
+    pub fn test(&self, data: &Value) -> Result<bool, EvalError> {
+        let arena = Bump::new();
+        Scope::new(data, &arena).truthy(self)
+    }
+}
+
+/// An evaluation failed (a type error the rule did not guard against).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct EvalError(pub String);
+
+/// One document converted once, for evaluating several expressions.
+pub struct Scope<'a> {
+    arena: &'a Bump,
+    data: &'a DataValue<'a>,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(data: &Value, arena: &'a Bump) -> Self {
+        let data = arena.alloc(DataValue::from_serde_value_in(data, arena));
+        Self { arena, data }
+    }
+
+    pub fn value(&self, expr: &'a Expr) -> Result<Value, EvalError> {
+        ENGINE
+            .evaluate(&expr.logic, self.data, self.arena)
+            .map(|v| v.to_serde_value())
+            .map_err(|e| EvalError(e.to_string()))
+    }
+
+    pub fn truthy(&self, expr: &'a Expr) -> Result<bool, EvalError> {
+        ENGINE
+            .evaluate(&expr.logic, self.data, self.arena)
+            .map(|v| ENGINE.truthy(v))
+            .map_err(|e| EvalError(e.to_string()))
+    }
+}
+
+/// Rewrites `"$a.b"` into `{"var": "a.b"}` and `"$$x"` into `"$x"`.
+pub fn lower(rule: &Value) -> Value {
+    match rule {
+        Value::String(s) => match s.strip_prefix('$') {
+            Some(rest) if rest.starts_with('$') => Value::String(rest.to_string()),
+            Some(path) => {
+                let mut m = Map::new();
+                m.insert("var".into(), Value::String(path.to_string()));
+                Value::Object(m)
+            }
+            None => rule.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(lower).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let v = if LITERAL_OPERATORS.contains(&k.as_str()) { v.clone() } else { lower(v) };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// True when `value` is a JSON-logic operation: an object with one key
+/// naming a known operator.
+pub fn is_operation(value: &Value) -> bool {
+    match value {
+        Value::Object(m) if m.len() == 1 => m.keys().all(|k| OPERATORS.contains(k.as_str())),
+        _ => false,
+    }
+}
+
+fn check_operators(rule: &Value, pointer: String) -> Result<(), ExprError> {
+    match rule {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_operators(v, format!("{pointer}/{i}"))),
+        Value::Object(map) if map.is_empty() => Ok(()),
+        Value::Object(map) if map.len() > 1 => Err(ExprError {
+            pointer,
+            reason: format!(
+                "an operation has exactly one key, found {} ({})",
+                map.len(),
+                map.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            ),
+        }),
+        Value::Object(map) => {
+            let (op, args) = map.iter().next().expect("one key");
+            if !OPERATORS.contains(op.as_str()) {
+                return Err(ExprError { pointer, reason: format!("unknown operator `{op}`") });
+            }
+            if LITERAL_OPERATORS.contains(&op.as_str()) {
+                return Ok(());
+            }
+            check_operators(args, format!("{pointer}/{}", crate::rules::source::escape_pointer(op)))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dollar_shorthand_reads_variables() {
+        let e = Expr::compile(&json!({"==": ["$eventtype", "usercreatedevent"]})).unwrap();
+        assert!(e.test(&json!({"eventtype": "usercreatedevent"})).unwrap());
+        assert!(!e.test(&json!({"eventtype": "other"})).unwrap());
+    }
+
+    #[test]
+    fn double_dollar_is_a_literal() {
+        let e = Expr::compile(&json!("$$5")).unwrap();
+        assert_eq!(e.eval(&json!({})).unwrap(), json!("$5"));
+    }
+
+    #[test]
+    fn unknown_operator_is_refused_with_its_place() {
+        let err = Expr::compile(&json!({"and": [true, {"lenght": [1]}]})).unwrap_err();
+        assert_eq!(err.reason, "unknown operator `lenght`");
+        assert_eq!(err.pointer, "/and/1");
+    }
+
+    #[test]
+    fn nested_path_and_missing_value() {
+        let e = Expr::compile(&json!("$response.body.id")).unwrap();
+        assert_eq!(e.eval(&json!({"response": {"body": {"id": 42}}})).unwrap(), json!(42));
+        assert_eq!(e.eval(&json!({})).unwrap(), Value::Null);
+    }
+}

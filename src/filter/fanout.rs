@@ -1,0 +1,90 @@
+//! Fan-out: which webhooks receive an event, and why the others do not.
+//!
+//! A webhook receives an event when (1) its `events` list names the event
+//! type, `*`, or a registered event of that type; (2) with `assignment:
+//! session`, the session's `webhook_keys` hold the webhook's key; (3) its
+//! `filter` and the registered event's filter hold on the envelope.
+
+use std::sync::Arc;
+
+use datalogic_rs::bumpalo::Bump;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Scope;
+use crate::event::DerivedEvent;
+use crate::rules::model::{Assignment, EventSelector, Webhook};
+use crate::rules::Rules;
+
+/// The outcome for one webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Deliver,
+    NotSubscribed,
+    NotAssigned,
+    FilterRejected,
+    FilterError(String),
+}
+
+/// One webhook's verdict for one event.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub webhook: Arc<Webhook>,
+    pub verdict: Verdict,
+    /// The registered event the webhook subscribed through, if any.
+    pub registered: Option<String>,
+}
+
+/// Decides every webhook of `rules` for `event`.
+pub fn fan_out(event: &DerivedEvent, rules: &Rules) -> Vec<Decision> {
+    let doc: Value = event.event.filter_document();
+    let arena = Bump::new();
+    let scope = Scope::new(&doc, &arena);
+    rules
+        .webhooks
+        .iter()
+        .map(|w| {
+            let (verdict, registered) = decide(w, event, rules, &scope);
+            Decision { webhook: w.clone(), verdict, registered }
+        })
+        .collect()
+}
+
+fn decide<'a>(w: &'a Webhook, event: &DerivedEvent, rules: &'a Rules, scope: &Scope<'a>) -> (Verdict, Option<String>) {
+    let event_type = event.event.event_type.as_str();
+    // Registered events the webhook lists for this type, if not subscribed directly.
+    let via: Vec<_> = match &w.events {
+        EventSelector::Some(names) if !names.contains(event_type) => rules
+            .registered
+            .iter()
+            .filter(|r| r.event_type == event_type && names.contains(&r.name))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !w.events.contains(event_type) && via.is_empty() {
+        return (Verdict::NotSubscribed, None);
+    }
+    if w.assignment == Assignment::Session && !event.webhook_keys().any(|k| k == w.key) {
+        return (Verdict::NotAssigned, None);
+    }
+    if let Some(filter) = &w.filter {
+        match scope.truthy(filter) {
+            Ok(true) => {}
+            Ok(false) => return (Verdict::FilterRejected, None),
+            Err(e) => return (Verdict::FilterError(e.to_string()), None),
+        }
+    }
+    if via.is_empty() {
+        return (Verdict::Deliver, None);
+    }
+    let mut last = Verdict::FilterRejected;
+    for r in via {
+        match r.filter.as_ref().map(|f| scope.truthy(f)) {
+            None | Some(Ok(true)) => return (Verdict::Deliver, Some(r.name.clone())),
+            Some(Ok(false)) => {}
+            Some(Err(e)) => last = Verdict::FilterError(e.to_string()),
+        }
+    }
+    (last, None)
+}

@@ -1,0 +1,8 @@
+//! The filter stage: JSON-logic expressions ([`expr`]) and the fan-out of
+//! one event to the webhooks that should receive it ([`fanout`]).
+
+pub mod expr;
+pub mod fanout;
+
+pub use expr::{Expr, ExprError, Scope};
+pub use fanout::{fan_out, Decision, Verdict};

@@ -1,0 +1,25 @@
+//! taphook: an inline reverse proxy that recognises a data importer's
+//! lifecycle steps in its traffic and delivers them as webhooks.
+//!
+//! The modules follow the path an event travels:
+//! [`proxy`] taps the exchange → [`derive`] turns it into events →
+//! [`dedup`] drops repeats → [`filter`] picks the webhooks →
+//! [`deliver`] sends them. [`rules`] loads and lowers the rules directory
+//! that drives all of them, [`store`] keeps sessions, [`metrics`] counts
+//! every stage and [`admin`] serves them.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod dedup;
+pub mod demo;
+pub mod deliver;
+pub mod derive;
+pub mod event;
+pub mod filter;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod rules;
+pub mod store;

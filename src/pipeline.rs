@@ -1,0 +1,105 @@
+//! The pipeline behind the tap, run as a Pingora background service:
+//! exchange → derive → dedup → fan-out (filter) → deliver. Exchanges are
+//! processed one at a time, in arrival order, so a session's steps are
+//! seen in order.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::mpsc;
+
+use crate::app::Shared;
+use crate::dedup::Dedup;
+use crate::deliver::Dispatcher;
+use crate::derive::{Deriver, Exchange};
+use crate::event::DerivedEvent;
+use crate::filter::{fan_out, Verdict};
+use crate::rules::Rules;
+use crate::store::{MemorySessions, SessionStore};
+
+/// Sessions kept at most in memory.
+const SESSION_CAPACITY: u64 = 1_000_000;
+
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    receiver: Mutex<Option<mpsc::Receiver<Exchange>>>,
+    deriver: Deriver,
+    dedup: Dedup,
+    sessions: Arc<dyn SessionStore>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Pipeline {
+    pub fn new(shared: Arc<Shared>, receiver: mpsc::Receiver<Exchange>) -> anyhow::Result<Self> {
+        let config = &shared.config;
+        Ok(Self {
+            deriver: Deriver {
+                environment_name: config.environment_name.clone(),
+                jwt_hs256_secret: config.jwt_hs256_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            },
+            dedup: Dedup::new(config.dedup_capacity, config.dedup_ttl),
+            sessions: Arc::new(MemorySessions::new(SESSION_CAPACITY, config.events_retention)),
+            dispatcher: Arc::new(Dispatcher::new(config.delivery.clone(), shared.metrics.clone())?),
+            receiver: Mutex::new(Some(receiver)),
+            shared,
+        })
+    }
+
+    /// Derives and accepts every event of one exchange.
+    pub fn process(&self, exchange: &Exchange) {
+        let rules = self.shared.rules.load_full();
+        for event in self.deriver.derive(exchange, &rules, &*self.sessions) {
+            self.accept(event, &rules);
+        }
+    }
+
+    /// Dedups one event and hands it to every webhook that should get it.
+    pub fn accept(&self, event: DerivedEvent, rules: &Rules) {
+        let metrics = &self.shared.metrics;
+        metrics.events_derived.with_label_values(&[&event.event.event_type]).inc();
+        if !self.dedup.first_seen(&event.event.uuid) {
+            metrics.events_duplicate.inc();
+            tracing::debug!(event = %event.event.uuid, "duplicate event dropped");
+            return;
+        }
+        tracing::debug!(event = %event.event.uuid, event_type = %event.event.event_type, "event derived");
+        let event = Arc::new(event);
+        for decision in fan_out(&event, rules) {
+            match decision.verdict {
+                Verdict::Deliver => self.dispatcher.enqueue(decision.webhook, event.clone()),
+                Verdict::FilterRejected => metrics.filter_rejected.with_label_values(&[&decision.webhook.key]).inc(),
+                Verdict::FilterError(e) => {
+                    metrics.filter_rejected.with_label_values(&[&decision.webhook.key]).inc();
+                    tracing::warn!(webhook = %decision.webhook.key, error = %e, "filter failed to evaluate; event not delivered");
+                }
+                Verdict::NotSubscribed | Verdict::NotAssigned => {}
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Pipeline {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut receiver) = self.receiver.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                next = receiver.recv() => match next {
+                    Some(exchange) => self.process(&exchange),
+                    None => break,
+                },
+                _ = shutdown.changed() => {
+                    // Finish what the tap already handed over.
+                    while let Ok(exchange) = receiver.try_recv() {
+                        self.process(&exchange);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The proxy stage: a Pingora `ProxyHttp` that forwards every request to
+//! the importer untouched and, for requests a route could match, copies
+//! bounded parts of the exchange. The finished exchange is handed to the
+//! pipeline in `logging` with `try_send`: a full queue drops the event
+//! (counted), never the request.
+
+pub mod multipart;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::app::Shared;
+use crate::derive::exchange::Headers;
+use crate::derive::{Captured, Exchange};
+use crate::metrics::status_class;
+use multipart::MultipartScanner;
+
+/// The tap in front of the importer.
+pub struct Tap {
+    shared: Arc<Shared>,
+    queue: mpsc::Sender<Exchange>,
+    upstream: (String, u16),
+    dropped: AtomicU64,
+}
+
+impl Tap {
+    pub fn new(shared: Arc<Shared>, queue: mpsc::Sender<Exchange>) -> Self {
+        let upstream = (shared.config.upstream.host.clone(), shared.config.upstream.port);
+        Self { shared, queue, upstream, dropped: AtomicU64::new(0) }
+    }
+
+    fn hand_off(&self, exchange: Exchange) {
+        if self.queue.try_send(exchange).is_err() {
+            self.shared.metrics.events_dropped.with_label_values(&["tap_queue_full"]).inc();
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "tap queue full: exchanges dropped (requests unaffected)");
+            }
+        }
+    }
+}
+
+/// Per-request state: what has been copied so far.
+#[derive(Default)]
+pub struct TapCtx {
+    /// The first matching route's name; `None` when nothing is tapped.
+    route: Option<String>,
+    cap: usize,
+    method: String,
+    path: String,
+    query: Option<String>,
+    request_headers: Headers,
+    request_body: Option<Captured>,
+    multipart: Option<MultipartScanner>,
+    status: u16,
+    response_headers: Headers,
+    response_body: Option<Captured>,
+}
+
+fn copy_headers(map: &http::HeaderMap) -> Headers {
+    map.iter().map(|(k, v)| (k.as_str().to_string(), Bytes::copy_from_slice(v.as_bytes()))).collect()
+}
+
+fn content_type(headers: &http::HeaderMap) -> Option<&str> {
+    headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+}
+
+/// Bodies worth copying: JSON, forms, or untyped.
+fn capturable(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return true };
+    let ct = ct.trim().to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    essence == "application/json"
+        || essence.ends_with("+json")
+        || essence == "application/x-www-form-urlencoded"
+        || essence == "text/json"
+}
+
+#[async_trait]
+impl ProxyHttp for Tap {
+    type CTX = TapCtx;
+
+    fn new_ctx(&self) -> TapCtx {
+        TapCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut TapCtx) -> Result<bool> {
+        let req = session.req_header();
+        let rules = self.shared.rules.load();
+        let Some((route, cap)) = rules.routes.tap_plan(req.method.as_str(), req.uri.path()) else {
+            return Ok(false);
+        };
+        ctx.route = Some(route.to_string());
+        ctx.cap = cap.unwrap_or(self.shared.config.max_body_bytes);
+        ctx.method = req.method.as_str().to_string();
+        ctx.path = req.uri.path().to_string();
+        ctx.query = req.uri.query().map(str::to_string);
+        ctx.request_headers = copy_headers(&req.headers);
+        let ct = content_type(&req.headers);
+        ctx.multipart = ct.and_then(MultipartScanner::for_content_type);
+        if ctx.multipart.is_none() && capturable(ct) {
+            ctx.request_body = Some(Captured::new(ctx.cap));
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut TapCtx) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream.clone(), false, String::new())))
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut TapCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            if let Some(c) = &mut ctx.request_body {
+                c.push(chunk);
+            }
+            if let Some(m) = &mut ctx.multipart {
+                m.feed(chunk);
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut TapCtx) -> Result<()> {
+        if ctx.route.is_some() {
+            ctx.status = resp.status.as_u16();
+            ctx.response_headers = copy_headers(&resp.headers);
+            if capturable(content_type(&resp.headers)) {
+                ctx.response_body = Some(Captured::new(ctx.cap));
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut TapCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(chunk), Some(c)) = (body.as_ref(), &mut ctx.response_body) {
+            c.push(chunk);
+        }
+        Ok(None)
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut TapCtx) {
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let route = ctx.route.as_deref().unwrap_or("none");
+        self.shared.metrics.proxy_requests.with_label_values(&[route, status_class(status)]).inc();
+        // Events come only from complete exchanges the upstream answered.
+        if error.is_some() || ctx.route.is_none() || ctx.status == 0 {
+            return;
+        }
+        let files = ctx.multipart.take().map(MultipartScanner::into_files).unwrap_or_default();
+        self.hand_off(Exchange {
+            method: std::mem::take(&mut ctx.method),
+            path: std::mem::take(&mut ctx.path),
+            query: ctx.query.take(),
+            request_headers: std::mem::take(&mut ctx.request_headers),
+            request_body: ctx.request_body.take(),
+            files,
+            status: ctx.status,
+            response_headers: std::mem::take(&mut ctx.response_headers),
+            response_body: ctx.response_body.take(),
+            completed_at: SystemTime::now(),
+        });
+    }
+}

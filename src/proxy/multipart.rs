@@ -1,0 +1,213 @@
+//! Reading multipart uploads as they stream by, keeping only each part's
+//! headers. File contents are never buffered: outside a part's header
+//! block, only enough bytes to spot a delimiter split across chunks are
+//! kept. Header blocks are parsed by `httparse`, `Content-Disposition`
+//! by `mailparse`.
+
+use memchr::memmem;
+
+use crate::derive::FilePart;
+
+/// A part's header block larger than this stops the scan.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Parts recorded at most.
+const MAX_FILES: usize = 1000;
+/// Bytes of transport padding allowed after a delimiter.
+const MAX_PADDING: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Looking for the next delimiter (preamble or inside a part body).
+    Seeking,
+    /// Inside a part's header block.
+    Headers,
+    Done,
+    /// The stream was malformed; what was found so far stands.
+    Failed,
+}
+
+/// Incremental scanner over one multipart body.
+pub struct MultipartScanner {
+    delimiter: Vec<u8>,
+    pending: Vec<u8>,
+    state: State,
+    files: Vec<FilePart>,
+}
+
+impl MultipartScanner {
+    /// A scanner for `content_type`, or `None` if it is not
+    /// `multipart/*` with a boundary.
+    pub fn for_content_type(content_type: &str) -> Option<Self> {
+        let mime: mime::Mime = content_type.parse().ok()?;
+        if mime.type_() != mime::MULTIPART {
+            return None;
+        }
+        let boundary = mime.get_param(mime::BOUNDARY)?.as_str();
+        if boundary.is_empty() || boundary.len() > 200 {
+            return None;
+        }
+        let mut delimiter = b"\r\n--".to_vec();
+        delimiter.extend_from_slice(boundary.as_bytes());
+        // The body may start with the first delimiter, without a CRLF.
+        Some(Self { delimiter, pending: b"\r\n".to_vec(), state: State::Seeking, files: Vec::new() })
+    }
+
+    /// Feeds the next chunk of the body.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if matches!(self.state, State::Done | State::Failed) {
+            return;
+        }
+        self.pending.extend_from_slice(chunk);
+        while self.step() {}
+    }
+
+    /// The parts with a filename found so far, in order.
+    pub fn into_files(self) -> Vec<FilePart> {
+        self.files
+    }
+
+    /// One step of the state machine; false when it needs more input.
+    fn step(&mut self) -> bool {
+        match self.state {
+            State::Seeking => self.seek(),
+            State::Headers => self.headers(),
+            State::Done | State::Failed => false,
+        }
+    }
+
+    fn seek(&mut self) -> bool {
+        let Some(pos) = memmem::find(&self.pending, &self.delimiter) else {
+            // Keep only what could be the start of a split delimiter.
+            let keep = self.delimiter.len();
+            if self.pending.len() > keep {
+                self.pending.drain(..self.pending.len() - keep);
+            }
+            return false;
+        };
+        let after = pos + self.delimiter.len();
+        let rest = &self.pending[after..];
+        if rest.len() < 2 {
+            self.pending.drain(..pos);
+            return false;
+        }
+        if rest.starts_with(b"--") {
+            self.state = State::Done;
+            self.pending.clear();
+            return false;
+        }
+        match memmem::find(&rest[..rest.len().min(MAX_PADDING + 2)], b"\r\n") {
+            Some(nl) => {
+                self.pending.drain(..after + nl + 2);
+                self.state = State::Headers;
+                true
+            }
+            None if rest.len() <= MAX_PADDING => {
+                self.pending.drain(..pos);
+                false
+            }
+            None => self.fail(),
+        }
+    }
+
+    fn headers(&mut self) -> bool {
+        if self.pending.starts_with(b"\r\n") {
+            self.pending.drain(..2);
+            self.state = State::Seeking;
+            return true;
+        }
+        let Some(end) = memmem::find(&self.pending, b"\r\n\r\n") else {
+            return if self.pending.len() > MAX_HEADER_BYTES { self.fail() } else { false };
+        };
+        let block_end = end + 4;
+        if block_end > MAX_HEADER_BYTES {
+            return self.fail();
+        }
+        let block: Vec<u8> = self.pending.drain(..block_end).collect();
+        self.state = State::Seeking;
+        if let Some(file) = parse_part_headers(&block) {
+            if self.files.len() < MAX_FILES {
+                self.files.push(file);
+            }
+        }
+        true
+    }
+
+    fn fail(&mut self) -> bool {
+        self.state = State::Failed;
+        self.pending = Vec::new();
+        false
+    }
+}
+
+fn parse_part_headers(block: &[u8]) -> Option<FilePart> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let httparse::Status::Complete((_, parsed)) = httparse::parse_headers(block, &mut headers).ok()? else {
+        return None;
+    };
+    let value = |name: &str| {
+        parsed
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let disposition = mailparse::parse_content_disposition(&value("content-disposition")?);
+    let filename = disposition.params.get("filename")?.clone();
+    Some(FilePart {
+        field: disposition.params.get("name").cloned().unwrap_or_default(),
+        filename,
+        content_type: value("content-type"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"contacts.csv\"\r\nContent-Type: text/csv\r\n\r\na,b\r\n1,2\r\n\r\n--XyZ\r\nContent-Disposition: form-data; name=\"more\"; filename=\"b.xlsx\"\r\n\r\n\r\n--XyZ--\r\n";
+
+    fn expected() -> Vec<FilePart> {
+        vec![
+            FilePart { field: "file".into(), filename: "contacts.csv".into(), content_type: Some("text/csv".into()) },
+            FilePart { field: "more".into(), filename: "b.xlsx".into(), content_type: None },
+        ]
+    }
+
+    #[test]
+    fn finds_file_parts() {
+        let mut s = MultipartScanner::for_content_type("multipart/form-data; boundary=XyZ").unwrap();
+        s.feed(BODY);
+        assert_eq!(s.into_files(), expected());
+    }
+
+    #[test]
+    fn any_chunking_gives_the_same_parts() {
+        for size in 1..BODY.len() {
+            let mut s = MultipartScanner::for_content_type("multipart/form-data; boundary=\"XyZ\"").unwrap();
+            for chunk in BODY.chunks(size) {
+                s.feed(chunk);
+            }
+            assert_eq!(s.into_files(), expected(), "chunk size {size}");
+        }
+    }
+
+    #[test]
+    fn keeps_memory_bounded_inside_a_large_part() {
+        let mut s = MultipartScanner::for_content_type("multipart/form-data; boundary=XyZ").unwrap();
+        s.feed(b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.csv\"\r\n\r\n");
+        for _ in 0..1000 {
+            s.feed(&[b'x'; 4096]);
+            assert!(s.pending.len() <= 4096 + 16);
+        }
+        assert_eq!(s.into_files().len(), 1);
+    }
+
+    #[test]
+    fn malformed_input_is_harmless() {
+        assert!(MultipartScanner::for_content_type("application/json").is_none());
+        assert!(MultipartScanner::for_content_type("multipart/form-data").is_none());
+        let mut s = MultipartScanner::for_content_type("multipart/form-data; boundary=XyZ").unwrap();
+        s.feed(b"--XyZ\r\n");
+        s.feed(&vec![b'h'; MAX_HEADER_BYTES + 10]);
+        assert!(s.into_files().is_empty());
+    }
+}

@@ -1,0 +1,12 @@
+//! The rules directory: load, validate, lower.
+
+pub mod error;
+pub mod load;
+pub mod model;
+pub mod raw;
+pub mod source;
+pub mod units;
+
+pub use error::{Problem, Problems};
+pub use load::{load_dir, load_documents};
+pub use model::Rules;

@@ -1,0 +1,222 @@
+//! The rules after lowering: compiled expressions, parsed methods, status
+//! matchers, URLs and durations. Nothing on the event path parses text.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::derive::routes::RouteTable;
+use crate::filter::Expr;
+
+/// Where an object was defined, for messages and `taphook check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// The whole rules directory, lowered. Shared read-only behind an `Arc`
+/// and swapped whole on reload.
+#[derive(Debug)]
+pub struct Rules {
+    pub routes: RouteTable,
+    pub webhooks: Vec<Arc<Webhook>>,
+    pub apps: Vec<App>,
+    pub registered: Vec<RegisteredEvent>,
+    /// Every event type some route derives.
+    pub event_types: BTreeSet<String>,
+    pub files: Vec<PathBuf>,
+}
+
+impl Rules {
+    pub fn webhook(&self, key: &str) -> Option<&Arc<Webhook>> {
+        self.webhooks.iter().find(|w| w.key == key)
+    }
+}
+
+/// One recogniser of a lifecycle step.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub event: String,
+    /// Upper-case methods; empty means any.
+    pub methods: Vec<String>,
+    pub path: String,
+    /// Names of the path's `{params}`, in order.
+    pub params: Vec<String>,
+    pub status: StatusMatch,
+    pub when: Option<Expr>,
+    pub session: Option<Expr>,
+    pub remember: Vec<(String, Expr)>,
+    pub trigger: Option<Expr>,
+    pub dedup_key: Option<Expr>,
+    pub data: Template,
+    pub capture_max: Option<usize>,
+    pub origin: Origin,
+}
+
+impl Route {
+    pub fn accepts_method(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+    }
+}
+
+/// Which response statuses a route accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusMatch(pub Vec<StatusRule>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusRule {
+    /// `2xx`: the hundreds digit.
+    Class(u16),
+    Exact(u16),
+}
+
+impl StatusMatch {
+    pub fn matches(&self, status: u16) -> bool {
+        self.0.iter().any(|r| match r {
+            StatusRule::Class(c) => status / 100 == *c,
+            StatusRule::Exact(s) => status == *s,
+        })
+    }
+}
+
+/// The `data` of a route: an expression, or a mapping of fields each
+/// filled by its own template.
+#[derive(Debug, Clone)]
+pub enum Template {
+    Expr(Expr),
+    Object(Vec<(String, Template)>),
+}
+
+impl Template {
+    pub fn empty() -> Self {
+        Self::Object(Vec::new())
+    }
+}
+
+/// Who may receive a webhook's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignment {
+    /// Every session.
+    All,
+    /// Only sessions whose `webhook_keys` hold this webhook's key.
+    Session,
+}
+
+/// The wire contract a webhook speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OneSchema,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OneSchema => "oneschema",
+        }
+    }
+}
+
+/// Which events a webhook subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSelector {
+    All,
+    Some(BTreeSet<String>),
+}
+
+impl EventSelector {
+    pub fn contains(&self, event_type: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Some(set) => set.contains(event_type),
+        }
+    }
+}
+
+/// When an attempt is retried and how long to wait.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub on_timeout: bool,
+    pub on_error: bool,
+    /// Status rules that retry.
+    pub on_status: StatusMatch,
+    pub max_retries: u32,
+    /// Wait before retry n (1-based) is `backoff[min(n, len) - 1]`.
+    pub backoff: Vec<Duration>,
+    /// A `Retry-After` longer than this is cut to it.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// OneSchema's policy: a timeout, 408 or 429 is retried up to twice.
+    fn default() -> Self {
+        Self {
+            on_timeout: true,
+            on_error: false,
+            on_status: StatusMatch(vec![StatusRule::Exact(408), StatusRule::Exact(429)]),
+            max_retries: 2,
+            backoff: vec![Duration::from_secs(1), Duration::from_secs(5)],
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A subscriber.
+#[derive(Debug)]
+pub struct Webhook {
+    pub key: String,
+    pub url: reqwest::Url,
+    pub events: EventSelector,
+    pub assignment: Assignment,
+    pub filter: Option<Expr>,
+    pub format: Format,
+    pub secret: Option<String>,
+    pub retry: RetryPolicy,
+    pub timeout: Option<Duration>,
+    pub permissions: Vec<String>,
+    pub description: Option<String>,
+    pub origin: Origin,
+}
+
+/// An OS1 publisher app.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub id: String,
+    pub name: String,
+    pub permissions: Vec<String>,
+    pub origin: Origin,
+}
+
+/// A named, filtered view of a derived event type (OS1).
+#[derive(Debug, Clone)]
+pub struct RegisteredEvent {
+    pub app: String,
+    pub topic: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub event_type: String,
+    pub filter: Option<Expr>,
+    pub get_api_path: Option<String>,
+    pub origin: Origin,
+}
+
+/// Names that must be unique across the directory, by kind.
+pub(crate) type Seen = HashMap<(&'static str, String), Origin>;
+
+/// Trigger types of the envelope.
+pub const TRIGGER_TYPES: &[&str] = &["user", "api", "automation"];
+
+/// The value a template or remembered field takes when absent.
+pub fn null() -> Value {
+    Value::Null
+}

@@ -1,0 +1,215 @@
+//! Reading one rules or config file: YAML 1.2 (JSON is a subset) into a
+//! JSON value, with the line of every node kept for error messages, and
+//! `${NAME}` replaced from the environment in every string.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use serde_json::{Map, Number, Value};
+
+use super::error::{Problem, Problems};
+
+/// A parsed file: its value and where each of its nodes starts.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub path: PathBuf,
+    pub value: Value,
+    lines: HashMap<String, usize>,
+}
+
+impl Document {
+    /// Parses `text`, read from `path`. Every problem found (syntax, unset
+    /// environment variables) is returned, each with its line.
+    pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Problems> {
+        let docs = MarkedYaml::load_from_str(text).map_err(|e| {
+            Problems::one(Problem::new(path, e.marker().line(), e.info().to_string()))
+        })?;
+        let mut builder = Builder { path, lines: HashMap::new(), problems: Vec::new(), env };
+        let value = match docs.first() {
+            Some(root) => builder.node(root, String::new()),
+            None => Value::Null,
+        };
+        if docs.len() > 1 {
+            builder.problems.push(Problem::new(path, 1, "a file holds one YAML document".into()));
+        }
+        if !builder.problems.is_empty() {
+            return Err(Problems(builder.problems));
+        }
+        Ok(Self { path: path.to_path_buf(), value, lines: builder.lines })
+    }
+
+    /// The line where the node at `pointer` (a JSON pointer such as
+    /// `/routes/2/when`) starts, or of its nearest ancestor that exists.
+    pub fn line(&self, pointer: &str) -> usize {
+        let mut p = pointer;
+        loop {
+            if let Some(line) = self.lines.get(p) {
+                return *line;
+            }
+            match p.rfind('/') {
+                Some(i) => p = &p[..i],
+                None => return 1,
+            }
+        }
+    }
+
+    /// A problem located at `pointer` in this file.
+    pub fn problem(&self, pointer: &str, reason: impl Into<String>) -> Problem {
+        Problem::new(&self.path, self.line(pointer), reason.into())
+    }
+}
+
+struct Builder<'a> {
+    path: &'a Path,
+    lines: HashMap<String, usize>,
+    problems: Vec<Problem>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Builder<'_> {
+    fn node(&mut self, node: &MarkedYaml<'_>, pointer: String) -> Value {
+        let line = node.span.start.line();
+        self.lines.entry(pointer.clone()).or_insert(line);
+        match &node.data {
+            YamlData::Value(scalar) => self.scalar(scalar, line),
+            YamlData::Representation(raw, _, _) => self.string(raw, line),
+            YamlData::Sequence(items) => Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.node(item, format!("{pointer}/{i}")))
+                    .collect(),
+            ),
+            YamlData::Mapping(map) => {
+                let mut out = Map::new();
+                for (k, v) in map.iter() {
+                    let key = match &k.data {
+                        YamlData::Value(Scalar::String(s)) => s.to_string(),
+                        YamlData::Value(Scalar::Integer(i)) => i.to_string(),
+                        YamlData::Value(Scalar::Boolean(b)) => b.to_string(),
+                        YamlData::Representation(raw, _, _) => raw.to_string(),
+                        _ => {
+                            self.problems.push(Problem::new(self.path, k.span.start.line(), "mapping keys must be strings".into()));
+                            continue;
+                        }
+                    };
+                    let child = format!("{pointer}/{}", escape_pointer(&key));
+                    self.lines.insert(child.clone(), k.span.start.line());
+                    if out.contains_key(&key) {
+                        self.problems.push(Problem::new(self.path, k.span.start.line(), format!("duplicate key `{key}`")));
+                    }
+                    let value = self.node(v, child);
+                    out.insert(key, value);
+                }
+                Value::Object(out)
+            }
+            YamlData::Tagged(_, inner) => self.node(inner, pointer),
+            YamlData::Alias(_) | YamlData::BadValue => {
+                self.problems.push(Problem::new(self.path, line, "unsupported YAML node (aliases are not supported)".into()));
+                Value::Null
+            }
+        }
+    }
+
+    fn scalar(&mut self, scalar: &Scalar<'_>, line: usize) -> Value {
+        match scalar {
+            Scalar::Null => Value::Null,
+            Scalar::Boolean(b) => Value::Bool(*b),
+            Scalar::Integer(i) => Value::Number((*i).into()),
+            Scalar::FloatingPoint(f) => Number::from_f64(f.into_inner()).map(Value::Number).unwrap_or(Value::Null),
+            Scalar::String(s) => self.string(s, line),
+        }
+    }
+
+    fn string(&mut self, s: &str, line: usize) -> Value {
+        match substitute_env(s, self.env) {
+            Ok(s) => Value::String(s),
+            Err(name) => {
+                self.problems.push(Problem::new(self.path, line, format!("environment variable `{name}` is not set")));
+                Value::String(s.to_string())
+            }
+        }
+    }
+}
+
+/// Escapes a key for use in a JSON pointer (RFC 6901).
+pub fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// Replaces every `${NAME}` in `s`; `$${` stands for a literal `${`.
+/// Returns the name of the first unset variable as the error.
+pub fn substitute_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !s.contains("${") {
+        return Ok(s.to_string());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[i..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        match env(name) {
+            Some(v) => out.push_str(&v),
+            None => return Err(name.to_string()),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Reads the process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "HOST").then(|| "example.org".to_string())
+    }
+
+    #[test]
+    fn substitutes_and_escapes() {
+        assert_eq!(substitute_env("https://${HOST}/x", &env).unwrap(), "https://example.org/x");
+        assert_eq!(substitute_env("$${HOST}", &env).unwrap(), "${HOST}");
+        assert_eq!(substitute_env("${NOPE}", &env).unwrap_err(), "NOPE");
+    }
+
+    #[test]
+    fn keeps_lines_of_nodes() {
+        let text = "routes:\n  - name: a\n    when: {\"==\": [1, 1]}\n  - name: b\n";
+        let doc = Document::parse(Path::new("r.yaml"), text, &env).unwrap();
+        assert_eq!(doc.line("/routes/0/when"), 3);
+        assert_eq!(doc.line("/routes/1/name"), 4);
+        assert_eq!(doc.line("/routes/1/missing"), 4);
+        assert_eq!(doc.value["routes"][0]["when"]["=="][1], 1);
+    }
+
+    #[test]
+    fn reports_unset_variable_with_line() {
+        let err = Document::parse(Path::new("r.yaml"), "a: 1\nb: ${NOPE}\n", &env).unwrap_err();
+        assert_eq!(err.to_string(), "r.yaml:2: environment variable `NOPE` is not set");
+    }
+
+    #[test]
+    fn reads_json() {
+        let doc = Document::parse(Path::new("r.json"), "{\n \"webhooks\": [\n  {\"key\": \"a\"}\n ]\n}", &env).unwrap();
+        assert_eq!(doc.value["webhooks"][0]["key"], "a");
+        assert_eq!(doc.line("/webhooks/0"), 3);
+    }
+}
