@@ -1,3 +1,193 @@
-//! The reference importer and webhook receiver, and `taphook demo`.
+//! `taphook demo`: the reference importer, taphook in front of it and a
+//! webhook receiver, all on free loopback ports in one process; a
+//! scripted import session goes through the proxy and every webhook is
+//! printed as it arrives, then a metrics summary.
+
 pub mod importer;
 pub mod receiver;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::app::{self, Stop};
+use crate::config::Config;
+use crate::rules::{self, source::Document};
+use importer::ReferenceImporter;
+use receiver::Receiver;
+
+/// The shipped OneSchema profile, built in so the demo needs no files.
+pub const ONESCHEMA_PROFILE: &str = include_str!("../../rules/oneschema.yaml");
+
+/// The 8 OneSchema event types, in the order the demo produces them.
+pub const EVENT_TYPES: [&str; 8] = [
+    "embed_initialized",
+    "file_uploaded",
+    "header_selected",
+    "columns_mapped",
+    "sheet_operation_performed",
+    "import_submitted",
+    "embed_closed",
+    "embed_resumed",
+];
+
+pub fn run() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(demo())
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A made-up embed JWT whose claims carry analytics metadata.
+pub fn demo_jwt() -> String {
+    let part = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    format!("{}.{}.{}", part(json!({"alg": "HS256", "typ": "JWT"})), part(json!({"user_id": "demo-user", "org": "acme"})), "c2lnbmF0dXJl")
+}
+
+/// A multipart body with one `file` part; returns (content type, body).
+pub fn multipart_file(filename: &str, content: &str) -> (String, Vec<u8>) {
+    let boundary = "taphook-demo-boundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: text/csv\r\n\r\n{content}\r\n--{boundary}--\r\n"
+    );
+    (format!("multipart/form-data; boundary={boundary}"), body.into_bytes())
+}
+
+async fn demo() -> anyhow::Result<()> {
+    let importer = ReferenceImporter::start().await.context("starting the reference importer")?;
+    let receiver = Receiver::start().await.context("starting the webhook receiver")?;
+    let dir = std::env::temp_dir().join(format!("taphook-demo-{}", std::process::id()));
+    let (config, rules) = demo_setup(&dir, &importer, &receiver)?;
+    let proxy = config.listen;
+    let admin = config.admin_listen;
+    println!("reference importer  {}", importer.url());
+    println!("taphook proxy       http://{proxy}");
+    println!("taphook admin       http://{admin}/metrics");
+    println!("webhook receiver    {}\n", receiver.url("/hooks/oneschema"));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let server = std::thread::spawn(move || app::run(config, rules, Stop::Channel(stop_rx)));
+    wait_ready(admin, proxy).await?;
+
+    let mut arrivals = receiver.subscribe();
+    let printer = tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok(r) = arrivals.recv().await {
+            n += 1;
+            let auth = if r.header("authorization").is_some() { "Basic auth" } else { "no auth" };
+            println!("  ⇢ webhook #{n} {} {} ({auth})\n    {}", r.method, r.path, r.json());
+        }
+    });
+    let result = script(proxy).await;
+    let got = receiver.wait_for("/hooks/oneschema", EVENT_TYPES.len(), Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    printer.abort();
+    let metrics = reqwest::get(format!("http://{admin}/metrics")).await?.text().await?;
+    println!("\nmetrics summary:");
+    for line in metrics.lines().filter(|l| l.starts_with("taphook_") && !l.contains("_bucket")) {
+        println!("  {line}");
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::task::spawn_blocking(move || server.join()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    let types: Vec<String> = got.iter().map(|r| r.json()["event_type"].as_str().unwrap_or("").to_string()).collect();
+    let missing: Vec<_> = EVENT_TYPES.iter().filter(|t| !types.iter().any(|g| g == *t)).collect();
+    if !missing.is_empty() {
+        bail!("the receiver did not get {missing:?}");
+    }
+    println!("\nall {} event types arrived", EVENT_TYPES.len());
+    Ok(())
+}
+
+/// Writes the demo's rules and builds its config.
+fn demo_setup(dir: &Path, importer: &ReferenceImporter, receiver: &Receiver) -> anyhow::Result<(Config, rules::Rules)> {
+    let rules_dir = dir.join("rules");
+    std::fs::create_dir_all(&rules_dir)?;
+    std::fs::write(rules_dir.join("oneschema.yaml"), ONESCHEMA_PROFILE)?;
+    let hooks = format!(
+        "webhooks:\n  - key: event_webhook\n    url: {}\n    events: [\"*\"]\n    assignment: session\n    secret: demo-secret\n",
+        receiver.url("/hooks/oneschema")
+    );
+    std::fs::write(rules_dir.join("webhooks.yaml"), hooks)?;
+    let text = format!(
+        "listen: 127.0.0.1:{}\nupstream: {}\nadmin_listen: 127.0.0.1:{}\nrules_dir: {}\ndata_dir: {}\nthreads: 2\n",
+        free_port()?,
+        importer.url(),
+        free_port()?,
+        rules_dir.display(),
+        dir.join("data").display()
+    );
+    let path: PathBuf = dir.join("taphook.yaml");
+    let doc = Document::parse(&path, &text, &|_| None).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let config = Config::from_document(&doc, dir).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let rules = rules::load_dir(&rules_dir, &|_| None).map_err(|p| anyhow::anyhow!("{p}"))?;
+    Ok((config, rules))
+}
+
+/// Waits for `/readyz` and for the proxy port to accept connections.
+pub async fn wait_ready(admin: SocketAddr, proxy: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    loop {
+        let ready = client.get(format!("http://{admin}/readyz")).send().await.is_ok_and(|r| r.status().is_success());
+        if ready && tokio::net::TcpStream::connect(proxy).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("taphook did not become ready on {proxy} / {admin}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A user imports contacts.csv through the proxy.
+async fn script(proxy: SocketAddr) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let base = format!("http://{proxy}");
+    let step = |method: &str, path: &str, status: u16| println!("→ {method} {path} {status}");
+    let created: Value = {
+        let r = client
+            .post(format!("{base}/v1/embeds"))
+            .header("x-api-key", "demo-api-key")
+            .json(&json!({"template_key": "contacts", "embed_user_jwt": demo_jwt(), "event_webhook_keys": ["event_webhook"], "dev_mode": false}))
+            .send()
+            .await?;
+        step("POST", "/v1/embeds", r.status().as_u16());
+        r.json().await?
+    };
+    let id = created["id"].as_u64().context("the importer returned no embed id")?;
+    let (ct, body) = multipart_file("contacts.csv", "name,email\nAda,ada@example.com\nBob,bob-at-example\nEve,eve@example.com");
+    let calls: Vec<(reqwest::Method, String, Option<(String, Vec<u8>)>)> = vec![
+        (reqwest::Method::POST, format!("/v1/embeds/{id}/upload"), Some((ct, body))),
+        (reqwest::Method::POST, format!("/v1/embeds/{id}/set-header"), Some(json_body(json!({"index": 0})))),
+        (reqwest::Method::POST, format!("/v1/embeds/{id}/map"), Some(json_body(json!({"mapping": {"name": "name", "email": "email"}})))),
+        (reqwest::Method::POST, format!("/v1/embeds/{id}/sheet-operations"), Some(json_body(json!({"operation": "delete_invalid_rows"})))),
+        (reqwest::Method::POST, format!("/v1/embeds/{id}/import"), Some(json_body(json!({})))),
+        (reqwest::Method::DELETE, format!("/v1/embeds/{id}"), None),
+        (reqwest::Method::POST, format!("/v1/embeds/{id}/resume"), Some(json_body(json!({})))),
+    ];
+    for (method, path, body) in calls {
+        let mut req = client.request(method.clone(), format!("{base}{path}"));
+        if let Some((ct, bytes)) = body {
+            req = req.header("content-type", ct).body(bytes);
+        }
+        let r = req.send().await?;
+        step(method.as_str(), &path, r.status().as_u16());
+        // Give each step's webhook a moment so the output reads in order.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    Ok(())
+}
+
+fn json_body(v: Value) -> (String, Vec<u8>) {
+    ("application/json".to_string(), v.to_string().into_bytes())
+}
