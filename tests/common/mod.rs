@@ -1,0 +1,186 @@
+//! The test stack: the reference importer and a recording receiver in
+//! this process, and the real `taphook` binary as a child process, all
+//! on free loopback ports.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use taphook::demo::importer::ReferenceImporter;
+use taphook::demo::receiver::Receiver;
+use taphook::demo::{free_port, multipart_file, wait_ready, ONESCHEMA_PROFILE};
+
+#[allow(unused_imports)]
+pub use taphook::demo::receiver::Reply;
+
+pub struct Stack {
+    pub importer: Option<ReferenceImporter>,
+    pub receiver: Receiver,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+    child: Child,
+}
+
+/// What a test changes in the stack.
+pub struct Setup<'a> {
+    /// Rules files (name, text) beside the OneSchema profile; `{receiver}`
+    /// is replaced by the receiver's base URL.
+    pub rules: Vec<(&'a str, String)>,
+    /// Extra config lines.
+    pub config: &'a str,
+    /// Point the proxy at a port nothing listens on.
+    pub upstream_down: bool,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Self { rules: Vec::new(), config: "", upstream_down: false }
+    }
+}
+
+impl Stack {
+    pub async fn start(setup: Setup<'_>) -> Stack {
+        let receiver = Receiver::start().await.expect("receiver");
+        let (importer, upstream) = if setup.upstream_down {
+            (None, format!("http://127.0.0.1:{}", free_port().unwrap()))
+        } else {
+            let imp = ReferenceImporter::start().await.expect("importer");
+            let url = imp.url();
+            (Some(imp), url)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let rules_dir = dir.path().join("rules");
+        std::fs::create_dir_all(&rules_dir).unwrap();
+        std::fs::write(rules_dir.join("oneschema.yaml"), ONESCHEMA_PROFILE).unwrap();
+        let base = format!("http://{}", receiver.addr);
+        for (name, text) in &setup.rules {
+            std::fs::write(rules_dir.join(name), text.replace("{receiver}", &base)).unwrap();
+        }
+        let (proxy_port, admin_port) = (free_port().unwrap(), free_port().unwrap());
+        let config = format!(
+            "listen: 127.0.0.1:{proxy_port}\nupstream: {upstream}\nadmin_listen: 127.0.0.1:{admin_port}\nrules_dir: rules\ndata_dir: data\nthreads: 2\n{}",
+            setup.config
+        );
+        let config_path = dir.path().join("taphook.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("taphook.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_taphook"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info,taphook=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn taphook");
+        let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        let mut stack = Stack { importer, receiver, proxy, admin, dir, client: client(), child };
+        if let Err(e) = wait_ready(admin, proxy).await {
+            let _ = stack.child.kill();
+            panic!("{e}\n{}", stack.log());
+        }
+        stack
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn direct_url(&self, path: &str) -> String {
+        format!("{}{}", self.importer.as_ref().expect("importer").url(), path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("taphook.log")).unwrap_or_default()
+    }
+
+    pub fn rules_dir(&self) -> PathBuf {
+        self.dir.path().join("rules")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client.get(format!("http://{}/metrics", self.admin)).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of one sample (`name{labels}` exactly as exported), 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+
+    /// Is the taphook process still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Creates an embed through the proxy; returns its id.
+    pub async fn create_embed(&self, body: Value, api_key: bool) -> u64 {
+        let mut req = self.client.post(self.url("/v1/embeds")).json(&body);
+        if api_key {
+            req = req.header("x-api-key", "test-key");
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json::<Value>().await.unwrap()["id"].as_u64().unwrap()
+    }
+
+    /// Runs the other seven steps of a session through the proxy.
+    pub async fn finish_session(&self, id: u64) {
+        let (ct, body) = multipart_file("contacts.csv", "name,email\nAda,ada@example.com\nBob,bob-at-example\n");
+        self.post(&format!("/v1/embeds/{id}/upload"), &ct, body).await;
+        self.post_json(&format!("/v1/embeds/{id}/set-header"), json!({"index": 0})).await;
+        self.post_json(&format!("/v1/embeds/{id}/map"), json!({})).await;
+        self.post_json(&format!("/v1/embeds/{id}/sheet-operations"), json!({"operation": "delete_rows"})).await;
+        self.post_json(&format!("/v1/embeds/{id}/import"), json!({})).await;
+        let r = self.client.delete(self.url(&format!("/v1/embeds/{id}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        self.post_json(&format!("/v1/embeds/{id}/resume"), json!({})).await;
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
+        self.post(path, "application/json", body.to_string().into_bytes()).await
+    }
+
+    pub async fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+        let r = self.client.post(self.url(path)).header("content-type", content_type).body(body).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits `d` so late deliveries would have arrived.
+pub async fn settle(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+/// A webhook YAML entry.
+pub fn webhook(key: &str, path: &str, extra: &str) -> String {
+    format!("  - key: {key}\n    url: {{receiver}}{path}\n{extra}")
+}
+
+pub fn path_of(p: &Path) -> String {
+    p.display().to_string()
+}
