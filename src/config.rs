@@ -154,6 +154,9 @@ impl Config {
 
     /// Lowers a parsed config; relative paths are joined to `base`.
     pub fn from_document(doc: &Document, base: &Path) -> Result<Self, Problems> {
+        if !doc.problems.is_empty() {
+            return Err(Problems(doc.problems.clone()));
+        }
         let raw: RawConfig = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
             let pointer: String = e.path().to_string().split('.').filter(|s| !s.is_empty() && *s != "?").map(|s| format!("/{s}")).collect();
             Problems::one(doc.problem(&pointer, e.inner().to_string()))

@@ -93,10 +93,14 @@ struct Loader {
     seen: Seen,
     /// Every `events` entry of every webhook, checked once all is read.
     event_refs: Vec<(String, Origin)>,
+    /// Event types routes declare, valid or not, so that one broken route
+    /// does not also make every webhook that names its event an error.
+    declared: BTreeSet<String>,
 }
 
 impl Loader {
     fn document(&mut self, doc: &Document) {
+        self.problems.extend(doc.problems.iter().cloned());
         let Some(top) = doc.value.as_object() else {
             if !doc.value.is_null() {
                 self.problems.push(doc.problem("", "expected a mapping with `routes`, `webhooks`, `apps` or `events`"));
@@ -129,9 +133,11 @@ impl Loader {
                 Ok(raw) => f(self, raw, at),
                 Err(e) => {
                     let path = field_pointer(e.path());
-                    let reason = match path.as_str() {
-                        "" => e.inner().to_string(),
-                        p => format!("{}: {}", p.trim_start_matches('/').replace('/', "."), e.inner()),
+                    let inner = e.inner().to_string();
+                    let reason = if path.is_empty() || inner.starts_with("unknown field") {
+                        inner
+                    } else {
+                        format!("{}: {inner}", path.trim_start_matches('/').replace('/', "."))
                     };
                     self.problems.push(doc.problem(&format!("{at}{path}"), reason));
                 }
@@ -174,14 +180,16 @@ impl Loader {
 
     fn route(&mut self, doc: &Document, raw: RawRoute, at: String) {
         let origin = self.unique(doc, "route", &raw.name, &format!("{at}/name"));
+        self.declared.insert(raw.event.clone());
         if !is_event_name(&raw.event) {
             self.problems.push(doc.problem(&format!("{at}/event"), format!("invalid event type `{}`: use letters, digits, `_`, `-` or `.`", raw.event)));
         }
         let params = match parse_template(&raw.path) {
             Ok((_, names)) => names,
             Err(reason) => {
+                // Reported here, at the path; the route is not indexed.
                 self.problems.push(doc.problem(&format!("{at}/path"), reason));
-                Vec::new()
+                return;
             }
         };
         let methods = raw.method.map(OneOrMany::into_vec).unwrap_or_default();
@@ -375,13 +383,13 @@ impl Loader {
         let event_types: BTreeSet<String> = self.routes.iter().map(|r| r.event.clone()).collect();
         let registered: HashMap<&str, &RegisteredEvent> = self.registered.iter().map(|e| (e.name.as_str(), e)).collect();
         for (name, origin) in &self.event_refs {
-            if !event_types.contains(name) && !registered.contains_key(name.as_str()) {
-                let known = event_types.iter().cloned().collect::<Vec<_>>().join(", ");
+            if !self.declared.contains(name) && !registered.contains_key(name.as_str()) {
+                let known = self.declared.iter().cloned().collect::<Vec<_>>().join(", ");
                 problems.push(Problem::new(&origin.file, origin.line, format!("unknown event type `{name}` (no route derives it; known: {known})")));
             }
         }
         for ev in &self.registered {
-            if !event_types.contains(&ev.event_type) {
+            if !self.declared.contains(&ev.event_type) {
                 problems.push(Problem::new(&ev.origin.file, ev.origin.line, format!("registered event `{}`: unknown event type `{}`", ev.name, ev.event_type)));
             }
             if !self.apps.iter().any(|a| a.id == ev.app) {

@@ -15,12 +15,15 @@ use super::error::{Problem, Problems};
 pub struct Document {
     pub path: PathBuf,
     pub value: Value,
+    /// Problems found while reading (unset environment variables); the
+    /// value is still usable, so the rest of the file gets checked too.
+    pub problems: Vec<Problem>,
     lines: HashMap<String, usize>,
 }
 
 impl Document {
-    /// Parses `text`, read from `path`. Every problem found (syntax, unset
-    /// environment variables) is returned, each with its line.
+    /// Parses `text`, read from `path`. A syntax error is fatal; unset
+    /// environment variables are kept in [`Document::problems`].
     pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Problems> {
         let docs = MarkedYaml::load_from_str(text).map_err(|e| {
             Problems::one(Problem::new(path, e.marker().line(), e.info().to_string()))
@@ -33,10 +36,7 @@ impl Document {
         if docs.len() > 1 {
             builder.problems.push(Problem::new(path, 1, "a file holds one YAML document".into()));
         }
-        if !builder.problems.is_empty() {
-            return Err(Problems(builder.problems));
-        }
-        Ok(Self { path: path.to_path_buf(), value, lines: builder.lines })
+        Ok(Self { path: path.to_path_buf(), value, problems: builder.problems, lines: builder.lines })
     }
 
     /// The line where the node at `pointer` (a JSON pointer such as
@@ -202,8 +202,9 @@ mod tests {
 
     #[test]
     fn reports_unset_variable_with_line() {
-        let err = Document::parse(Path::new("r.yaml"), "a: 1\nb: ${NOPE}\n", &env).unwrap_err();
-        assert_eq!(err.to_string(), "r.yaml:2: environment variable `NOPE` is not set");
+        let doc = Document::parse(Path::new("r.yaml"), "a: 1\nb: ${NOPE}\n", &env).unwrap();
+        assert_eq!(Problems(doc.problems.clone()).to_string(), "r.yaml:2: environment variable `NOPE` is not set");
+        assert_eq!(doc.value["a"], 1);
     }
 
     #[test]
