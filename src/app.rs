@@ -35,12 +35,18 @@ impl Shared {
         match rules::load_dir(&self.config.rules_dir, &rules::source::process_env) {
             Ok(new) => {
                 self.rules.store(Arc::new(new));
-                self.metrics.rules_reloads.with_label_values(&["success"]).inc();
+                self.metrics
+                    .rules_reloads
+                    .with_label_values(&["success"])
+                    .inc();
                 tracing::info!(dir = %self.config.rules_dir.display(), "rules reloaded");
                 Ok(())
             }
             Err(problems) => {
-                self.metrics.rules_reloads.with_label_values(&["error"]).inc();
+                self.metrics
+                    .rules_reloads
+                    .with_label_values(&["error"])
+                    .inc();
                 for p in &problems.0 {
                     tracing::error!(problem = %p, "rules reload failed; keeping the previous rules");
                 }
@@ -62,7 +68,8 @@ pub enum Stop {
 pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.rules_reloads.with_label_values(&["success"]).inc();
-    check_bindable(config.listen).with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
+    check_bindable(config.listen)
+        .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin_listen)
         .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
     admin_listener.set_nonblocking(true)?;
@@ -71,27 +78,49 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     }
     let listen = config.listen.to_string();
     let (tx, rx) = mpsc::channel(config.tap_queue);
-    let shared = Arc::new(Shared { rules: ArcSwap::from_pointee(rules), metrics, ready: AtomicBool::new(false), config });
+    let shared = Arc::new(Shared {
+        rules: ArcSwap::from_pointee(rules),
+        metrics,
+        ready: AtomicBool::new(false),
+        config,
+    });
 
-    let mut conf = ServerConf { threads: shared.config.threads, ..ServerConf::default() };
+    let mut conf = ServerConf {
+        threads: shared.config.threads,
+        ..ServerConf::default()
+    };
     conf.grace_period_seconds = Some(0);
     conf.graceful_shutdown_timeout_seconds = Some(5);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Tap::new(shared.clone(), tx));
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, Tap::new(shared.clone(), tx));
     proxy.add_tcp(&listen);
     server.add_service(proxy);
-    server.add_service(background_service("pipeline", Pipeline::new(shared.clone(), rx)?));
+    server.add_service(background_service(
+        "pipeline",
+        Pipeline::new(shared.clone(), rx)?,
+    ));
     let signal: Box<dyn ShutdownSignalWatch> = match stop {
         Stop::Signals => {
-            server.add_service(background_service("rules reloader", Reloader { shared: shared.clone() }));
+            server.add_service(background_service(
+                "rules reloader",
+                Reloader {
+                    shared: shared.clone(),
+                },
+            ));
             RunArgs::default().shutdown_signal
         }
         Stop::Channel(rx) => Box::new(ChannelSignal(tokio::sync::Mutex::new(Some(rx)))),
     };
-    server.add_service(background_service("admin", Admin::new(shared, admin_listener)));
+    server.add_service(background_service(
+        "admin",
+        Admin::new(shared, admin_listener),
+    ));
     tracing::info!(%listen, "taphook running");
-    server.run(RunArgs { shutdown_signal: signal });
+    server.run(RunArgs {
+        shutdown_signal: signal,
+    });
     Ok(())
 }
 
@@ -120,7 +149,8 @@ struct Reloader {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
             tracing::warn!("cannot watch SIGHUP; rules reload by signal is off");
             return;
         };

@@ -14,7 +14,11 @@ use crate::filter::{fan_out, Verdict};
 use crate::rules::{self, source::process_env, Rules};
 
 #[derive(Parser)]
-#[command(name = "taphook", version, about = "An inline reverse proxy that turns a data importer's traffic into lifecycle webhooks")]
+#[command(
+    name = "taphook",
+    version,
+    about = "An inline reverse proxy that turns a data importer's traffic into lifecycle webhooks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,7 +63,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::Check { config, rules, path } => return check(config, rules, path),
+        Command::Check {
+            config,
+            rules,
+            path,
+        } => return check(config, rules, path),
         Command::Eval { rules, event } => eval(&rules, &event),
         Command::Demo => crate::demo::run(),
         Command::Importer { listen } => importer(&listen),
@@ -74,19 +82,25 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn load_config(path: &Path) -> anyhow::Result<(Config, Rules)> {
     let config = Config::load(path, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
-    let rules = rules::load_dir(&config.rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let rules =
+        rules::load_dir(&config.rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
     Ok((config, rules))
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {
-    let (config, rules) = load_config(path).with_context(|| format!("cannot start with {}", path.display()))?;
+    let (config, rules) =
+        load_config(path).with_context(|| format!("cannot start with {}", path.display()))?;
     crate::app::run(config, rules, crate::app::Stop::Signals)
 }
 
@@ -99,7 +113,8 @@ fn check(config: Option<PathBuf>, rules_dir: Option<PathBuf>, path: Option<PathB
         (None, None, None) => (Some(PathBuf::from("taphook.yaml")), None),
     };
     let loaded = match (config, rules_dir) {
-        (Some(c), _) => Config::load(&c, &process_env).and_then(|cfg| rules::load_dir(&cfg.rules_dir, &process_env)),
+        (Some(c), _) => Config::load(&c, &process_env)
+            .and_then(|cfg| rules::load_dir(&cfg.rules_dir, &process_env)),
         (_, Some(r)) => rules::load_dir(&r, &process_env),
         (None, None) => unreachable!("one of them is set above"),
     };
@@ -133,21 +148,45 @@ pub fn summary(rules: &Rules) -> String {
         rules.registered.len()
     );
     for r in routes {
-        let method = if r.methods.is_empty() { "*".to_string() } else { r.methods.join("|") };
-        let _ = writeln!(out, "  route   {:<28} {:<6} {:<40} -> {}", r.name, method, r.path, r.event);
+        let method = if r.methods.is_empty() {
+            "*".to_string()
+        } else {
+            r.methods.join("|")
+        };
+        let _ = writeln!(
+            out,
+            "  route   {:<28} {:<6} {:<40} -> {}",
+            r.name, method, r.path, r.event
+        );
     }
     for w in &rules.webhooks {
         let events = match &w.events {
             rules::model::EventSelector::All => "*".to_string(),
             rules::model::EventSelector::Some(s) => s.iter().cloned().collect::<Vec<_>>().join(","),
         };
-        let _ = writeln!(out, "  webhook {:<28} {:<10} {} [{}]", w.key, w.format.name(), redact_url(&w.url), events);
+        let _ = writeln!(
+            out,
+            "  webhook {:<28} {:<10} {} [{}]",
+            w.key,
+            w.format.name(),
+            redact_url(&w.url),
+            events
+        );
     }
     for a in &rules.apps {
-        let _ = writeln!(out, "  app     {:<28} permissions: {}", a.id, a.permissions.join(","));
+        let _ = writeln!(
+            out,
+            "  app     {:<28} permissions: {}",
+            a.id,
+            a.permissions.join(",")
+        );
     }
     for e in &rules.registered {
-        let _ = writeln!(out, "  event   {:<28} {}/{} <- {}", e.name, e.app, e.topic, e.event_type);
+        let _ = writeln!(
+            out,
+            "  event   {:<28} {}/{} <- {}",
+            e.name, e.app, e.topic, e.event_type
+        );
     }
     out
 }
@@ -165,28 +204,47 @@ pub fn redact_url(url: &reqwest::Url) -> String {
 
 fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {
     let rules = rules::load_dir(rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
-    let text = std::fs::read_to_string(event_file).with_context(|| format!("cannot read {}", event_file.display()))?;
-    let value: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", event_file.display()))?;
+    let text = std::fs::read_to_string(event_file)
+        .with_context(|| format!("cannot read {}", event_file.display()))?;
+    let value: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON", event_file.display()))?;
     let (event, session) = match value.get("event") {
         Some(e) if e.is_object() => (e.clone(), value.get("session").cloned()),
         _ => (value, None),
     };
-    let event: Event = serde_json::from_value(event).context("the event does not have the envelope's fields")?;
+    let event: Event =
+        serde_json::from_value(event).context("the event does not have the envelope's fields")?;
     let session = match session {
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) => Some(m),
         Some(_) => bail!("`session` must be an object"),
     };
-    let derived = DerivedEvent { event, session, derived_at: std::time::Instant::now() };
+    let derived = DerivedEvent {
+        event,
+        session,
+        derived_at: std::time::Instant::now(),
+    };
     for d in fan_out(&derived, &rules) {
         let why = match &d.verdict {
             Verdict::Deliver => match &d.registered {
                 Some(r) => format!("deliver (through registered event `{r}`)"),
                 None => "deliver".to_string(),
             },
-            Verdict::NotSubscribed => format!("skip: not subscribed to `{}`", derived.event.event_type),
-            Verdict::NotAssigned => "skip: assignment is `session` and the session's webhook_keys do not hold this key".to_string(),
-            Verdict::FilterRejected => format!("skip: filter is false: {}", d.webhook.filter.as_ref().map(|f| f.source().to_string()).unwrap_or_default()),
+            Verdict::NotSubscribed => {
+                format!("skip: not subscribed to `{}`", derived.event.event_type)
+            }
+            Verdict::NotAssigned => {
+                "skip: assignment is `session` and the session's webhook_keys do not hold this key"
+                    .to_string()
+            }
+            Verdict::FilterRejected => format!(
+                "skip: filter is false: {}",
+                d.webhook
+                    .filter
+                    .as_ref()
+                    .map(|f| f.source().to_string())
+                    .unwrap_or_default()
+            ),
             Verdict::FilterError(e) => format!("skip: filter failed: {e}"),
         };
         println!("{:<28} {why}", d.webhook.key);

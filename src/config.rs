@@ -145,8 +145,9 @@ mod defaults {
 impl Config {
     /// Reads and checks `path`.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Problems> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Problems::one(Problem::new(path, 1, format!("cannot read config: {e}"))))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Problems::one(Problem::new(path, 1, format!("cannot read config: {e}")))
+        })?;
         let doc = Document::parse(path, &text, env)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_document(&doc, &base)
@@ -158,7 +159,13 @@ impl Config {
             return Err(Problems(doc.problems.clone()));
         }
         let raw: RawConfig = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
-            let pointer: String = e.path().to_string().split('.').filter(|s| !s.is_empty() && *s != "?").map(|s| format!("/{s}")).collect();
+            let pointer: String = e
+                .path()
+                .to_string()
+                .split('.')
+                .filter(|s| !s.is_empty() && *s != "?")
+                .map(|s| format!("/{s}"))
+                .collect();
             Problems::one(doc.problem(&pointer, e.inner().to_string()))
         })?;
         let mut problems = Vec::new();
@@ -172,7 +179,10 @@ impl Config {
         let admin_listen = addr("admin_listen", &raw.admin_listen);
         let upstream = parse_upstream(&raw.upstream).unwrap_or_else(|reason| {
             problems.push(doc.problem("/upstream", reason));
-            Upstream { host: String::new(), port: 0 }
+            Upstream {
+                host: String::new(),
+                port: 0,
+            }
         });
         let concurrency = raw.delivery.concurrency_per_webhook.unwrap_or(16);
         if concurrency == 0 {
@@ -181,7 +191,10 @@ impl Config {
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
-        let retention = raw.events_retention.map(|d| d.0).unwrap_or(Duration::from_secs(30 * 86400));
+        let retention = raw
+            .events_retention
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30 * 86400));
         Ok(Self {
             listen,
             upstream,
@@ -191,34 +204,67 @@ impl Config {
             data_dir: base.join(raw.data_dir),
             environment_name: raw.environment_name,
             events_retention: retention,
-            dedup_ttl: raw.dedup.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(86400)),
+            dedup_ttl: raw
+                .dedup
+                .ttl
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(86400)),
             dedup_capacity: raw.dedup.capacity.unwrap_or(1_000_000),
-            max_body_bytes: raw.capture.max_body_bytes.map(|s| s.0 as usize).unwrap_or(1 << 20),
+            max_body_bytes: raw
+                .capture
+                .max_body_bytes
+                .map(|s| s.0 as usize)
+                .unwrap_or(1 << 20),
             tap_queue: raw.tap.queue_capacity.unwrap_or(10_000).max(1),
             delivery: Delivery {
-                timeout: raw.delivery.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+                timeout: raw
+                    .delivery
+                    .timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(10)),
                 concurrency_per_webhook: concurrency,
                 queue_per_webhook: raw.delivery.queue_per_webhook.unwrap_or(10_000).max(1),
                 allow_private_networks: raw.delivery.allow_private_networks,
             },
             jwt_hs256_secret: raw.jwt.hs256_secret.filter(|s| !s.is_empty()),
-            threads: raw.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1),
+            threads: raw
+                .threads
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(2)
+                })
+                .max(1),
         })
     }
 }
 
 /// `http://host:port` (no TLS: the proxy speaks plain HTTP upstream).
 fn parse_upstream(text: &str) -> Result<Upstream, String> {
-    let url = reqwest::Url::parse(text).map_err(|e| format!("`upstream`: invalid URL `{text}`: {e}"))?;
+    let url =
+        reqwest::Url::parse(text).map_err(|e| format!("`upstream`: invalid URL `{text}`: {e}"))?;
     if url.scheme() != "http" {
-        return Err(format!("`upstream`: scheme `{}` is not supported: taphook speaks plain http to the importer", url.scheme()));
+        return Err(format!(
+            "`upstream`: scheme `{}` is not supported: taphook speaks plain http to the importer",
+            url.scheme()
+        ));
     }
     if url.path() != "/" && !url.path().is_empty() {
-        return Err(format!("`upstream`: `{text}` has a path; give only http://host:port"));
+        return Err(format!(
+            "`upstream`: `{text}` has a path; give only http://host:port"
+        ));
     }
-    let host = url.host_str().ok_or_else(|| format!("`upstream`: `{text}` has no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    Ok(Upstream { host, port: url.port_or_known_default().unwrap_or(80) })
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("`upstream`: `{text}` has no host"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(Upstream {
+        host,
+        port: url.port_or_known_default().unwrap_or(80),
+    })
 }
 
 #[cfg(test)]
@@ -234,7 +280,13 @@ mod tests {
     #[test]
     fn defaults_and_paths() {
         let c = load("upstream: http://127.0.0.1:9000\nadmin_token: ${TOKEN}\n").unwrap();
-        assert_eq!(c.upstream, Upstream { host: "127.0.0.1".into(), port: 9000 });
+        assert_eq!(
+            c.upstream,
+            Upstream {
+                host: "127.0.0.1".into(),
+                port: 9000
+            }
+        );
         assert_eq!(c.rules_dir, Path::new("/etc/taphook/./rules"));
         assert_eq!(c.admin_token.as_deref(), Some("t0k"));
         assert_eq!(c.max_body_bytes, 1 << 20);
@@ -243,11 +295,23 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        let err = load("upstream: http://127.0.0.1:9000\ndelivery:\n  timeout: soon\n").unwrap_err();
-        assert!(err.to_string().starts_with("taphook.yaml:3: invalid duration `soon`"), "{err}");
+        let err =
+            load("upstream: http://127.0.0.1:9000\ndelivery:\n  timeout: soon\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("taphook.yaml:3: invalid duration `soon`"),
+            "{err}"
+        );
         let err = load("upstream: https://x:1\n").unwrap_err();
-        assert!(err.to_string().starts_with("taphook.yaml:1: `upstream`: scheme `https`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("taphook.yaml:1: `upstream`: scheme `https`"),
+            "{err}"
+        );
         let err = load("upstream: http://x:1\nlisten_typo: 1\n").unwrap_err();
-        assert!(err.to_string().contains("unknown field `listen_typo`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `listen_typo`"),
+            "{err}"
+        );
     }
 }

@@ -10,7 +10,12 @@ pub struct Dedup {
 
 impl Dedup {
     pub fn new(capacity: u64, ttl: Duration) -> Self {
-        Self { seen: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build() }
+        Self {
+            seen: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+        }
     }
 
     /// True the first time `uuid` is offered within the TTL; atomic, so

@@ -1,8 +1,8 @@
 //! Prometheus metrics for every stage, in one registry of their own.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric taphook exports.
@@ -21,38 +21,97 @@ pub struct Metrics {
     pub rules_reloads: IntCounterVec,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
-        let proxy_requests = counter("taphook_proxy_requests_total", "Requests proxied, by first matching route and status class.", &["route", "status_class"]);
-        let events_derived = counter("taphook_events_derived_total", "Events derived from exchanges, by event type.", &["event_type"]);
-        let events_dropped = counter("taphook_events_dropped_total", "Exchanges or events dropped before delivery, by reason.", &["reason"]);
-        let filter_rejected = counter("taphook_filter_rejected_total", "Events a webhook's filter rejected.", &["webhook"]);
-        let deliveries = counter("taphook_deliveries_total", "Deliveries finished, by webhook and outcome (delivered, dead).", &["webhook", "outcome"]);
-        let delivery_attempts = counter("taphook_delivery_attempts_total", "Delivery attempts, by webhook and status class (2xx..5xx, timeout, error).", &["webhook", "status_class"]);
-        let rules_reloads = counter("taphook_rules_reloads_total", "Rules loads, by result.", &["result"]);
-        let events_duplicate = IntCounter::new("taphook_events_duplicate_total", "Events dropped as duplicates of an event UUID seen before.").expect("valid metric");
-        registry.register(Box::new(events_duplicate.clone())).expect("unique metric");
+        let proxy_requests = counter(
+            "taphook_proxy_requests_total",
+            "Requests proxied, by first matching route and status class.",
+            &["route", "status_class"],
+        );
+        let events_derived = counter(
+            "taphook_events_derived_total",
+            "Events derived from exchanges, by event type.",
+            &["event_type"],
+        );
+        let events_dropped = counter(
+            "taphook_events_dropped_total",
+            "Exchanges or events dropped before delivery, by reason.",
+            &["reason"],
+        );
+        let filter_rejected = counter(
+            "taphook_filter_rejected_total",
+            "Events a webhook's filter rejected.",
+            &["webhook"],
+        );
+        let deliveries = counter(
+            "taphook_deliveries_total",
+            "Deliveries finished, by webhook and outcome (delivered, dead).",
+            &["webhook", "outcome"],
+        );
+        let delivery_attempts = counter(
+            "taphook_delivery_attempts_total",
+            "Delivery attempts, by webhook and status class (2xx..5xx, timeout, error).",
+            &["webhook", "status_class"],
+        );
+        let rules_reloads = counter(
+            "taphook_rules_reloads_total",
+            "Rules loads, by result.",
+            &["result"],
+        );
+        let events_duplicate = IntCounter::new(
+            "taphook_events_duplicate_total",
+            "Events dropped as duplicates of an event UUID seen before.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(events_duplicate.clone()))
+            .expect("unique metric");
         let delivery_duration = HistogramVec::new(
-            HistogramOpts::new("taphook_delivery_duration_seconds", "Duration of one delivery attempt.").buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "taphook_delivery_duration_seconds",
+                "Duration of one delivery attempt.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["webhook"],
         )
         .expect("valid metric");
-        registry.register(Box::new(delivery_duration.clone())).expect("unique metric");
+        registry
+            .register(Box::new(delivery_duration.clone()))
+            .expect("unique metric");
         let event_delivery_latency = Histogram::with_opts(
-            HistogramOpts::new("taphook_event_delivery_latency_seconds", "Time from the exchange's completion to the event's delivery.").buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "taphook_event_delivery_latency_seconds",
+                "Time from the exchange's completion to the event's delivery.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
-        registry.register(Box::new(event_delivery_latency.clone())).expect("unique metric");
-        let outbox_pending = IntGaugeVec::new(Opts::new("taphook_outbox_pending", "Deliveries waiting or in flight, by webhook."), &["webhook"]).expect("valid metric");
-        registry.register(Box::new(outbox_pending.clone())).expect("unique metric");
+        registry
+            .register(Box::new(event_delivery_latency.clone()))
+            .expect("unique metric");
+        let outbox_pending = IntGaugeVec::new(
+            Opts::new(
+                "taphook_outbox_pending",
+                "Deliveries waiting or in flight, by webhook.",
+            ),
+            &["webhook"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(outbox_pending.clone()))
+            .expect("unique metric");
         Self {
             registry,
             proxy_requests,
@@ -72,7 +131,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).ok();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .ok();
         String::from_utf8(buf).unwrap_or_default()
     }
 }

@@ -37,11 +37,20 @@ impl Pipeline {
         Ok(Self {
             deriver: Deriver {
                 environment_name: config.environment_name.clone(),
-                jwt_hs256_secret: config.jwt_hs256_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+                jwt_hs256_secret: config
+                    .jwt_hs256_secret
+                    .as_ref()
+                    .map(|s| s.as_bytes().to_vec()),
             },
             dedup: Dedup::new(config.dedup_capacity, config.dedup_ttl),
-            sessions: Arc::new(MemorySessions::new(SESSION_CAPACITY, config.events_retention)),
-            dispatcher: Arc::new(Dispatcher::new(config.delivery.clone(), shared.metrics.clone())?),
+            sessions: Arc::new(MemorySessions::new(
+                SESSION_CAPACITY,
+                config.events_retention,
+            )),
+            dispatcher: Arc::new(Dispatcher::new(
+                config.delivery.clone(),
+                shared.metrics.clone(),
+            )?),
             receiver: Mutex::new(Some(receiver)),
             shared,
         })
@@ -58,7 +67,10 @@ impl Pipeline {
     /// Dedups one event and hands it to every webhook that should get it.
     pub fn accept(&self, event: DerivedEvent, rules: &Rules) {
         let metrics = &self.shared.metrics;
-        metrics.events_derived.with_label_values(&[&event.event.event_type]).inc();
+        metrics
+            .events_derived
+            .with_label_values(&[&event.event.event_type])
+            .inc();
         if !self.dedup.first_seen(&event.event.uuid) {
             metrics.events_duplicate.inc();
             tracing::debug!(event = %event.event.uuid, "duplicate event dropped");
@@ -69,9 +81,15 @@ impl Pipeline {
         for decision in fan_out(&event, rules) {
             match decision.verdict {
                 Verdict::Deliver => self.dispatcher.enqueue(decision.webhook, event.clone()),
-                Verdict::FilterRejected => metrics.filter_rejected.with_label_values(&[&decision.webhook.key]).inc(),
+                Verdict::FilterRejected => metrics
+                    .filter_rejected
+                    .with_label_values(&[&decision.webhook.key])
+                    .inc(),
                 Verdict::FilterError(e) => {
-                    metrics.filter_rejected.with_label_values(&[&decision.webhook.key]).inc();
+                    metrics
+                        .filter_rejected
+                        .with_label_values(&[&decision.webhook.key])
+                        .inc();
                     tracing::warn!(webhook = %decision.webhook.key, error = %e, "filter failed to evaluate; event not delivered");
                 }
                 Verdict::NotSubscribed | Verdict::NotAssigned => {}
@@ -83,7 +101,12 @@ impl Pipeline {
 #[async_trait]
 impl BackgroundService for Pipeline {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(mut receiver) = self.receiver.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(mut receiver) = self
+            .receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
             return;
         };
         loop {

@@ -21,7 +21,10 @@ fn check(dir: &Path) -> (i32, Vec<String>) {
     let out = taphook(&["check", "--rules", dir.to_str().unwrap()], &[]);
     let text = String::from_utf8(out.stdout).unwrap();
     let prefix = format!("{}/", dir.display());
-    (out.status.code().unwrap(), text.lines().map(|l| l.replace(&prefix, "")).collect())
+    (
+        out.status.code().unwrap(),
+        text.lines().map(|l| l.replace(&prefix, "")).collect(),
+    )
 }
 
 #[test]
@@ -29,7 +32,10 @@ fn the_shipped_rules_are_clean() {
     let out = taphook(&["check", "rules/"], &[]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{text}");
-    assert!(text.starts_with("ok: 2 file(s), 8 route(s), 1 webhook(s)"), "{text}");
+    assert!(
+        text.starts_with("ok: 2 file(s), 8 route(s), 1 webhook(s)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -94,15 +100,42 @@ fn every_problem_is_reported_with_file_and_line() {
 fn check_reads_a_config_and_its_rules() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rules")).unwrap();
-    write(&dir.path().join("rules"), "r.yaml", "routes:\n  - name: a\n    event: e\n    path: /a\n");
-    write(dir.path(), "taphook.yaml", "upstream: http://127.0.0.1:9000\nrules_dir: rules\n");
-    let out = taphook(&["check", "--config", dir.path().join("taphook.yaml").to_str().unwrap()], &[]);
+    write(
+        &dir.path().join("rules"),
+        "r.yaml",
+        "routes:\n  - name: a\n    event: e\n    path: /a\n",
+    );
+    write(
+        dir.path(),
+        "taphook.yaml",
+        "upstream: http://127.0.0.1:9000\nrules_dir: rules\n",
+    );
+    let out = taphook(
+        &[
+            "check",
+            "--config",
+            dir.path().join("taphook.yaml").to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 1 file(s), 1 route(s)"));
-    write(dir.path(), "taphook.yaml", "upstream: ftp://127.0.0.1:9000\n");
-    let out = taphook(&["check", "--config", dir.path().join("taphook.yaml").to_str().unwrap()], &[]);
+    write(
+        dir.path(),
+        "taphook.yaml",
+        "upstream: ftp://127.0.0.1:9000\n",
+    );
+    let out = taphook(
+        &[
+            "check",
+            "--config",
+            dir.path().join("taphook.yaml").to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("taphook.yaml:1: `upstream`: scheme `ftp` is not supported"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("taphook.yaml:1: `upstream`: scheme `ftp` is not supported"));
 }
 
 #[test]
@@ -133,10 +166,22 @@ fn eval_explains_each_webhook() {
     // Outside the rules directory: every *.json file in it is a rules file.
     let event_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(event_file.path(), event).unwrap();
-    let out = taphook(&["eval", "--rules", dir.path().to_str().unwrap(), "--event", event_file.path().to_str().unwrap()], &[]);
+    let out = taphook(
+        &[
+            "eval",
+            "--rules",
+            dir.path().to_str().unwrap(),
+            "--event",
+            event_file.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<String> = text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
     assert_eq!(
         lines,
         [

@@ -10,29 +10,48 @@ use taphook::filter::Expr;
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b)),
-        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
         _ => a == b,
     }
 }
 
 #[test]
 fn the_official_suite_passes() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/jsonlogic-tests.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/jsonlogic-tests.json"
+    ))
+    .unwrap();
     let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
     let mut failures = Vec::new();
     let mut count = 0;
     for case in cases.iter().filter_map(Value::as_array) {
-        let [rule, data, expected] = &case[..] else { panic!("bad case {case:?}") };
+        let [rule, data, expected] = &case[..] else {
+            panic!("bad case {case:?}")
+        };
         count += 1;
-        let got = Expr::compile(rule).map_err(|e| e.to_string()).and_then(|e| e.eval(data).map_err(|e| e.to_string()));
+        let got = Expr::compile(rule)
+            .map_err(|e| e.to_string())
+            .and_then(|e| e.eval(data).map_err(|e| e.to_string()));
         match got {
             Ok(v) if same(&v, expected) => {}
-            other => failures.push(format!("{rule} on {data}: expected {expected}, got {other:?}")),
+            other => failures.push(format!(
+                "{rule} on {data}: expected {expected}, got {other:?}"
+            )),
         }
     }
     assert_eq!(count, 277);
-    assert!(failures.is_empty(), "{} of {count} failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {count} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// A numeric expression, in two spellings: with the `$` shorthand (for
@@ -40,13 +59,20 @@ fn the_official_suite_passes() {
 fn num_expr() -> impl Strategy<Value = (Value, Value)> {
     let leaf = prop_oneof![
         (-50i64..50).prop_map(|n| (json!(n), json!(n))),
-        prop_oneof![Just("a"), Just("b"), Just("c.d")].prop_map(|k| (json!(format!("${k}")), json!({"var": k}))),
+        prop_oneof![Just("a"), Just("b"), Just("c.d")]
+            .prop_map(|k| (json!(format!("${k}")), json!({"var": k}))),
     ];
     leaf.prop_recursive(4, 32, 3, |inner| {
-        let bin = (prop_oneof![Just("+"), Just("-"), Just("*"), Just("max"), Just("min")], inner.clone(), inner.clone())
+        let bin = (
+            prop_oneof![Just("+"), Just("-"), Just("*"), Just("max"), Just("min")],
+            inner.clone(),
+            inner.clone(),
+        )
             .prop_map(|(op, (a1, a2), (b1, b2))| (json!({op: [a1, b1]}), json!({op: [a2, b2]})));
-        let cond = (bool_leaf(), inner.clone(), inner)
-            .prop_map(|((c1, c2), (a1, a2), (b1, b2))| (json!({"if": [c1, a1, b1]}), json!({"if": [c2, a2, b2]})));
+        let cond =
+            (bool_leaf(), inner.clone(), inner).prop_map(|((c1, c2), (a1, a2), (b1, b2))| {
+                (json!({"if": [c1, a1, b1]}), json!({"if": [c2, a2, b2]}))
+            });
         prop_oneof![bin, cond]
     })
 }
@@ -54,18 +80,46 @@ fn num_expr() -> impl Strategy<Value = (Value, Value)> {
 fn bool_leaf() -> impl Strategy<Value = (Value, Value)> {
     prop_oneof![
         any::<bool>().prop_map(|b| (json!(b), json!(b))),
-        (prop_oneof![Just("=="), Just("!="), Just("<"), Just(">"), Just("<="), Just(">=")], -5i64..5)
+        (
+            prop_oneof![
+                Just("=="),
+                Just("!="),
+                Just("<"),
+                Just(">"),
+                Just("<="),
+                Just(">=")
+            ],
+            -5i64..5
+        )
             .prop_map(|(op, n)| (json!({op: ["$a", n]}), json!({op: [{"var": "a"}, n]}))),
     ]
 }
 
 fn bool_expr() -> impl Strategy<Value = (Value, Value)> {
-    let cmp = (prop_oneof![Just("=="), Just("!="), Just("<"), Just(">"), Just("<="), Just(">=")], num_expr(), num_expr())
+    let cmp = (
+        prop_oneof![
+            Just("=="),
+            Just("!="),
+            Just("<"),
+            Just(">"),
+            Just("<="),
+            Just(">=")
+        ],
+        num_expr(),
+        num_expr(),
+    )
         .prop_map(|(op, (a1, a2), (b1, b2))| (json!({op: [a1, b1]}), json!({op: [a2, b2]})));
     prop_oneof![cmp, bool_leaf()].prop_recursive(3, 24, 2, |inner| {
         prop_oneof![
-            (prop_oneof![Just("and"), Just("or")], inner.clone(), inner.clone())
-                .prop_map(|(op, (a1, a2), (b1, b2))| (json!({op: [a1, b1]}), json!({op: [a2, b2]}))),
+            (
+                prop_oneof![Just("and"), Just("or")],
+                inner.clone(),
+                inner.clone()
+            )
+                .prop_map(|(op, (a1, a2), (b1, b2))| (
+                    json!({op: [a1, b1]}),
+                    json!({op: [a2, b2]})
+                )),
             inner.prop_map(|(a1, a2)| (json!({"!": [a1]}), json!({"!": [a2]}))),
         ]
     })

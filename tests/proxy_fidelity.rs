@@ -43,8 +43,16 @@ struct Answer {
     body: Vec<u8>,
 }
 
-async fn send(client: &reqwest::Client, method: &str, url: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Answer {
-    let mut req = client.request(method.parse().unwrap(), url).body(body.to_vec());
+async fn send(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Answer {
+    let mut req = client
+        .request(method.parse().unwrap(), url)
+        .body(body.to_vec());
     for (k, v) in headers {
         req = req.header(*k, reqwest::header::HeaderValue::from_bytes(v).unwrap());
     }
@@ -59,13 +67,30 @@ async fn send(client: &reqwest::Client, method: &str, url: &str, headers: &[(&st
         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
         .collect();
     headers.sort();
-    Answer { status, headers, body: resp.bytes().await.unwrap().to_vec() }
+    Answer {
+        status,
+        headers,
+        body: resp.bytes().await.unwrap().to_vec(),
+    }
 }
 
 /// Sends the same request directly and through taphook; asserts the
 /// answers are identical.
-async fn same_both_ways(stack: &Stack, method: &str, path: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Answer {
-    let direct = send(&stack.client, method, &stack.direct_url(path), headers, body).await;
+async fn same_both_ways(
+    stack: &Stack,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Answer {
+    let direct = send(
+        &stack.client,
+        method,
+        &stack.direct_url(path),
+        headers,
+        body,
+    )
+    .await;
     let proxied = send(&stack.client, method, &stack.url(path), headers, body).await;
     assert_eq!(proxied.status, direct.status, "{method} {path}: status");
     assert_eq!(proxied.headers, direct.headers, "{method} {path}: headers");
@@ -74,54 +99,146 @@ async fn same_both_ways(stack: &Stack, method: &str, path: &str, headers: &[(&st
 }
 
 async fn fixture_events(stack: &Stack, n: usize) -> Vec<Value> {
-    let got = stack.receiver.wait_for("/hooks/fixtures", n, Duration::from_secs(10)).await;
+    let got = stack
+        .receiver
+        .wait_for("/hooks/fixtures", n, Duration::from_secs(10))
+        .await;
     assert_eq!(got.len(), n, "{}", stack.log());
     got.iter().map(|r| r.json()["data"].clone()).collect()
 }
 
 fn event_named<'a>(events: &'a [Value], name: &str) -> &'a Value {
-    events.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("no event for {name}: {events:?}"))
+    events
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no event for {name}: {events:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_are_identical_to_the_upstreams() {
-    let stack = Stack::start(Setup { rules: fixture_rules(), ..Default::default() }).await;
-    let gz = same_both_ways(&stack, "GET", "/_fixtures/gzip", &[("accept-encoding", b"gzip")], b"").await;
-    assert!(gz.headers.iter().any(|(k, v)| k == "content-encoding" && v == b"gzip"));
+    let stack = Stack::start(Setup {
+        rules: fixture_rules(),
+        ..Default::default()
+    })
+    .await;
+    let gz = same_both_ways(
+        &stack,
+        "GET",
+        "/_fixtures/gzip",
+        &[("accept-encoding", b"gzip")],
+        b"",
+    )
+    .await;
+    assert!(gz
+        .headers
+        .iter()
+        .any(|(k, v)| k == "content-encoding" && v == b"gzip"));
     let chunked = same_both_ways(&stack, "GET", "/_fixtures/chunked", &[], b"").await;
-    assert!(chunked.headers.iter().any(|(k, v)| k == "transfer-encoding" && v == b"chunked"), "{:?}", chunked.headers);
+    assert!(
+        chunked
+            .headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v == b"chunked"),
+        "{:?}",
+        chunked.headers
+    );
     let empty = same_both_ways(&stack, "GET", "/_fixtures/empty", &[], b"").await;
     assert_eq!((empty.status, empty.body.len()), (204, 0));
-    same_both_ways(&stack, "POST", "/_fixtures/echo", &[("content-type", b"application/json")], br#"{"a":[1,2,{"b":null}]}"#).await;
+    same_both_ways(
+        &stack,
+        "POST",
+        "/_fixtures/echo",
+        &[("content-type", b"application/json")],
+        br#"{"a":[1,2,{"b":null}]}"#,
+    )
+    .await;
     let (ct, multipart) = multipart_file("contacts.csv", "name,email\nAda,ada@example.com\n");
-    same_both_ways(&stack, "POST", "/_fixtures/echo", &[("content-type", ct.as_bytes())], &multipart).await;
-    same_both_ways(&stack, "POST", "/v1/embeds", &[("content-type", b"application/json")], b"{}").await;
+    same_both_ways(
+        &stack,
+        "POST",
+        "/_fixtures/echo",
+        &[("content-type", ct.as_bytes())],
+        &multipart,
+    )
+    .await;
+    same_both_ways(
+        &stack,
+        "POST",
+        "/v1/embeds",
+        &[("content-type", b"application/json")],
+        b"{}",
+    )
+    .await;
     same_both_ways(&stack, "GET", "/v1/embeds/999999", &[], b"").await;
     same_both_ways(&stack, "GET", "/not/a/route", &[], b"").await;
 
     // The tap saw the decoded bodies: one event per tapped fixture request.
     let events = fixture_events(&stack, 5).await;
-    assert_eq!(event_named(&events, "gzip")["response_body"], json!({"fixture": "gzip", "items": [1, 2, 3]}));
-    assert_eq!(event_named(&events, "chunked")["response_body"], json!({"fixture": "chunked", "n": 3}));
+    assert_eq!(
+        event_named(&events, "gzip")["response_body"],
+        json!({"fixture": "gzip", "items": [1, 2, 3]})
+    );
+    assert_eq!(
+        event_named(&events, "chunked")["response_body"],
+        json!({"fixture": "chunked", "n": 3})
+    );
     assert_eq!(event_named(&events, "empty")["status"], 204);
     let echoes: Vec<&Value> = events.iter().filter(|e| e["name"] == "echo").collect();
-    assert!(echoes.iter().any(|e| e["request_body"] == json!({"a": [1, 2, {"b": null}]})));
-    let upload = echoes.iter().find(|e| e["files"].as_array().is_some_and(|f| !f.is_empty())).unwrap();
-    assert_eq!(upload["files"], json!([{"field": "file", "filename": "contacts.csv", "content_type": "text/csv"}]));
-    assert_eq!(upload["request_body"], Value::Null, "multipart bodies are never buffered");
+    assert!(echoes
+        .iter()
+        .any(|e| e["request_body"] == json!({"a": [1, 2, {"b": null}]})));
+    let upload = echoes
+        .iter()
+        .find(|e| e["files"].as_array().is_some_and(|f| !f.is_empty()))
+        .unwrap();
+    assert_eq!(
+        upload["files"],
+        json!([{"field": "file", "filename": "contacts.csv", "content_type": "text/csv"}])
+    );
+    assert_eq!(
+        upload["request_body"],
+        Value::Null,
+        "multipart bodies are never buffered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_gives_502_and_no_event() {
-    let rules = vec![("hooks.yaml", format!("webhooks:\n{}", webhook("all", "/hooks/all", "    events: [\"*\"]\n")))];
-    let stack = Stack::start(Setup { rules, upstream_down: true, ..Default::default() }).await;
-    let r = stack.client.post(stack.url("/v1/embeds")).json(&json!({"template_key": "contacts"})).send().await.unwrap();
+    let rules = vec![(
+        "hooks.yaml",
+        format!(
+            "webhooks:\n{}",
+            webhook("all", "/hooks/all", "    events: [\"*\"]\n")
+        ),
+    )];
+    let stack = Stack::start(Setup {
+        rules,
+        upstream_down: true,
+        ..Default::default()
+    })
+    .await;
+    let r = stack
+        .client
+        .post(stack.url("/v1/embeds"))
+        .json(&json!({"template_key": "contacts"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     settle(Duration::from_millis(500)).await;
     assert!(stack.receiver.received().is_empty());
     let m = stack.metrics().await;
-    assert_eq!(metric_value(&m, "taphook_proxy_requests_total{route=\"embed-initialized\",status_class=\"5xx\"}"), 1.0);
-    assert!(!m.contains("taphook_events_derived_total{"), "no event may be derived:\n{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            "taphook_proxy_requests_total{route=\"embed-initialized\",status_class=\"5xx\"}"
+        ),
+        1.0
+    );
+    assert!(
+        !m.contains("taphook_events_derived_total{"),
+        "no event may be derived:\n{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,26 +250,99 @@ async fn hostile_input_is_proxied_unchanged_and_never_breaks_the_tap() {
     })
     .await;
     let json = &[("content-type", b"application/json".as_slice())];
-    same_both_ways(&stack, "POST", "/_fixtures/echo", json, b"{\"unterminated\": [1, 2").await;
+    same_both_ways(
+        &stack,
+        "POST",
+        "/_fixtures/echo",
+        json,
+        b"{\"unterminated\": [1, 2",
+    )
+    .await;
     let big = format!("{{\"rows\": [{}]}}", vec!["\"x\""; 20_000].join(","));
     same_both_ways(&stack, "POST", "/_fixtures/echo", json, big.as_bytes()).await;
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    same_both_ways(&stack, "POST", "/_fixtures/echo", &[("content-type", b"text/json")], deep.as_bytes()).await;
-    same_both_ways(&stack, "POST", "/_fixtures/echo", json, b"{\"name\": \"\xff\xfe\xc3\x28\"}").await;
-    same_both_ways(&stack, "POST", "/_fixtures/echo", &[("content-type", b"application/json"), ("x-odd", b"caf\xe9 \xff")], b"{}").await;
-    let bad_jwt = &[("content-type", b"application/json".as_slice()), ("authorization", b"Bearer not.a.jwt!!".as_slice())];
-    same_both_ways(&stack, "POST", "/_fixtures/echo", bad_jwt, b"{\"jwt\": \"bad\"}").await;
-    same_both_ways(&stack, "POST", "/_fixtures/echo", &[("content-type", b"multipart/form-data; boundary=")], b"--\r\n\r\n--").await;
-    same_both_ways(&stack, "POST", "/_fixtures/echo", &[("content-type", b"application/json"), ("content-encoding", b"gzip")], b"not gzip").await;
+    same_both_ways(
+        &stack,
+        "POST",
+        "/_fixtures/echo",
+        &[("content-type", b"text/json")],
+        deep.as_bytes(),
+    )
+    .await;
+    same_both_ways(
+        &stack,
+        "POST",
+        "/_fixtures/echo",
+        json,
+        b"{\"name\": \"\xff\xfe\xc3\x28\"}",
+    )
+    .await;
+    same_both_ways(
+        &stack,
+        "POST",
+        "/_fixtures/echo",
+        &[
+            ("content-type", b"application/json"),
+            ("x-odd", b"caf\xe9 \xff"),
+        ],
+        b"{}",
+    )
+    .await;
+    let bad_jwt = &[
+        ("content-type", b"application/json".as_slice()),
+        ("authorization", b"Bearer not.a.jwt!!".as_slice()),
+    ];
+    same_both_ways(
+        &stack,
+        "POST",
+        "/_fixtures/echo",
+        bad_jwt,
+        b"{\"jwt\": \"bad\"}",
+    )
+    .await;
+    same_both_ways(
+        &stack,
+        "POST",
+        "/_fixtures/echo",
+        &[("content-type", b"multipart/form-data; boundary=")],
+        b"--\r\n\r\n--",
+    )
+    .await;
+    same_both_ways(
+        &stack,
+        "POST",
+        "/_fixtures/echo",
+        &[
+            ("content-type", b"application/json"),
+            ("content-encoding", b"gzip"),
+        ],
+        b"not gzip",
+    )
+    .await;
 
     // Each pair above went through taphook once: 8 events, the tap intact.
     let events = fixture_events(&stack, 8).await;
-    let over_cap = events.iter().find(|e| e["request_truncated"] == true).expect("a truncated capture");
+    let over_cap = events
+        .iter()
+        .find(|e| e["request_truncated"] == true)
+        .expect("a truncated capture");
     assert_eq!(over_cap["request_body"], Value::Null);
-    assert!(events.iter().any(|e| e["request_body"] == json!({"jwt": "bad"}) && e["jwt"] == json!({})));
+    assert!(events
+        .iter()
+        .any(|e| e["request_body"] == json!({"jwt": "bad"}) && e["jwt"] == json!({})));
     assert!(events.iter().all(|e| e["name"] == "echo"));
     assert!(stack.alive());
-    let health = stack.client.get(format!("http://{}/healthz", stack.admin)).send().await.unwrap();
+    let health = stack
+        .client
+        .get(format!("http://{}/healthz", stack.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    assert_eq!(stack.metric("taphook_events_dropped_total{reason=\"tap_queue_full\"}").await, 0.0);
+    assert_eq!(
+        stack
+            .metric("taphook_events_dropped_total{reason=\"tap_queue_full\"}")
+            .await,
+        0.0
+    );
 }

@@ -24,7 +24,10 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(shared: Arc<Shared>, listener: std::net::TcpListener) -> Self {
-        Self { shared, listener: Mutex::new(Some(listener)) }
+        Self {
+            shared,
+            listener: Mutex::new(Some(listener)),
+        }
     }
 }
 
@@ -39,26 +42,43 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.ready.load(Ordering::Acquire) {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "starting or shutting down")
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "starting or shutting down",
+        )
     }
 }
 
 /// An error in the admin API's shape: `{"error": {"code", "message"}}`.
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 #[async_trait]
 impl BackgroundService for Admin {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(std_listener) = self.listener.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(std_listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
             return;
         };
         let listener = match tokio::net::TcpListener::from_std(std_listener) {
@@ -74,7 +94,10 @@ impl BackgroundService for Admin {
             let _ = shutdown.changed().await;
             shared.ready.store(false, Ordering::Release);
         };
-        if let Err(e) = axum::serve(listener, router(self.shared.clone())).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, router(self.shared.clone()))
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!(error = %e, "admin listener failed");
         }
     }

@@ -32,12 +32,19 @@ fn oneschema(webhook: &Webhook, event: &Event) -> Outgoing {
             headers.push((AUTHORIZATION, v));
         }
     }
-    Outgoing { body: Bytes::from(body), headers }
+    Outgoing {
+        body: Bytes::from(body),
+        headers,
+    }
 }
 
 /// `Basic base64(":" + password)`, marked sensitive so it is never logged.
 pub fn basic_auth_password(password: &str) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(format!(":{password}")))).ok()?;
+    let mut v = HeaderValue::from_str(&format!(
+        "Basic {}",
+        STANDARD.encode(format!(":{password}"))
+    ))
+    .ok()?;
     v.set_sensitive(true);
     Some(v)
 }

@@ -43,7 +43,12 @@ impl Dispatcher {
             .user_agent(concat!("taphook/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Self { client, settings, metrics, queues: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            client,
+            settings,
+            metrics,
+            queues: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Queues `event` for `webhook`. Must be called inside a Tokio
@@ -52,13 +57,19 @@ impl Dispatcher {
         let key = webhook.key.clone();
         let sender = {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-            queues.entry(key.clone()).or_insert_with(|| self.spawn_queue(&key)).clone()
+            queues
+                .entry(key.clone())
+                .or_insert_with(|| self.spawn_queue(&key))
+                .clone()
         };
         let pending = self.metrics.outbox_pending.with_label_values(&[&key]);
         pending.inc();
         if sender.try_send(Job { webhook, event }).is_err() {
             pending.dec();
-            self.metrics.events_dropped.with_label_values(&["webhook_queue_full"]).inc();
+            self.metrics
+                .events_dropped
+                .with_label_values(&["webhook_queue_full"])
+                .inc();
             tracing::warn!(webhook = %key, "delivery queue full; event dropped");
         }
     }
@@ -70,11 +81,16 @@ impl Dispatcher {
         let key = key.to_string();
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
-                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
                 let this = this.clone();
                 tokio::spawn(async move {
                     this.deliver(&job).await;
-                    this.metrics.outbox_pending.with_label_values(&[&job.webhook.key]).dec();
+                    this.metrics
+                        .outbox_pending
+                        .with_label_values(&[&job.webhook.key])
+                        .dec();
                     drop(permit);
                 });
             }
@@ -87,12 +103,19 @@ impl Dispatcher {
         let webhook = &job.webhook;
         let mut delivered = true;
         for request in format::requests(webhook, &job.event.event) {
-            delivered &= self.send_with_retries(webhook, &request, &job.event.event.uuid).await;
+            delivered &= self
+                .send_with_retries(webhook, &request, &job.event.event.uuid)
+                .await;
         }
         let outcome = if delivered { "delivered" } else { "dead" };
-        self.metrics.deliveries.with_label_values(&[&webhook.key, outcome]).inc();
+        self.metrics
+            .deliveries
+            .with_label_values(&[&webhook.key, outcome])
+            .inc();
         if delivered {
-            self.metrics.event_delivery_latency.observe(job.event.derived_at.elapsed().as_secs_f64());
+            self.metrics
+                .event_delivery_latency
+                .observe(job.event.derived_at.elapsed().as_secs_f64());
         }
     }
 
@@ -101,7 +124,10 @@ impl Dispatcher {
         let mut retry = 0;
         loop {
             let attempt = self.attempt(webhook, request).await;
-            self.metrics.delivery_attempts.with_label_values(&[&webhook.key, attempt.class()]).inc();
+            self.metrics
+                .delivery_attempts
+                .with_label_values(&[&webhook.key, attempt.class()])
+                .inc();
             if attempt.succeeded() {
                 return true;
             }
@@ -122,7 +148,11 @@ impl Dispatcher {
     async fn attempt(&self, webhook: &Webhook, request: &Outgoing) -> Attempt {
         let timeout = webhook.timeout.unwrap_or(self.settings.timeout);
         let started = Instant::now();
-        let mut builder = self.client.post(webhook.url.clone()).timeout(timeout).body(request.body.clone());
+        let mut builder = self
+            .client
+            .post(webhook.url.clone())
+            .timeout(timeout)
+            .body(request.body.clone());
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
         }
@@ -135,12 +165,18 @@ impl Dispatcher {
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after);
                 drain(&mut response).await;
-                Attempt::Status { status, retry_after }
+                Attempt::Status {
+                    status,
+                    retry_after,
+                }
             }
             Err(e) if e.is_timeout() => Attempt::Timeout,
             Err(e) => Attempt::Error(error_chain(&e)),
         };
-        self.metrics.delivery_duration.with_label_values(&[&webhook.key]).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .delivery_duration
+            .with_label_values(&[&webhook.key])
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 }

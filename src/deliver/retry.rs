@@ -7,7 +7,10 @@ use crate::rules::model::RetryPolicy;
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
-    Status { status: u16, retry_after: Option<Duration> },
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     Timeout,
     /// Could not connect or the exchange broke.
     Error(String),
@@ -24,7 +27,13 @@ impl Attempt {
     }
 
     pub fn succeeded(&self) -> bool {
-        matches!(self, Self::Status { status: 200..=299, .. })
+        matches!(
+            self,
+            Self::Status {
+                status: 200..=299,
+                ..
+            }
+        )
     }
 }
 
@@ -36,7 +45,10 @@ impl RetryPolicy {
             return None;
         }
         let retry_after = match attempt {
-            Attempt::Status { status, retry_after } if self.on_status.matches(*status) => *retry_after,
+            Attempt::Status {
+                status,
+                retry_after,
+            } if self.on_status.matches(*status) => *retry_after,
             Attempt::Timeout if self.on_timeout => None,
             Attempt::Error(_) if self.on_error => None,
             _ => return None,
@@ -62,7 +74,10 @@ mod tests {
     use super::*;
 
     fn status(s: u16) -> Attempt {
-        Attempt::Status { status: s, retry_after: None }
+        Attempt::Status {
+            status: s,
+            retry_after: None,
+        }
     }
 
     #[test]
@@ -71,7 +86,10 @@ mod tests {
         assert_eq!(p.next_delay(&status(429), 1), Some(Duration::from_secs(1)));
         assert_eq!(p.next_delay(&status(408), 2), Some(Duration::from_secs(5)));
         assert_eq!(p.next_delay(&status(429), 3), None);
-        assert_eq!(p.next_delay(&Attempt::Timeout, 1), Some(Duration::from_secs(1)));
+        assert_eq!(
+            p.next_delay(&Attempt::Timeout, 1),
+            Some(Duration::from_secs(1))
+        );
         assert_eq!(p.next_delay(&status(500), 1), None);
         assert_eq!(p.next_delay(&status(200), 1), None);
         assert_eq!(p.next_delay(&Attempt::Error("refused".into()), 1), None);
@@ -80,12 +98,21 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_within_bounds() {
         let p = RetryPolicy::default();
-        let a = Attempt::Status { status: 429, retry_after: Some(Duration::from_secs(7)) };
+        let a = Attempt::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs(7)),
+        };
         assert_eq!(p.next_delay(&a, 1), Some(Duration::from_secs(7)));
-        let a = Attempt::Status { status: 429, retry_after: Some(Duration::from_secs(3600)) };
+        let a = Attempt::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs(3600)),
+        };
         assert_eq!(p.next_delay(&a, 1), Some(Duration::from_secs(60)));
         assert_eq!(parse_retry_after("12"), Some(Duration::from_secs(12)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

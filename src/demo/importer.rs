@@ -64,7 +64,10 @@ impl ReferenceImporter {
 
 /// The importer's routes.
 pub fn router() -> Router {
-    let state: Shared = Arc::new(Importer { next_id: AtomicU64::new(53511), ..Default::default() });
+    let state: Shared = Arc::new(Importer {
+        next_id: AtomicU64::new(53511),
+        ..Default::default()
+    });
     Router::new()
         .route("/v1/embeds", post(create))
         .route("/v1/embeds/{id}", delete(close).get(show))
@@ -101,11 +104,21 @@ struct CreateEmbed {
 
 async fn create(State(s): State<Shared>, body: Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<CreateEmbed>(&body) else {
-        return fail(StatusCode::BAD_REQUEST, "body must be JSON with template_key");
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON with template_key",
+        );
     };
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
-    let embed = Embed { template_key: req.template_key, status: "initialized", ..Default::default() };
-    s.embeds.lock().unwrap_or_else(|e| e.into_inner()).insert(id, embed);
+    let embed = Embed {
+        template_key: req.template_key,
+        status: "initialized",
+        ..Default::default()
+    };
+    s.embeds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, embed);
     Json(json!({"id": id, "token": format!("tok_{id}"), "status": "initialized"})).into_response()
 }
 
@@ -119,10 +132,16 @@ fn with_embed(s: &Shared, id: u64, f: impl FnOnce(&mut Embed) -> Response) -> Re
 }
 
 async fn show(State(s): State<Shared>, Path(id): Path<u64>) -> Response {
-    with_embed(&s, id, |e| Json(json!({"id": id, "status": e.status, "template_key": e.template_key})).into_response())
+    with_embed(&s, id, |e| {
+        Json(json!({"id": id, "status": e.status, "template_key": e.template_key})).into_response()
+    })
 }
 
-async fn upload(State(s): State<Shared>, Path(id): Path<u64>, mut multipart: Multipart) -> Response {
+async fn upload(
+    State(s): State<Shared>,
+    Path(id): Path<u64>,
+    mut multipart: Multipart,
+) -> Response {
     let mut file = None;
     while let Ok(Some(field)) = multipart.next_field().await {
         if field.name() == Some("file") {
@@ -134,24 +153,40 @@ async fn upload(State(s): State<Shared>, Path(id): Path<u64>, mut multipart: Mul
         }
     }
     let Some((filename, bytes)) = file else {
-        return fail(StatusCode::BAD_REQUEST, "multipart field `file` is required");
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "multipart field `file` is required",
+        );
     };
     let text = String::from_utf8_lossy(&bytes);
-    let rows: Vec<Vec<String>> =
-        text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.split(',').map(|c| c.trim().to_string()).collect()).collect();
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split(',').map(|c| c.trim().to_string()).collect())
+        .collect();
     with_embed(&s, id, |e| {
         e.status = "uploaded";
         e.filename = Some(filename.clone());
         e.rows = rows;
-        Json(json!({"id": id, "status": "uploaded", "filename": filename, "num_rows": e.rows.len()})).into_response()
+        Json(
+            json!({"id": id, "status": "uploaded", "filename": filename, "num_rows": e.rows.len()}),
+        )
+        .into_response()
     })
 }
 
-async fn set_header(State(s): State<Shared>, Path(id): Path<u64>, Json(body): Json<Value>) -> Response {
+async fn set_header(
+    State(s): State<Shared>,
+    Path(id): Path<u64>,
+    Json(body): Json<Value>,
+) -> Response {
     let index = body.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
     with_embed(&s, id, |e| {
         if index >= e.rows.len().max(1) {
-            return fail(StatusCode::UNPROCESSABLE_ENTITY, "header row index out of range");
+            return fail(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "header row index out of range",
+            );
         }
         e.status = "header_selected";
         e.header_index = index;
@@ -167,7 +202,12 @@ async fn map_columns(State(s): State<Shared>, Path(id): Path<u64>) -> Response {
         let header = e.rows.get(e.header_index).cloned().unwrap_or_default();
         let data = e.rows.iter().skip(e.header_index + 1);
         let email = header.iter().position(|c| c.eq_ignore_ascii_case("email"));
-        let invalid = email.map(|i| data.filter(|r| !r.get(i).is_some_and(|v| v.contains('@'))).count()).unwrap_or(0);
+        let invalid = email
+            .map(|i| {
+                data.filter(|r| !r.get(i).is_some_and(|v| v.contains('@')))
+                    .count()
+            })
+            .unwrap_or(0);
         let mut by_column = serde_json::Map::new();
         if invalid > 0 {
             by_column.insert("email".into(), json!({"invalid_email": invalid}));
@@ -182,13 +222,27 @@ async fn map_columns(State(s): State<Shared>, Path(id): Path<u64>) -> Response {
     })
 }
 
-async fn sheet_operation(State(s): State<Shared>, Path(id): Path<u64>, Json(body): Json<Value>) -> Response {
-    let operation = body.get("operation").and_then(Value::as_str).unwrap_or("unknown").to_string();
-    with_embed(&s, id, |_| Json(json!({"id": id, "status": "ok", "operation": operation})).into_response())
+async fn sheet_operation(
+    State(s): State<Shared>,
+    Path(id): Path<u64>,
+    Json(body): Json<Value>,
+) -> Response {
+    let operation = body
+        .get("operation")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string();
+    with_embed(&s, id, |_| {
+        Json(json!({"id": id, "status": "ok", "operation": operation})).into_response()
+    })
 }
 
 async fn import(State(s): State<Shared>, Path(id): Path<u64>, headers: HeaderMap) -> Response {
-    let import_type = if headers.contains_key("x-api-key") { "api" } else { "importer" };
+    let import_type = if headers.contains_key("x-api-key") {
+        "api"
+    } else {
+        "importer"
+    };
     with_embed(&s, id, |e| {
         e.status = "submitted";
         let rows = e.rows.len().saturating_sub(e.header_index + 1);
@@ -214,16 +268,41 @@ async fn fixture_gzip() -> Response {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let _ = gz.write_all(br#"{"fixture":"gzip","items":[1,2,3]}"#);
     let body = gz.finish().unwrap_or_default();
-    ([("content-type", "application/json"), ("content-encoding", "gzip"), ("x-fixture", "gzip")], body).into_response()
+    (
+        [
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+            ("x-fixture", "gzip"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn fixture_chunked() -> Response {
     let chunks = ["{\"fixture\":", "\"chunked\",", "\"n\":3}"];
-    let stream = tokio_stream::iter(chunks.map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c.as_bytes()))));
-    ([("content-type", "application/json")], Body::from_stream(stream)).into_response()
+    let stream = tokio_stream::iter(
+        chunks.map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c.as_bytes()))),
+    );
+    (
+        [("content-type", "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn fixture_echo(headers: HeaderMap, body: Bytes) -> Response {
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/octet-stream").to_string();
-    ([("content-type", ct), ("x-echo-length", body.len().to_string())], body).into_response()
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    (
+        [
+            ("content-type", ct),
+            ("x-echo-length", body.len().to_string()),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -37,19 +37,29 @@ pub const EVENT_TYPES: [&str; 8] = [
 ];
 
 pub fn run() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(demo())
 }
 
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A made-up embed JWT whose claims carry analytics metadata.
 pub fn demo_jwt() -> String {
     let part = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
-    format!("{}.{}.{}", part(json!({"alg": "HS256", "typ": "JWT"})), part(json!({"user_id": "demo-user", "org": "acme"})), "c2lnbmF0dXJl")
+    format!(
+        "{}.{}.{}",
+        part(json!({"alg": "HS256", "typ": "JWT"})),
+        part(json!({"user_id": "demo-user", "org": "acme"})),
+        "c2lnbmF0dXJl"
+    )
 }
 
 /// A multipart body with one `file` part; returns (content type, body).
@@ -58,12 +68,19 @@ pub fn multipart_file(filename: &str, content: &str) -> (String, Vec<u8>) {
     let body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: text/csv\r\n\r\n{content}\r\n--{boundary}--\r\n"
     );
-    (format!("multipart/form-data; boundary={boundary}"), body.into_bytes())
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        body.into_bytes(),
+    )
 }
 
 async fn demo() -> anyhow::Result<()> {
-    let importer = ReferenceImporter::start().await.context("starting the reference importer")?;
-    let receiver = Receiver::start().await.context("starting the webhook receiver")?;
+    let importer = ReferenceImporter::start()
+        .await
+        .context("starting the reference importer")?;
+    let receiver = Receiver::start()
+        .await
+        .context("starting the webhook receiver")?;
     let dir = std::env::temp_dir().join(format!("taphook-demo-{}", std::process::id()));
     let (config, rules) = demo_setup(&dir, &importer, &receiver)?;
     let proxy = config.listen;
@@ -82,25 +99,52 @@ async fn demo() -> anyhow::Result<()> {
         let mut n = 0;
         while let Ok(r) = arrivals.recv().await {
             n += 1;
-            let auth = if r.header("authorization").is_some() { "Basic auth" } else { "no auth" };
-            println!("  ⇢ webhook #{n} {} {} ({auth})\n    {}", r.method, r.path, r.json());
+            let auth = if r.header("authorization").is_some() {
+                "Basic auth"
+            } else {
+                "no auth"
+            };
+            println!(
+                "  ⇢ webhook #{n} {} {} ({auth})\n    {}",
+                r.method,
+                r.path,
+                r.json()
+            );
         }
     });
     let result = script(proxy).await;
-    let got = receiver.wait_for("/hooks/oneschema", EVENT_TYPES.len(), Duration::from_secs(15)).await;
+    let got = receiver
+        .wait_for(
+            "/hooks/oneschema",
+            EVENT_TYPES.len(),
+            Duration::from_secs(15),
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     printer.abort();
-    let metrics = reqwest::get(format!("http://{admin}/metrics")).await?.text().await?;
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await?
+        .text()
+        .await?;
     println!("\nmetrics summary:");
-    for line in metrics.lines().filter(|l| l.starts_with("taphook_") && !l.contains("_bucket")) {
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("taphook_") && !l.contains("_bucket"))
+    {
         println!("  {line}");
     }
     let _ = stop_tx.send(());
     let _ = tokio::task::spawn_blocking(move || server.join()).await;
     let _ = std::fs::remove_dir_all(&dir);
     result?;
-    let types: Vec<String> = got.iter().map(|r| r.json()["event_type"].as_str().unwrap_or("").to_string()).collect();
-    let missing: Vec<_> = EVENT_TYPES.iter().filter(|t| !types.iter().any(|g| g == *t)).collect();
+    let types: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["event_type"].as_str().unwrap_or("").to_string())
+        .collect();
+    let missing: Vec<_> = EVENT_TYPES
+        .iter()
+        .filter(|t| !types.iter().any(|g| g == *t))
+        .collect();
     if !missing.is_empty() {
         bail!("the receiver did not get {missing:?}");
     }
@@ -109,7 +153,11 @@ async fn demo() -> anyhow::Result<()> {
 }
 
 /// Writes the demo's rules and builds its config.
-fn demo_setup(dir: &Path, importer: &ReferenceImporter, receiver: &Receiver) -> anyhow::Result<(Config, rules::Rules)> {
+fn demo_setup(
+    dir: &Path,
+    importer: &ReferenceImporter,
+    receiver: &Receiver,
+) -> anyhow::Result<(Config, rules::Rules)> {
     let rules_dir = dir.join("rules");
     std::fs::create_dir_all(&rules_dir)?;
     std::fs::write(rules_dir.join("oneschema.yaml"), ONESCHEMA_PROFILE)?;
@@ -138,7 +186,11 @@ pub async fn wait_ready(admin: SocketAddr, proxy: SocketAddr) -> anyhow::Result<
     let deadline = Instant::now() + Duration::from_secs(20);
     let client = reqwest::Client::builder().no_proxy().build()?;
     loop {
-        let ready = client.get(format!("http://{admin}/readyz")).send().await.is_ok_and(|r| r.status().is_success());
+        let ready = client
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
         if ready && tokio::net::TcpStream::connect(proxy).await.is_ok() {
             return Ok(());
         }
@@ -164,16 +216,47 @@ async fn script(proxy: SocketAddr) -> anyhow::Result<()> {
         step("POST", "/v1/embeds", r.status().as_u16());
         r.json().await?
     };
-    let id = created["id"].as_u64().context("the importer returned no embed id")?;
-    let (ct, body) = multipart_file("contacts.csv", "name,email\nAda,ada@example.com\nBob,bob-at-example\nEve,eve@example.com");
-    let calls: Vec<(reqwest::Method, String, Option<(String, Vec<u8>)>)> = vec![
-        (reqwest::Method::POST, format!("/v1/embeds/{id}/upload"), Some((ct, body))),
-        (reqwest::Method::POST, format!("/v1/embeds/{id}/set-header"), Some(json_body(json!({"index": 0})))),
-        (reqwest::Method::POST, format!("/v1/embeds/{id}/map"), Some(json_body(json!({"mapping": {"name": "name", "email": "email"}})))),
-        (reqwest::Method::POST, format!("/v1/embeds/{id}/sheet-operations"), Some(json_body(json!({"operation": "delete_invalid_rows"})))),
-        (reqwest::Method::POST, format!("/v1/embeds/{id}/import"), Some(json_body(json!({})))),
+    let id = created["id"]
+        .as_u64()
+        .context("the importer returned no embed id")?;
+    let (ct, body) = multipart_file(
+        "contacts.csv",
+        "name,email\nAda,ada@example.com\nBob,bob-at-example\nEve,eve@example.com",
+    );
+    let calls: Vec<(reqwest::Method, String, Option<Body>)> = vec![
+        (
+            reqwest::Method::POST,
+            format!("/v1/embeds/{id}/upload"),
+            Some((ct, body)),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/embeds/{id}/set-header"),
+            Some(json_body(json!({"index": 0}))),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/embeds/{id}/map"),
+            Some(json_body(
+                json!({"mapping": {"name": "name", "email": "email"}}),
+            )),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/embeds/{id}/sheet-operations"),
+            Some(json_body(json!({"operation": "delete_invalid_rows"}))),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/embeds/{id}/import"),
+            Some(json_body(json!({}))),
+        ),
         (reqwest::Method::DELETE, format!("/v1/embeds/{id}"), None),
-        (reqwest::Method::POST, format!("/v1/embeds/{id}/resume"), Some(json_body(json!({})))),
+        (
+            reqwest::Method::POST,
+            format!("/v1/embeds/{id}/resume"),
+            Some(json_body(json!({}))),
+        ),
     ];
     for (method, path, body) in calls {
         let mut req = client.request(method.clone(), format!("{base}{path}"));
@@ -188,6 +271,9 @@ async fn script(proxy: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn json_body(v: Value) -> (String, Vec<u8>) {
+/// A request body and its content type.
+type Body = (String, Vec<u8>);
+
+fn json_body(v: Value) -> Body {
     ("application/json".to_string(), v.to_string().into_bytes())
 }

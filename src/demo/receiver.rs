@@ -67,8 +67,13 @@ impl Receiver {
     pub async fn start() -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { inner: Mutex::new(Inner::default()), arrivals: broadcast::channel(1024).0 });
-        let app = axum::Router::new().fallback(record).with_state(shared.clone());
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner::default()),
+            arrivals: broadcast::channel(1024).0,
+        });
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state(shared.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -83,7 +88,9 @@ impl Receiver {
     /// Answers the next requests to `path` with `replies`, in order; after
     /// them, 200.
     pub fn script(&self, path: &str, replies: &[Reply]) {
-        self.lock().scripts.insert(path.to_string(), replies.iter().copied().collect());
+        self.lock()
+            .scripts
+            .insert(path.to_string(), replies.iter().copied().collect());
     }
 
     /// Every request received so far.
@@ -93,7 +100,12 @@ impl Receiver {
 
     /// The requests received on `path`.
     pub fn received_on(&self, path: &str) -> Vec<Recorded> {
-        self.lock().received.iter().filter(|r| r.path == path).cloned().collect()
+        self.lock()
+            .received
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
     }
 
     /// Arrivals from now on.
@@ -121,7 +133,9 @@ impl Receiver {
 
 async fn record(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
     let recorded = Recorded {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
@@ -132,14 +146,22 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let reply = {
         let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.received.push(recorded.clone());
-        inner.scripts.get_mut(&recorded.path).and_then(VecDeque::pop_front).unwrap_or(Reply::Status(200))
+        inner
+            .scripts
+            .get_mut(&recorded.path)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Reply::Status(200))
     };
     let _ = shared.arrivals.send(recorded);
     match reply {
-        Reply::Status(s) => StatusCode::from_u16(s).unwrap_or(StatusCode::OK).into_response(),
-        Reply::RetryAfter(s, secs) => {
-            (StatusCode::from_u16(s).unwrap_or(StatusCode::OK), [("retry-after", secs.to_string())]).into_response()
-        }
+        Reply::Status(s) => StatusCode::from_u16(s)
+            .unwrap_or(StatusCode::OK)
+            .into_response(),
+        Reply::RetryAfter(s, secs) => (
+            StatusCode::from_u16(s).unwrap_or(StatusCode::OK),
+            [("retry-after", secs.to_string())],
+        )
+            .into_response(),
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::OK.into_response()

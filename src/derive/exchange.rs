@@ -24,7 +24,11 @@ pub struct Captured {
 
 impl Captured {
     pub fn new(cap: usize) -> Self {
-        Self { bytes: Vec::new(), truncated: false, cap }
+        Self {
+            bytes: Vec::new(),
+            truncated: false,
+            cap,
+        }
     }
 
     /// Appends what fits under the cap.
@@ -78,18 +82,32 @@ impl Exchange {
     /// which depend on the route and are filled in by derive.
     pub fn document(&self, environment_name: &str) -> Value {
         let query = self.query.as_deref().map(parse_form).unwrap_or_default();
-        let cookies = self.request_header("cookie").map(|c| parse_cookies(&c)).unwrap_or_default();
-        let (req_body, req_truncated) = body_value(&self.request_headers, self.request_body.as_ref());
-        let (resp_body, resp_truncated) = body_value(&self.response_headers, self.response_body.as_ref());
+        let cookies = self
+            .request_header("cookie")
+            .map(|c| parse_cookies(&c))
+            .unwrap_or_default();
+        let (req_body, req_truncated) =
+            body_value(&self.request_headers, self.request_body.as_ref());
+        let (resp_body, resp_truncated) =
+            body_value(&self.response_headers, self.response_body.as_ref());
         let mut request = Map::new();
-        request.insert("headers".into(), Value::Object(header_map(&self.request_headers)));
+        request.insert(
+            "headers".into(),
+            Value::Object(header_map(&self.request_headers)),
+        );
         request.insert("cookies".into(), Value::Object(cookies));
         request.insert("body".into(), req_body);
         request.insert("truncated".into(), Value::Bool(req_truncated));
-        request.insert("files".into(), serde_json::to_value(&self.files).unwrap_or(Value::Null));
+        request.insert(
+            "files".into(),
+            serde_json::to_value(&self.files).unwrap_or(Value::Null),
+        );
         let mut response = Map::new();
         response.insert("status".into(), Value::from(self.status));
-        response.insert("headers".into(), Value::Object(header_map(&self.response_headers)));
+        response.insert(
+            "headers".into(),
+            Value::Object(header_map(&self.response_headers)),
+        );
         response.insert("body".into(), resp_body);
         response.insert("truncated".into(), Value::Bool(resp_truncated));
         let mut doc = Map::new();
@@ -101,13 +119,19 @@ impl Exchange {
         doc.insert("response".into(), Value::Object(response));
         doc.insert("jwt".into(), Value::Object(Map::new()));
         doc.insert("session".into(), Value::Object(Map::new()));
-        doc.insert("environment_name".into(), Value::String(environment_name.to_string()));
+        doc.insert(
+            "environment_name".into(),
+            Value::String(environment_name.to_string()),
+        );
         Value::Object(doc)
     }
 }
 
 fn first(headers: &Headers, name: &str) -> Option<String> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Lower-case names; a header seen twice keeps its first value.
@@ -115,7 +139,10 @@ fn header_map(headers: &Headers) -> Map<String, Value> {
     let mut map = Map::new();
     for (k, v) in headers {
         if !map.contains_key(k) {
-            map.insert(k.clone(), Value::String(String::from_utf8_lossy(v).into_owned()));
+            map.insert(
+                k.clone(),
+                Value::String(String::from_utf8_lossy(v).into_owned()),
+            );
         }
     }
     map
@@ -124,7 +151,8 @@ fn header_map(headers: &Headers) -> Map<String, Value> {
 fn parse_form(text: &str) -> Map<String, Value> {
     let mut map = Map::new();
     for (k, v) in form_urlencoded::parse(text.as_bytes()) {
-        map.entry(k.into_owned()).or_insert(Value::String(v.into_owned()));
+        map.entry(k.into_owned())
+            .or_insert(Value::String(v.into_owned()));
     }
     map
 }
@@ -132,23 +160,34 @@ fn parse_form(text: &str) -> Map<String, Value> {
 fn parse_cookies(header: &str) -> Map<String, Value> {
     let mut map = Map::new();
     for cookie in cookie::Cookie::split_parse(header).flatten() {
-        map.entry(cookie.name().to_string()).or_insert(Value::String(cookie.value().to_string()));
+        map.entry(cookie.name().to_string())
+            .or_insert(Value::String(cookie.value().to_string()));
     }
     map
 }
 
 /// The parsed body and whether it was cut short.
 fn body_value(headers: &Headers, body: Option<&Captured>) -> (Value, bool) {
-    let Some(body) = body else { return (Value::Null, false) };
+    let Some(body) = body else {
+        return (Value::Null, false);
+    };
     if body.truncated {
         return (Value::Null, true);
     }
-    let Some(decoded) = decode(first(headers, "content-encoding").as_deref(), &body.bytes, body.cap) else {
+    let Some(decoded) = decode(
+        first(headers, "content-encoding").as_deref(),
+        &body.bytes,
+        body.cap,
+    ) else {
         return (Value::Null, true);
     };
-    let content_type = first(headers, "content-type").unwrap_or_default().to_ascii_lowercase();
+    let content_type = first(headers, "content-type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let value = if content_type.starts_with("application/x-www-form-urlencoded") {
-        std::str::from_utf8(&decoded).map(|t| Value::Object(parse_form(t))).unwrap_or(Value::Null)
+        std::str::from_utf8(&decoded)
+            .map(|t| Value::Object(parse_form(t)))
+            .unwrap_or(Value::Null)
     } else if decoded.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
@@ -161,7 +200,9 @@ fn body_value(headers: &Headers, body: Option<&Captured>) -> (Value, bool) {
 /// `None` when the result would exceed `cap` or the data is corrupt.
 pub fn decode(encoding: Option<&str>, bytes: &[u8], cap: usize) -> Option<Vec<u8>> {
     let mut data = bytes.to_vec();
-    let Some(encoding) = encoding else { return Some(data) };
+    let Some(encoding) = encoding else {
+        return Some(data);
+    };
     for coding in encoding.rsplit(',').map(|c| c.trim().to_ascii_lowercase()) {
         data = match coding.as_str() {
             "" | "identity" => data,
@@ -193,7 +234,10 @@ mod tests {
             method: "POST".into(),
             path: "/v1/embeds".into(),
             query: Some("sheet=1&sheet=2&x=%20y".into()),
-            request_headers: req_headers.iter().map(|(k, v)| (k.to_string(), Bytes::from(v.to_string()))).collect(),
+            request_headers: req_headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), Bytes::from(v.to_string())))
+                .collect(),
             request_body: Some(captured),
             files: vec![],
             status: 200,
@@ -206,7 +250,12 @@ mod tests {
     #[test]
     fn builds_the_document() {
         let ex = exchange(
-            &[("content-type", "application/json"), ("cookie", "sessionid=abc; b=2"), ("x-a", "1"), ("x-a", "2")],
+            &[
+                ("content-type", "application/json"),
+                ("cookie", "sessionid=abc; b=2"),
+                ("x-a", "1"),
+                ("x-a", "2"),
+            ],
             br#"{"template_key":"contacts"}"#,
         );
         let doc = ex.document("Production");
@@ -220,7 +269,11 @@ mod tests {
 
     #[test]
     fn form_bodies_and_invalid_json() {
-        let doc = exchange(&[("content-type", "application/x-www-form-urlencoded")], b"a=1&b=two").document("P");
+        let doc = exchange(
+            &[("content-type", "application/x-www-form-urlencoded")],
+            b"a=1&b=two",
+        )
+        .document("P");
         assert_eq!(doc["request"]["body"]["b"], "two");
         let doc = exchange(&[("content-type", "application/json")], b"{not json").document("P");
         assert_eq!(doc["request"]["body"], Value::Null);

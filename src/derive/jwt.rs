@@ -32,7 +32,10 @@ pub fn claims(token: &str, hs256_secret: Option<&[u8]>) -> Option<Value> {
 }
 
 fn decode(part: &str) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD.decode(part).or_else(|_| URL_SAFE.decode(part)).ok()
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .or_else(|_| URL_SAFE.decode(part))
+        .ok()
 }
 
 fn verify_hs256(header: &str, payload: &str, signature: &str, secret: &[u8]) -> Option<()> {
@@ -51,7 +54,10 @@ fn verify_hs256(header: &str, payload: &str, signature: &str, secret: &[u8]) -> 
 /// The token of an `Authorization: Bearer <token>` value.
 pub fn bearer(authorization: &str) -> Option<&str> {
     let (scheme, token) = authorization.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -59,10 +65,16 @@ mod tests {
     use super::*;
 
     fn sign(header: &str, payload: &str, secret: &[u8]) -> String {
-        let (h, p) = (URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
+        let (h, p) = (
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload),
+        );
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
         mac.update(format!("{h}.{p}").as_bytes());
-        format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+        format!(
+            "{h}.{p}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        )
     }
 
     #[test]

@@ -35,23 +35,40 @@ pub struct Deriver {
 impl Deriver {
     /// Every event `exchange` yields under `rules`. Sessions are read and
     /// updated in `sessions`.
-    pub fn derive(&self, exchange: &Exchange, rules: &Rules, sessions: &dyn SessionStore) -> Vec<DerivedEvent> {
+    pub fn derive(
+        &self,
+        exchange: &Exchange,
+        rules: &Rules,
+        sessions: &dyn SessionStore,
+    ) -> Vec<DerivedEvent> {
         let matches = rules.routes.lookup(&exchange.method, &exchange.path);
-        let matches: Vec<_> = matches.into_iter().filter(|m| m.route.status.matches(exchange.status)).collect();
+        let matches: Vec<_> = matches
+            .into_iter()
+            .filter(|m| m.route.status.matches(exchange.status))
+            .collect();
         if matches.is_empty() {
             return Vec::new();
         }
         let mut doc = exchange.document(&self.environment_name);
-        let bearer = exchange
-            .request_header("authorization")
-            .and_then(|a| jwt::bearer(&a).and_then(|t| jwt::claims(t, self.jwt_hs256_secret.as_deref())));
+        let bearer = exchange.request_header("authorization").and_then(|a| {
+            jwt::bearer(&a).and_then(|t| jwt::claims(t, self.jwt_hs256_secret.as_deref()))
+        });
         let mut events = Vec::new();
         for m in matches {
-            let params = m.params.iter().map(|(k, v)| (k.to_string(), Value::String(v.clone()))).collect();
+            let params = m
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
+                .collect();
             set(&mut doc, "params", Value::Object(params));
             set(&mut doc, "session", Value::Object(Map::new()));
-            set(&mut doc, "jwt", bearer.clone().unwrap_or_else(|| Value::Object(Map::new())));
-            if let Some(event) = self.route(m.route, exchange, &mut doc, bearer.is_some(), sessions) {
+            set(
+                &mut doc,
+                "jwt",
+                bearer.clone().unwrap_or_else(|| Value::Object(Map::new())),
+            );
+            if let Some(event) = self.route(m.route, exchange, &mut doc, bearer.is_some(), sessions)
+            {
                 events.push(event);
             }
         }
@@ -66,13 +83,22 @@ impl Deriver {
         has_bearer: bool,
         sessions: &dyn SessionStore,
     ) -> Option<DerivedEvent> {
-        let key_value = route.session.as_ref().map(|e| eval(e, doc, route)).unwrap_or(Value::Null);
+        let key_value = route
+            .session
+            .as_ref()
+            .map(|e| eval(e, doc, route))
+            .unwrap_or(Value::Null);
         let key = session_key(&key_value);
         let mut session = key.as_deref().and_then(|k| sessions.get(k));
         if let Some(s) = &session {
             set(doc, "session", Value::Object(s.fields.clone()));
             if !has_bearer {
-                if let Some(claims) = s.fields.get("embed_jwt").and_then(Value::as_str).and_then(|t| jwt::claims(t, self.jwt_hs256_secret.as_deref())) {
+                if let Some(claims) = s
+                    .fields
+                    .get("embed_jwt")
+                    .and_then(Value::as_str)
+                    .and_then(|t| jwt::claims(t, self.jwt_hs256_secret.as_deref()))
+                {
                     set(doc, "jwt", claims);
                 }
             }
@@ -90,7 +116,10 @@ impl Deriver {
             }
         }
         if let Some(key) = &key {
-            let s = session.get_or_insert_with(|| Session { key: key_value.clone(), fields: Map::new() });
+            let s = session.get_or_insert_with(|| Session {
+                key: key_value.clone(),
+                fields: Map::new(),
+            });
             for (field, expr) in &route.remember {
                 match scope_value(&scope, expr, route) {
                     Value::Null => {}
@@ -117,7 +146,12 @@ impl Deriver {
             },
         };
         let fields = session.as_ref().map(|s| &s.fields);
-        let field = |name: &str| fields.and_then(|f| f.get(name)).cloned().unwrap_or(Value::Null);
+        let field = |name: &str| {
+            fields
+                .and_then(|f| f.get(name))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
         let event = Event {
             uuid: format!("event-{uuid}"),
             embed_id: session.as_ref().map(|s| s.key.clone()).unwrap_or(key_value),
@@ -127,9 +161,17 @@ impl Deriver {
             event_type: route.event.clone(),
             trigger_type: trigger,
             data,
-            created_at: exchange.completed_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            created_at: exchange
+                .completed_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
         };
-        Some(DerivedEvent { event, session: session.map(|s| s.fields), derived_at: Instant::now() })
+        Some(DerivedEvent {
+            event,
+            session: session.map(|s| s.fields),
+            derived_at: Instant::now(),
+        })
     }
 }
 
@@ -162,8 +204,11 @@ fn scope_value<'a>(scope: &Scope<'a>, expr: &'a Expr, route: &Route) -> Value {
 fn template<'a>(scope: &Scope<'a>, t: &'a Template, route: &Route) -> Value {
     match t {
         Template::Expr(e) => scope_value(scope, e, route),
-        Template::Object(fields) => {
-            Value::Object(fields.iter().map(|(k, v)| (k.clone(), template(scope, v, route))).collect())
-        }
+        Template::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), template(scope, v, route)))
+                .collect(),
+        ),
     }
 }

@@ -46,7 +46,13 @@ impl RouteTable {
         for (template, members) in by_template {
             if let Err(e) = router.insert(template, members.clone()) {
                 for i in members {
-                    errors.push((i, format!("path `{}` conflicts with another route's path: {e}", routes[i].path)));
+                    errors.push((
+                        i,
+                        format!(
+                            "path `{}` conflicts with another route's path: {e}",
+                            routes[i].path
+                        ),
+                    ));
                 }
             }
         }
@@ -89,7 +95,11 @@ impl RouteTable {
     /// matching route and the largest body capture cap among them.
     pub fn tap_plan(&self, method: &str, path: &str) -> Option<(&str, Option<usize>)> {
         let found = self.router.at(path).ok()?;
-        let mut routes = found.value.iter().map(|&i| &self.routes[i]).filter(|r| r.accepts_method(method));
+        let mut routes = found
+            .value
+            .iter()
+            .map(|&i| &self.routes[i])
+            .filter(|r| r.accepts_method(method));
         let first = routes.next()?;
         let cap = routes.fold(first.capture_max, |acc, r| acc.max(r.capture_max));
         Some((first.name.as_str(), cap))
@@ -113,19 +123,29 @@ pub fn parse_template(path: &str) -> Result<(String, Vec<String>), String> {
                 None => (false, inner),
             };
             if !is_identifier(name) {
-                return Err(format!("path `{path}`: `{{{inner}}}` is not a valid parameter name"));
+                return Err(format!(
+                    "path `{path}`: `{{{inner}}}` is not a valid parameter name"
+                ));
             }
             if catch_all && i + 1 != segments.len() {
-                return Err(format!("path `{path}`: `{{*{name}}}` must be the last segment"));
+                return Err(format!(
+                    "path `{path}`: `{{*{name}}}` must be the last segment"
+                ));
             }
             if names.iter().any(|n| n == name) {
                 return Err(format!("path `{path}`: parameter `{name}` appears twice"));
             }
             let n = names.len();
-            normal.push_str(&if catch_all { format!("{{*p{n}}}") } else { format!("{{p{n}}}") });
+            normal.push_str(&if catch_all {
+                format!("{{*p{n}}}")
+            } else {
+                format!("{{p{n}}}")
+            });
             names.push(name.to_string());
         } else if seg.contains('{') || seg.contains('}') {
-            return Err(format!("path `{path}`: a parameter must be a whole segment, like `{{id}}`"));
+            return Err(format!(
+                "path `{path}`: a parameter must be a whole segment, like `{{id}}`"
+            ));
         } else {
             normal.push_str(seg);
         }
@@ -147,7 +167,10 @@ mod tests {
     fn templates_normalise() {
         assert_eq!(
             parse_template("/v1/embeds/{embed_id}/upload").unwrap(),
-            ("/v1/embeds/{p0}/upload".to_string(), vec!["embed_id".to_string()])
+            (
+                "/v1/embeds/{p0}/upload".to_string(),
+                vec!["embed_id".to_string()]
+            )
         );
         assert_eq!(parse_template("/files/{*rest}").unwrap().0, "/files/{*p0}");
         assert!(parse_template("v1").is_err());

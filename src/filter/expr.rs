@@ -50,7 +50,10 @@ impl Expr {
             pointer: String::new(),
             reason: format!("invalid JSON-logic: {e}"),
         })?;
-        Ok(Self { logic: Arc::new(logic), source: Arc::new(lowered) })
+        Ok(Self {
+            logic: Arc::new(logic),
+            source: Arc::new(lowered),
+        })
     }
 
     /// The expression after the `$` rewrite, as JSON-logic.
@@ -120,7 +123,11 @@ pub fn lower(rule: &Value) -> Value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
-                    let v = if LITERAL_OPERATORS.contains(&k.as_str()) { v.clone() } else { lower(v) };
+                    let v = if LITERAL_OPERATORS.contains(&k.as_str()) {
+                        v.clone()
+                    } else {
+                        lower(v)
+                    };
                     (k.clone(), v)
                 })
                 .collect(),
@@ -150,18 +157,27 @@ fn check_operators(rule: &Value, pointer: String) -> Result<(), ExprError> {
             reason: format!(
                 "an operation has exactly one key, found {} ({})",
                 map.len(),
-                map.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                map.keys()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }),
         Value::Object(map) => {
             let (op, args) = map.iter().next().expect("one key");
             if !OPERATORS.contains(op.as_str()) {
-                return Err(ExprError { pointer, reason: format!("unknown operator `{op}`") });
+                return Err(ExprError {
+                    pointer,
+                    reason: format!("unknown operator `{op}`"),
+                });
             }
             if LITERAL_OPERATORS.contains(&op.as_str()) {
                 return Ok(());
             }
-            check_operators(args, format!("{pointer}/{}", crate::rules::source::escape_pointer(op)))
+            check_operators(
+                args,
+                format!("{pointer}/{}", crate::rules::source::escape_pointer(op)),
+            )
         }
         _ => Ok(()),
     }
@@ -195,7 +211,10 @@ mod tests {
     #[test]
     fn nested_path_and_missing_value() {
         let e = Expr::compile(&json!("$response.body.id")).unwrap();
-        assert_eq!(e.eval(&json!({"response": {"body": {"id": 42}}})).unwrap(), json!(42));
+        assert_eq!(
+            e.eval(&json!({"response": {"body": {"id": 42}}})).unwrap(),
+            json!(42)
+        );
         assert_eq!(e.eval(&json!({})).unwrap(), Value::Null);
     }
 }

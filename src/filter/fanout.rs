@@ -46,12 +46,21 @@ pub fn fan_out(event: &DerivedEvent, rules: &Rules) -> Vec<Decision> {
         .iter()
         .map(|w| {
             let (verdict, registered) = decide(w, event, rules, &scope);
-            Decision { webhook: w.clone(), verdict, registered }
+            Decision {
+                webhook: w.clone(),
+                verdict,
+                registered,
+            }
         })
         .collect()
 }
 
-fn decide<'a>(w: &'a Webhook, event: &DerivedEvent, rules: &'a Rules, scope: &Scope<'a>) -> (Verdict, Option<String>) {
+fn decide<'a>(
+    w: &'a Webhook,
+    event: &DerivedEvent,
+    rules: &'a Rules,
+    scope: &Scope<'a>,
+) -> (Verdict, Option<String>) {
     let event_type = event.event.event_type.as_str();
     // Registered events the webhook lists for this type, if not subscribed directly.
     let via: Vec<_> = match &w.events {

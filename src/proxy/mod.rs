@@ -32,16 +32,31 @@ pub struct Tap {
 
 impl Tap {
     pub fn new(shared: Arc<Shared>, queue: mpsc::Sender<Exchange>) -> Self {
-        let upstream = (shared.config.upstream.host.clone(), shared.config.upstream.port);
-        Self { shared, queue, upstream, dropped: AtomicU64::new(0) }
+        let upstream = (
+            shared.config.upstream.host.clone(),
+            shared.config.upstream.port,
+        );
+        Self {
+            shared,
+            queue,
+            upstream,
+            dropped: AtomicU64::new(0),
+        }
     }
 
     fn hand_off(&self, exchange: Exchange) {
         if self.queue.try_send(exchange).is_err() {
-            self.shared.metrics.events_dropped.with_label_values(&["tap_queue_full"]).inc();
+            self.shared
+                .metrics
+                .events_dropped
+                .with_label_values(&["tap_queue_full"])
+                .inc();
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "tap queue full: exchanges dropped (requests unaffected)");
+                tracing::warn!(
+                    dropped = n,
+                    "tap queue full: exchanges dropped (requests unaffected)"
+                );
             }
         }
     }
@@ -65,11 +80,15 @@ pub struct TapCtx {
 }
 
 fn copy_headers(map: &http::HeaderMap) -> Headers {
-    map.iter().map(|(k, v)| (k.as_str().to_string(), Bytes::copy_from_slice(v.as_bytes()))).collect()
+    map.iter()
+        .map(|(k, v)| (k.as_str().to_string(), Bytes::copy_from_slice(v.as_bytes())))
+        .collect()
 }
 
 fn content_type(headers: &http::HeaderMap) -> Option<&str> {
-    headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// Bodies worth copying: JSON, forms, or untyped.
@@ -111,8 +130,16 @@ impl ProxyHttp for Tap {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut TapCtx) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream.clone(), false, String::new())))
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut TapCtx,
+    ) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(
+            self.upstream.clone(),
+            false,
+            String::new(),
+        )))
     }
 
     async fn request_body_filter(
@@ -133,7 +160,12 @@ impl ProxyHttp for Tap {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut TapCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut TapCtx,
+    ) -> Result<()> {
         if ctx.route.is_some() {
             ctx.status = resp.status.as_u16();
             ctx.response_headers = copy_headers(&resp.headers);
@@ -157,15 +189,31 @@ impl ProxyHttp for Tap {
         Ok(None)
     }
 
-    async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut TapCtx) {
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+    async fn logging(
+        &self,
+        session: &mut Session,
+        error: Option<&pingora::Error>,
+        ctx: &mut TapCtx,
+    ) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
         let route = ctx.route.as_deref().unwrap_or("none");
-        self.shared.metrics.proxy_requests.with_label_values(&[route, status_class(status)]).inc();
+        self.shared
+            .metrics
+            .proxy_requests
+            .with_label_values(&[route, status_class(status)])
+            .inc();
         // Events come only from complete exchanges the upstream answered.
         if error.is_some() || ctx.route.is_none() || ctx.status == 0 {
             return;
         }
-        let files = ctx.multipart.take().map(MultipartScanner::into_files).unwrap_or_default();
+        let files = ctx
+            .multipart
+            .take()
+            .map(MultipartScanner::into_files)
+            .unwrap_or_default();
         self.hand_off(Exchange {
             method: std::mem::take(&mut ctx.method),
             path: std::mem::take(&mut ctx.path),

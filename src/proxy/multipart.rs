@@ -49,7 +49,12 @@ impl MultipartScanner {
         let mut delimiter = b"\r\n--".to_vec();
         delimiter.extend_from_slice(boundary.as_bytes());
         // The body may start with the first delimiter, without a CRLF.
-        Some(Self { delimiter, pending: b"\r\n".to_vec(), state: State::Seeking, files: Vec::new() })
+        Some(Self {
+            delimiter,
+            pending: b"\r\n".to_vec(),
+            state: State::Seeking,
+            files: Vec::new(),
+        })
     }
 
     /// Feeds the next chunk of the body.
@@ -116,7 +121,11 @@ impl MultipartScanner {
             return true;
         }
         let Some(end) = memmem::find(&self.pending, b"\r\n\r\n") else {
-            return if self.pending.len() > MAX_HEADER_BYTES { self.fail() } else { false };
+            return if self.pending.len() > MAX_HEADER_BYTES {
+                self.fail()
+            } else {
+                false
+            };
         };
         let block_end = end + 4;
         if block_end > MAX_HEADER_BYTES {
@@ -141,7 +150,9 @@ impl MultipartScanner {
 
 fn parse_part_headers(block: &[u8]) -> Option<FilePart> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
-    let httparse::Status::Complete((_, parsed)) = httparse::parse_headers(block, &mut headers).ok()? else {
+    let httparse::Status::Complete((_, parsed)) =
+        httparse::parse_headers(block, &mut headers).ok()?
+    else {
         return None;
     };
     let value = |name: &str| {
@@ -167,14 +178,23 @@ mod tests {
 
     fn expected() -> Vec<FilePart> {
         vec![
-            FilePart { field: "file".into(), filename: "contacts.csv".into(), content_type: Some("text/csv".into()) },
-            FilePart { field: "more".into(), filename: "b.xlsx".into(), content_type: None },
+            FilePart {
+                field: "file".into(),
+                filename: "contacts.csv".into(),
+                content_type: Some("text/csv".into()),
+            },
+            FilePart {
+                field: "more".into(),
+                filename: "b.xlsx".into(),
+                content_type: None,
+            },
         ]
     }
 
     #[test]
     fn finds_file_parts() {
-        let mut s = MultipartScanner::for_content_type("multipart/form-data; boundary=XyZ").unwrap();
+        let mut s =
+            MultipartScanner::for_content_type("multipart/form-data; boundary=XyZ").unwrap();
         s.feed(BODY);
         assert_eq!(s.into_files(), expected());
     }
@@ -182,7 +202,8 @@ mod tests {
     #[test]
     fn any_chunking_gives_the_same_parts() {
         for size in 1..BODY.len() {
-            let mut s = MultipartScanner::for_content_type("multipart/form-data; boundary=\"XyZ\"").unwrap();
+            let mut s = MultipartScanner::for_content_type("multipart/form-data; boundary=\"XyZ\"")
+                .unwrap();
             for chunk in BODY.chunks(size) {
                 s.feed(chunk);
             }
@@ -192,8 +213,11 @@ mod tests {
 
     #[test]
     fn keeps_memory_bounded_inside_a_large_part() {
-        let mut s = MultipartScanner::for_content_type("multipart/form-data; boundary=XyZ").unwrap();
-        s.feed(b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.csv\"\r\n\r\n");
+        let mut s =
+            MultipartScanner::for_content_type("multipart/form-data; boundary=XyZ").unwrap();
+        s.feed(
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.csv\"\r\n\r\n",
+        );
         for _ in 0..1000 {
             s.feed(&[b'x'; 4096]);
             assert!(s.pending.len() <= 4096 + 16);
@@ -205,7 +229,8 @@ mod tests {
     fn malformed_input_is_harmless() {
         assert!(MultipartScanner::for_content_type("application/json").is_none());
         assert!(MultipartScanner::for_content_type("multipart/form-data").is_none());
-        let mut s = MultipartScanner::for_content_type("multipart/form-data; boundary=XyZ").unwrap();
+        let mut s =
+            MultipartScanner::for_content_type("multipart/form-data; boundary=XyZ").unwrap();
         s.feed(b"--XyZ\r\n");
         s.feed(&vec![b'h'; MAX_HEADER_BYTES + 10]);
         assert!(s.into_files().is_empty());

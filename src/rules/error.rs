@@ -14,7 +14,11 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(file: &Path, line: usize, reason: String) -> Self {
-        Self { file: file.to_path_buf(), line, reason }
+        Self {
+            file: file.to_path_buf(),
+            line,
+            reason,
+        }
     }
 }
 

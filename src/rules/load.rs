@@ -32,27 +32,30 @@ pub fn load_dir(dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Rule
             Err(e) => problems.push(Problem::new(file, 1, format!("cannot read: {e}"))),
         }
     }
-    let mut loader = Loader::default();
-    for doc in &docs {
-        loader.document(doc);
-    }
-    problems.extend(loader.problems.drain(..));
-    let rules = loader.finish(files, &mut problems);
-    problems.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
-    match rules {
-        Some(rules) if problems.is_empty() => Ok(rules),
-        _ => Err(Problems(problems)),
-    }
+    load_parsed(&docs, files, problems)
 }
 
-/// Loads rules from documents already in memory (tests, the demo).
+/// Loads rules from documents already in memory.
 pub fn load_documents(docs: &[Document]) -> Result<Rules, Problems> {
+    load_parsed(
+        docs,
+        docs.iter().map(|d| d.path.clone()).collect(),
+        Vec::new(),
+    )
+}
+
+fn load_parsed(
+    docs: &[Document],
+    files: Vec<PathBuf>,
+    mut problems: Vec<Problem>,
+) -> Result<Rules, Problems> {
     let mut loader = Loader::default();
     for doc in docs {
         loader.document(doc);
     }
-    let mut problems = std::mem::take(&mut loader.problems);
-    let rules = loader.finish(docs.iter().map(|d| d.path.clone()).collect(), &mut problems);
+    problems.append(&mut loader.problems);
+    let rules = loader.finish(files, &mut problems);
+    problems.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     match rules {
         Some(rules) if problems.is_empty() => Ok(rules),
         _ => Err(Problems(problems)),
@@ -63,8 +66,13 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>, Problems> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d)
-            .map_err(|e| Problems::one(Problem::new(&d, 1, format!("cannot read rules directory: {e}"))))?;
+        let entries = std::fs::read_dir(&d).map_err(|e| {
+            Problems::one(Problem::new(
+                &d,
+                1,
+                format!("cannot read rules directory: {e}"),
+            ))
+        })?;
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name();
@@ -73,7 +81,10 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>, Problems> {
             }
             if path.is_dir() {
                 stack.push(path);
-            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
                 out.push(path);
             }
         }
@@ -86,7 +97,6 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>, Problems> {
 struct Loader {
     problems: Vec<Problem>,
     routes: Vec<Route>,
-    raw_webhooks: Vec<(RawWebhook, Origin, String, usize)>,
     webhooks: Vec<Webhook>,
     apps: Vec<App>,
     registered: Vec<RegisteredEvent>,
@@ -103,7 +113,10 @@ impl Loader {
         self.problems.extend(doc.problems.iter().cloned());
         let Some(top) = doc.value.as_object() else {
             if !doc.value.is_null() {
-                self.problems.push(doc.problem("", "expected a mapping with `routes`, `webhooks`, `apps` or `events`"));
+                self.problems.push(doc.problem(
+                    "",
+                    "expected a mapping with `routes`, `webhooks`, `apps` or `events`",
+                ));
             }
             return;
         };
@@ -116,15 +129,25 @@ impl Loader {
         self.each::<RawRoute>(doc, "routes", |l, raw, at| l.route(doc, raw, at));
         self.each::<RawWebhook>(doc, "webhooks", |l, raw, at| l.webhook(doc, raw, at));
         self.each::<RawApp>(doc, "apps", |l, raw, at| l.app(doc, raw, at));
-        self.each::<RawRegisteredEvent>(doc, "events", |l, raw, at| l.registered_event(doc, raw, at));
+        self.each::<RawRegisteredEvent>(doc, "events", |l, raw, at| {
+            l.registered_event(doc, raw, at)
+        });
     }
 
     /// Deserialises each item of the list under `key`, reporting shape
     /// errors at the exact field, and hands the valid ones to `f`.
-    fn each<T: DeserializeOwned>(&mut self, doc: &Document, key: &str, mut f: impl FnMut(&mut Self, T, String)) {
-        let Some(list) = doc.value.get(key) else { return };
+    fn each<T: DeserializeOwned>(
+        &mut self,
+        doc: &Document,
+        key: &str,
+        mut f: impl FnMut(&mut Self, T, String),
+    ) {
+        let Some(list) = doc.value.get(key) else {
+            return;
+        };
         let Some(items) = list.as_array() else {
-            self.problems.push(doc.problem(&format!("/{key}"), format!("`{key}` must be a list")));
+            self.problems
+                .push(doc.problem(&format!("/{key}"), format!("`{key}` must be a list")));
             return;
         };
         for (i, item) in items.iter().enumerate() {
@@ -137,18 +160,28 @@ impl Loader {
                     let reason = if path.is_empty() || inner.starts_with("unknown field") {
                         inner
                     } else {
-                        format!("{}: {inner}", path.trim_start_matches('/').replace('/', "."))
+                        format!(
+                            "{}: {inner}",
+                            path.trim_start_matches('/').replace('/', ".")
+                        )
                     };
-                    self.problems.push(doc.problem(&format!("{at}{path}"), reason));
+                    self.problems
+                        .push(doc.problem(&format!("{at}{path}"), reason));
                 }
             }
         }
     }
 
     fn unique(&mut self, doc: &Document, kind: &'static str, name: &str, at: &str) -> Origin {
-        let origin = Origin { file: doc.path.clone(), line: doc.line(at) };
+        let origin = Origin {
+            file: doc.path.clone(),
+            line: doc.line(at),
+        };
         if let Some(first) = self.seen.get(&(kind, name.to_string())) {
-            self.problems.push(doc.problem(at, format!("duplicate {kind} `{name}` (first defined at {first})")));
+            self.problems.push(doc.problem(
+                at,
+                format!("duplicate {kind} `{name}` (first defined at {first})"),
+            ));
         } else {
             self.seen.insert((kind, name.to_string()), origin.clone());
         }
@@ -160,7 +193,8 @@ impl Loader {
         match Expr::compile(value) {
             Ok(e) => Some(e),
             Err(e) => {
-                self.problems.push(doc.problem(&format!("{at}{}", e.pointer), e.reason));
+                self.problems
+                    .push(doc.problem(&format!("{at}{}", e.pointer), e.reason));
                 None
             }
         }
@@ -168,13 +202,23 @@ impl Loader {
 
     fn template(&mut self, doc: &Document, at: &str, value: &Value) -> Template {
         match value {
-            Value::Object(map) if !crate::filter::expr::is_operation(value) && !map.is_empty() => Template::Object(
-                map.iter()
-                    .map(|(k, v)| (k.clone(), self.template(doc, &format!("{at}/{}", escape_pointer(k)), v)))
-                    .collect(),
-            ),
+            Value::Object(map) if !crate::filter::expr::is_operation(value) && !map.is_empty() => {
+                Template::Object(
+                    map.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                self.template(doc, &format!("{at}/{}", escape_pointer(k)), v),
+                            )
+                        })
+                        .collect(),
+                )
+            }
             Value::Object(map) if map.is_empty() => Template::empty(),
-            other => self.expr(doc, at, Some(other)).map(Template::Expr).unwrap_or_else(Template::empty),
+            other => self
+                .expr(doc, at, Some(other))
+                .map(Template::Expr)
+                .unwrap_or_else(Template::empty),
         }
     }
 
@@ -182,22 +226,35 @@ impl Loader {
         let origin = self.unique(doc, "route", &raw.name, &format!("{at}/name"));
         self.declared.insert(raw.event.clone());
         if !is_event_name(&raw.event) {
-            self.problems.push(doc.problem(&format!("{at}/event"), format!("invalid event type `{}`: use letters, digits, `_`, `-` or `.`", raw.event)));
+            self.problems.push(doc.problem(
+                &format!("{at}/event"),
+                format!(
+                    "invalid event type `{}`: use letters, digits, `_`, `-` or `.`",
+                    raw.event
+                ),
+            ));
         }
         let params = match parse_template(&raw.path) {
             Ok((_, names)) => names,
             Err(reason) => {
                 // Reported here, at the path; the route is not indexed.
-                self.problems.push(doc.problem(&format!("{at}/path"), reason));
+                self.problems
+                    .push(doc.problem(&format!("{at}/path"), reason));
                 return;
             }
         };
         let methods = raw.method.map(OneOrMany::into_vec).unwrap_or_default();
         let methods = self.methods(doc, &at, methods);
-        let status = match raw.status.as_ref().map(parse_status).unwrap_or_else(|| Ok(StatusMatch(vec![StatusRule::Class(2)]))) {
+        let status = match raw
+            .status
+            .as_ref()
+            .map(parse_status)
+            .unwrap_or_else(|| Ok(StatusMatch(vec![StatusRule::Class(2)])))
+        {
             Ok(s) => s,
             Err(reason) => {
-                self.problems.push(doc.problem(&format!("{at}/status"), reason));
+                self.problems
+                    .push(doc.problem(&format!("{at}/status"), reason));
                 StatusMatch(Vec::new())
             }
         };
@@ -205,7 +262,11 @@ impl Loader {
             .remember
             .iter()
             .filter_map(|(k, v)| {
-                let e = self.expr(doc, &format!("{at}/remember/{}", escape_pointer(k)), Some(v))?;
+                let e = self.expr(
+                    doc,
+                    &format!("{at}/remember/{}", escape_pointer(k)),
+                    Some(v),
+                )?;
                 Some((k.clone(), e))
             })
             .collect();
@@ -214,8 +275,14 @@ impl Loader {
             session: self.expr(doc, &format!("{at}/session"), raw.session.as_ref()),
             trigger: self.expr(doc, &format!("{at}/trigger"), raw.trigger.as_ref()),
             dedup_key: self.expr(doc, &format!("{at}/dedup_key"), raw.dedup_key.as_ref()),
-            data: raw.data.as_ref().map(|d| self.template(doc, &format!("{at}/data"), d)).unwrap_or_else(Template::empty),
-            capture_max: raw.capture.map(|c| usize::try_from(c.max_body_bytes.0).unwrap_or(usize::MAX)),
+            data: raw
+                .data
+                .as_ref()
+                .map(|d| self.template(doc, &format!("{at}/data"), d))
+                .unwrap_or_else(Template::empty),
+            capture_max: raw
+                .capture
+                .map(|c| usize::try_from(c.max_body_bytes.0).unwrap_or(usize::MAX)),
             remember,
             name: raw.name,
             event: raw.event,
@@ -236,7 +303,10 @@ impl Loader {
                 return Vec::new();
             }
             if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
-                self.problems.push(doc.problem(&format!("{at}/method"), format!("invalid HTTP method `{m}`")));
+                self.problems.push(doc.problem(
+                    &format!("{at}/method"),
+                    format!("invalid HTTP method `{m}`"),
+                ));
             }
             out.push(upper);
         }
@@ -247,30 +317,50 @@ impl Loader {
         let origin = self.unique(doc, "webhook", &raw.key, &format!("{at}/key"));
         for (i, e) in raw.events.iter().enumerate() {
             if e != "*" {
-                self.event_refs.push((e.clone(), Origin { file: doc.path.clone(), line: doc.line(&format!("{at}/events/{i}")) }));
+                self.event_refs.push((
+                    e.clone(),
+                    Origin {
+                        file: doc.path.clone(),
+                        line: doc.line(&format!("{at}/events/{i}")),
+                    },
+                ));
             }
         }
-        self.raw_webhooks.push((raw, origin, at, self.raw_webhooks.len()));
-        let (raw, origin, at, _) = self.raw_webhooks.pop().expect("just pushed");
         if let Some(w) = self.lower_webhook(doc, raw, &at, origin) {
             self.webhooks.push(w);
         }
     }
 
-    fn lower_webhook(&mut self, doc: &Document, raw: RawWebhook, at: &str, origin: Origin) -> Option<Webhook> {
+    fn lower_webhook(
+        &mut self,
+        doc: &Document,
+        raw: RawWebhook,
+        at: &str,
+        origin: Origin,
+    ) -> Option<Webhook> {
         let url = match reqwest::Url::parse(&raw.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
             Ok(u) => {
-                self.problems.push(doc.problem(&format!("{at}/url"), format!("webhook URL must be http or https with a host, got `{}`", u.scheme())));
+                self.problems.push(doc.problem(
+                    &format!("{at}/url"),
+                    format!(
+                        "webhook URL must be http or https with a host, got `{}`",
+                        u.scheme()
+                    ),
+                ));
                 None
             }
             Err(e) => {
-                self.problems.push(doc.problem(&format!("{at}/url"), format!("invalid webhook URL: {e}")));
+                self.problems
+                    .push(doc.problem(&format!("{at}/url"), format!("invalid webhook URL: {e}")));
                 None
             }
         };
         if raw.events.is_empty() {
-            self.problems.push(doc.problem(&format!("{at}/events"), "`events` is empty: list event types or `*`"));
+            self.problems.push(doc.problem(
+                &format!("{at}/events"),
+                "`events` is empty: list event types or `*`",
+            ));
         }
         let events = if raw.events.iter().any(|e| e == "*") {
             EventSelector::All
@@ -281,14 +371,20 @@ impl Loader {
             None | Some("all") => Assignment::All,
             Some("session") => Assignment::Session,
             Some(other) => {
-                self.problems.push(doc.problem(&format!("{at}/assignment"), format!("unknown assignment `{other}` (expected `all` or `session`)")));
+                self.problems.push(doc.problem(
+                    &format!("{at}/assignment"),
+                    format!("unknown assignment `{other}` (expected `all` or `session`)"),
+                ));
                 Assignment::All
             }
         };
         let format = match raw.format.as_deref() {
             None | Some("oneschema") => Format::OneSchema,
             Some(f @ ("dromo" | "dromo-basic" | "flatfile")) => {
-                self.problems.push(doc.problem(&format!("{at}/format"), format!("format `{f}` is not available in this version (only `oneschema`)")));
+                self.problems.push(doc.problem(
+                    &format!("{at}/format"),
+                    format!("format `{f}` is not available in this version (only `oneschema`)"),
+                ));
                 Format::OneSchema
             }
             Some(other) => {
@@ -302,10 +398,16 @@ impl Loader {
             ("import_identifiers", raw.import_identifiers.is_some()),
         ] {
             if present {
-                self.problems.push(doc.problem(&format!("{at}/{key}"), format!("`{key}` is not available in this version")));
+                self.problems.push(doc.problem(
+                    &format!("{at}/{key}"),
+                    format!("`{key}` is not available in this version"),
+                ));
             }
         }
-        let retry = raw.retry.map(|r| self.retry(doc, at, r)).unwrap_or_default();
+        let retry = raw
+            .retry
+            .map(|r| self.retry(doc, at, r))
+            .unwrap_or_default();
         let filter = self.expr(doc, &format!("{at}/filter"), raw.filter.as_ref());
         Some(Webhook {
             key: raw.key,
@@ -334,7 +436,10 @@ impl Loader {
                     Some("error") => policy.on_error = true,
                     _ => match parse_status(item) {
                         Ok(StatusMatch(rules)) => policy.on_status.0.extend(rules),
-                        Err(reason) => self.problems.push(doc.problem(&format!("{at}/retry/on/{i}"), format!("{reason}, `timeout` or `error`"))),
+                        Err(reason) => self.problems.push(doc.problem(
+                            &format!("{at}/retry/on/{i}"),
+                            format!("{reason}, `timeout` or `error`"),
+                        )),
                     },
                 }
             }
@@ -344,7 +449,10 @@ impl Loader {
         }
         if let Some(b) = raw.backoff {
             if b.is_empty() {
-                self.problems.push(doc.problem(&format!("{at}/retry/backoff"), "`backoff` needs at least one duration"));
+                self.problems.push(doc.problem(
+                    &format!("{at}/retry/backoff"),
+                    "`backoff` needs at least one duration",
+                ));
             } else {
                 policy.backoff = b.into_iter().map(|d| d.0).collect();
             }
@@ -357,13 +465,24 @@ impl Loader {
 
     fn app(&mut self, doc: &Document, raw: RawApp, at: String) {
         let origin = self.unique(doc, "app", &raw.id, &format!("{at}/id"));
-        self.apps.push(App { name: raw.name.unwrap_or_else(|| raw.id.clone()), id: raw.id, permissions: raw.permissions, origin });
+        self.apps.push(App {
+            name: raw.name.unwrap_or_else(|| raw.id.clone()),
+            id: raw.id,
+            permissions: raw.permissions,
+            origin,
+        });
     }
 
     fn registered_event(&mut self, doc: &Document, raw: RawRegisteredEvent, at: String) {
         let origin = self.unique(doc, "registered event", &raw.name, &format!("{at}/name"));
         if !TOPICS.contains(&raw.topic.as_str()) {
-            self.problems.push(doc.problem(&format!("{at}/topic"), format!("unknown topic `{}` (expected participant, entity or container)", raw.topic)));
+            self.problems.push(doc.problem(
+                &format!("{at}/topic"),
+                format!(
+                    "unknown topic `{}` (expected participant, entity or container)",
+                    raw.topic
+                ),
+            ));
         }
         let filter = self.expr(doc, &format!("{at}/filter"), raw.filter.as_ref());
         self.registered.push(RegisteredEvent {
@@ -381,25 +500,48 @@ impl Loader {
     /// Cross-file checks, then the route index.
     fn finish(mut self, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -> Option<Rules> {
         let event_types: BTreeSet<String> = self.routes.iter().map(|r| r.event.clone()).collect();
-        let registered: HashMap<&str, &RegisteredEvent> = self.registered.iter().map(|e| (e.name.as_str(), e)).collect();
+        let registered: HashMap<&str, &RegisteredEvent> = self
+            .registered
+            .iter()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
         for (name, origin) in &self.event_refs {
             if !self.declared.contains(name) && !registered.contains_key(name.as_str()) {
                 let known = self.declared.iter().cloned().collect::<Vec<_>>().join(", ");
-                problems.push(Problem::new(&origin.file, origin.line, format!("unknown event type `{name}` (no route derives it; known: {known})")));
+                problems.push(Problem::new(
+                    &origin.file,
+                    origin.line,
+                    format!("unknown event type `{name}` (no route derives it; known: {known})"),
+                ));
             }
         }
         for ev in &self.registered {
             if !self.declared.contains(&ev.event_type) {
-                problems.push(Problem::new(&ev.origin.file, ev.origin.line, format!("registered event `{}`: unknown event type `{}`", ev.name, ev.event_type)));
+                problems.push(Problem::new(
+                    &ev.origin.file,
+                    ev.origin.line,
+                    format!(
+                        "registered event `{}`: unknown event type `{}`",
+                        ev.name, ev.event_type
+                    ),
+                ));
             }
             if !self.apps.iter().any(|a| a.id == ev.app) {
-                problems.push(Problem::new(&ev.origin.file, ev.origin.line, format!("registered event `{}`: unknown app `{}`", ev.name, ev.app)));
+                problems.push(Problem::new(
+                    &ev.origin.file,
+                    ev.origin.line,
+                    format!("registered event `{}`: unknown app `{}`", ev.name, ev.app),
+                ));
             }
         }
         for w in &self.webhooks {
-            let EventSelector::Some(names) = &w.events else { continue };
+            let EventSelector::Some(names) = &w.events else {
+                continue;
+            };
             for ev in names.iter().filter_map(|n| registered.get(n.as_str())) {
-                let Some(app) = self.apps.iter().find(|a| a.id == ev.app) else { continue };
+                let Some(app) = self.apps.iter().find(|a| a.id == ev.app) else {
+                    continue;
+                };
                 if !w.permissions.iter().any(|p| app.permissions.contains(p)) {
                     problems.push(Problem::new(&w.origin.file, w.origin.line, format!(
                         "webhook `{}` lists registered event `{}` but holds none of app `{}`'s permissions ({})",
@@ -443,7 +585,9 @@ fn field_pointer(path: &serde_path_to_error::Path) -> String {
 }
 
 fn is_event_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// `2xx`, `404`, or a list of those.
@@ -456,7 +600,11 @@ pub fn parse_status(value: &Value) -> Result<StatusMatch, String> {
             },
             Value::String(s) => {
                 let lower = s.to_ascii_lowercase();
-                if let Some(d) = lower.strip_suffix("xx").and_then(|d| d.parse::<u16>().ok()).filter(|d| (1..=5).contains(d)) {
+                if let Some(d) = lower
+                    .strip_suffix("xx")
+                    .and_then(|d| d.parse::<u16>().ok())
+                    .filter(|d| (1..=5).contains(d))
+                {
                     Ok(StatusRule::Class(d))
                 } else if let Some(n) = s.parse::<u16>().ok().filter(|n| (100..=599).contains(n)) {
                     Ok(StatusRule::Exact(n))
@@ -464,11 +612,17 @@ pub fn parse_status(value: &Value) -> Result<StatusMatch, String> {
                     Err(format!("invalid status `{s}`: expected e.g. 2xx or 200"))
                 }
             }
-            other => Err(format!("invalid status `{other}`: expected e.g. 2xx or 200")),
+            other => Err(format!(
+                "invalid status `{other}`: expected e.g. 2xx or 200"
+            )),
         }
     };
     match value {
-        Value::Array(items) if !items.is_empty() => items.iter().map(one).collect::<Result<_, _>>().map(StatusMatch),
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(one)
+            .collect::<Result<_, _>>()
+            .map(StatusMatch),
         Value::Array(_) => Err("status list is empty".into()),
         v => one(v).map(|r| StatusMatch(vec![r])),
     }

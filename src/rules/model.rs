@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::derive::routes::RouteTable;
 use crate::filter::Expr;
 
@@ -215,8 +213,3 @@ pub(crate) type Seen = HashMap<(&'static str, String), Origin>;
 
 /// Trigger types of the envelope.
 pub const TRIGGER_TYPES: &[&str] = &["user", "api", "automation"];
-
-/// The value a template or remembered field takes when absent.
-pub fn null() -> Value {
-    Value::Null
-}

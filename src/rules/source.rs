@@ -24,19 +24,37 @@ pub struct Document {
 impl Document {
     /// Parses `text`, read from `path`. A syntax error is fatal; unset
     /// environment variables are kept in [`Document::problems`].
-    pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Problems> {
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Problems> {
         let docs = MarkedYaml::load_from_str(text).map_err(|e| {
             Problems::one(Problem::new(path, e.marker().line(), e.info().to_string()))
         })?;
-        let mut builder = Builder { path, lines: HashMap::new(), problems: Vec::new(), env };
+        let mut builder = Builder {
+            path,
+            lines: HashMap::new(),
+            problems: Vec::new(),
+            env,
+        };
         let value = match docs.first() {
             Some(root) => builder.node(root, String::new()),
             None => Value::Null,
         };
         if docs.len() > 1 {
-            builder.problems.push(Problem::new(path, 1, "a file holds one YAML document".into()));
+            builder.problems.push(Problem::new(
+                path,
+                1,
+                "a file holds one YAML document".into(),
+            ));
         }
-        Ok(Self { path: path.to_path_buf(), value, problems: builder.problems, lines: builder.lines })
+        Ok(Self {
+            path: path.to_path_buf(),
+            value,
+            problems: builder.problems,
+            lines: builder.lines,
+        })
     }
 
     /// The line where the node at `pointer` (a JSON pointer such as
@@ -90,14 +108,22 @@ impl Builder<'_> {
                         YamlData::Value(Scalar::Boolean(b)) => b.to_string(),
                         YamlData::Representation(raw, _, _) => raw.to_string(),
                         _ => {
-                            self.problems.push(Problem::new(self.path, k.span.start.line(), "mapping keys must be strings".into()));
+                            self.problems.push(Problem::new(
+                                self.path,
+                                k.span.start.line(),
+                                "mapping keys must be strings".into(),
+                            ));
                             continue;
                         }
                     };
                     let child = format!("{pointer}/{}", escape_pointer(&key));
                     self.lines.insert(child.clone(), k.span.start.line());
                     if out.contains_key(&key) {
-                        self.problems.push(Problem::new(self.path, k.span.start.line(), format!("duplicate key `{key}`")));
+                        self.problems.push(Problem::new(
+                            self.path,
+                            k.span.start.line(),
+                            format!("duplicate key `{key}`"),
+                        ));
                     }
                     let value = self.node(v, child);
                     out.insert(key, value);
@@ -106,7 +132,11 @@ impl Builder<'_> {
             }
             YamlData::Tagged(_, inner) => self.node(inner, pointer),
             YamlData::Alias(_) | YamlData::BadValue => {
-                self.problems.push(Problem::new(self.path, line, "unsupported YAML node (aliases are not supported)".into()));
+                self.problems.push(Problem::new(
+                    self.path,
+                    line,
+                    "unsupported YAML node (aliases are not supported)".into(),
+                ));
                 Value::Null
             }
         }
@@ -117,7 +147,9 @@ impl Builder<'_> {
             Scalar::Null => Value::Null,
             Scalar::Boolean(b) => Value::Bool(*b),
             Scalar::Integer(i) => Value::Number((*i).into()),
-            Scalar::FloatingPoint(f) => Number::from_f64(f.into_inner()).map(Value::Number).unwrap_or(Value::Null),
+            Scalar::FloatingPoint(f) => Number::from_f64(f.into_inner())
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
             Scalar::String(s) => self.string(s, line),
         }
     }
@@ -126,7 +158,11 @@ impl Builder<'_> {
         match substitute_env(s, self.env) {
             Ok(s) => Value::String(s),
             Err(name) => {
-                self.problems.push(Problem::new(self.path, line, format!("environment variable `{name}` is not set")));
+                self.problems.push(Problem::new(
+                    self.path,
+                    line,
+                    format!("environment variable `{name}` is not set"),
+                ));
                 Value::String(s.to_string())
             }
         }
@@ -185,7 +221,10 @@ mod tests {
 
     #[test]
     fn substitutes_and_escapes() {
-        assert_eq!(substitute_env("https://${HOST}/x", &env).unwrap(), "https://example.org/x");
+        assert_eq!(
+            substitute_env("https://${HOST}/x", &env).unwrap(),
+            "https://example.org/x"
+        );
         assert_eq!(substitute_env("$${HOST}", &env).unwrap(), "${HOST}");
         assert_eq!(substitute_env("${NOPE}", &env).unwrap_err(), "NOPE");
     }
@@ -203,13 +242,21 @@ mod tests {
     #[test]
     fn reports_unset_variable_with_line() {
         let doc = Document::parse(Path::new("r.yaml"), "a: 1\nb: ${NOPE}\n", &env).unwrap();
-        assert_eq!(Problems(doc.problems.clone()).to_string(), "r.yaml:2: environment variable `NOPE` is not set");
+        assert_eq!(
+            Problems(doc.problems.clone()).to_string(),
+            "r.yaml:2: environment variable `NOPE` is not set"
+        );
         assert_eq!(doc.value["a"], 1);
     }
 
     #[test]
     fn reads_json() {
-        let doc = Document::parse(Path::new("r.json"), "{\n \"webhooks\": [\n  {\"key\": \"a\"}\n ]\n}", &env).unwrap();
+        let doc = Document::parse(
+            Path::new("r.json"),
+            "{\n \"webhooks\": [\n  {\"key\": \"a\"}\n ]\n}",
+            &env,
+        )
+        .unwrap();
         assert_eq!(doc.value["webhooks"][0]["key"], "a");
         assert_eq!(doc.line("/webhooks/0"), 3);
     }

@@ -20,7 +20,9 @@ impl<'de> Deserialize<'de> for Dur {
         match Raw::deserialize(d)? {
             Raw::Seconds(s) if s >= 0.0 && s.is_finite() => Ok(Dur(Duration::from_secs_f64(s))),
             Raw::Seconds(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
-            Raw::Text(t) => parse_duration(&t).map(Dur).map_err(serde::de::Error::custom),
+            Raw::Text(t) => parse_duration(&t)
+                .map(Dur)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -48,7 +50,11 @@ impl<'de> Deserialize<'de> for Size {
                 .trim()
                 .parse::<bytesize::ByteSize>()
                 .map(|b| Size(b.as_u64()))
-                .map_err(|e| serde::de::Error::custom(format!("invalid size `{t}` ({e}); write e.g. 1MiB, 64MiB"))),
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "invalid size `{t}` ({e}); write e.g. 1MiB, 64MiB"
+                    ))
+                }),
         }
     }
 }

@@ -28,7 +28,12 @@ pub struct MemorySessions {
 
 impl MemorySessions {
     pub fn new(capacity: u64, ttl: Duration) -> Self {
-        Self { cache: moka::sync::Cache::builder().max_capacity(capacity).time_to_idle(ttl).build() }
+        Self {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(ttl)
+                .build(),
+        }
     }
 }
 

@@ -28,6 +28,7 @@ pub struct Stack {
 }
 
 /// What a test changes in the stack.
+#[derive(Default)]
 pub struct Setup<'a> {
     /// Rules files (name, text) beside the OneSchema profile; `{receiver}`
     /// is replaced by the receiver's base URL.
@@ -36,12 +37,6 @@ pub struct Setup<'a> {
     pub config: &'a str,
     /// Point the proxy at a port nothing listens on.
     pub upstream_down: bool,
-}
-
-impl Default for Setup<'_> {
-    fn default() -> Self {
-        Self { rules: Vec::new(), config: "", upstream_down: false }
-    }
 }
 
 impl Stack {
@@ -80,7 +75,15 @@ impl Stack {
             .expect("spawn taphook");
         let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-        let mut stack = Stack { importer, receiver, proxy, admin, dir, client: client(), child };
+        let mut stack = Stack {
+            importer,
+            receiver,
+            proxy,
+            admin,
+            dir,
+            client: client(),
+            child,
+        };
         if let Err(e) = wait_ready(admin, proxy).await {
             let _ = stack.child.kill();
             panic!("{e}\n{}", stack.log());
@@ -93,7 +96,11 @@ impl Stack {
     }
 
     pub fn direct_url(&self, path: &str) -> String {
-        format!("{}{}", self.importer.as_ref().expect("importer").url(), path)
+        format!(
+            "{}{}",
+            self.importer.as_ref().expect("importer").url(),
+            path
+        )
     }
 
     pub fn log(&self) -> String {
@@ -105,7 +112,14 @@ impl Stack {
     }
 
     pub async fn metrics(&self) -> String {
-        self.client.get(format!("http://{}/metrics", self.admin)).send().await.unwrap().text().await.unwrap()
+        self.client
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The value of one sample (`name{labels}` exactly as exported), 0 if absent.
@@ -131,23 +145,48 @@ impl Stack {
 
     /// Runs the other seven steps of a session through the proxy.
     pub async fn finish_session(&self, id: u64) {
-        let (ct, body) = multipart_file("contacts.csv", "name,email\nAda,ada@example.com\nBob,bob-at-example\n");
-        self.post(&format!("/v1/embeds/{id}/upload"), &ct, body).await;
-        self.post_json(&format!("/v1/embeds/{id}/set-header"), json!({"index": 0})).await;
-        self.post_json(&format!("/v1/embeds/{id}/map"), json!({})).await;
-        self.post_json(&format!("/v1/embeds/{id}/sheet-operations"), json!({"operation": "delete_rows"})).await;
-        self.post_json(&format!("/v1/embeds/{id}/import"), json!({})).await;
-        let r = self.client.delete(self.url(&format!("/v1/embeds/{id}"))).send().await.unwrap();
+        let (ct, body) = multipart_file(
+            "contacts.csv",
+            "name,email\nAda,ada@example.com\nBob,bob-at-example\n",
+        );
+        self.post(&format!("/v1/embeds/{id}/upload"), &ct, body)
+            .await;
+        self.post_json(&format!("/v1/embeds/{id}/set-header"), json!({"index": 0}))
+            .await;
+        self.post_json(&format!("/v1/embeds/{id}/map"), json!({}))
+            .await;
+        self.post_json(
+            &format!("/v1/embeds/{id}/sheet-operations"),
+            json!({"operation": "delete_rows"}),
+        )
+        .await;
+        self.post_json(&format!("/v1/embeds/{id}/import"), json!({}))
+            .await;
+        let r = self
+            .client
+            .delete(self.url(&format!("/v1/embeds/{id}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
-        self.post_json(&format!("/v1/embeds/{id}/resume"), json!({})).await;
+        self.post_json(&format!("/v1/embeds/{id}/resume"), json!({}))
+            .await;
     }
 
     pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
-        self.post(path, "application/json", body.to_string().into_bytes()).await
+        self.post(path, "application/json", body.to_string().into_bytes())
+            .await
     }
 
     pub async fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
-        let r = self.client.post(self.url(path)).header("content-type", content_type).body(body).send().await.unwrap();
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
         r
     }
@@ -166,7 +205,10 @@ pub fn client() -> reqwest::Client {
 
 pub fn metric_value(text: &str, sample: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }

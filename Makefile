@@ -1,0 +1,38 @@
+# taphook: `make demo` runs the demo on its built-in defaults, `make test`
+# runs the tests. Both install what a fresh Debian machine lacks first.
+
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: demo test prereqs build lint bench check-rules
+
+## Install build prerequisites: cmake (Pingora builds zlib-ng with it).
+prereqs:
+	@command -v cmake >/dev/null 2>&1 || { \
+	  echo "installing cmake (needed to build Pingora's zlib-ng)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake >/dev/null; }
+	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup)"; exit 1; }
+
+build: prereqs
+	$(CARGO) build
+
+## Run the demo: reference importer + taphook + receiver, scripted session.
+demo: prereqs
+	$(CARGO) run --quiet -- demo
+
+## Lint, build and run every test (unit, integration, JSON-logic suite).
+test: prereqs lint
+	$(CARGO) test --all-targets
+	$(CARGO) run --quiet -- check rules/
+
+lint: prereqs
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --quiet -- -D warnings
+
+## Micro benchmarks (criterion).
+bench: prereqs
+	$(CARGO) bench --bench pipeline
+
+check-rules: build
+	$(CARGO) run --quiet -- check rules/
