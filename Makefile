@@ -5,7 +5,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: demo test prereqs build lint bench check-rules
+.PHONY: demo test prereqs test-prereqs build lint bench check-rules
 
 ## Install build prerequisites: cmake (Pingora builds zlib-ng with it).
 prereqs:
@@ -13,6 +13,12 @@ prereqs:
 	  echo "installing cmake (needed to build Pingora's zlib-ng)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake >/dev/null; }
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup)"; exit 1; }
+
+## Test tools: promtool (checks the /metrics exposition).
+test-prereqs:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus (for promtool)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 build: prereqs
 	$(CARGO) build
@@ -22,7 +28,7 @@ demo: prereqs
 	$(CARGO) run --quiet -- demo
 
 ## Lint, build and run every test (unit, integration, JSON-logic suite).
-test: prereqs lint
+test: prereqs test-prereqs lint
 	$(CARGO) test --all-targets
 	$(CARGO) run --quiet -- check rules/
 

@@ -34,6 +34,8 @@ impl Shared {
     pub fn reload_rules(&self) -> Result<(), rules::Problems> {
         match rules::load_dir(&self.config.rules_dir, &rules::source::process_env) {
             Ok(new) => {
+                self.metrics
+                    .init_known_series(new.webhooks.iter().map(|w| w.key.as_str()));
                 self.rules.store(Arc::new(new));
                 self.metrics
                     .rules_reloads
@@ -67,6 +69,7 @@ pub enum Stop {
 /// Builds and runs taphook until it is stopped.
 pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    metrics.init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));
     metrics.rules_reloads.with_label_values(&["success"]).inc();
     check_bindable(config.listen)
         .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;

@@ -128,6 +128,24 @@ impl Metrics {
         }
     }
 
+    /// Creates the series whose label values are known up front, so they
+    /// are exported (as 0) before anything happens.
+    pub fn init_known_series<'a>(&self, webhooks: impl IntoIterator<Item = &'a str>) {
+        for reason in ["tap_queue_full", "webhook_queue_full"] {
+            self.events_dropped.with_label_values(&[reason]);
+        }
+        for result in ["success", "error"] {
+            self.rules_reloads.with_label_values(&[result]);
+        }
+        for key in webhooks {
+            for outcome in ["delivered", "dead"] {
+                self.deliveries.with_label_values(&[key, outcome]);
+            }
+            self.filter_rejected.with_label_values(&[key]);
+            self.outbox_pending.with_label_values(&[key]);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
