@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::derive::exchange::Budget;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::proxy::Tap;
@@ -79,6 +80,8 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     if !config.admin_listen.ip().is_loopback() && config.admin_token.is_none() {
         tracing::warn!(addr = %config.admin_listen, "admin listener binds a non-loopback address without admin_token");
     }
+    let upstream = config.upstream.resolve().map_err(anyhow::Error::msg)?;
+    let budget = Budget::new(config.max_total_capture_bytes);
     let listen = config.listen.to_string();
     let (tx, rx) = mpsc::channel(config.tap_queue);
     let shared = Arc::new(Shared {
@@ -96,8 +99,10 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     conf.graceful_shutdown_timeout_seconds = Some(5);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, Tap::new(shared.clone(), tx));
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Tap::new(shared.clone(), tx, upstream, budget),
+    );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     server.add_service(background_service(

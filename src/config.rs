@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::rules::error::{Problem, Problems};
 use crate::rules::source::Document;
 use crate::rules::units::{Dur, Size};
+use crate::secret::Secret;
 
 /// The running configuration, lowered and checked.
 #[derive(Debug, Clone)]
@@ -18,7 +19,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub upstream: Upstream,
     pub admin_listen: SocketAddr,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     pub rules_dir: PathBuf,
     pub data_dir: PathBuf,
     pub environment_name: String,
@@ -26,9 +27,11 @@ pub struct Config {
     pub dedup_ttl: Duration,
     pub dedup_capacity: u64,
     pub max_body_bytes: usize,
+    /// Bytes all body captures may hold at once.
+    pub max_total_capture_bytes: usize,
     pub tap_queue: usize,
     pub delivery: Delivery,
-    pub jwt_hs256_secret: Option<String>,
+    pub jwt_hs256_secret: Option<Secret>,
     pub threads: usize,
 }
 
@@ -99,6 +102,7 @@ struct RawDedup {
 #[serde(deny_unknown_fields)]
 struct RawCapture {
     max_body_bytes: Option<Size>,
+    max_total_bytes: Option<Size>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,7 +203,7 @@ impl Config {
             listen,
             upstream,
             admin_listen,
-            admin_token: raw.admin_token.filter(|t| !t.is_empty()),
+            admin_token: raw.admin_token.filter(|t| !t.is_empty()).map(Secret::new),
             rules_dir: base.join(raw.rules_dir),
             data_dir: base.join(raw.data_dir),
             environment_name: raw.environment_name,
@@ -215,6 +219,11 @@ impl Config {
                 .max_body_bytes
                 .map(|s| s.0 as usize)
                 .unwrap_or(1 << 20),
+            max_total_capture_bytes: raw
+                .capture
+                .max_total_bytes
+                .map(|s| s.0 as usize)
+                .unwrap_or(256 << 20),
             tap_queue: raw.tap.queue_capacity.unwrap_or(10_000).max(1),
             delivery: Delivery {
                 timeout: raw
@@ -226,7 +235,11 @@ impl Config {
                 queue_per_webhook: raw.delivery.queue_per_webhook.unwrap_or(10_000).max(1),
                 allow_private_networks: raw.delivery.allow_private_networks,
             },
-            jwt_hs256_secret: raw.jwt.hs256_secret.filter(|s| !s.is_empty()),
+            jwt_hs256_secret: raw
+                .jwt
+                .hs256_secret
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
             threads: raw
                 .threads
                 .unwrap_or_else(|| {
@@ -241,22 +254,21 @@ impl Config {
 
 /// `http://host:port` (no TLS: the proxy speaks plain HTTP upstream).
 fn parse_upstream(text: &str) -> Result<Upstream, String> {
-    let url =
-        reqwest::Url::parse(text).map_err(|e| format!("`upstream`: invalid URL `{text}`: {e}"))?;
+    // Messages never echo the URL: it may carry credentials.
+    let url = reqwest::Url::parse(text).map_err(|e| format!("`upstream`: invalid URL: {e}"))?;
     if url.scheme() != "http" {
         return Err(format!(
             "`upstream`: scheme `{}` is not supported: taphook speaks plain http to the importer",
             url.scheme()
         ));
     }
-    if url.path() != "/" && !url.path().is_empty() {
-        return Err(format!(
-            "`upstream`: `{text}` has a path; give only http://host:port"
-        ));
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("`upstream`: credentials in the URL are not supported".into());
     }
-    let host = url
-        .host_str()
-        .ok_or_else(|| format!("`upstream`: `{text}` has no host"))?;
+    if url.path() != "/" && !url.path().is_empty() || url.query().is_some() {
+        return Err("`upstream`: give only http://host:port, without a path or query".into());
+    }
+    let host = url.host_str().ok_or("`upstream`: the URL has no host")?;
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -265,6 +277,19 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
         host,
         port: url.port_or_known_default().unwrap_or(80),
     })
+}
+
+impl Upstream {
+    /// Resolves the host once (at start): the proxy connects to this
+    /// address, so no request ever waits on DNS.
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        use std::net::ToSocketAddrs;
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve upstream host `{}`: {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("upstream host `{}` has no address", self.host))
+    }
 }
 
 #[cfg(test)]
@@ -288,7 +313,7 @@ mod tests {
             }
         );
         assert_eq!(c.rules_dir, Path::new("/etc/taphook/./rules"));
-        assert_eq!(c.admin_token.as_deref(), Some("t0k"));
+        assert_eq!(c.admin_token.as_ref().map(Secret::expose), Some("t0k"));
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.dedup_ttl, Duration::from_secs(86400));
     }
@@ -308,6 +333,8 @@ mod tests {
                 .starts_with("taphook.yaml:1: `upstream`: scheme `https`"),
             "{err}"
         );
+        let err = load("upstream: http://user:pw@x:1\n").unwrap_err();
+        assert!(!err.to_string().contains("pw"), "{err}");
         let err = load("upstream: http://x:1\nlisten_typo: 1\n").unwrap_err();
         assert!(
             err.to_string().contains("unknown field `listen_typo`"),

@@ -22,4 +22,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod rules;
+pub mod secret;
 pub mod store;

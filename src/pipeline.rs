@@ -19,8 +19,8 @@ use crate::filter::{fan_out, Verdict};
 use crate::rules::Rules;
 use crate::store::{MemorySessions, SessionStore};
 
-/// Sessions kept at most in memory.
-const SESSION_CAPACITY: u64 = 1_000_000;
+/// Bytes of sessions kept at most in memory.
+const SESSION_BYTES: u64 = 256 << 20;
 
 pub struct Pipeline {
     shared: Arc<Shared>,
@@ -40,13 +40,10 @@ impl Pipeline {
                 jwt_hs256_secret: config
                     .jwt_hs256_secret
                     .as_ref()
-                    .map(|s| s.as_bytes().to_vec()),
+                    .map(|s| s.expose().as_bytes().to_vec()),
             },
             dedup: Dedup::new(config.dedup_capacity, config.dedup_ttl),
-            sessions: Arc::new(MemorySessions::new(
-                SESSION_CAPACITY,
-                config.events_retention,
-            )),
+            sessions: Arc::new(MemorySessions::new(SESSION_BYTES, config.events_retention)),
             dispatcher: Arc::new(Dispatcher::new(
                 config.delivery.clone(),
                 shared.metrics.clone(),

@@ -47,6 +47,8 @@ async fn throttled_twice_then_ok_takes_exactly_three_attempts() {
     assert_eq!(stack.receiver.received_on("/hooks/throttled").len(), 3);
     // Every attempt carries the same event.
     assert!(got.iter().all(|r| r.body == got[0].body));
+    let done = "taphook_deliveries_total{outcome=\"delivered\",webhook=\"throttled\"}";
+    assert_eq!(stack.wait_metric(done, 1.0).await, 1.0);
     let m = stack.metrics().await;
     assert_eq!(
         metric_value(
@@ -92,7 +94,10 @@ async fn a_server_error_is_not_retried() {
     assert_eq!(stack.receiver.received_on("/hooks/broken").len(), 1);
     assert_eq!(
         stack
-            .metric("taphook_deliveries_total{outcome=\"dead\",webhook=\"broken\"}")
+            .wait_metric(
+                "taphook_deliveries_total{outcome=\"dead\",webhook=\"broken\"}",
+                1.0
+            )
             .await,
         1.0
     );
@@ -124,6 +129,8 @@ async fn a_receiver_that_never_answers_gets_three_attempts_bounded_by_the_timeou
     assert!(got[2].at.duration_since(got[1].at) >= Duration::from_millis(300));
     settle(Duration::from_millis(800)).await;
     assert_eq!(stack.receiver.received_on("/hooks/silent").len(), 3);
+    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"silent\"}";
+    assert_eq!(stack.wait_metric(dead, 1.0).await, 1.0);
     let m = stack.metrics().await;
     assert_eq!(
         metric_value(
@@ -198,7 +205,7 @@ async fn a_hanging_receiver_does_not_hold_back_another() {
     assert_eq!(stack.receiver.received_on("/hooks/stuck").len(), 2);
     assert_eq!(
         stack
-            .metric("taphook_outbox_pending{webhook=\"stuck\"}")
+            .wait_metric("taphook_outbox_pending{webhook=\"stuck\"}", 5.0)
             .await,
         5.0
     );

@@ -62,7 +62,8 @@ async fn metrics_follow_the_contract_and_pass_promtool() {
         .receiver
         .wait_for("/hooks/all", 2, Duration::from_secs(10))
         .await;
-    settle(Duration::from_millis(200)).await;
+    let latency = "taphook_event_delivery_latency_seconds_count";
+    assert_eq!(stack.wait_metric(latency, 2.0).await, 2.0);
     let text = stack.metrics().await;
     for name in CONTRACT {
         assert!(

@@ -88,7 +88,7 @@ impl BackgroundService for Admin {
                 return;
             }
         };
-        self.shared.ready.store(true, Ordering::Release);
+        tokio::spawn(mark_ready_when_proxy_accepts(self.shared.clone()));
         let shared = self.shared.clone();
         let stop = async move {
             let _ = shutdown.changed().await;
@@ -101,4 +101,27 @@ impl BackgroundService for Admin {
             tracing::error!(error = %e, "admin listener failed");
         }
     }
+}
+
+/// `/readyz` turns ready once the proxy listener accepts connections.
+async fn mark_ready_when_proxy_accepts(shared: Arc<Shared>) {
+    let listen = shared.config.listen;
+    let probe = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(probe).await.is_err() {
+        if std::time::Instant::now() > deadline {
+            tracing::error!(%listen, "the proxy listener does not accept connections; /readyz stays 503");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    shared.ready.store(true, Ordering::Release);
 }

@@ -28,7 +28,7 @@ fn oneschema(webhook: &Webhook, event: &Event) -> Outgoing {
     let body = serde_json::to_vec(event).unwrap_or_default();
     let mut headers = vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
     if let Some(secret) = &webhook.secret {
-        if let Some(v) = basic_auth_password(secret) {
+        if let Some(v) = basic_auth_password(secret.expose()) {
             headers.push((AUTHORIZATION, v));
         }
     }

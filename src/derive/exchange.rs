@@ -6,20 +6,61 @@
 //! parsed as JSON or as a form; anything else becomes `null`.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// A bounded copy of one body.
-#[derive(Debug, Clone, Default)]
+/// The bytes all captures may hold at once, across requests in flight
+/// and exchanges waiting for the pipeline.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes currently held.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        let before = self.used.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) > self.limit {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            false
+        } else {
+            true
+        }
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// A bounded copy of one body. Bytes are charged to a [`Budget`] (if any)
+/// and given back when the copy is dropped.
+#[derive(Debug, Default)]
 pub struct Captured {
     pub bytes: Vec<u8>,
-    /// The body was longer than the cap; `bytes` holds only its start.
+    /// The body was longer than the cap (or the budget ran out); `bytes`
+    /// holds only its start.
     pub truncated: bool,
     /// The cap that applied (also bounds decompression).
     pub cap: usize,
+    budget: Option<Arc<Budget>>,
 }
 
 impl Captured {
@@ -28,20 +69,41 @@ impl Captured {
             bytes: Vec::new(),
             truncated: false,
             cap,
+            budget: None,
         }
     }
 
-    /// Appends what fits under the cap.
+    pub fn with_budget(cap: usize, budget: Arc<Budget>) -> Self {
+        Self {
+            bytes: Vec::new(),
+            truncated: false,
+            cap,
+            budget: Some(budget),
+        }
+    }
+
+    /// Appends what fits under the cap and the budget.
     pub fn push(&mut self, chunk: &[u8]) {
         if self.truncated {
             return;
         }
         let room = self.cap.saturating_sub(self.bytes.len());
-        if chunk.len() > room {
-            self.bytes.extend_from_slice(&chunk[..room]);
-            self.truncated = true;
-        } else {
-            self.bytes.extend_from_slice(chunk);
+        let n = chunk.len().min(room);
+        if let Some(budget) = &self.budget {
+            if !budget.take(n) {
+                self.truncated = true;
+                return;
+            }
+        }
+        self.bytes.extend_from_slice(&chunk[..n]);
+        self.truncated = n < chunk.len();
+    }
+}
+
+impl Drop for Captured {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give(self.bytes.len());
         }
     }
 }
@@ -58,7 +120,7 @@ pub struct FilePart {
 pub type Headers = Vec<(String, Bytes)>;
 
 /// One finished request/response pair, as copied by the proxy.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Exchange {
     pub method: String,
     pub path: String,
@@ -287,6 +349,22 @@ mod tests {
         assert_eq!(decode(Some("gzip"), &packed, 20_000).unwrap().len(), 10_000);
         assert!(decode(Some("gzip"), &packed, 9_999).is_none());
         assert!(decode(Some("gzip"), b"garbage", 100).is_none());
+    }
+
+    #[test]
+    fn the_budget_bounds_all_captures_and_is_given_back() {
+        let budget = Budget::new(10);
+        let mut a = Captured::with_budget(100, budget.clone());
+        a.push(b"123456");
+        let mut b = Captured::with_budget(100, budget.clone());
+        b.push(b"123456");
+        assert!(b.truncated && b.bytes.is_empty());
+        assert_eq!(budget.used(), 6);
+        drop(a);
+        assert_eq!(budget.used(), 0);
+        b.truncated = false;
+        b.push(b"123456");
+        assert_eq!(budget.used(), 6);
     }
 
     #[test]

@@ -138,13 +138,11 @@ impl Deriver {
             .filter(|t| TRIGGER_TYPES.contains(&t.as_str()))
             .unwrap_or_else(|| "user".to_string());
         let data = template(&scope, &route.data, route);
-        let uuid = match &route.dedup_key {
-            Some(k) => name_uuid(&route.event, &scope_value(&scope, k, route).to_string()),
-            None => match exchange.request_header("idempotency-key") {
-                Some(k) => name_uuid(&route.event, &format!("idempotency-key\n{k}")),
-                None => Uuid::new_v4(),
-            },
-        };
+        let dedup_key = route
+            .dedup_key
+            .as_ref()
+            .map(|k| scope_value(&scope, k, route));
+        let uuid = event_uuid(route, exchange, dedup_key, key.as_deref());
         let fields = session.as_ref().map(|s| &s.fields);
         let field = |name: &str| {
             fields
@@ -172,6 +170,46 @@ impl Deriver {
             session: session.map(|s| s.fields),
             derived_at: Instant::now(),
         })
+    }
+}
+
+/// The event's UUID: named by the route's `dedup_key` when it evaluates
+/// to a complete key; else by the `Idempotency-Key` header, scoped to the
+/// session, method and path; else random.
+fn event_uuid(
+    route: &Route,
+    exchange: &Exchange,
+    dedup_key: Option<Value>,
+    session: Option<&str>,
+) -> Uuid {
+    match dedup_key {
+        Some(k) if is_complete(&k) => return name_uuid(&route.event, &k.to_string()),
+        Some(k) => {
+            tracing::debug!(route = %route.name, key = %k, "dedup_key has a missing part; not used")
+        }
+        None => {}
+    }
+    match exchange.request_header("idempotency-key") {
+        Some(k) => {
+            let scope = format!(
+                "idempotency-key\n{}\n{} {}\n{k}",
+                session.unwrap_or(""),
+                exchange.method,
+                exchange.path
+            );
+            name_uuid(&route.event, &scope)
+        }
+        None => Uuid::new_v4(),
+    }
+}
+
+/// A key with a null in it (a field that was missing) would give every
+/// such event the same UUID.
+fn is_complete(key: &Value) -> bool {
+    match key {
+        Value::Null => false,
+        Value::Array(parts) => parts.iter().all(is_complete),
+        _ => true,
     }
 }
 

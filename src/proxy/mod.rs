@@ -6,6 +6,7 @@
 
 pub mod multipart;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -14,10 +15,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use tokio::sync::mpsc;
+use pingora::ErrorSource;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::app::Shared;
-use crate::derive::exchange::Headers;
+use crate::derive::exchange::{Budget, Headers};
 use crate::derive::{Captured, Exchange};
 use crate::metrics::status_class;
 use multipart::MultipartScanner;
@@ -26,38 +28,46 @@ use multipart::MultipartScanner;
 pub struct Tap {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Exchange>,
-    upstream: (String, u16),
+    /// The importer's address, resolved once at start.
+    upstream: SocketAddr,
+    budget: Arc<Budget>,
     dropped: AtomicU64,
 }
 
 impl Tap {
-    pub fn new(shared: Arc<Shared>, queue: mpsc::Sender<Exchange>) -> Self {
-        let upstream = (
-            shared.config.upstream.host.clone(),
-            shared.config.upstream.port,
-        );
+    pub fn new(
+        shared: Arc<Shared>,
+        queue: mpsc::Sender<Exchange>,
+        upstream: SocketAddr,
+        budget: Arc<Budget>,
+    ) -> Self {
         Self {
             shared,
             queue,
             upstream,
+            budget,
             dropped: AtomicU64::new(0),
         }
     }
 
     fn hand_off(&self, exchange: Exchange) {
-        if self.queue.try_send(exchange).is_err() {
-            self.shared
-                .metrics
-                .events_dropped
-                .with_label_values(&["tap_queue_full"])
-                .inc();
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(
-                    dropped = n,
-                    "tap queue full: exchanges dropped (requests unaffected)"
-                );
-            }
+        let reason = match self.queue.try_send(exchange) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => "tap_queue_full",
+            Err(TrySendError::Closed(_)) => "shutting_down",
+        };
+        self.shared
+            .metrics
+            .events_dropped
+            .with_label_values(&[reason])
+            .inc();
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                dropped = n,
+                reason,
+                "exchanges dropped before derivation (requests unaffected)"
+            );
         }
     }
 }
@@ -77,6 +87,8 @@ pub struct TapCtx {
     status: u16,
     response_headers: Headers,
     response_body: Option<Captured>,
+    /// The upstream's response body ended.
+    response_complete: bool,
 }
 
 fn copy_headers(map: &http::HeaderMap) -> Headers {
@@ -102,6 +114,13 @@ fn capturable(content_type: Option<&str>) -> bool {
         || essence == "text/json"
 }
 
+/// Whether an exchange that ended with `error` still carries a step the
+/// upstream completed: only when the error is the client's (it went away
+/// after the upstream answered).
+fn upstream_answered(error: Option<&pingora::Error>, ctx: &TapCtx) -> bool {
+    ctx.status != 0 && error.is_none_or(|e| matches!(e.esource(), ErrorSource::Downstream))
+}
+
 #[async_trait]
 impl ProxyHttp for Tap {
     type CTX = TapCtx;
@@ -125,7 +144,7 @@ impl ProxyHttp for Tap {
         let ct = content_type(&req.headers);
         ctx.multipart = ct.and_then(MultipartScanner::for_content_type);
         if ctx.multipart.is_none() && capturable(ct) {
-            ctx.request_body = Some(Captured::new(ctx.cap));
+            ctx.request_body = Some(Captured::with_budget(ctx.cap, self.budget.clone()));
         }
         Ok(false)
     }
@@ -135,11 +154,7 @@ impl ProxyHttp for Tap {
         _session: &mut Session,
         _ctx: &mut TapCtx,
     ) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(
-            self.upstream.clone(),
-            false,
-            String::new(),
-        )))
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
 
     async fn request_body_filter(
@@ -170,7 +185,7 @@ impl ProxyHttp for Tap {
             ctx.status = resp.status.as_u16();
             ctx.response_headers = copy_headers(&resp.headers);
             if capturable(content_type(&resp.headers)) {
-                ctx.response_body = Some(Captured::new(ctx.cap));
+                ctx.response_body = Some(Captured::with_budget(ctx.cap, self.budget.clone()));
             }
         }
         Ok(())
@@ -180,12 +195,13 @@ impl ProxyHttp for Tap {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut TapCtx,
     ) -> Result<Option<std::time::Duration>> {
         if let (Some(chunk), Some(c)) = (body.as_ref(), &mut ctx.response_body) {
             c.push(chunk);
         }
+        ctx.response_complete |= end_of_stream;
         Ok(None)
     }
 
@@ -205,9 +221,14 @@ impl ProxyHttp for Tap {
             .proxy_requests
             .with_label_values(&[route, status_class(status)])
             .inc();
-        // Events come only from complete exchanges the upstream answered.
-        if error.is_some() || ctx.route.is_none() || ctx.status == 0 {
+        // Events come only from responses the upstream gave.
+        if ctx.route.is_none() || !upstream_answered(error, ctx) {
             return;
+        }
+        let mut response_body = ctx.response_body.take();
+        if let Some(body) = response_body.as_mut().filter(|_| !ctx.response_complete) {
+            // The client left before the body ended: what we have is partial.
+            body.truncated = true;
         }
         let files = ctx
             .multipart
@@ -223,7 +244,7 @@ impl ProxyHttp for Tap {
             files,
             status: ctx.status,
             response_headers: std::mem::take(&mut ctx.response_headers),
-            response_body: ctx.response_body.take(),
+            response_body,
             completed_at: SystemTime::now(),
         });
     }

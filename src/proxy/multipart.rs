@@ -11,7 +11,9 @@ use crate::derive::FilePart;
 /// A part's header block larger than this stops the scan.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Parts recorded at most.
-const MAX_FILES: usize = 1000;
+const MAX_FILES: usize = 100;
+/// Characters kept of a part's field name, filename or content type.
+const MAX_FIELD_CHARS: usize = 1024;
 /// Bytes of transport padding allowed after a delimiter.
 const MAX_PADDING: usize = 256;
 
@@ -163,10 +165,11 @@ fn parse_part_headers(block: &[u8]) -> Option<FilePart> {
     };
     let disposition = mailparse::parse_content_disposition(&value("content-disposition")?);
     let filename = disposition.params.get("filename")?.clone();
+    let clip = |s: String| s.chars().take(MAX_FIELD_CHARS).collect::<String>();
     Some(FilePart {
-        field: disposition.params.get("name").cloned().unwrap_or_default(),
-        filename,
-        content_type: value("content-type"),
+        field: clip(disposition.params.get("name").cloned().unwrap_or_default()),
+        filename: clip(filename),
+        content_type: value("content-type").map(clip),
     })
 }
 

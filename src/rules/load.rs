@@ -416,7 +416,10 @@ impl Loader {
             assignment,
             filter,
             format,
-            secret: raw.secret.filter(|s| !s.is_empty()),
+            secret: raw
+                .secret
+                .filter(|s| !s.is_empty())
+                .map(crate::secret::Secret::new),
             retry,
             timeout: raw.timeout.map(|d| d.0),
             permissions: raw.permissions,

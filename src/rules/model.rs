@@ -178,7 +178,7 @@ pub struct Webhook {
     pub assignment: Assignment,
     pub filter: Option<Expr>,
     pub format: Format,
-    pub secret: Option<String>,
+    pub secret: Option<crate::secret::Secret>,
     pub retry: RetryPolicy,
     pub timeout: Option<Duration>,
     pub permissions: Vec<String>,

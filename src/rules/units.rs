@@ -18,8 +18,11 @@ impl<'de> Deserialize<'de> for Dur {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Seconds(s) if s >= 0.0 && s.is_finite() => Ok(Dur(Duration::from_secs_f64(s))),
-            Raw::Seconds(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
+            Raw::Seconds(s) => Duration::try_from_secs_f64(s).map(Dur).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s}: expected a non-negative number of seconds"
+                ))
+            }),
             Raw::Text(t) => parse_duration(&t)
                 .map(Dur)
                 .map_err(serde::de::Error::custom),
@@ -72,5 +75,7 @@ mod tests {
         let s: Size = serde_json::from_str("\"1MiB\"").unwrap();
         assert_eq!(s.0, 1 << 20);
         assert!(serde_json::from_str::<Dur>("\"soon\"").is_err());
+        assert!(serde_json::from_str::<Dur>("1e20").is_err());
+        assert!(serde_json::from_str::<Dur>("-1").is_err());
     }
 }

@@ -21,19 +21,38 @@ pub trait SessionStore: Send + Sync {
     fn put(&self, key: &str, session: Session);
 }
 
-/// Sessions in a bounded cache.
+/// Sessions in a cache bounded in bytes (approximately: keys, strings and
+/// a few bytes per value), least recently used first out.
 pub struct MemorySessions {
     cache: moka::sync::Cache<String, Arc<Session>>,
 }
 
 impl MemorySessions {
-    pub fn new(capacity: u64, ttl: Duration) -> Self {
-        Self {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_idle(ttl)
-                .build(),
+    pub fn new(max_bytes: u64, ttl: Duration) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &String, s: &Arc<Session>| {
+                let fields: usize = s.fields.iter().map(|(k, v)| k.len() + approx_size(v)).sum();
+                u32::try_from(key.len() + approx_size(&s.key) + fields).unwrap_or(u32::MAX)
+            })
+            .time_to_idle(ttl)
+            .build();
+        Self { cache }
+    }
+}
+
+/// Roughly the bytes a JSON value holds.
+fn approx_size(v: &Value) -> usize {
+    match v {
+        Value::String(s) => 24 + s.len(),
+        Value::Array(items) => 24 + items.iter().map(approx_size).sum::<usize>(),
+        Value::Object(m) => {
+            32 + m
+                .iter()
+                .map(|(k, v)| 24 + k.len() + approx_size(v))
+                .sum::<usize>()
         }
+        _ => 16,
     }
 }
 

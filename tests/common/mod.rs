@@ -57,38 +57,51 @@ impl Stack {
         for (name, text) in &setup.rules {
             std::fs::write(rules_dir.join(name), text.replace("{receiver}", &base)).unwrap();
         }
-        let (proxy_port, admin_port) = (free_port().unwrap(), free_port().unwrap());
-        let config = format!(
-            "listen: 127.0.0.1:{proxy_port}\nupstream: {upstream}\nadmin_listen: 127.0.0.1:{admin_port}\nrules_dir: rules\ndata_dir: data\nthreads: 2\n{}",
-            setup.config
-        );
         let config_path = dir.path().join("taphook.yaml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("taphook.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_taphook"))
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info,taphook=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn taphook");
-        let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-        let mut stack = Stack {
-            importer,
-            receiver,
-            proxy,
-            admin,
-            dir,
-            client: client(),
-            child,
-        };
-        if let Err(e) = wait_ready(admin, proxy).await {
-            let _ = stack.child.kill();
-            panic!("{e}\n{}", stack.log());
+        let log_path = dir.path().join("taphook.log");
+        // A free port is released before taphook binds it, so a parallel
+        // test can take it first: then taphook exits, and we try again.
+        for _attempt in 0..3 {
+            let (proxy_port, admin_port) = (free_port().unwrap(), free_port().unwrap());
+            let config = format!(
+                "listen: 127.0.0.1:{proxy_port}\nupstream: {upstream}\nadmin_listen: 127.0.0.1:{admin_port}\nrules_dir: rules\ndata_dir: data\nthreads: 2\n{}",
+                setup.config
+            );
+            std::fs::write(&config_path, config).unwrap();
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_taphook"))
+                .args(["run", "--config"])
+                .arg(&config_path)
+                .env("RUST_LOG", "info,taphook=debug")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn taphook");
+            let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+            match wait_ready(admin, proxy).await {
+                Ok(()) => {
+                    return Stack {
+                        importer,
+                        receiver,
+                        proxy,
+                        admin,
+                        dir,
+                        client: client(),
+                        child,
+                    };
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    if !log.contains("cannot listen") {
+                        panic!("{e}\n{log}");
+                    }
+                }
+            }
         }
-        stack
+        panic!("taphook could not get free ports in 3 attempts");
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -125,6 +138,20 @@ impl Stack {
     /// The value of one sample (`name{labels}` exactly as exported), 0 if absent.
     pub async fn metric(&self, sample: &str) -> f64 {
         metric_value(&self.metrics().await, sample)
+    }
+
+    /// Polls `sample` until it equals `expected` (metrics are updated just
+    /// after a receiver answers, so a read can be early), for up to 10 s;
+    /// returns the last value seen.
+    pub async fn wait_metric(&self, sample: &str, expected: f64) -> f64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric(sample).await;
+            if v == expected || std::time::Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Is the taphook process still running?
