@@ -77,37 +77,27 @@ fn num_expr() -> impl Strategy<Value = (Value, Value)> {
     })
 }
 
+fn comparison() -> impl Strategy<Value = &'static str> {
+    prop_oneof![
+        Just("=="),
+        Just("!="),
+        Just("<"),
+        Just(">"),
+        Just("<="),
+        Just(">=")
+    ]
+}
+
 fn bool_leaf() -> impl Strategy<Value = (Value, Value)> {
     prop_oneof![
         any::<bool>().prop_map(|b| (json!(b), json!(b))),
-        (
-            prop_oneof![
-                Just("=="),
-                Just("!="),
-                Just("<"),
-                Just(">"),
-                Just("<="),
-                Just(">=")
-            ],
-            -5i64..5
-        )
+        (comparison(), -5i64..5)
             .prop_map(|(op, n)| (json!({op: ["$a", n]}), json!({op: [{"var": "a"}, n]}))),
     ]
 }
 
 fn bool_expr() -> impl Strategy<Value = (Value, Value)> {
-    let cmp = (
-        prop_oneof![
-            Just("=="),
-            Just("!="),
-            Just("<"),
-            Just(">"),
-            Just("<="),
-            Just(">=")
-        ],
-        num_expr(),
-        num_expr(),
-    )
+    let cmp = (comparison(), num_expr(), num_expr())
         .prop_map(|(op, (a1, a2), (b1, b2))| (json!({op: [a1, b1]}), json!({op: [a2, b2]})));
     prop_oneof![cmp, bool_leaf()].prop_recursive(3, 24, 2, |inner| {
         prop_oneof![

@@ -32,11 +32,7 @@ async fn metrics_follow_the_contract_and_pass_promtool() {
             webhook("all", "/hooks/all", "    events: [\"*\"]\n")
         ),
     )];
-    let stack = Stack::start(Setup {
-        rules,
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::with_rules(rules).await;
     let before = stack.metrics().await;
     assert_eq!(
         metric_value(&before, "taphook_outbox_pending{webhook=\"all\"}"),

@@ -21,11 +21,7 @@ async fn all_eight_event_types_arrive_with_the_exact_envelope() {
         "/hooks/main",
         "    events: [\"*\"]\n    assignment: session\n    secret: s3cret\n",
     )]);
-    let stack = Stack::start(Setup {
-        rules,
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::with_rules(rules).await;
     let jwt = demo_jwt();
     let id = stack
         .create_embed(json!({"template_key": "contacts", "embed_user_jwt": jwt, "event_webhook_keys": ["event_webhook"], "dev_mode": false}), true)
@@ -164,11 +160,7 @@ async fn webhook_keys_assign_sessions_like_event_webhook_keys() {
             "    events: [embed_initialized]\n",
         ),
     ]);
-    let stack = Stack::start(Setup {
-        rules,
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::with_rules(rules).await;
     let a = stack
         .create_embed(
             json!({"template_key": "contacts", "event_webhook_keys": ["assigned"]}),
@@ -235,11 +227,7 @@ async fn trigger_type_follows_the_api_key_header() {
         "/hooks/all",
         "    events: [embed_initialized]\n",
     )]);
-    let stack = Stack::start(Setup {
-        rules,
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::with_rules(rules).await;
     let api = stack
         .create_embed(json!({"template_key": "contacts"}), true)
         .await;
@@ -268,11 +256,7 @@ async fn one_idempotency_key_yields_one_event() {
         "/hooks/ops",
         "    events: [sheet_operation_performed]\n",
     )]);
-    let stack = Stack::start(Setup {
-        rules,
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::with_rules(rules).await;
     let id = stack
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;
@@ -332,11 +316,7 @@ async fn dedup_key_drops_the_same_step_seen_twice() {
         "again.yaml",
         "routes:\n  - name: init-again\n    event: embed_initialized\n    method: POST\n    path: /v1/embeds\n    session: $response.body.id\n    dedup_key: [\"create\", \"$response.body.id\"]\n".to_string(),
     ));
-    let stack = Stack::start(Setup {
-        rules,
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::with_rules(rules).await;
     stack
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;
@@ -360,11 +340,7 @@ async fn a_filter_excludes_events() {
         webhook("orders", "/hooks/orders", "    events: [\"*\"]\n    filter: {\"==\": [\"$template_key\", \"orders\"]}\n"),
         webhook("errors", "/hooks/errors", "    events: [columns_mapped]\n    filter: {\">\": [\"$data.validation_error_counts.total\", 0]}\n"),
     ]);
-    let stack = Stack::start(Setup {
-        rules,
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::with_rules(rules).await;
     let contacts = stack
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;
@@ -412,11 +388,7 @@ async fn a_dedup_key_with_a_missing_part_does_not_merge_steps() {
         "partial.yaml",
         "routes:\n  - name: partial\n    event: partial_init\n    method: POST\n    path: /v1/embeds\n    dedup_key: [\"x\", \"$response.body.no_such_field\"]\n".to_string(),
     ));
-    let stack = Stack::start(Setup {
-        rules,
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::with_rules(rules).await;
     stack
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;

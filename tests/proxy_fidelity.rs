@@ -116,11 +116,7 @@ fn event_named<'a>(events: &'a [Value], name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_are_identical_to_the_upstreams() {
-    let stack = Stack::start(Setup {
-        rules: fixture_rules(),
-        ..Default::default()
-    })
-    .await;
+    let stack = Stack::with_rules(fixture_rules()).await;
     let gz = same_both_ways(
         &stack,
         "GET",

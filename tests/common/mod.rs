@@ -40,6 +40,15 @@ pub struct Setup<'a> {
 }
 
 impl Stack {
+    /// A stack with these rules files and everything else by default.
+    pub async fn with_rules(rules: Vec<(&str, String)>) -> Stack {
+        Stack::start(Setup {
+            rules,
+            ..Default::default()
+        })
+        .await
+    }
+
     pub async fn start(setup: Setup<'_>) -> Stack {
         let receiver = Receiver::start().await.expect("receiver");
         let (importer, upstream) = if setup.upstream_down {
