@@ -233,6 +233,12 @@ fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {
             Verdict::NotSubscribed => {
                 format!("skip: not subscribed to `{}`", derived.event.event_type)
             }
+            Verdict::OtherMode => {
+                "skip: the session's development mode is not the webhook's".to_string()
+            }
+            Verdict::OtherImportIdentifier => {
+                "skip: the import identifier is not one of the webhook's".to_string()
+            }
             Verdict::NotAssigned => {
                 "skip: assignment is `session` and the session's webhook_keys do not hold this key"
                     .to_string()

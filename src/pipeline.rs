@@ -89,7 +89,10 @@ impl Pipeline {
                         .inc();
                     tracing::warn!(webhook = %decision.webhook.key, error = %e, "filter failed to evaluate; event not delivered");
                 }
-                Verdict::NotSubscribed | Verdict::NotAssigned => {}
+                Verdict::NotSubscribed
+                | Verdict::NotAssigned
+                | Verdict::OtherMode
+                | Verdict::OtherImportIdentifier => {}
             }
         }
     }

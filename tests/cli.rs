@@ -33,7 +33,7 @@ fn the_shipped_rules_are_clean() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{text}");
     assert!(
-        text.starts_with("ok: 2 file(s), 8 route(s), 1 webhook(s)"),
+        text.starts_with("ok: 4 file(s), 13 route(s), 1 webhook(s)"),
         "{text}"
     );
 }

@@ -2,8 +2,9 @@
 //! `concurrency_per_webhook` concurrent deliveries, so one slow receiver
 //! never holds back another.
 
-pub mod format;
+pub mod formats;
 pub mod retry;
+pub mod signing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use crate::config::Delivery;
 use crate::event::DerivedEvent;
 use crate::metrics::Metrics;
 use crate::rules::model::Webhook;
-use format::Outgoing;
+use formats::Outgoing;
 use retry::{parse_retry_after, Attempt};
 
 /// Bytes of a receiver's response body read (and then dropped).
@@ -102,7 +103,8 @@ impl Dispatcher {
     async fn deliver(&self, job: &Job) {
         let webhook = &job.webhook;
         let mut delivered = true;
-        for request in format::requests(webhook, &job.event.event) {
+        // Each request (a batch part) is retried alone.
+        for request in formats::requests(webhook, &job.event) {
             delivered &= self
                 .send_with_retries(webhook, &request, &job.event.event.uuid)
                 .await;
@@ -155,6 +157,12 @@ impl Dispatcher {
             .body(request.body.clone());
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
+        }
+        if !webhook.signing.is_empty() {
+            // Signed at each attempt, so the timestamp is the attempt's.
+            for (name, value) in signing::headers(&request.id, &request.body, &webhook.signing) {
+                builder = builder.header(name, value);
+            }
         }
         let result = match builder.send().await {
             Ok(mut response) => {

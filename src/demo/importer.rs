@@ -28,9 +28,20 @@ struct Embed {
     header_index: usize,
 }
 
+/// A Dromo-style headless import.
+#[derive(Debug, Clone)]
+struct HeadlessImport {
+    request: Value,
+    status: &'static str,
+    rows: Vec<Vec<String>>,
+    /// Polls while RUNNING; the import finishes on the second.
+    polls: u32,
+}
+
 #[derive(Default)]
 struct Importer {
     embeds: Mutex<HashMap<u64, Embed>>,
+    headless: Mutex<HashMap<String, HeadlessImport>>,
     next_id: AtomicU64,
 }
 
@@ -77,12 +88,22 @@ pub fn router() -> Router {
         .route("/v1/embeds/{id}/sheet-operations", post(sheet_operation))
         .route("/v1/embeds/{id}/import", post(import))
         .route("/v1/embeds/{id}/resume", post(resume))
+        .route("/api/v1/headless/imports/", post(headless_create))
+        .route("/api/v1/headless/imports/{id}/", get(headless_show))
+        .route(
+            "/api/v1/headless/imports/{id}/upload",
+            axum::routing::put(headless_upload),
+        )
+        .route("/v1/batches/{batch_id}/submit", post(batch_submit))
         .route("/_fixtures/gzip", get(fixture_gzip))
         .route("/_fixtures/chunked", get(fixture_chunked))
         .route("/_fixtures/empty", get(|| async { StatusCode::NO_CONTENT }))
         .route("/_fixtures/echo", post(fixture_echo))
         .with_state(state)
 }
+
+/// Large batch submissions are accepted (the Flatfile-style route).
+const MAX_BATCH_BYTES: usize = 64 << 20;
 
 fn fail(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": {"message": message}}))).into_response()
@@ -159,11 +180,7 @@ async fn upload(
         );
     };
     let text = String::from_utf8_lossy(&bytes);
-    let rows: Vec<Vec<String>> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.split(',').map(|c| c.trim().to_string()).collect())
-        .collect();
+    let rows = csv_rows(&text);
     with_embed(&s, id, |e| {
         e.status = "uploaded";
         e.filename = Some(filename.clone());
@@ -199,15 +216,7 @@ async fn set_header(
 async fn map_columns(State(s): State<Shared>, Path(id): Path<u64>) -> Response {
     with_embed(&s, id, |e| {
         e.status = "mapped";
-        let header = e.rows.get(e.header_index).cloned().unwrap_or_default();
-        let data = e.rows.iter().skip(e.header_index + 1);
-        let email = header.iter().position(|c| c.eq_ignore_ascii_case("email"));
-        let invalid = email
-            .map(|i| {
-                data.filter(|r| !r.get(i).is_some_and(|v| v.contains('@')))
-                    .count()
-            })
-            .unwrap_or(0);
+        let invalid = invalid_emails(&e.rows, e.header_index);
         let mut by_column = serde_json::Map::new();
         if invalid > 0 {
             by_column.insert("email".into(), json!({"invalid_email": invalid}));
@@ -305,4 +314,114 @@ async fn fixture_echo(headers: HeaderMap, body: Bytes) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Dromo headless: create an import; it waits for its file.
+async fn headless_create(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
+    if !body.get("schema_id").is_some_and(Value::is_string) {
+        return fail(StatusCode::BAD_REQUEST, "schema_id is required");
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let import = HeadlessImport {
+        request: body,
+        status: "AWAITING_UPLOAD",
+        rows: Vec::new(),
+        polls: 0,
+    };
+    let view = headless_view(&id, &import);
+    s.headless
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, import);
+    (StatusCode::CREATED, Json(view)).into_response()
+}
+
+/// Dromo headless: upload the file (the raw CSV as the body).
+async fn headless_upload(State(s): State<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
+    let mut imports = s.headless.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(import) = imports.get_mut(&id) else {
+        return fail(StatusCode::NOT_FOUND, "no such import");
+    };
+    if import.status != "AWAITING_UPLOAD" {
+        return fail(StatusCode::CONFLICT, "the file was uploaded already");
+    }
+    import.rows = csv_rows(&String::from_utf8_lossy(&body));
+    import.status = "RUNNING";
+    Json(headless_view(&id, import)).into_response()
+}
+
+/// Dromo headless: the import, as polled. A RUNNING import finishes on
+/// its second poll: FAILED without data rows, NEEDS_REVIEW when an
+/// `email` cell lacks `@`, else SUCCESSFUL.
+async fn headless_show(State(s): State<Shared>, Path(id): Path<String>) -> Response {
+    let mut imports = s.headless.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(import) = imports.get_mut(&id) else {
+        return fail(StatusCode::NOT_FOUND, "no such import");
+    };
+    if import.status == "RUNNING" {
+        import.polls += 1;
+        if import.polls >= 2 {
+            import.status = match invalid_emails(&import.rows, 0) {
+                _ if import.rows.len() < 2 => "FAILED",
+                0 => "SUCCESSFUL",
+                _ => "NEEDS_REVIEW",
+            };
+        }
+    }
+    Json(headless_view(&id, import)).into_response()
+}
+
+fn headless_view(id: &str, import: &HeadlessImport) -> Value {
+    let field = |k: &str| import.request.get(k).cloned().unwrap_or(Value::Null);
+    let done = matches!(import.status, "SUCCESSFUL" | "NEEDS_REVIEW");
+    json!({
+        "id": id,
+        "status": import.status,
+        "schema_id": field("schema_id"),
+        "original_filename": field("original_filename"),
+        "import_identifier": field("import_identifier"),
+        "development_mode": import.request.get("development_mode").and_then(Value::as_bool).unwrap_or(false),
+        "num_data_rows": import.rows.len().saturating_sub(1),
+        "has_data": done,
+        "errors": if import.status == "FAILED" { json!(["the file has no data rows"]) } else { json!([]) },
+        "review_url": format!("https://importer.invalid/review/{id}"),
+        "original_file_download": format!("https://importer.invalid/files/{id}"),
+    })
+}
+
+fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split(',').map(|c| c.trim().to_string()).collect())
+        .collect()
+}
+
+/// Rows after the header whose `email` cell lacks `@`.
+fn invalid_emails(rows: &[Vec<String>], header_index: usize) -> usize {
+    let header = rows.get(header_index).cloned().unwrap_or_default();
+    let Some(email) = header.iter().position(|c| c.eq_ignore_ascii_case("email")) else {
+        return 0;
+    };
+    rows.iter()
+        .skip(header_index + 1)
+        .filter(|r| !r.get(email).is_some_and(|v| v.contains('@')))
+        .count()
+}
+
+/// Flatfile-style: submit a batch's valid and invalid rows.
+async fn batch_submit(Path(batch_id): Path<String>, body: Bytes) -> Response {
+    if body.len() > MAX_BATCH_BYTES {
+        return fail(StatusCode::PAYLOAD_TOO_LARGE, "batch too large");
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return fail(StatusCode::BAD_REQUEST, "body must be JSON");
+    };
+    let count = |k: &str| body.get(k).and_then(Value::as_array).map_or(0, Vec::len);
+    Json(json!({
+        "batch_id": batch_id,
+        "status": "submitted",
+        "valid": count("valid_rows"),
+        "invalid": count("invalid_rows"),
+    }))
+    .into_response()
 }

@@ -24,6 +24,13 @@ use receiver::Receiver;
 /// The shipped OneSchema profile, built in so the demo needs no files.
 pub const ONESCHEMA_PROFILE: &str = include_str!("../../rules/oneschema.yaml");
 
+/// The shipped profiles, by file name.
+pub const PROFILES: [(&str, &str); 3] = [
+    ("oneschema.yaml", ONESCHEMA_PROFILE),
+    ("dromo.yaml", include_str!("../../rules/dromo.yaml")),
+    ("flatfile.yaml", include_str!("../../rules/flatfile.yaml")),
+];
+
 /// The 8 OneSchema event types, in the order the demo produces them.
 pub const EVENT_TYPES: [&str; 8] = [
     "embed_initialized",

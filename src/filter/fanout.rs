@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::Scope;
+use crate::deliver::formats::{development_mode, import_identifier};
 use crate::event::DerivedEvent;
 use crate::rules::model::{Assignment, EventSelector, Webhook};
 use crate::rules::Rules;
@@ -23,6 +24,10 @@ pub enum Verdict {
     Deliver,
     NotSubscribed,
     NotAssigned,
+    /// Dromo: the session's development mode is not the webhook's.
+    OtherMode,
+    /// Dromo: the import identifier is not one of the webhook's.
+    OtherImportIdentifier,
     FilterRejected,
     FilterError(String),
 }
@@ -76,6 +81,16 @@ fn decide<'a>(
     }
     if w.assignment == Assignment::Session && !event.webhook_keys().any(|k| k == w.key) {
         return (Verdict::NotAssigned, None);
+    }
+    if w.development_mode
+        .is_some_and(|mode| mode != development_mode(event))
+    {
+        return (Verdict::OtherMode, None);
+    }
+    if let Some(ids) = &w.import_identifiers {
+        if !import_identifier(event).is_some_and(|id| ids.iter().any(|i| i == id)) {
+            return (Verdict::OtherImportIdentifier, None);
+        }
     }
     if let Some(filter) = &w.filter {
         match scope.truthy(filter) {

@@ -379,31 +379,19 @@ impl Loader {
             }
         };
         let format = match raw.format.as_deref() {
-            None | Some("oneschema") => Format::OneSchema,
-            Some(f @ ("dromo" | "dromo-basic" | "flatfile")) => {
+            None => Format::OneSchema,
+            Some(name) => Format::from_name(name).unwrap_or_else(|| {
                 self.problems.push(doc.problem(
                     &format!("{at}/format"),
-                    format!("format `{f}` is not available in this version (only `oneschema`)"),
+                    format!("unknown format `{name}` (expected oneschema, dromo, dromo-basic or flatfile)"),
                 ));
                 Format::OneSchema
-            }
-            Some(other) => {
-                self.problems.push(doc.problem(&format!("{at}/format"), format!("unknown format `{other}` (expected oneschema, dromo, dromo-basic or flatfile)")));
-                Format::OneSchema
-            }
+            }),
         };
-        for (key, present) in [
-            ("signing", raw.signing.is_some()),
-            ("development_mode", raw.development_mode.is_some()),
-            ("import_identifiers", raw.import_identifiers.is_some()),
-        ] {
-            if present {
-                self.problems.push(doc.problem(
-                    &format!("{at}/{key}"),
-                    format!("`{key}` is not available in this version"),
-                ));
-            }
-        }
+        let signing = raw
+            .signing
+            .map(|s| self.signing(doc, at, s))
+            .unwrap_or_default();
         let retry = raw
             .retry
             .map(|r| self.retry(doc, at, r))
@@ -420,12 +408,43 @@ impl Loader {
                 .secret
                 .filter(|s| !s.is_empty())
                 .map(crate::secret::Secret::new),
+            signing,
+            development_mode: raw.development_mode,
+            import_identifiers: raw.import_identifiers,
             retry,
             timeout: raw.timeout.map(|d| d.0),
             permissions: raw.permissions,
             description: raw.description,
             origin,
         })
+    }
+
+    fn signing(&mut self, doc: &Document, at: &str, raw: RawSigning) -> Vec<SigningKey> {
+        if raw.scheme != "standard-webhooks" {
+            self.problems.push(doc.problem(
+                &format!("{at}/signing/scheme"),
+                format!(
+                    "unknown signing scheme `{}` (expected standard-webhooks)",
+                    raw.scheme
+                ),
+            ));
+        }
+        if raw.secrets.is_empty() {
+            self.problems.push(doc.problem(
+                &format!("{at}/signing/secrets"),
+                "`secrets` needs at least one `whsec_` secret",
+            ));
+        }
+        let mut keys = Vec::new();
+        for (i, secret) in raw.secrets.iter().enumerate() {
+            match crate::deliver::signing::parse_secret(secret) {
+                Ok(k) => keys.push(k),
+                Err(reason) => self
+                    .problems
+                    .push(doc.problem(&format!("{at}/signing/secrets/{i}"), reason)),
+            }
+        }
+        keys
     }
 
     fn retry(&mut self, doc: &Document, at: &str, raw: RawRetry) -> RetryPolicy {

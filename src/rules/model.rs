@@ -115,13 +115,40 @@ pub enum Assignment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     OneSchema,
+    Dromo,
+    DromoBasic,
+    Flatfile,
 }
 
 impl Format {
+    pub const ALL: [Format; 4] = [
+        Format::OneSchema,
+        Format::Dromo,
+        Format::DromoBasic,
+        Format::Flatfile,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Self::OneSchema => "oneschema",
+            Self::Dromo => "dromo",
+            Self::DromoBasic => "dromo-basic",
+            Self::Flatfile => "flatfile",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// A Standard Webhooks signing key (decoded from `whsec_...`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKey(pub Vec<u8>);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(***)")
     }
 }
 
@@ -179,6 +206,12 @@ pub struct Webhook {
     pub filter: Option<Expr>,
     pub format: Format,
     pub secret: Option<crate::secret::Secret>,
+    /// Standard Webhooks keys; empty when the webhook is not signed.
+    pub signing: Vec<SigningKey>,
+    /// Dromo: only events of sessions in this mode (`None`: both).
+    pub development_mode: Option<bool>,
+    /// Dromo: only events with one of these import identifiers.
+    pub import_identifiers: Option<Vec<String>>,
     pub retry: RetryPolicy,
     pub timeout: Option<Duration>,
     pub permissions: Vec<String>,

@@ -71,7 +71,7 @@ pub struct RawWebhook {
     #[serde(default)]
     pub secret: Option<String>,
     #[serde(default)]
-    pub signing: Option<Value>,
+    pub signing: Option<RawSigning>,
     #[serde(default)]
     pub development_mode: Option<bool>,
     #[serde(default)]
@@ -84,6 +84,13 @@ pub struct RawWebhook {
     pub permissions: Vec<String>,
     #[serde(default)]
     pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigning {
+    pub scheme: String,
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

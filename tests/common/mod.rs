@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use taphook::demo::importer::ReferenceImporter;
 use taphook::demo::receiver::Receiver;
-use taphook::demo::{free_port, multipart_file, wait_ready, ONESCHEMA_PROFILE};
+use taphook::demo::{free_port, multipart_file, wait_ready, PROFILES};
 
 #[allow(unused_imports)]
 pub use taphook::demo::receiver::Reply;
@@ -61,7 +61,9 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir_all(&rules_dir).unwrap();
-        std::fs::write(rules_dir.join("oneschema.yaml"), ONESCHEMA_PROFILE).unwrap();
+        for (name, text) in PROFILES {
+            std::fs::write(rules_dir.join(name), text).unwrap();
+        }
         let base = format!("http://{}", receiver.addr);
         for (name, text) in &setup.rules {
             std::fs::write(rules_dir.join(name), text.replace("{receiver}", &base)).unwrap();
@@ -88,7 +90,11 @@ impl Stack {
                 .expect("spawn taphook");
             let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-            match wait_ready(admin, proxy).await {
+            let ready = tokio::select! {
+                r = wait_ready(admin, proxy) => r,
+                _ = exited(&mut child) => Err(anyhow::anyhow!("taphook exited at start-up")),
+            };
+            match ready {
                 Ok(()) => {
                     return Stack {
                         importer,
@@ -261,4 +267,11 @@ pub fn webhook(key: &str, path: &str, extra: &str) -> String {
 
 pub fn path_of(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// Resolves when the child process has exited.
+async fn exited(child: &mut Child) {
+    while matches!(child.try_wait(), Ok(None)) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
