@@ -20,14 +20,23 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::proxy::Tap;
 use crate::rules::{self, Rules};
+use crate::store::{EventLog, MemoryEventLog, MemorySessions, SessionStore};
 
 /// State every service shares.
 pub struct Shared {
     pub config: Config,
     pub rules: ArcSwap<Rules>,
     pub metrics: Arc<Metrics>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub events: Arc<dyn EventLog>,
     pub ready: AtomicBool,
+    /// Serialises changes made through the admin API.
+    pub admin_writes: tokio::sync::Mutex<()>,
 }
+
+/// Bytes of sessions, and of the event log, kept at most in memory.
+const SESSION_BYTES: u64 = 256 << 20;
+const EVENT_LOG_BYTES: u64 = 256 << 20;
 
 impl Shared {
     /// Reloads the rules directory; a failing load keeps the current
@@ -87,7 +96,13 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         rules: ArcSwap::from_pointee(rules),
         metrics,
+        sessions: Arc::new(MemorySessions::new(SESSION_BYTES, config.events_retention)),
+        events: Arc::new(MemoryEventLog::new(
+            EVENT_LOG_BYTES,
+            config.events_retention,
+        )),
         ready: AtomicBool::new(false),
+        admin_writes: tokio::sync::Mutex::new(()),
         config,
     });
 

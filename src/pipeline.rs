@@ -17,17 +17,13 @@ use crate::derive::{Deriver, Exchange};
 use crate::event::DerivedEvent;
 use crate::filter::{fan_out, Verdict};
 use crate::rules::Rules;
-use crate::store::{MemorySessions, SessionStore};
-
-/// Bytes of sessions kept at most in memory.
-const SESSION_BYTES: u64 = 256 << 20;
+use crate::store::session_key;
 
 pub struct Pipeline {
     shared: Arc<Shared>,
     receiver: Mutex<Option<mpsc::Receiver<Exchange>>>,
     deriver: Deriver,
     dedup: Dedup,
-    sessions: Arc<dyn SessionStore>,
     dispatcher: Arc<Dispatcher>,
 }
 
@@ -43,7 +39,6 @@ impl Pipeline {
                     .map(|s| s.expose().as_bytes().to_vec()),
             },
             dedup: Dedup::new(config.dedup_capacity, config.dedup_ttl),
-            sessions: Arc::new(MemorySessions::new(SESSION_BYTES, config.events_retention)),
             dispatcher: Arc::new(Dispatcher::new(
                 config.delivery.clone(),
                 shared.metrics.clone(),
@@ -56,7 +51,10 @@ impl Pipeline {
     /// Derives and accepts every event of one exchange.
     pub fn process(&self, exchange: &Exchange) {
         let rules = self.shared.rules.load_full();
-        for event in self.deriver.derive(exchange, &rules, &*self.sessions) {
+        for event in self
+            .deriver
+            .derive(exchange, &rules, &*self.shared.sessions)
+        {
             self.accept(event, &rules);
         }
     }
@@ -74,6 +72,9 @@ impl Pipeline {
             return;
         }
         tracing::debug!(event = %event.event.uuid, event_type = %event.event.event_type, "event derived");
+        if let Some(key) = session_key(&event.event.embed_id) {
+            self.shared.events.append(&key, &event.event);
+        }
         let event = Arc::new(event);
         for decision in fan_out(&event, rules) {
             match decision.verdict {

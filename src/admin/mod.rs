@@ -1,20 +1,30 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, served by axum
-//! inside a Pingora background service.
+//! The admin listener, served by axum inside a Pingora background
+//! service: `/metrics`, `/healthz`, `/readyz` without auth, and the
+//! `/v1` API behind the bearer `admin_token`.
+
+mod events;
+mod webhooks;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::app::Shared;
+
+/// Request bodies larger than this are refused.
+const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// The admin HTTP service on a listener bound before start-up.
 pub struct Admin {
@@ -33,11 +43,29 @@ impl Admin {
 
 /// The admin API's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/v1/embeds/{embed_id}/events", get(events::list))
+        .route(
+            "/v1/event-webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/v1/event-webhooks/{key}",
+            get(webhooks::show)
+                .put(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
 }
 
@@ -61,6 +89,46 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// The `/v1` API needs `Authorization: Bearer <admin_token>`; without a
+/// configured token it is closed.
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &shared.config.admin_token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin API is closed: set admin_token in the config",
+        );
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::derive::jwt::bearer);
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), token.expose().as_bytes()) => {
+            next.run(request).await
+        }
+        _ => error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        ),
+    }
+}
+
+/// Compares without an early exit, so timing says nothing of the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y));
+    diff == 0
+}
+
 /// An error in the admin API's shape: `{"error": {"code", "message"}}`.
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
@@ -68,6 +136,17 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
         Json(json!({"error": {"code": code, "message": message}})),
     )
         .into_response()
+}
+
+/// A JSON body, or a 400 in the admin API's shape.
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            &format!("the body is not valid JSON: {e}"),
+        )
+    })
 }
 
 #[async_trait]
@@ -124,4 +203,15 @@ async fn mark_ready_when_proxy_accepts(shared: Arc<Shared>) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     shared.ready.store(true, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn compares_tokens() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"abcd"));
+        assert!(!super::constant_time_eq(b"", b"a"));
+    }
 }

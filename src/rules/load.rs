@@ -20,19 +20,29 @@ const TOPICS: &[&str] = &["participant", "entity", "container"];
 
 /// Loads every `*.yaml`, `*.yml` and `*.json` file below `dir`.
 pub fn load_dir(dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Rules, Problems> {
-    let files = list_files(dir)?;
+    let (docs, problems) = read_dir(dir, env)?;
+    let files = docs.iter().map(|d| d.path.clone()).collect();
+    load_parsed(&docs, files, problems)
+}
+
+/// Reads and parses every rules file below `dir`: the documents that
+/// parsed, and the problems of those that did not.
+pub fn read_dir(
+    dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Vec<Document>, Vec<Problem>), Problems> {
     let mut docs = Vec::new();
     let mut problems = Vec::new();
-    for file in &files {
-        match std::fs::read_to_string(file) {
-            Ok(text) => match Document::parse(file, &text, env) {
+    for file in list_files(dir)? {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => match Document::parse(&file, &text, env) {
                 Ok(doc) => docs.push(doc),
                 Err(Problems(p)) => problems.extend(p),
             },
-            Err(e) => problems.push(Problem::new(file, 1, format!("cannot read: {e}"))),
+            Err(e) => problems.push(Problem::new(&file, 1, format!("cannot read: {e}"))),
         }
     }
-    load_parsed(&docs, files, problems)
+    Ok((docs, problems))
 }
 
 /// Loads rules from documents already in memory.

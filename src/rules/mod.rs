@@ -6,6 +6,7 @@ pub mod model;
 pub mod raw;
 pub mod source;
 pub mod units;
+pub mod write;
 
 pub use error::{Problem, Problems};
 pub use load::{load_dir, load_documents};

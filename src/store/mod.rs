@@ -1,5 +1,9 @@
-//! What the pipeline keeps between exchanges. Today: sessions, in a
-//! bounded in-memory cache that expires with the event retention.
+//! What the pipeline keeps between exchanges: sessions and the event log,
+//! today in bounded in-memory caches that expire with the event retention.
+
+pub mod events;
+
+pub use events::{EventLog, Logged, MemoryEventLog};
 
 use std::sync::Arc;
 use std::time::Duration;

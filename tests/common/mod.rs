@@ -68,8 +68,6 @@ impl Stack {
         for (name, text) in &setup.rules {
             std::fs::write(rules_dir.join(name), text.replace("{receiver}", &base)).unwrap();
         }
-        let config_path = dir.path().join("taphook.yaml");
-        let log_path = dir.path().join("taphook.log");
         // A free port is released before taphook binds it, so a parallel
         // test can take it first: then taphook exits, and we try again.
         for _attempt in 0..3 {
@@ -78,24 +76,11 @@ impl Stack {
                 "listen: 127.0.0.1:{proxy_port}\nupstream: {upstream}\nadmin_listen: 127.0.0.1:{admin_port}\nrules_dir: rules\ndata_dir: data\nthreads: 2\n{}",
                 setup.config
             );
-            std::fs::write(&config_path, config).unwrap();
-            let log = std::fs::File::create(&log_path).unwrap();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_taphook"))
-                .args(["run", "--config"])
-                .arg(&config_path)
-                .env("RUST_LOG", "info,taphook=debug")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn taphook");
+            std::fs::write(dir.path().join("taphook.yaml"), config).unwrap();
             let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-            let ready = tokio::select! {
-                r = wait_ready(admin, proxy) => r,
-                _ = exited(&mut child) => Err(anyhow::anyhow!("taphook exited at start-up")),
-            };
-            match ready {
-                Ok(()) => {
+            match launch(dir.path(), admin, proxy).await {
+                Ok(child) => {
                     return Stack {
                         importer,
                         receiver,
@@ -104,19 +89,24 @@ impl Stack {
                         dir,
                         client: client(),
                         child,
-                    };
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    if !log.contains("cannot listen") {
-                        panic!("{e}\n{log}");
                     }
                 }
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("taphook did not start:\n{log}"),
             }
         }
         panic!("taphook could not get free ports in 3 attempts");
+    }
+
+    /// Stops taphook (SIGKILL) and starts it again on the same config,
+    /// rules directory and ports.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        match launch(self.dir.path(), self.admin, self.proxy).await {
+            Ok(child) => self.child = child,
+            Err(log) => panic!("taphook did not restart:\n{log}"),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -273,5 +263,39 @@ pub fn path_of(p: &Path) -> String {
 async fn exited(child: &mut Child) {
     while matches!(child.try_wait(), Ok(None)) {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts `taphook run` on `dir/taphook.yaml`, logging to `dir/taphook.log`,
+/// and waits until it is ready; on failure, returns the log.
+async fn launch(dir: &Path, admin: SocketAddr, proxy: SocketAddr) -> Result<Child, String> {
+    let log_path = dir.join("taphook.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taphook"))
+        .args(["run", "--config"])
+        .arg(dir.join("taphook.yaml"))
+        .env("RUST_LOG", "info,taphook=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn taphook");
+    let ready = tokio::select! {
+        r = wait_ready(admin, proxy) => r,
+        _ = exited(&mut child) => Err(anyhow::anyhow!("taphook exited at start-up")),
+    };
+    match ready {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "{e}\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            ))
+        }
     }
 }

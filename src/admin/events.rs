@@ -1,0 +1,80 @@
+//! `GET /v1/embeds/{embed_id}/events`: a session's events, oldest first,
+//! as OneSchema's events API lists them, `limit` at a time with an
+//! opaque `cursor`. Events are deleted after `events_retention`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error;
+use crate::app::Shared;
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+#[derive(Deserialize)]
+pub struct Page {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    State(shared): State<Arc<Shared>>,
+    Path(embed_id): Path<String>,
+    Query(page): Query<Page>,
+) -> Response {
+    let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            &format!("limit must be between 1 and {MAX_LIMIT}"),
+        );
+    }
+    let from = match page.cursor.as_deref().map(decode_cursor) {
+        None => 0,
+        Some(Some(seq)) => seq,
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                "cursor is not one this API returned",
+            )
+        }
+    };
+    let Some(mut logged) = shared.events.list(&embed_id, from, limit + 1) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no events for this embed (unknown, or past the retention)",
+        );
+    };
+    let next = (logged.len() > limit).then(|| logged.remove(limit).seq);
+    let events: Vec<_> = logged.into_iter().map(|l| l.event).collect();
+    Json(json!({
+        "events": events,
+        "next_cursor": next.map(encode_cursor),
+        "has_next_page": next.is_some(),
+    }))
+    .into_response()
+}
+
+fn encode_cursor(seq: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<u64> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    std::str::from_utf8(&bytes)
+        .ok()?
+        .strip_prefix("seq:")?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,351 @@
+//! The admin API: bearer auth, OneSchema's events API, and webhook
+//! management written back into the rules directory.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "admin-t0ken";
+
+fn config(extra: &str) -> String {
+    format!("admin_token: {TOKEN}\n{extra}")
+}
+
+async fn api(stack: &Stack, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = stack
+        .client
+        .request(
+            method.parse().unwrap(),
+            format!("http://{}{}", stack.admin, path),
+        )
+        .bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_needs_the_token() {
+    let stack = Stack::start(Setup {
+        config: &config(""),
+        ..Default::default()
+    })
+    .await;
+    let url = format!("http://{}/v1/event-webhooks", stack.admin);
+    for auth in [None, Some("Bearer wrong"), Some("Basic YWRtaW4tdDBrZW4=")] {
+        let mut req = stack.client.get(&url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{auth:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    assert_eq!(api(&stack, "GET", "/v1/event-webhooks", None).await.0, 200);
+    // Health and metrics stay open.
+    assert_eq!(
+        stack
+            .client
+            .get(format!("http://{}/healthz", stack.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_configured_token_the_api_is_closed() {
+    let stack = Stack::start(Setup::default()).await;
+    let (status, body) = api(&stack, "GET", "/v1/event-webhooks", None).await;
+    assert_eq!(status, 401);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("admin_token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_api_lists_a_sessions_events_oldest_first_in_pages() {
+    let stack = Stack::start(Setup {
+        config: &config(""),
+        ..Default::default()
+    })
+    .await;
+    let id = stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    stack.finish_session(id).await;
+    let other = stack
+        .create_embed(json!({"template_key": "orders"}), false)
+        .await;
+    // Events are logged as the pipeline accepts them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut all = Vec::new();
+    while std::time::Instant::now() < deadline {
+        let (status, body) = api(
+            &stack,
+            "GET",
+            &format!("/v1/embeds/{id}/events?limit=1000"),
+            None,
+        )
+        .await;
+        if status == 200 && body["events"].as_array().unwrap().len() == 8 {
+            all = body["events"].as_array().unwrap().clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let types: Vec<&str> = all
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, taphook::demo::EVENT_TYPES);
+    assert!(all
+        .iter()
+        .all(|e| e["embed_id"] == id && e["template_key"] == "contacts"));
+
+    // Pages of 3: 3 + 3 + 2, following the cursor, same order.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut sizes = Vec::new();
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/embeds/{id}/events?limit=3&cursor={c}"),
+            None => format!("/v1/embeds/{id}/events?limit=3"),
+        };
+        let (status, body) = api(&stack, "GET", &path, None).await;
+        assert_eq!(status, 200);
+        let page = body["events"].as_array().unwrap();
+        sizes.push(page.len());
+        paged.extend(page.iter().cloned());
+        assert_eq!(body["has_next_page"], body["next_cursor"].is_string());
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [3, 3, 2]);
+    assert_eq!(paged, all);
+
+    let (status, body) = api(&stack, "GET", &format!("/v1/embeds/{other}/events"), None).await;
+    assert_eq!(
+        (status, body["events"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+    assert_eq!(
+        api(&stack, "GET", "/v1/embeds/999999/events", None).await.0,
+        404
+    );
+    assert_eq!(
+        api(
+            &stack,
+            "GET",
+            &format!("/v1/embeds/{id}/events?cursor=bogus"),
+            None
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        api(
+            &stack,
+            "GET",
+            &format!("/v1/embeds/{id}/events?limit=0"),
+            None
+        )
+        .await
+        .0,
+        400
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_deleted_after_the_retention() {
+    let stack = Stack::start(Setup {
+        config: &config("events_retention: 1s\n"),
+        ..Default::default()
+    })
+    .await;
+    let id = stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let path = format!("/v1/embeds/{id}/events");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while api(&stack, "GET", &path, None).await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event was never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(api(&stack, "GET", &path, None).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_management_round_trips_and_survives_a_restart() {
+    let hand = format!(
+        "webhooks:\n{}",
+        webhook("by_hand", "/hooks/hand", "    events: [\"*\"]\n")
+    );
+    let mut stack = Stack::start(Setup {
+        config: &config(""),
+        rules: vec![("hand.yaml", hand)],
+        ..Default::default()
+    })
+    .await;
+    let url = stack.receiver.url("/hooks/api");
+
+    let (status, created) = api(
+        &stack,
+        "POST",
+        "/v1/event-webhooks",
+        Some(json!({
+            "webhook_key": "from_api", "url": url, "events": ["embed_initialized"],
+            "secret_key": "s3cret", "description": "made through the API"
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["secret_key"], "********", "secrets are masked");
+    assert_eq!(created["managed_by_api"], true);
+    let file = stack.rules_dir().join("event-webhooks/from_api.json");
+    assert!(file.exists());
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("\"secret\": \"s3cret\""));
+
+    // Applied without a restart.
+    stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let got = stack
+        .receiver
+        .wait_for("/hooks/api", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("authorization"), Some("Basic OnMzY3JldA=="));
+
+    let (status, _) = api(
+        &stack,
+        "POST",
+        "/v1/event-webhooks",
+        Some(json!({"webhook_key": "from_api", "url": url, "events": ["*"]})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, body) = api(
+        &stack,
+        "POST",
+        "/v1/event-webhooks",
+        Some(json!({"webhook_key": "bad", "url": url, "events": ["no_such_event"]})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown event type `no_such_event`"),
+        "{body}"
+    );
+    assert!(
+        !stack.rules_dir().join("event-webhooks/bad.json").exists(),
+        "an invalid change writes nothing"
+    );
+    assert_eq!(
+        api(
+            &stack,
+            "POST",
+            "/v1/event-webhooks",
+            Some(json!({"webhook_key": "../x", "url": url, "events": ["*"]}))
+        )
+        .await
+        .0,
+        400
+    );
+
+    // Update and rename.
+    let (status, updated) = api(&stack, "PUT", "/v1/event-webhooks/from_api", Some(json!({
+        "new_webhook_key": "renamed", "events": ["embed_initialized", "import_submitted"], "description": null
+    })))
+    .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["webhook_key"], "renamed");
+    assert_eq!(
+        updated["events"],
+        json!(["embed_initialized", "import_submitted"])
+    );
+    assert_eq!(updated["description"], Value::Null);
+    assert!(!file.exists());
+    assert!(stack
+        .rules_dir()
+        .join("event-webhooks/renamed.json")
+        .exists());
+    assert_eq!(
+        api(&stack, "GET", "/v1/event-webhooks/from_api", None)
+            .await
+            .0,
+        404
+    );
+
+    // Hand-written webhooks are read-only here.
+    let (status, body) = api(
+        &stack,
+        "PUT",
+        "/v1/event-webhooks/by_hand",
+        Some(json!({"events": ["*"]})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("hand.yaml"));
+
+    // A restart reads the rules directory: the change is still there.
+    stack.restart().await;
+    let (status, list) = api(&stack, "GET", "/v1/event-webhooks", None).await;
+    assert_eq!(status, 200);
+    let keys: Vec<&str> = list["event_webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["webhook_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["renamed", "by_hand"]);
+    let (_, renamed) = api(&stack, "GET", "/v1/event-webhooks/renamed", None).await;
+    assert_eq!(
+        renamed["events"],
+        json!(["embed_initialized", "import_submitted"])
+    );
+    assert_eq!(renamed["secret_key"], "********");
+
+    assert_eq!(
+        api(&stack, "DELETE", "/v1/event-webhooks/renamed", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        api(&stack, "GET", "/v1/event-webhooks/renamed", None)
+            .await
+            .0,
+        404
+    );
+    assert!(!stack
+        .rules_dir()
+        .join("event-webhooks/renamed.json")
+        .exists());
+}
