@@ -130,21 +130,56 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// An error in the admin API's shape: `{"error": {"code", "message"}}`.
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
+pub fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
+    ApiError::new(status, code, message).into_response()
+}
+
+/// An admin API error; `problems` lists rules problems (`file:line: reason`).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    problems: Vec<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    pub fn with_problems(mut self, problems: Vec<String>) -> Self {
+        self.problems = problems;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"code": self.code, "message": self.message});
+        if !self.problems.is_empty() {
+            body["problems"] = json!(self.problems);
+        }
+        (self.status, Json(json!({"error": body}))).into_response()
+    }
 }
 
 /// A JSON body, or a 400 in the admin API's shape.
-fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        error(
+        ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
-            &format!("the body is not valid JSON: {e}"),
+            format!("the body is not valid JSON: {e}"),
         )
     })
 }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{error, parse_json};
+use super::{parse_json, ApiError};
 use crate::app::Shared;
 use crate::rules::model::{Assignment, EventSelector, Webhook};
 use crate::rules::source::{process_env, Document};
@@ -56,81 +56,72 @@ pub async fn list(State(shared): State<Arc<Shared>>) -> Response {
     Json(json!({"event_webhooks": hooks})).into_response()
 }
 
-pub async fn show(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
-    match shared.rules.load().webhook(&key) {
-        Some(w) => Json(view(w, &shared.config.rules_dir)).into_response(),
-        None => not_found(&key),
-    }
+pub async fn show(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let rules = shared.rules.load();
+    let w = rules.webhook(&key).ok_or_else(|| not_found(&key))?;
+    Ok(Json(view(w, &shared.config.rules_dir)).into_response())
 }
 
-pub async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    let body: Map<String, Value> = match parse_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let mut raw = match to_rules_keys(body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let Some(key) = raw.get("key").and_then(Value::as_str).map(str::to_string) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "missing_field",
-            "`webhook_key` is required",
-        );
-    };
-    if let Err(r) = check_key(&key) {
-        return r;
-    }
+pub async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+    let raw = to_rules_keys(parse_json(&body)?)?;
+    let key = raw
+        .get("key")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_field",
+                "`webhook_key` is required",
+            )
+        })?;
+    check_key(&key)?;
     if shared.rules.load().webhook(&key).is_some() {
-        return error(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             "exists",
-            &format!("webhook `{key}` exists"),
-        );
+            format!("webhook `{key}` exists"),
+        ));
     }
-    raw.insert("key".into(), Value::String(key.clone()));
     let change = Change::Write(
         write::webhook_path(&shared.config.rules_dir, &key),
         file_text(&raw),
     );
-    match commit(&shared, vec![change]).await {
-        Ok(rules) => created(&rules, &key, &shared, StatusCode::CREATED),
-        Err(r) => r,
-    }
+    let rules = commit(&shared, vec![change]).await?;
+    shown(&rules, &key, &shared, StatusCode::CREATED)
 }
 
 pub async fn update(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
     body: Bytes,
-) -> Response {
-    let body: Map<String, Value> = match parse_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
+) -> Result<Response, ApiError> {
+    let mut patch = to_rules_keys(parse_json(&body)?)?;
+    let path = managed_file(&shared, &key)?;
+    let mut raw = read_managed(&path)?;
+    let new_key = match patch.remove("new_webhook_key") {
+        None | Some(Value::Null) => key.clone(),
+        Some(Value::String(new)) => new,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "`new_webhook_key` must be a string",
+            ))
+        }
     };
-    let path = match managed_file(&shared, &key) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let mut raw = match read_managed(&path) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let mut patch = match to_rules_keys(body) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let new_key = patch.remove("new_webhook_key");
     if patch
         .get("key")
         .is_some_and(|k| k.as_str() != Some(key.as_str()))
     {
-        return error(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_field",
             "rename a webhook with `new_webhook_key`",
-        );
+        ));
     }
     for (k, v) in patch {
         if v.is_null() {
@@ -140,71 +131,56 @@ pub async fn update(
         }
     }
     let mut changes = Vec::new();
-    let final_key = match new_key {
-        None | Some(Value::Null) => key.clone(),
-        Some(Value::String(new)) => {
-            if let Err(r) = check_key(&new) {
-                return r;
-            }
-            if new != key && shared.rules.load().webhook(&new).is_some() {
-                return error(
-                    StatusCode::CONFLICT,
-                    "exists",
-                    &format!("webhook `{new}` exists"),
-                );
-            }
-            changes.push(Change::Remove(path.clone()));
-            new
+    if new_key != key {
+        check_key(&new_key)?;
+        if shared.rules.load().webhook(&new_key).is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "exists",
+                format!("webhook `{new_key}` exists"),
+            ));
         }
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_field",
-                "`new_webhook_key` must be a string",
-            )
-        }
-    };
-    raw.insert("key".into(), Value::String(final_key.clone()));
-    changes.retain(|c| !matches!(c, Change::Remove(p) if *p == write::webhook_path(&shared.config.rules_dir, &final_key)));
+        changes.push(Change::Remove(path));
+    }
+    raw.insert("key".into(), Value::String(new_key.clone()));
     changes.push(Change::Write(
-        write::webhook_path(&shared.config.rules_dir, &final_key),
+        write::webhook_path(&shared.config.rules_dir, &new_key),
         file_text(&raw),
     ));
-    match commit(&shared, changes).await {
-        Ok(rules) => created(&rules, &final_key, &shared, StatusCode::OK),
-        Err(r) => r,
-    }
+    let rules = commit(&shared, changes).await?;
+    shown(&rules, &new_key, &shared, StatusCode::OK)
 }
 
-pub async fn delete(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
-    let path = match managed_file(&shared, &key) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    match commit(&shared, vec![Change::Remove(path)]).await {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => r,
-    }
+pub async fn delete(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let path = managed_file(&shared, &key)?;
+    commit(&shared, vec![Change::Remove(path)]).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn not_found(key: &str) -> Response {
-    error(
+fn not_found(key: &str) -> ApiError {
+    ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        &format!("no webhook `{key}`"),
+        format!("no webhook `{key}`"),
     )
 }
 
-fn created(rules: &Rules, key: &str, shared: &Shared, status: StatusCode) -> Response {
-    match rules.webhook(key) {
-        Some(w) => (status, Json(view(w, &shared.config.rules_dir))).into_response(),
-        None => not_found(key),
-    }
+fn shown(
+    rules: &Rules,
+    key: &str,
+    shared: &Shared,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let w = rules.webhook(key).ok_or_else(|| not_found(key))?;
+    Ok((status, Json(view(w, &shared.config.rules_dir))).into_response())
 }
 
 /// The API's names to the rules' names: `webhook_key` is `key`,
 /// `secret_key` is `secret`.
-fn to_rules_keys(body: Map<String, Value>) -> Result<Map<String, Value>, Response> {
+fn to_rules_keys(body: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
     let mut out = Map::new();
     for (k, v) in body {
         let name = match k.as_str() {
@@ -213,10 +189,10 @@ fn to_rules_keys(body: Map<String, Value>) -> Result<Map<String, Value>, Respons
             other => other,
         };
         if out.insert(name.to_string(), v).is_some() {
-            return Err(error(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_field",
-                &format!("`{name}` is given twice"),
+                format!("`{name}` is given twice"),
             ));
         }
     }
@@ -224,7 +200,7 @@ fn to_rules_keys(body: Map<String, Value>) -> Result<Map<String, Value>, Respons
 }
 
 /// Keys become file names: letters, digits, `_`, `-` and `.`.
-fn check_key(key: &str) -> Result<(), Response> {
+fn check_key(key: &str) -> Result<(), ApiError> {
     let ok = !key.is_empty()
         && key.len() <= 128
         && !key.starts_with('.')
@@ -234,7 +210,7 @@ fn check_key(key: &str) -> Result<(), Response> {
     if ok {
         Ok(())
     } else {
-        Err(error(
+        Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_key",
             "a webhook key has 1 to 128 letters, digits, `_`, `-` or `.`",
@@ -243,16 +219,14 @@ fn check_key(key: &str) -> Result<(), Response> {
 }
 
 /// The file of a webhook the API manages, or why it cannot be changed.
-fn managed_file(shared: &Shared, key: &str) -> Result<PathBuf, Response> {
+fn managed_file(shared: &Shared, key: &str) -> Result<PathBuf, ApiError> {
     let rules = shared.rules.load();
-    let Some(w) = rules.webhook(key) else {
-        return Err(not_found(key));
-    };
+    let w = rules.webhook(key).ok_or_else(|| not_found(key))?;
     if !write::is_managed(&shared.config.rules_dir, &w.origin.file) {
-        return Err(error(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_managed",
-            &format!(
+            format!(
                 "webhook `{key}` is defined in {}; change it in that file",
                 w.origin
             ),
@@ -263,20 +237,17 @@ fn managed_file(shared: &Shared, key: &str) -> Result<PathBuf, Response> {
 
 /// The webhook object of an API-managed file, with `${...}` resolved as
 /// the loader reads it.
-fn read_managed(path: &std::path::Path) -> Result<Map<String, Value>, Response> {
+fn read_managed(path: &std::path::Path) -> Result<Map<String, Value>, ApiError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| internal(&format!("cannot read {}: {e}", path.display())))?;
-    let doc = Document::parse(path, &text, &process_env).map_err(|p| internal(&p.to_string()))?;
+        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", path.display())))?;
+    let doc = Document::parse(path, &text, &process_env)
+        .map_err(|p| ApiError::internal(p.to_string()))?;
     doc.value
         .get("webhooks")
         .and_then(|w| w.get(0))
         .and_then(Value::as_object)
         .cloned()
-        .ok_or_else(|| internal(&format!("{} does not hold a webhook", path.display())))
-}
-
-fn internal(message: &str) -> Response {
-    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        .ok_or_else(|| ApiError::internal(format!("{} does not hold a webhook", path.display())))
 }
 
 fn file_text(raw: &Map<String, Value>) -> String {
@@ -286,7 +257,7 @@ fn file_text(raw: &Map<String, Value>) -> String {
 
 /// Checks the directory with `changes`, writes them, and switches the
 /// running rules to the result.
-async fn commit(shared: &Arc<Shared>, changes: Vec<Change>) -> Result<Arc<Rules>, Response> {
+async fn commit(shared: &Arc<Shared>, changes: Vec<Change>) -> Result<Arc<Rules>, ApiError> {
     let _one_at_a_time = shared.admin_writes.lock().await;
     let dir = shared.config.rules_dir.clone();
     let outcome = tokio::task::spawn_blocking(move || -> Result<Rules, WriteError> {
@@ -295,7 +266,7 @@ async fn commit(shared: &Arc<Shared>, changes: Vec<Change>) -> Result<Arc<Rules>
         Ok(rules)
     })
     .await
-    .map_err(|e| internal(&format!("the change was interrupted: {e}")))?;
+    .map_err(|e| ApiError::internal(format!("the change was interrupted: {e}")))?;
     match outcome {
         Ok(rules) => {
             let rules = Arc::new(rules);
@@ -312,19 +283,17 @@ async fn commit(shared: &Arc<Shared>, changes: Vec<Change>) -> Result<Arc<Rules>
             Ok(rules)
         }
         Err(WriteError::Invalid(problems)) => {
-            let list: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
             let message = problems
                 .0
                 .iter()
                 .map(|p| p.reason.clone())
                 .collect::<Vec<_>>()
                 .join("; ");
-            Err((
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(json!({"error": {"code": "invalid", "message": message, "problems": list}})),
+            Err(
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+                    .with_problems(problems.0.iter().map(ToString::to_string).collect()),
             )
-                .into_response())
         }
-        Err(e @ WriteError::Io(_)) => Err(internal(&e.to_string())),
+        Err(e @ WriteError::Io(_)) => Err(ApiError::internal(e.to_string())),
     }
 }
