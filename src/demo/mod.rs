@@ -81,6 +81,17 @@ pub fn multipart_file(filename: &str, content: &str) -> (String, Vec<u8>) {
     )
 }
 
+/// What the demo expects at the receiver: path and number of requests.
+const EXPECTED: [(&str, usize); 4] = [
+    ("/hooks/oneschema", EVENT_TYPES.len()),
+    ("/hooks/dromo", 1),
+    ("/hooks/dromo-basic", 1),
+    ("/hooks/flatfile", 2),
+];
+
+/// The demo's signing secret (Standard Webhooks' example secret).
+const DEMO_SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
 async fn demo() -> anyhow::Result<()> {
     let importer = ReferenceImporter::start()
         .await
@@ -95,7 +106,7 @@ async fn demo() -> anyhow::Result<()> {
     println!("reference importer  {}", importer.url());
     println!("taphook proxy       http://{proxy}");
     println!("taphook admin       http://{admin}/metrics");
-    println!("webhook receiver    {}\n", receiver.url("/hooks/oneschema"));
+    println!("webhook receiver    {}  (/hooks/oneschema, /hooks/dromo, /hooks/dromo-basic, /hooks/flatfile)\n", receiver.url(""));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let server = std::thread::spawn(move || app::run(config, rules, Stop::Channel(stop_rx)));
@@ -106,27 +117,27 @@ async fn demo() -> anyhow::Result<()> {
         let mut n = 0;
         while let Ok(r) = arrivals.recv().await {
             n += 1;
-            let auth = if r.header("authorization").is_some() {
-                "Basic auth"
-            } else {
-                "no auth"
-            };
             println!(
-                "  ⇢ webhook #{n} {} {} ({auth})\n    {}",
+                "  ⇢ webhook #{n} {} {} ({})\n    {}",
                 r.method,
                 r.path,
-                r.json()
+                describe_headers(&r),
+                shorten(&r.body)
             );
         }
     });
-    let result = script(proxy).await;
-    let got = receiver
-        .wait_for(
-            "/hooks/oneschema",
-            EVENT_TYPES.len(),
-            Duration::from_secs(15),
-        )
-        .await;
+    let result = async {
+        println!("OneSchema: an embed session, step by step");
+        oneschema_session(proxy).await?;
+        println!("\nDromo: a headless import, polled until done");
+        dromo_headless_import(proxy).await?;
+        println!("\nFlatfile: a batch of 1,500 rows");
+        flatfile_batch(proxy).await
+    }
+    .await;
+    for (path, n) in EXPECTED {
+        receiver.wait_for(path, n, Duration::from_secs(15)).await;
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     printer.abort();
     let metrics = reqwest::get(format!("http://{admin}/metrics"))
@@ -136,7 +147,7 @@ async fn demo() -> anyhow::Result<()> {
     println!("\nmetrics summary:");
     for line in metrics
         .lines()
-        .filter(|l| l.starts_with("taphook_") && !l.contains("_bucket"))
+        .filter(|l| l.starts_with("taphook_") && !l.contains("_bucket") && !l.ends_with(" 0"))
     {
         println!("  {line}");
     }
@@ -144,7 +155,37 @@ async fn demo() -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || server.join()).await;
     let _ = std::fs::remove_dir_all(&dir);
     result?;
-    let types: Vec<String> = got
+    check_arrivals(&receiver)?;
+    println!("\nall {} OneSchema event types, a Dromo managed and a basic webhook, and a 2-part Flatfile batch arrived", EVENT_TYPES.len());
+    Ok(())
+}
+
+fn describe_headers(r: &receiver::Recorded) -> String {
+    let mut parts = vec![r
+        .header("content-type")
+        .unwrap_or("no content type")
+        .to_string()];
+    if r.header("authorization").is_some() {
+        parts.push("Basic auth".into());
+    }
+    if r.header("webhook-signature").is_some() {
+        parts.push("Standard Webhooks signature".into());
+    }
+    parts.join(", ")
+}
+
+/// A body for printing: at most 400 characters.
+fn shorten(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    match text.char_indices().nth(400) {
+        Some((i, _)) => format!("{}… ({} bytes)", &text[..i], body.len()),
+        None => text.into_owned(),
+    }
+}
+
+fn check_arrivals(receiver: &Receiver) -> anyhow::Result<()> {
+    let types: Vec<String> = receiver
+        .received_on("/hooks/oneschema")
         .iter()
         .map(|r| r.json()["event_type"].as_str().unwrap_or("").to_string())
         .collect();
@@ -155,7 +196,12 @@ async fn demo() -> anyhow::Result<()> {
     if !missing.is_empty() {
         bail!("the receiver did not get {missing:?}");
     }
-    println!("\nall {} event types arrived", EVENT_TYPES.len());
+    for (path, n) in EXPECTED {
+        let got = receiver.received_on(path).len();
+        if got < n {
+            bail!("{path} got {got} request(s), expected {n}");
+        }
+    }
     Ok(())
 }
 
@@ -167,10 +213,31 @@ fn demo_setup(
 ) -> anyhow::Result<(Config, rules::Rules)> {
     let rules_dir = dir.join("rules");
     std::fs::create_dir_all(&rules_dir)?;
-    std::fs::write(rules_dir.join("oneschema.yaml"), ONESCHEMA_PROFILE)?;
+    for (name, text) in PROFILES {
+        std::fs::write(rules_dir.join(name), text)?;
+    }
+    let r = receiver.url("");
     let hooks = format!(
-        "webhooks:\n  - key: event_webhook\n    url: {}\n    events: [\"*\"]\n    assignment: session\n    secret: demo-secret\n",
-        receiver.url("/hooks/oneschema")
+        r#"webhooks:
+  - key: event_webhook
+    url: {r}/hooks/oneschema
+    events: ["*"]
+    assignment: session
+    secret: demo-secret
+  - key: dromo_managed
+    url: {r}/hooks/dromo
+    format: dromo
+    events: [import_completed, headless_import_needs_review, headless_import_failed]
+    signing: {{ scheme: standard-webhooks, secrets: [{DEMO_SIGNING_SECRET}] }}
+  - key: dromo_basic
+    url: {r}/hooks/dromo-basic
+    format: dromo-basic
+    events: [import_completed]
+  - key: flatfile
+    url: {r}/hooks/flatfile
+    format: flatfile
+    events: [batch.update]
+"#
     );
     std::fs::write(rules_dir.join("webhooks.yaml"), hooks)?;
     let text = format!(
@@ -208,11 +275,18 @@ pub async fn wait_ready(admin: SocketAddr, proxy: SocketAddr) -> anyhow::Result<
     }
 }
 
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().no_proxy().build()?)
+}
+
+fn step(method: &str, path: &str, status: reqwest::StatusCode) {
+    println!("→ {method} {path} {}", status.as_u16());
+}
+
 /// A user imports contacts.csv through the proxy.
-async fn script(proxy: SocketAddr) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().no_proxy().build()?;
+async fn oneschema_session(proxy: SocketAddr) -> anyhow::Result<()> {
+    let client = client()?;
     let base = format!("http://{proxy}");
-    let step = |method: &str, path: &str, status: u16| println!("→ {method} {path} {status}");
     let created: Value = {
         let r = client
             .post(format!("{base}/v1/embeds"))
@@ -220,7 +294,7 @@ async fn script(proxy: SocketAddr) -> anyhow::Result<()> {
             .json(&json!({"template_key": "contacts", "embed_user_jwt": demo_jwt(), "event_webhook_keys": ["event_webhook"], "dev_mode": false}))
             .send()
             .await?;
-        step("POST", "/v1/embeds", r.status().as_u16());
+        step("POST", "/v1/embeds", r.status());
         r.json().await?
     };
     let id = created["id"]
@@ -271,10 +345,68 @@ async fn script(proxy: SocketAddr) -> anyhow::Result<()> {
             req = req.header("content-type", ct).body(bytes);
         }
         let r = req.send().await?;
-        step(method.as_str(), &path, r.status().as_u16());
+        step(method.as_str(), &path, r.status());
         // Give each step's webhook a moment so the output reads in order.
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
+    Ok(())
+}
+
+/// A Dromo headless import: create, upload, poll until it is done.
+async fn dromo_headless_import(proxy: SocketAddr) -> anyhow::Result<()> {
+    let client = client()?;
+    let base = format!("http://{proxy}/api/v1/headless/imports");
+    let r = client
+        .post(format!("{base}/"))
+        .json(&json!({"schema_id": "contacts-schema", "original_filename": "contacts.csv", "import_identifier": "contacts-v2",
+            "development_mode": false, "user": {"id": "user-123", "name": "Caitlin Clark", "email": "cclark@example.com"}}))
+        .send()
+        .await?;
+    step("POST", "/api/v1/headless/imports/", r.status());
+    let created: Value = r.json().await?;
+    let id = created["id"]
+        .as_str()
+        .context("the importer returned no import id")?
+        .to_string();
+    let r = client
+        .put(format!("{base}/{id}/upload"))
+        .body("name,email\nAda,ada@example.com\nEve,eve@example.com\n")
+        .send()
+        .await?;
+    step(
+        "PUT",
+        &format!("/api/v1/headless/imports/{id}/upload"),
+        r.status(),
+    );
+    for _ in 0..3 {
+        let r = client.get(format!("{base}/{id}/")).send().await?;
+        let status = r.status();
+        let body: Value = r.json().await?;
+        println!(
+            "→ GET /api/v1/headless/imports/{id}/ {} ({})",
+            status.as_u16(),
+            body["status"].as_str().unwrap_or("?")
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    Ok(())
+}
+
+/// A Flatfile-style batch of 1,500 rows (1,400 valid, 100 invalid).
+async fn flatfile_batch(proxy: SocketAddr) -> anyhow::Result<()> {
+    let row =
+        |i: usize| json!({"name": format!("person {i}"), "email": format!("p{i}@example.com")});
+    let body = json!({
+        "schema_id": 42,
+        "valid_rows": (0..1400).map(row).collect::<Vec<_>>(),
+        "invalid_rows": (1400..1500).map(|i| json!({"name": format!("person {i}"), "email": "not-an-email"})).collect::<Vec<_>>(),
+    });
+    let r = client()?
+        .post(format!("http://{proxy}/v1/batches/batch-7/submit"))
+        .json(&body)
+        .send()
+        .await?;
+    step("POST", "/v1/batches/batch-7/submit", r.status());
     Ok(())
 }
 
