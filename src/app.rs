@@ -179,7 +179,13 @@ impl BackgroundService for Reloader {
         };
         loop {
             tokio::select! {
-                _ = hup.recv() => { let _ = self.shared.reload_rules(); }
+                _ = hup.recv() => {
+                    // One change at a time: an admin API write cannot be
+                    // undone by a reload that read the directory before it.
+                    let _one_at_a_time = self.shared.admin_writes.lock().await;
+                    let shared = self.shared.clone();
+                    let _ = tokio::task::spawn_blocking(move || shared.reload_rules()).await;
+                }
                 _ = shutdown.changed() => break,
             }
         }

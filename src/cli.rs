@@ -169,7 +169,7 @@ pub fn summary(rules: &Rules) -> String {
             "  webhook {:<28} {:<10} {} [{}]",
             w.key,
             w.format.name(),
-            redact_url(&w.url),
+            crate::secret::redact_url(&w.url),
             events
         );
     }
@@ -189,17 +189,6 @@ pub fn summary(rules: &Rules) -> String {
         );
     }
     out
-}
-
-/// A URL without credentials or query (which may hold secrets).
-pub fn redact_url(url: &reqwest::Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_password(None);
-    let _ = u.set_username("");
-    if u.query().is_some() {
-        u.set_query(Some("…"));
-    }
-    u.to_string()
 }
 
 fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {

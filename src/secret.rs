@@ -22,8 +22,29 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A URL for showing: without credentials, and with the query (which may
+/// hold tokens) replaced by `…`.
+pub fn redact_url(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    let had_query = u.query().is_some();
+    u.set_query(None);
+    if had_query {
+        format!("{u}?…")
+    } else {
+        u.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_lose_credentials_and_query() {
+        let u = reqwest::Url::parse("https://user:pw@hooks.example.com/x?token=abc").unwrap();
+        assert_eq!(super::redact_url(&u), "https://hooks.example.com/x?…");
+    }
+
     #[test]
     fn debug_hides_the_value() {
         assert_eq!(

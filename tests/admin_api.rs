@@ -349,3 +349,46 @@ async fn webhook_management_round_trips_and_survives_a_restart() {
         .join("event-webhooks/renamed.json")
         .exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_webhooks_own_file_is_managed_by_the_api() {
+    // A file placed by hand in event-webhooks/ holding two webhooks, with a
+    // secret taken from the environment: the API must not touch it.
+    let by_hand = format!(
+        "{{\"webhooks\": [{{\"key\": \"a\", \"url\": \"{{receiver}}/a?token=${{HOME}}\", \"events\": [\"*\"]}}, {{\"key\": \"b\", \"url\": \"{{receiver}}/b\", \"events\": [\"*\"]}}]}}"
+    );
+    let mut stack = Stack::start(Setup {
+        config: &config(""),
+        rules: vec![("event-webhooks.json", by_hand)],
+        ..Default::default()
+    })
+    .await;
+    // (written beside, then moved into the directory the API uses)
+    let dir = stack.rules_dir().join("event-webhooks");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::rename(
+        stack.rules_dir().join("event-webhooks.json"),
+        dir.join("pair.json"),
+    )
+    .unwrap();
+    let before = std::fs::read_to_string(dir.join("pair.json")).unwrap();
+    stack.restart().await;
+    for (method, body) in [
+        ("DELETE", None),
+        ("PUT", Some(json!({"events": ["embed_initialized"]}))),
+    ] {
+        let (status, resp) = api(&stack, method, "/v1/event-webhooks/b", body).await;
+        assert_eq!(status, 409, "{resp}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("pair.json")).unwrap(),
+        before
+    );
+    let (_, a) = api(&stack, "GET", "/v1/event-webhooks/a", None).await;
+    assert_eq!(
+        a["url"],
+        stack.receiver.url("/a?…"),
+        "query strings are not shown"
+    );
+    assert_eq!(a["managed_by_api"], false);
+}

@@ -21,7 +21,7 @@ const MAX_LIMIT: usize = 1000;
 
 #[derive(Deserialize)]
 pub struct Page {
-    limit: Option<usize>,
+    limit: Option<String>,
     cursor: Option<String>,
 }
 
@@ -30,7 +30,10 @@ pub async fn list(
     Path(embed_id): Path<String>,
     Query(page): Query<Page>,
 ) -> Response {
-    let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
+    let limit = match page.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(text) => text.parse().unwrap_or(0),
+    };
     if !(1..=MAX_LIMIT).contains(&limit) {
         return error(
             StatusCode::BAD_REQUEST,

@@ -4,11 +4,11 @@
 //! renamed through `new_webhook_key`.
 //!
 //! Each webhook the API creates lives in its own file,
-//! `<rules_dir>/event-webhooks/<key>.json`. A change is checked against
-//! the whole directory, written atomically, and applied at once. Webhooks
-//! defined by hand in other files are read-only here.
+//! `<rules_dir>/event-webhooks/<key>.json`. A change is planned, checked
+//! against the whole directory, written atomically and applied, all under
+//! one lock. Webhooks defined anywhere else are read-only here.
 
-use std::path::PathBuf;
+use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -21,19 +21,19 @@ use serde_json::{json, Map, Value};
 use super::{parse_json, ApiError};
 use crate::app::Shared;
 use crate::rules::model::{Assignment, EventSelector, Webhook};
-use crate::rules::source::{process_env, Document};
 use crate::rules::write::{self, Change, WriteError};
 use crate::rules::Rules;
 
-/// What the API shows of a webhook; the secret is masked.
-fn view(w: &Webhook, rules_dir: &std::path::Path) -> Value {
+/// What the API shows of a webhook: the secret masked, the URL without
+/// credentials or query.
+fn view(w: &Webhook, rules_dir: &FsPath) -> Value {
     let events: Vec<String> = match &w.events {
         EventSelector::All => vec!["*".into()],
         EventSelector::Some(s) => s.iter().cloned().collect(),
     };
     json!({
         "webhook_key": w.key,
-        "url": w.url.as_str(),
+        "url": crate::secret::redact_url(&w.url),
         "events": events,
         "secret_key": w.secret.as_ref().map(|_| "********"),
         "description": w.description,
@@ -41,7 +41,7 @@ fn view(w: &Webhook, rules_dir: &std::path::Path) -> Value {
         "assignment": if w.assignment == Assignment::Session { "session" } else { "all" },
         "filter": w.filter.as_ref().map(|f| f.source().clone()),
         "signed": !w.signing.is_empty(),
-        "managed_by_api": write::is_managed(rules_dir, &w.origin.file),
+        "managed_by_api": write::is_managed(rules_dir, &w.key, &w.origin.file),
         "defined_at": w.origin.to_string(),
     })
 }
@@ -79,19 +79,22 @@ pub async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Re
             )
         })?;
     check_key(&key)?;
-    if shared.rules.load().webhook(&key).is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "exists",
-            format!("webhook `{key}` exists"),
-        ));
-    }
-    let change = Change::Write(
-        write::webhook_path(&shared.config.rules_dir, &key),
-        file_text(&raw),
-    );
-    let rules = commit(&shared, vec![change]).await?;
-    shown(&rules, &key, &shared, StatusCode::CREATED)
+    let shown = key.clone();
+    let rules = change(&shared, move |rules, dir| {
+        if rules.webhook(&key).is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "exists",
+                format!("webhook `{key}` exists"),
+            ));
+        }
+        Ok(vec![Change::Write(
+            write::webhook_path(dir, &key),
+            file_text(&escaped(raw)),
+        )])
+    })
+    .await?;
+    shown_as(&rules, &shown, &shared, StatusCode::CREATED)
 }
 
 pub async fn update(
@@ -100,8 +103,6 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let mut patch = to_rules_keys(parse_json(&body)?)?;
-    let path = managed_file(&shared, &key)?;
-    let mut raw = read_managed(&path)?;
     let new_key = match patch.remove("new_webhook_key") {
         None | Some(Value::Null) => key.clone(),
         Some(Value::String(new)) => new,
@@ -123,40 +124,46 @@ pub async fn update(
             "rename a webhook with `new_webhook_key`",
         ));
     }
-    for (k, v) in patch {
-        if v.is_null() {
-            raw.remove(&k);
-        } else {
-            raw.insert(k, v);
+    check_key(&new_key)?;
+    let shown = new_key.clone();
+    let rules = change(&shared, move |rules, dir| {
+        let (path, mut raw) = managed(rules, dir, &key)?;
+        for (k, v) in escaped(patch) {
+            if v.is_null() {
+                raw.remove(&k);
+            } else {
+                raw.insert(k, v);
+            }
         }
-    }
-    let mut changes = Vec::new();
-    if new_key != key {
-        check_key(&new_key)?;
-        if shared.rules.load().webhook(&new_key).is_some() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "exists",
-                format!("webhook `{new_key}` exists"),
-            ));
+        raw.insert("key".into(), Value::String(new_key.clone()));
+        let new_path = write::webhook_path(dir, &new_key);
+        let mut changes = vec![Change::Write(new_path.clone(), file_text(&raw))];
+        if new_key != key {
+            if rules.webhook(&new_key).is_some() {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "exists",
+                    format!("webhook `{new_key}` exists"),
+                ));
+            }
+            // The new file first: a failure in between leaves two webhooks, never none.
+            changes.push(Change::Remove(path));
         }
-        changes.push(Change::Remove(path));
-    }
-    raw.insert("key".into(), Value::String(new_key.clone()));
-    changes.push(Change::Write(
-        write::webhook_path(&shared.config.rules_dir, &new_key),
-        file_text(&raw),
-    ));
-    let rules = commit(&shared, changes).await?;
-    shown(&rules, &new_key, &shared, StatusCode::OK)
+        Ok(changes)
+    })
+    .await?;
+    shown_as(&rules, &shown, &shared, StatusCode::OK)
 }
 
 pub async fn delete(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    let path = managed_file(&shared, &key)?;
-    commit(&shared, vec![Change::Remove(path)]).await?;
+    change(&shared, move |rules, dir| {
+        let (path, _) = managed(rules, dir, &key)?;
+        Ok(vec![Change::Remove(path)])
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -168,7 +175,7 @@ fn not_found(key: &str) -> ApiError {
     )
 }
 
-fn shown(
+fn shown_as(
     rules: &Rules,
     key: &str,
     shared: &Shared,
@@ -199,6 +206,13 @@ fn to_rules_keys(body: Map<String, Value>) -> Result<Map<String, Value>, ApiErro
     Ok(out)
 }
 
+/// Values from the API are literal: `${` must not read as a variable.
+fn escaped(raw: Map<String, Value>) -> Map<String, Value> {
+    raw.into_iter()
+        .map(|(k, v)| (k, write::escape_env(&v)))
+        .collect()
+}
+
 /// Keys become file names: letters, digits, `_`, `-` and `.`.
 fn check_key(key: &str) -> Result<(), ApiError> {
     let ok = !key.is_empty()
@@ -218,82 +232,89 @@ fn check_key(key: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The file of a webhook the API manages, or why it cannot be changed.
-fn managed_file(shared: &Shared, key: &str) -> Result<PathBuf, ApiError> {
-    let rules = shared.rules.load();
+/// The file of a webhook the API manages and its object as written there
+/// (`${...}` left as written), or why it cannot be changed here.
+fn managed(
+    rules: &Rules,
+    dir: &FsPath,
+    key: &str,
+) -> Result<(std::path::PathBuf, Map<String, Value>), ApiError> {
     let w = rules.webhook(key).ok_or_else(|| not_found(key))?;
-    if !write::is_managed(&shared.config.rules_dir, &w.origin.file) {
-        return Err(ApiError::new(
+    let not_managed = || {
+        ApiError::new(
             StatusCode::CONFLICT,
             "not_managed",
             format!(
                 "webhook `{key}` is defined in {}; change it in that file",
                 w.origin
             ),
-        ));
+        )
+    };
+    if !write::is_managed(dir, key, &w.origin.file) {
+        return Err(not_managed());
     }
-    Ok(w.origin.file.clone())
-}
-
-/// The webhook object of an API-managed file, with `${...}` resolved as
-/// the loader reads it.
-fn read_managed(path: &std::path::Path) -> Result<Map<String, Value>, ApiError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", path.display())))?;
-    let doc = Document::parse(path, &text, &process_env)
-        .map_err(|p| ApiError::internal(p.to_string()))?;
-    doc.value
+    let text = std::fs::read_to_string(&w.origin.file)
+        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", w.origin.file.display())))?;
+    let doc: Value = serde_json::from_str(&text).map_err(|_| not_managed())?;
+    match doc
         .get("webhooks")
-        .and_then(|w| w.get(0))
-        .and_then(Value::as_object)
-        .cloned()
-        .ok_or_else(|| ApiError::internal(format!("{} does not hold a webhook", path.display())))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
+        Some([Value::Object(raw)]) if raw.get("key").and_then(Value::as_str) == Some(key) => {
+            Ok((w.origin.file.clone(), raw.clone()))
+        }
+        _ => Err(not_managed()),
+    }
 }
 
 fn file_text(raw: &Map<String, Value>) -> String {
-    let doc = json!({"webhooks": [write::escape_env(&Value::Object(raw.clone()))]});
-    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+    serde_json::to_string_pretty(&json!({"webhooks": [raw]})).unwrap_or_default() + "\n"
 }
 
-/// Checks the directory with `changes`, writes them, and switches the
-/// running rules to the result.
-async fn commit(shared: &Arc<Shared>, changes: Vec<Change>) -> Result<Arc<Rules>, ApiError> {
+/// Under the admin lock: plans the change against the current rules,
+/// checks the directory with it, writes it, and switches the running rules.
+async fn change<F>(shared: &Arc<Shared>, plan: F) -> Result<Arc<Rules>, ApiError>
+where
+    F: FnOnce(&Rules, &FsPath) -> Result<Vec<Change>, ApiError> + Send + 'static,
+{
     let _one_at_a_time = shared.admin_writes.lock().await;
+    let current = shared.rules.load_full();
     let dir = shared.config.rules_dir.clone();
-    let outcome = tokio::task::spawn_blocking(move || -> Result<Rules, WriteError> {
-        let rules = write::validate(&dir, &changes)?;
-        write::apply(&changes)?;
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Rules, ApiError> {
+        let changes = plan(&current, &dir)?;
+        let rules = write::validate(&dir, &changes).map_err(invalid)?;
+        write::apply(&changes).map_err(|e| ApiError::internal(WriteError::Io(e).to_string()))?;
         Ok(rules)
     })
     .await
-    .map_err(|e| ApiError::internal(format!("the change was interrupted: {e}")))?;
-    match outcome {
-        Ok(rules) => {
-            let rules = Arc::new(rules);
-            shared
-                .metrics
-                .init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));
-            shared.rules.store(rules.clone());
-            shared
-                .metrics
-                .rules_reloads
-                .with_label_values(&["success"])
-                .inc();
-            tracing::info!("rules changed through the admin API");
-            Ok(rules)
-        }
-        Err(WriteError::Invalid(problems)) => {
+    .map_err(|e| ApiError::internal(format!("the change was interrupted: {e}")))??;
+    let rules = Arc::new(outcome);
+    shared
+        .metrics
+        .init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));
+    shared.rules.store(rules.clone());
+    shared
+        .metrics
+        .rules_reloads
+        .with_label_values(&["success"])
+        .inc();
+    tracing::info!("rules changed through the admin API");
+    Ok(rules)
+}
+
+fn invalid(e: WriteError) -> ApiError {
+    match e {
+        WriteError::Invalid(problems) => {
             let message = problems
                 .0
                 .iter()
                 .map(|p| p.reason.clone())
                 .collect::<Vec<_>>()
                 .join("; ");
-            Err(
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
-                    .with_problems(problems.0.iter().map(ToString::to_string).collect()),
-            )
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+                .with_problems(problems.0.iter().map(ToString::to_string).collect())
         }
-        Err(e @ WriteError::Io(_)) => Err(ApiError::internal(e.to_string())),
+        e @ WriteError::Io(_) => ApiError::internal(e.to_string()),
     }
 }

@@ -94,7 +94,10 @@ pub fn router() -> Router {
             "/api/v1/headless/imports/{id}/upload",
             axum::routing::put(headless_upload),
         )
-        .route("/v1/batches/{batch_id}/submit", post(batch_submit))
+        .route(
+            "/v1/batches/{batch_id}/submit",
+            post(batch_submit).layer(axum::extract::DefaultBodyLimit::max(MAX_BATCH_BYTES)),
+        )
         .route("/_fixtures/gzip", get(fixture_gzip))
         .route("/_fixtures/chunked", get(fixture_chunked))
         .route("/_fixtures/empty", get(|| async { StatusCode::NO_CONTENT }))

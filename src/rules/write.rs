@@ -36,10 +36,10 @@ pub fn webhook_path(rules_dir: &Path, key: &str) -> PathBuf {
     rules_dir.join(WEBHOOKS_DIR).join(format!("{key}.json"))
 }
 
-/// Whether `file` is one the admin API manages.
-pub fn is_managed(rules_dir: &Path, file: &Path) -> bool {
-    file.parent()
-        .is_some_and(|p| p == rules_dir.join(WEBHOOKS_DIR))
+/// Whether webhook `key`, defined in `file`, sits in the file the admin
+/// API keeps for it, `event-webhooks/<key>.json`.
+pub fn is_managed(rules_dir: &Path, key: &str, file: &Path) -> bool {
+    file == webhook_path(rules_dir, key)
 }
 
 /// Loads `rules_dir` as it would be after `changes`, without touching it.

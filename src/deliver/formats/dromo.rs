@@ -44,6 +44,20 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
+/// Dromo's numbers are numbers: a numeric string (read from a path or a
+/// form) is converted.
+fn as_number(v: &Value) -> Value {
+    match v {
+        Value::String(s) => s
+            .trim()
+            .parse::<u64>()
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+        Value::Number(_) => v.clone(),
+        _ => Value::Null,
+    }
+}
+
 fn user(event: &DerivedEvent) -> Value {
     let given = field(event, "user").and_then(Value::as_object);
     let user: Map<String, Value> = USER_KEYS
@@ -94,7 +108,7 @@ pub fn managed(event: &DerivedEvent) -> Outgoing {
         "created_date": created_date(event),
         "import_type": import_type,
         "status": field(event, "status").cloned().unwrap_or_else(|| json!("SUCCESSFUL")),
-        "num_data_rows": field(event, "num_data_rows").cloned().unwrap_or(Value::Null),
+        "num_data_rows": field(event, "num_data_rows").map(as_number).unwrap_or(Value::Null),
         "development_mode": development_mode(event),
         "has_data": field(event, "has_data").is_some_and(truthy),
     });
