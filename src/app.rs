@@ -15,12 +15,13 @@ use tokio::sync::mpsc;
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::deliver::Dispatcher;
 use crate::derive::exchange::Budget;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::proxy::Tap;
 use crate::rules::{self, Rules};
-use crate::store::{EventLog, MemoryEventLog, MemorySessions, SessionStore};
+use crate::store::{DurableEventLog, DurableSessions, EventLog, SessionStore, Store};
 
 /// State every service shares.
 pub struct Shared {
@@ -29,14 +30,15 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<dyn SessionStore>,
     pub events: Arc<dyn EventLog>,
+    /// The outbox, sessions and event log on disk.
+    pub store: Arc<Store>,
     pub ready: AtomicBool,
     /// Serialises changes made through the admin API.
     pub admin_writes: tokio::sync::Mutex<()>,
 }
 
-/// Bytes of sessions, and of the event log, kept at most in memory.
-const SESSION_BYTES: u64 = 256 << 20;
-const EVENT_LOG_BYTES: u64 = 256 << 20;
+/// Bytes of sessions cached in memory at most (all are on disk).
+const SESSION_CACHE_BYTES: u64 = 64 << 20;
 
 impl Shared {
     /// Reloads the rules directory; a failing load keeps the current
@@ -93,14 +95,23 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     let budget = Budget::new(config.max_total_capture_bytes);
     let listen = config.listen.to_string();
     let (tx, rx) = mpsc::channel(config.tap_queue);
+    let store =
+        Store::open(&config.data_dir).context("cannot open the data directory (data_dir)")?;
+    {
+        let accepted = metrics.outbox_accepted.clone();
+        *store.on_accept.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Box::new(move |n| accepted.inc_by(n)));
+    }
     let shared = Arc::new(Shared {
         rules: ArcSwap::from_pointee(rules),
         metrics,
-        sessions: Arc::new(MemorySessions::new(SESSION_BYTES, config.events_retention)),
-        events: Arc::new(MemoryEventLog::new(
-            EVENT_LOG_BYTES,
+        sessions: Arc::new(DurableSessions::new(
+            store.clone(),
+            SESSION_CACHE_BYTES,
             config.events_retention,
         )),
+        events: Arc::new(DurableEventLog::new(store.clone(), config.events_retention)),
+        store: store.clone(),
         ready: AtomicBool::new(false),
         admin_writes: tokio::sync::Mutex::new(()),
         config,
@@ -111,7 +122,10 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         ..ServerConf::default()
     };
     conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(5);
+    // Past the dispatcher's own drain deadline, so in-flight deliveries
+    // get their time before the runtimes stop.
+    conf.graceful_shutdown_timeout_seconds =
+        Some(shared.config.delivery.shutdown_timeout.as_secs() + 2);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service(
@@ -122,7 +136,11 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     server.add_service(proxy);
     server.add_service(background_service(
         "pipeline",
-        Pipeline::new(shared.clone(), rx)?,
+        Pipeline::new(shared.clone(), rx),
+    ));
+    server.add_service(background_service(
+        "deliver",
+        Dispatcher::new(shared.clone())?,
     ));
     let signal: Box<dyn ShutdownSignalWatch> = match stop {
         Stop::Signals => {
@@ -144,6 +162,8 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     server.run(RunArgs {
         shutdown_signal: signal,
     });
+    // Commit what the pipeline and the workers queued before the exit.
+    store.close();
     Ok(())
 }
 

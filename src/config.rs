@@ -53,9 +53,12 @@ impl Upstream {
 pub struct Delivery {
     pub timeout: Duration,
     pub concurrency_per_webhook: usize,
-    /// Deliveries a webhook may have waiting in memory before new events
-    /// for it are dropped (and counted).
-    pub queue_per_webhook: usize,
+    /// How long in-flight deliveries may finish at shutdown (SIGTERM).
+    pub shutdown_timeout: Duration,
+    /// A webhook failing continuously this long is paused and probed.
+    pub pause_after: Duration,
+    /// How often a paused webhook is probed with one delivery.
+    pub probe_interval: Duration,
     pub allow_private_networks: Vec<String>,
 }
 
@@ -116,7 +119,9 @@ struct RawTap {
 struct RawDelivery {
     timeout: Option<Dur>,
     concurrency_per_webhook: Option<usize>,
-    queue_per_webhook: Option<usize>,
+    shutdown_timeout: Option<Dur>,
+    pause_after: Option<Dur>,
+    probe_interval: Option<Dur>,
     #[serde(default)]
     allow_private_networks: Vec<String>,
 }
@@ -232,7 +237,18 @@ impl Config {
                     .map(|d| d.0)
                     .unwrap_or(Duration::from_secs(10)),
                 concurrency_per_webhook: concurrency,
-                queue_per_webhook: raw.delivery.queue_per_webhook.unwrap_or(10_000).max(1),
+                shutdown_timeout: raw
+                    .delivery
+                    .shutdown_timeout
+                    .map_or(Duration::from_secs(5), |d| d.0),
+                pause_after: raw
+                    .delivery
+                    .pause_after
+                    .map_or(Duration::from_secs(15 * 60), |d| d.0),
+                probe_interval: raw
+                    .delivery
+                    .probe_interval
+                    .map_or(Duration::from_secs(60), |d| d.0),
                 allow_private_networks: raw.delivery.allow_private_networks,
             },
             jwt_hs256_secret: raw

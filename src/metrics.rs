@@ -18,6 +18,10 @@ pub struct Metrics {
     pub delivery_duration: HistogramVec,
     pub event_delivery_latency: Histogram,
     pub outbox_pending: IntGaugeVec,
+    pub outbox_dead: IntGaugeVec,
+    pub outbox_accepted: IntCounter,
+    pub webhook_disabled: IntGaugeVec,
+    pub webhook_paused: IntGaugeVec,
     pub rules_reloads: IntCounterVec,
 }
 
@@ -112,6 +116,33 @@ impl Metrics {
         registry
             .register(Box::new(outbox_pending.clone()))
             .expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["webhook"]).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let outbox_dead = gauge(
+            "taphook_outbox_dead",
+            "Dead deliveries (out of retries) in the outbox, by webhook.",
+        );
+        let webhook_disabled = gauge(
+            "taphook_webhook_disabled",
+            "1 when a webhook is disabled (its receiver answered 410 Gone).",
+        );
+        let webhook_paused = gauge(
+            "taphook_webhook_paused",
+            "1 when a webhook is paused after failing continuously, and probed.",
+        );
+        let outbox_accepted = IntCounter::new(
+            "taphook_outbox_accepted_total",
+            "Deliveries committed to the outbox.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(outbox_accepted.clone()))
+            .expect("unique metric");
         Self {
             registry,
             proxy_requests,
@@ -124,6 +155,10 @@ impl Metrics {
             delivery_duration,
             event_delivery_latency,
             outbox_pending,
+            outbox_dead,
+            outbox_accepted,
+            webhook_disabled,
+            webhook_paused,
             rules_reloads,
         }
     }
@@ -131,7 +166,7 @@ impl Metrics {
     /// Creates the series whose label values are known up front, so they
     /// are exported (as 0) before anything happens.
     pub fn init_known_series<'a>(&self, webhooks: impl IntoIterator<Item = &'a str>) {
-        for reason in ["tap_queue_full", "webhook_queue_full"] {
+        for reason in ["tap_queue_full", "shutting_down", "store_unavailable"] {
             self.events_dropped.with_label_values(&[reason]);
         }
         for result in ["success", "error"] {
@@ -143,6 +178,9 @@ impl Metrics {
             }
             self.filter_rejected.with_label_values(&[key]);
             self.outbox_pending.with_label_values(&[key]);
+            self.outbox_dead.with_label_values(&[key]);
+            self.webhook_disabled.with_label_values(&[key]);
+            self.webhook_paused.with_label_values(&[key]);
         }
     }
 

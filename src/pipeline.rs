@@ -1,7 +1,8 @@
 //! The pipeline behind the tap, run as a Pingora background service:
-//! exchange → derive → dedup → fan-out (filter) → deliver. Exchanges are
+//! exchange → derive → dedup → fan-out (filter) → outbox. Exchanges are
 //! processed one at a time, in arrival order, so a session's steps are
-//! seen in order.
+//! seen in order. Deliveries are written to the outbox (group-committed
+//! by the store); the deliver stage takes them from there.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,25 +13,25 @@ use tokio::sync::mpsc;
 
 use crate::app::Shared;
 use crate::dedup::Dedup;
-use crate::deliver::Dispatcher;
 use crate::derive::{Deriver, Exchange};
 use crate::event::DerivedEvent;
 use crate::filter::{fan_out, Verdict};
 use crate::rules::Rules;
 use crate::store::session_key;
+use crate::store::sqlite::{Store, StoredEvent};
 
 pub struct Pipeline {
     shared: Arc<Shared>,
     receiver: Mutex<Option<mpsc::Receiver<Exchange>>>,
     deriver: Deriver,
     dedup: Dedup,
-    dispatcher: Arc<Dispatcher>,
+    store: Arc<Store>,
 }
 
 impl Pipeline {
-    pub fn new(shared: Arc<Shared>, receiver: mpsc::Receiver<Exchange>) -> anyhow::Result<Self> {
+    pub fn new(shared: Arc<Shared>, receiver: mpsc::Receiver<Exchange>) -> Self {
         let config = &shared.config;
-        Ok(Self {
+        Self {
             deriver: Deriver {
                 environment_name: config.environment_name.clone(),
                 jwt_hs256_secret: config
@@ -39,13 +40,10 @@ impl Pipeline {
                     .map(|s| s.expose().as_bytes().to_vec()),
             },
             dedup: Dedup::new(config.dedup_capacity, config.dedup_ttl),
-            dispatcher: Arc::new(Dispatcher::new(
-                config.delivery.clone(),
-                shared.metrics.clone(),
-            )?),
+            store: shared.store.clone(),
             receiver: Mutex::new(Some(receiver)),
             shared,
-        })
+        }
     }
 
     /// Derives and accepts every event of one exchange.
@@ -75,10 +73,22 @@ impl Pipeline {
         if let Some(key) = session_key(&event.event.embed_id) {
             self.shared.events.append(&key, &event.event);
         }
-        let event = Arc::new(event);
+        let mut stored: Option<StoredEvent> = None;
         for decision in fan_out(&event, rules) {
             match decision.verdict {
-                Verdict::Deliver => self.dispatcher.enqueue(decision.webhook, event.clone()),
+                Verdict::Deliver => {
+                    let stored = stored.get_or_insert_with(|| StoredEvent {
+                        event: event.event.clone(),
+                        session: event.session.clone(),
+                    });
+                    if let Err(e) = self.store.insert_delivery(&decision.webhook.key, stored) {
+                        metrics
+                            .events_dropped
+                            .with_label_values(&["store_unavailable"])
+                            .inc();
+                        tracing::error!(webhook = %decision.webhook.key, event = %event.event.uuid, error = %e, "delivery not accepted");
+                    }
+                }
                 Verdict::FilterRejected => metrics
                     .filter_rejected
                     .with_label_values(&[&decision.webhook.key])

@@ -1,43 +1,59 @@
-//! The deliver stage: per-webhook queues, each drained by up to
-//! `concurrency_per_webhook` concurrent deliveries, so one slow receiver
-//! never holds back another.
+//! The deliver stage: deliveries come out of the outbox (the embedded
+//! store), never out of memory. Each webhook has a scheduler that starts
+//! attempts for its due deliveries, at most `concurrency_per_webhook` at
+//! once, and writes every outcome back: delivered, retried later (the
+//! webhook's policy, with jitter), dead, or the webhook disabled (410).
+//! A webhook failing continuously past `pause_after` is paused and
+//! probed with one delivery every `probe_interval` until it answers.
+//!
+//! A crash or restart loses nothing: what was not marked delivered is
+//! still pending and is sent again (at least once; receivers dedup by
+//! UUID).
 
 pub mod formats;
 pub mod retry;
 pub mod signing;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::{mpsc, watch};
 
-use crate::config::Delivery;
+use crate::app::Shared;
 use crate::event::DerivedEvent;
-use crate::metrics::Metrics;
 use crate::rules::model::Webhook;
+use crate::store::sqlite::{now_ms, Due, State, Store, WebhookState};
 use formats::Outgoing;
 use retry::{parse_retry_after, Attempt};
 
-/// Bytes of a receiver's response body read (and then dropped).
+/// Bytes of a receiver's response body kept with an attempt.
+const RESPONSE_EXCERPT: usize = 1024;
+/// Bytes of a response body read at most (then the connection is dropped).
 const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
+/// The longest a scheduler sleeps before looking at the outbox again.
+const MAX_IDLE: Duration = Duration::from_secs(1);
 
-/// One event for one webhook.
-struct Job {
-    webhook: Arc<Webhook>,
-    event: Arc<DerivedEvent>,
+/// What one attempt came to, as the scheduler records it.
+struct Outcome {
+    attempt: Attempt,
+    duration: Duration,
+    response: Option<String>,
+    parts: usize,
 }
 
-/// Sends deliveries, one queue per webhook key.
+/// Runs the schedulers, the outbox gauges and the retention sweep.
 pub struct Dispatcher {
+    shared: Arc<Shared>,
+    store: Arc<Store>,
     client: reqwest::Client,
-    settings: Delivery,
-    metrics: Arc<Metrics>,
-    queues: Mutex<HashMap<String, mpsc::Sender<Job>>>,
 }
 
 impl Dispatcher {
-    pub fn new(settings: Delivery, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(shared: Arc<Shared>) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -45,111 +61,232 @@ impl Dispatcher {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
         Ok(Self {
+            store: shared.store.clone(),
+            shared,
             client,
-            settings,
-            metrics,
-            queues: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Queues `event` for `webhook`. Must be called inside a Tokio
-    /// runtime. A full queue drops the delivery and counts it.
-    pub fn enqueue(self: &Arc<Self>, webhook: Arc<Webhook>, event: Arc<DerivedEvent>) {
-        let key = webhook.key.clone();
-        let sender = {
-            let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-            queues
-                .entry(key.clone())
-                .or_insert_with(|| self.spawn_queue(&key))
-                .clone()
-        };
-        let pending = self.metrics.outbox_pending.with_label_values(&[&key]);
-        pending.inc();
-        if sender.try_send(Job { webhook, event }).is_err() {
-            pending.dec();
-            self.metrics
-                .events_dropped
-                .with_label_values(&["webhook_queue_full"])
-                .inc();
-            tracing::warn!(webhook = %key, "delivery queue full; event dropped");
-        }
+    fn webhook(&self, key: &str) -> Option<Arc<Webhook>> {
+        self.shared.rules.load().webhook(key).cloned()
     }
 
-    fn spawn_queue(self: &Arc<Self>, key: &str) -> mpsc::Sender<Job> {
-        let (tx, mut rx) = mpsc::channel::<Job>(self.settings.queue_per_webhook);
-        let permits = Arc::new(Semaphore::new(self.settings.concurrency_per_webhook));
-        let this = self.clone();
-        let key = key.to_string();
-        tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
-                let this = this.clone();
-                tokio::spawn(async move {
-                    this.deliver(&job).await;
-                    this.metrics
-                        .outbox_pending
-                        .with_label_values(&[&job.webhook.key])
-                        .dec();
-                    drop(permit);
-                });
-            }
-            tracing::debug!(webhook = %key, "delivery queue closed");
-        });
-        tx
-    }
-
-    async fn deliver(&self, job: &Job) {
-        let webhook = &job.webhook;
-        let mut delivered = true;
-        // Each request (a batch part) is retried alone.
-        for request in formats::requests(webhook, &job.event) {
-            delivered &= self
-                .send_with_retries(webhook, &request, &job.event.event.uuid)
-                .await;
-        }
-        let outcome = if delivered { "delivered" } else { "dead" };
-        self.metrics
-            .deliveries
-            .with_label_values(&[&webhook.key, outcome])
-            .inc();
-        if delivered {
-            self.metrics
-                .event_delivery_latency
-                .observe(job.event.derived_at.elapsed().as_secs_f64());
-        }
-    }
-
-    /// Attempts `request` until it succeeds or the retry policy gives up.
-    async fn send_with_retries(&self, webhook: &Webhook, request: &Outgoing, uuid: &str) -> bool {
-        let mut retry = 0;
+    /// Until shutdown: one scheduler per webhook of the current rules.
+    async fn supervise(self: Arc<Self>, mut shutdown: ShutdownWatch) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut schedulers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut last_sweep = Instant::now() - Duration::from_secs(3600);
         loop {
-            let attempt = self.attempt(webhook, request).await;
-            self.metrics
-                .delivery_attempts
-                .with_label_values(&[&webhook.key, attempt.class()])
-                .inc();
-            if attempt.succeeded() {
-                return true;
+            schedulers.retain(|_, h| !h.is_finished());
+            for w in self.shared.rules.load().webhooks.iter() {
+                if !schedulers.contains_key(&w.key) {
+                    let this = self.clone();
+                    let (key, stop) = (w.key.clone(), stop_rx.clone());
+                    schedulers.insert(
+                        w.key.clone(),
+                        tokio::spawn(async move { this.schedule(key, stop).await }),
+                    );
+                }
             }
-            retry += 1;
-            match webhook.retry.next_delay(&attempt, retry) {
-                Some(delay) => {
-                    tracing::debug!(webhook = %webhook.key, event = %uuid, ?attempt, ?delay, "delivery attempt failed; retrying");
-                    tokio::time::sleep(delay).await;
+            self.refresh_gauges();
+            if last_sweep.elapsed() > Duration::from_secs(60) {
+                last_sweep = Instant::now();
+                let cutoff = now_ms() - self.shared.config.events_retention.as_millis() as i64;
+                if let Err(e) = self.store.sweep(cutoff) {
+                    tracing::error!(error = %e, "retention sweep failed");
                 }
-                None => {
-                    tracing::warn!(webhook = %webhook.key, event = %uuid, ?attempt, attempts = retry, "delivery failed; giving up");
-                    return false;
-                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Finish what is in flight, up to the deadline; the rest stays pending.
+        let _ = stop_tx.send(true);
+        let deadline = tokio::time::sleep(self.shared.config.delivery.shutdown_timeout);
+        tokio::pin!(deadline);
+        for (_, h) in schedulers {
+            tokio::select! {
+                _ = h => {}
+                _ = &mut deadline => break,
+            }
+        }
+        self.refresh_gauges();
+    }
+
+    /// Sets the outbox gauges from the store's counts.
+    fn refresh_gauges(&self) {
+        let Ok(counts) = self.store.counts() else {
+            return;
+        };
+        let metrics = &self.shared.metrics;
+        let rules = self.shared.rules.load();
+        for w in rules.webhooks.iter() {
+            let count = |state: &str| {
+                counts
+                    .iter()
+                    .find(|(k, s, _)| *k == w.key && s == state)
+                    .map_or(0, |c| c.2)
+            };
+            metrics
+                .outbox_pending
+                .with_label_values(&[&w.key])
+                .set(count("pending"));
+            metrics
+                .outbox_dead
+                .with_label_values(&[&w.key])
+                .set(count("dead"));
+            if let Ok(state) = self.store.webhook_state(&w.key) {
+                metrics
+                    .webhook_disabled
+                    .with_label_values(&[&w.key])
+                    .set(state.disabled.is_some() as i64);
+                metrics
+                    .webhook_paused
+                    .with_label_values(&[&w.key])
+                    .set(state.paused as i64);
             }
         }
     }
 
-    async fn attempt(&self, webhook: &Webhook, request: &Outgoing) -> Attempt {
-        let timeout = webhook.timeout.unwrap_or(self.settings.timeout);
+    /// One webhook's scheduler.
+    async fn schedule(self: Arc<Self>, key: String, mut stop: watch::Receiver<bool>) {
+        // Ids come back once their outcome is committed, so a delivery is
+        // never picked up again while its new state is on its way to disk.
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
+        let mut in_flight: HashSet<i64> = HashSet::new();
+        let mut next_probe = 0i64;
+        let mut stopping = false;
+        loop {
+            let Some(webhook) = self.webhook(&key) else {
+                if in_flight.is_empty() {
+                    return;
+                }
+                if let Some(id) = done_rx.recv().await {
+                    in_flight.remove(&id);
+                }
+                continue;
+            };
+            if stopping && in_flight.is_empty() {
+                return;
+            }
+            // Register for the store's wake-up before looking, so no commit is missed.
+            let committed = self.store.committed.clone();
+            let notified = committed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = self.store.webhook_state(&key).unwrap_or_default();
+            let now = now_ms();
+            if !stopping && state.disabled.is_none() {
+                let concurrency = self.shared.config.delivery.concurrency_per_webhook;
+                let mut free = concurrency.saturating_sub(in_flight.len());
+                if state.paused {
+                    free = usize::from(in_flight.is_empty() && now >= next_probe);
+                }
+                if free > 0 {
+                    match self.store.due(&key, now, free, &in_flight) {
+                        Ok(due) => {
+                            if state.paused && !due.is_empty() {
+                                next_probe = now
+                                    + self.shared.config.delivery.probe_interval.as_millis() as i64;
+                            }
+                            for d in due {
+                                in_flight.insert(d.id);
+                                let (this, webhook, tx) =
+                                    (self.clone(), webhook.clone(), done_tx.clone());
+                                tokio::spawn(async move {
+                                    let outcome = this.attempt(&webhook, &d).await;
+                                    this.record(&webhook, &d, outcome);
+                                    if let Err(e) = this.store.committed_now().await {
+                                        tracing::error!(error = %e, "outcome not committed");
+                                    }
+                                    let _ = tx.send(d.id);
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(webhook = %key, error = %e, "cannot read the outbox")
+                        }
+                    }
+                }
+            }
+            let wait = self.idle_wait(&key, &state, next_probe, in_flight.len());
+            tokio::select! {
+                Some(id) = done_rx.recv() => {
+                    in_flight.remove(&id);
+                }
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed(), if !stopping => stopping = true,
+            }
+        }
+    }
+
+    /// How long to sleep when nothing else wakes the scheduler.
+    fn idle_wait(
+        &self,
+        key: &str,
+        state: &WebhookState,
+        next_probe: i64,
+        in_flight: usize,
+    ) -> Duration {
+        let concurrency = self.shared.config.delivery.concurrency_per_webhook;
+        if state.disabled.is_some() || in_flight >= concurrency {
+            return MAX_IDLE;
+        }
+        let now = now_ms();
+        let next = match self.store.next_due_at(key) {
+            Ok(Some(at)) if state.paused => at.max(next_probe),
+            Ok(Some(at)) => at,
+            _ => return MAX_IDLE,
+        };
+        Duration::from_millis(next.saturating_sub(now).max(1) as u64).min(MAX_IDLE)
+    }
+
+    /// Sends the delivery's current part once.
+    async fn attempt(&self, webhook: &Webhook, due: &Due) -> Outcome {
+        let event = DerivedEvent {
+            event: due.event.event.clone(),
+            session: due.event.session.clone(),
+            derived_at: Instant::now(),
+        };
+        let requests = formats::requests(webhook, &event);
+        let Some(request) = requests.get(due.part as usize) else {
+            // Nothing left to send (the format changed): done.
+            return Outcome {
+                attempt: Attempt::Status {
+                    status: 200,
+                    retry_after: None,
+                },
+                duration: Duration::ZERO,
+                response: None,
+                parts: requests.len(),
+            };
+        };
         let started = Instant::now();
+        let (attempt, response) = self.send(webhook, request).await;
+        let duration = started.elapsed();
+        let metrics = &self.shared.metrics;
+        metrics
+            .delivery_attempts
+            .with_label_values(&[&webhook.key, attempt.class()])
+            .inc();
+        metrics
+            .delivery_duration
+            .with_label_values(&[&webhook.key])
+            .observe(duration.as_secs_f64());
+        Outcome {
+            attempt,
+            duration,
+            response,
+            parts: requests.len(),
+        }
+    }
+
+    async fn send(&self, webhook: &Webhook, request: &Outgoing) -> (Attempt, Option<String>) {
+        let timeout = webhook
+            .timeout
+            .unwrap_or(self.shared.config.delivery.timeout);
         let mut builder = self
             .client
             .post(webhook.url.clone())
@@ -164,7 +301,7 @@ impl Dispatcher {
                 builder = builder.header(name, value);
             }
         }
-        let result = match builder.send().await {
+        match builder.send().await {
             Ok(mut response) => {
                 let status = response.status().as_u16();
                 let retry_after = response
@@ -172,33 +309,149 @@ impl Dispatcher {
                     .get(http::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after);
-                drain(&mut response).await;
-                Attempt::Status {
-                    status,
-                    retry_after,
+                let excerpt = read_excerpt(&mut response).await;
+                (
+                    Attempt::Status {
+                        status,
+                        retry_after,
+                    },
+                    Some(excerpt),
+                )
+            }
+            Err(e) if e.is_timeout() => (Attempt::Timeout, None),
+            Err(e) => (Attempt::Error(error_chain(&e)), None),
+        }
+    }
+
+    /// Writes an attempt's outcome back to the outbox.
+    fn record(&self, webhook: &Webhook, due: &Due, outcome: Outcome) {
+        let key = webhook.key.as_str();
+        let label = match &outcome.attempt {
+            Attempt::Status { status, .. } => status.to_string(),
+            Attempt::Timeout => "timeout".into(),
+            Attempt::Error(e) => format!("error: {e}"),
+        };
+        let store = &self.store;
+        let metrics = &self.shared.metrics;
+        let _ = store.record_attempt(due.id, due.part, &label, outcome.duration, outcome.response);
+        let now = now_ms();
+        let mut state = store.webhook_state(key).unwrap_or_default();
+        let result = if outcome.attempt.succeeded() {
+            if state.failing_since.is_some() || state.paused {
+                if state.paused {
+                    tracing::info!(webhook = %key, "webhook answers again; unpaused");
+                }
+                state.failing_since = None;
+                state.paused = false;
+                let _ = store.set_webhook_state(key, state);
+            }
+            if (due.part as usize) + 1 < outcome.parts {
+                store.update_delivery(due.id, State::Pending, 0, due.part + 1, now, &label)
+            } else {
+                metrics
+                    .deliveries
+                    .with_label_values(&[key, "delivered"])
+                    .inc();
+                let latency = now as f64 / 1000.0 - due.event.event.created_at;
+                metrics.event_delivery_latency.observe(latency.max(0.0));
+                store.update_delivery(
+                    due.id,
+                    State::Delivered,
+                    due.attempts + 1,
+                    due.part,
+                    now,
+                    &label,
+                )
+            }
+        } else if matches!(outcome.attempt, Attempt::Status { status: 410, .. }) {
+            // Gone: the receiver asks us to stop. Deliveries wait.
+            tracing::warn!(webhook = %key, "receiver answered 410 Gone; webhook disabled until enabled again");
+            metrics.webhook_disabled.with_label_values(&[key]).set(1);
+            state.disabled = Some(format!(
+                "410 Gone at {}",
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            ));
+            let _ = store.set_webhook_state(key, state);
+            store.update_delivery(due.id, State::Pending, due.attempts, due.part, now, &label)
+        } else {
+            self.note_failure(key, &mut state, now);
+            match webhook.retry.next_delay(&outcome.attempt, due.attempts + 1) {
+                Some(delay) => {
+                    let jitter = fastrand::u64(0..=(delay.as_millis() as u64 / 10));
+                    let next = now + delay.as_millis() as i64 + jitter as i64;
+                    tracing::debug!(webhook = %key, delivery = due.id, attempt = ?outcome.attempt, ?delay, "attempt failed; retrying");
+                    store.update_delivery(
+                        due.id,
+                        State::Pending,
+                        due.attempts + 1,
+                        due.part,
+                        next,
+                        &label,
+                    )
+                }
+                None => {
+                    tracing::warn!(webhook = %key, delivery = due.id, event = %due.event.event.uuid, attempt = ?outcome.attempt, "delivery failed; dead letter");
+                    metrics.deliveries.with_label_values(&[key, "dead"]).inc();
+                    store.update_delivery(
+                        due.id,
+                        State::Dead,
+                        due.attempts + 1,
+                        due.part,
+                        now,
+                        &label,
+                    )
                 }
             }
-            Err(e) if e.is_timeout() => Attempt::Timeout,
-            Err(e) => Attempt::Error(error_chain(&e)),
         };
-        self.metrics
-            .delivery_duration
-            .with_label_values(&[&webhook.key])
-            .observe(started.elapsed().as_secs_f64());
-        result
+        if let Err(e) = result {
+            tracing::error!(webhook = %key, delivery = due.id, error = %e, "cannot record the delivery's outcome; it will be sent again");
+        }
+    }
+
+    /// Tracks how long a webhook has failed; past `pause_after`, pauses it.
+    fn note_failure(&self, key: &str, state: &mut WebhookState, now: i64) {
+        let since = *state.failing_since.get_or_insert(now);
+        let pause_after = self.shared.config.delivery.pause_after.as_millis() as i64;
+        if !state.paused && now - since >= pause_after {
+            tracing::warn!(webhook = %key, "webhook failing continuously; paused, probing with one delivery at a time");
+            state.paused = true;
+            self.shared
+                .metrics
+                .webhook_paused
+                .with_label_values(&[key])
+                .set(1);
+        }
+        let _ = self.store.set_webhook_state(key, state.clone());
     }
 }
 
-/// Reads (and drops) up to [`RESPONSE_BODY_LIMIT`] bytes so the
-/// connection can be reused.
-async fn drain(response: &mut reqwest::Response) {
+#[async_trait]
+impl BackgroundService for Dispatcher {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let this = Arc::new(Self {
+            shared: self.shared.clone(),
+            store: self.store.clone(),
+            client: self.client.clone(),
+        });
+        this.supervise(shutdown).await;
+    }
+}
+
+/// The start of a response body, for the attempt log; the rest (up to a
+/// limit) is read and dropped so the connection can be reused.
+async fn read_excerpt(response: &mut reqwest::Response) -> String {
+    let mut kept = Vec::new();
     let mut read = 0;
     while let Ok(Some(chunk)) = response.chunk().await {
         read += chunk.len();
+        if kept.len() < RESPONSE_EXCERPT {
+            kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_EXCERPT - kept.len())]);
+        }
         if read > RESPONSE_BODY_LIMIT {
             break;
         }
     }
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 /// The error and its causes, without the URL (which may hold secrets).

@@ -1,9 +1,12 @@
-//! What the pipeline keeps between exchanges: sessions and the event log,
-//! today in bounded in-memory caches that expire with the event retention.
+//! What the pipeline keeps between exchanges: the outbox, sessions and the
+//! event log, in the embedded store ([`sqlite`]), with a bounded cache in
+//! front of sessions.
 
 pub mod events;
+pub mod sqlite;
 
-pub use events::{EventLog, Logged, MemoryEventLog};
+pub use events::{DurableEventLog, EventLog, Logged};
+pub use sqlite::Store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,5 +80,43 @@ pub fn session_key(value: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(_) | Value::Array(_) | Value::Object(_) => Some(value.to_string()),
         _ => None,
+    }
+}
+
+/// Sessions in the embedded store, with a write-through cache in front so
+/// the pipeline always reads its own last write.
+pub struct DurableSessions {
+    cache: MemorySessions,
+    store: Arc<sqlite::Store>,
+}
+
+impl DurableSessions {
+    pub fn new(store: Arc<sqlite::Store>, cache_bytes: u64, ttl: Duration) -> Self {
+        Self {
+            cache: MemorySessions::new(cache_bytes, ttl),
+            store,
+        }
+    }
+}
+
+impl SessionStore for DurableSessions {
+    fn get(&self, key: &str) -> Option<Session> {
+        if let Some(s) = self.cache.get(key) {
+            return Some(s);
+        }
+        let json = self.store.get_session(key).ok()??;
+        let session: Session = serde_json::from_str(&json).ok()?;
+        self.cache.put(key, session.clone());
+        Some(session)
+    }
+
+    fn put(&self, key: &str, session: Session) {
+        if let Err(e) = self
+            .store
+            .put_session(key, serde_json::to_string(&session).unwrap_or_default())
+        {
+            tracing::error!(error = %e, "session not stored");
+        }
+        self.cache.put(key, session);
     }
 }

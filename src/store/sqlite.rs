@@ -1,0 +1,876 @@
+//! The embedded store: one SQLite database (`data_dir/taphook.db`, WAL,
+//! `synchronous=FULL`) holding the outbox of deliveries with their
+//! attempts, sessions, the event log, and webhook states.
+//!
+//! All writes go through one writer thread that commits them in groups
+//! (every op waiting when a transaction starts goes into it), so the
+//! pipeline never waits on an fsync per event. Reads use their own
+//! connection; WAL lets them run beside the writer.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::event::Event;
+
+/// Ops committed in one transaction at most.
+const MAX_GROUP: usize = 4096;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    webhook TEXT NOT NULL,
+    event_uuid TEXT NOT NULL,
+    event TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    part INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    last_status TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (webhook, event_uuid)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (webhook, state, next_at, id);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, id);
+CREATE TABLE IF NOT EXISTS attempts (
+    delivery_id INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    part INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    response TEXT,
+    PRIMARY KEY (delivery_id, n)
+);
+CREATE TABLE IF NOT EXISTS sessions (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_time ON sessions (updated_at);
+CREATE TABLE IF NOT EXISTS events (
+    session TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (session, seq)
+);
+CREATE INDEX IF NOT EXISTS events_time ON events (created_at);
+CREATE TABLE IF NOT EXISTS webhook_state (
+    webhook TEXT PRIMARY KEY,
+    disabled TEXT,
+    failing_since INTEGER,
+    paused INTEGER NOT NULL DEFAULT 0
+);
+";
+
+/// Why the store could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the data directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store query failed: {0}")]
+    Query(#[from] rusqlite::Error),
+    #[error("the store's writer has stopped")]
+    Closed,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What the outbox keeps of an event: the envelope and the session fields
+/// formats and matching read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub event: Event,
+    #[serde(default)]
+    pub session: Option<Map<String, Value>>,
+}
+
+/// A delivery's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// A delivery that is due.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub id: i64,
+    pub event: StoredEvent,
+    pub attempts: u32,
+    pub part: u32,
+}
+
+/// A delivery as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryInfo {
+    pub id: i64,
+    pub webhook: String,
+    pub event_uuid: String,
+    pub event_type: String,
+    pub state: String,
+    pub attempts: u32,
+    pub part: u32,
+    pub next_attempt_at: Option<i64>,
+    pub last_status: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One attempt, kept for inspection.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptInfo {
+    pub n: u32,
+    pub at: i64,
+    pub part: u32,
+    pub outcome: String,
+    pub duration_ms: i64,
+    pub response: Option<String>,
+}
+
+/// A webhook's delivery state: disabled (410) or failing since a time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WebhookState {
+    pub disabled: Option<String>,
+    pub failing_since: Option<i64>,
+    pub paused: bool,
+}
+
+/// Which deliveries a listing shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    State(State),
+    /// Pending, with at least one failed attempt.
+    Failed,
+}
+
+/// A write, queued for the next group commit.
+enum Op {
+    InsertDelivery {
+        webhook: String,
+        event_uuid: String,
+        event: String,
+        at: i64,
+    },
+    UpdateDelivery {
+        id: i64,
+        state: State,
+        attempts: u32,
+        part: u32,
+        next_at: i64,
+        last_status: String,
+    },
+    Attempt {
+        id: i64,
+        at: i64,
+        part: u32,
+        outcome: String,
+        duration_ms: i64,
+        response: Option<String>,
+    },
+    PutSession {
+        key: String,
+        value: String,
+        at: i64,
+    },
+    AppendEvent {
+        session: String,
+        at: i64,
+        event: String,
+    },
+    WebhookState {
+        webhook: String,
+        state: WebhookState,
+    },
+    Requeue {
+        id: i64,
+        reply: Option<mpsc::Sender<bool>>,
+    },
+    Replay {
+        webhook: String,
+        since: i64,
+        include_delivered: bool,
+        reply: mpsc::Sender<usize>,
+    },
+    Sweep {
+        cutoff: i64,
+    },
+    Flush(mpsc::Sender<()>),
+    FlushAsync(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The store. Cheap to share behind an `Arc`.
+pub struct Store {
+    path: PathBuf,
+    ops: Mutex<Option<mpsc::Sender<Op>>>,
+    reader: Mutex<Connection>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Woken after each commit that added or re-queued deliveries.
+    pub committed: Arc<tokio::sync::Notify>,
+    /// Deliveries accepted (committed), for the metric.
+    pub on_accept: Mutex<Option<Box<dyn Fn(u64) + Send + Sync>>>,
+}
+
+impl Store {
+    /// Opens (or creates) `dir/taphook.db`.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("taphook.db");
+        let open = || -> Result<Connection, rusqlite::Error> {
+            let c = Connection::open(&path)?;
+            c.busy_timeout(Duration::from_secs(10))?;
+            c.execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;",
+            )?;
+            Ok(c)
+        };
+        let err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let writer_conn = open().map_err(err)?;
+        writer_conn.execute_batch(SCHEMA).map_err(err)?;
+        let reader = open().map_err(err)?;
+        let (tx, rx) = mpsc::channel();
+        let committed = Arc::new(tokio::sync::Notify::new());
+        let store = Arc::new(Self {
+            path: path.clone(),
+            ops: Mutex::new(Some(tx)),
+            reader: Mutex::new(reader),
+            writer: Mutex::new(None),
+            committed: committed.clone(),
+            on_accept: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&store);
+        let handle = std::thread::Builder::new()
+            .name("taphook-store".into())
+            .spawn(move || writer_loop(writer_conn, rx, committed, weak))
+            .map_err(|source| StoreError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        *lock(&store.writer) = Some(handle);
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send(&self, op: Op) -> Result<(), StoreError> {
+        lock(&self.ops)
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(op)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues a delivery of `event` to `webhook`, due now. Idempotent per
+    /// (webhook, event UUID).
+    pub fn insert_delivery(&self, webhook: &str, event: &StoredEvent) -> Result<(), StoreError> {
+        let json = serde_json::to_string(event).unwrap_or_default();
+        self.send(Op::InsertDelivery {
+            webhook: webhook.into(),
+            event_uuid: event.event.uuid.clone(),
+            event: json,
+            at: now_ms(),
+        })
+    }
+
+    /// Records the outcome of an attempt on delivery `id`.
+    pub fn update_delivery(
+        &self,
+        id: i64,
+        state: State,
+        attempts: u32,
+        part: u32,
+        next_at: i64,
+        last_status: &str,
+    ) -> Result<(), StoreError> {
+        self.send(Op::UpdateDelivery {
+            id,
+            state,
+            attempts,
+            part,
+            next_at,
+            last_status: last_status.into(),
+        })
+    }
+
+    pub fn record_attempt(
+        &self,
+        id: i64,
+        part: u32,
+        outcome: &str,
+        duration: Duration,
+        response: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.send(Op::Attempt {
+            id,
+            at: now_ms(),
+            part,
+            outcome: outcome.into(),
+            duration_ms: duration.as_millis() as i64,
+            response,
+        })
+    }
+
+    pub fn set_webhook_state(&self, webhook: &str, state: WebhookState) -> Result<(), StoreError> {
+        self.send(Op::WebhookState {
+            webhook: webhook.into(),
+            state,
+        })
+    }
+
+    /// Makes a dead (or any) delivery pending and due now; false if unknown.
+    pub fn requeue(&self, id: i64) -> Result<bool, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Requeue {
+            id,
+            reply: Some(tx),
+        })?;
+        rx.recv().map_err(|_| StoreError::Closed)
+    }
+
+    /// Re-queues `webhook`'s dead deliveries (and delivered ones, when
+    /// asked) created at or after `since` (ms). Returns how many.
+    pub fn replay(
+        &self,
+        webhook: &str,
+        since: i64,
+        include_delivered: bool,
+    ) -> Result<usize, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Replay {
+            webhook: webhook.into(),
+            since,
+            include_delivered,
+            reply: tx,
+        })?;
+        rx.recv().map_err(|_| StoreError::Closed)
+    }
+
+    /// Deletes events, sessions and finished deliveries older than `cutoff` (ms).
+    pub fn sweep(&self, cutoff: i64) -> Result<(), StoreError> {
+        self.send(Op::Sweep { cutoff })
+    }
+
+    /// Waits until everything queued so far is committed.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Flush(tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)
+    }
+
+    /// Waits, without blocking the thread, until everything queued so far
+    /// is committed.
+    pub async fn committed_now(&self) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Op::FlushAsync(tx))?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Commits what is queued and stops the writer.
+    pub fn close(&self) {
+        lock(&self.ops).take();
+        if let Some(h) = lock(&self.writer).take() {
+            let _ = h.join();
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        Ok(f(&lock(&self.reader))?)
+    }
+
+    /// Up to `limit` of `webhook`'s pending deliveries due at `now`, oldest
+    /// first, leaving out `busy` ones.
+    pub fn due(
+        &self,
+        webhook: &str,
+        now: i64,
+        limit: usize,
+        busy: &HashSet<i64>,
+    ) -> Result<Vec<Due>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, event, attempts, part FROM deliveries WHERE webhook = ?1 AND state = 'pending' AND next_at <= ?2 ORDER BY next_at, id LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![webhook, now, (limit + busy.len()) as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?, r.get::<_, u32>(3)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, event, attempts, part) = row?;
+                if busy.contains(&id) || out.len() >= limit {
+                    continue;
+                }
+                match serde_json::from_str(&event) {
+                    Ok(event) => out.push(Due { id, event, attempts, part }),
+                    Err(e) => tracing::error!(delivery = id, error = %e, "unreadable delivery in the outbox; skipped"),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// When `webhook`'s next pending delivery is due.
+    pub fn next_due_at(&self, webhook: &str) -> Result<Option<i64>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT MIN(next_at) FROM deliveries WHERE webhook = ?1 AND state = 'pending'",
+                [webhook],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Deliveries per (webhook, state), and how many pending ones failed at least once.
+    pub fn counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT webhook, state, COUNT(*) FROM deliveries GROUP BY webhook, state",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Deliveries matching `filter` (and `webhook`), by id, after `after`.
+    pub fn list_deliveries(
+        &self,
+        filter: Filter,
+        webhook: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryInfo>, StoreError> {
+        let (state, failed_only) = match filter {
+            Filter::State(s) => (s.name(), false),
+            Filter::Failed => ("pending", true),
+        };
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at
+                 FROM deliveries WHERE state = ?1 AND id > ?2 AND (?3 IS NULL OR webhook = ?3) AND (?4 = 0 OR attempts > 0)
+                 ORDER BY id LIMIT ?5",
+            )?;
+            let rows = st.query_map(params![state, after, webhook, failed_only as i64, limit as i64], info_row)?;
+            rows.collect()
+        })
+    }
+
+    /// One delivery and its attempts.
+    pub fn delivery(
+        &self,
+        id: i64,
+    ) -> Result<Option<(DeliveryInfo, Vec<AttemptInfo>)>, StoreError> {
+        self.read(|c| {
+            let info = c
+                .query_row(
+                    "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at
+                     FROM deliveries WHERE id = ?1",
+                    [id],
+                    info_row,
+                )
+                .optional()?;
+            let Some(info) = info else { return Ok(None) };
+            let mut st = c.prepare_cached("SELECT n, at, part, outcome, duration_ms, response FROM attempts WHERE delivery_id = ?1 ORDER BY n")?;
+            let attempts = st
+                .query_map([id], |r| {
+                    Ok(AttemptInfo { n: r.get(0)?, at: r.get(1)?, part: r.get(2)?, outcome: r.get(3)?, duration_ms: r.get(4)?, response: r.get(5)? })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some((info, attempts)))
+        })
+    }
+
+    pub fn webhook_state(&self, webhook: &str) -> Result<WebhookState, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT disabled, failing_since, paused FROM webhook_state WHERE webhook = ?1",
+                [webhook],
+                |r| {
+                    Ok(WebhookState {
+                        disabled: r.get(0)?,
+                        failing_since: r.get(1)?,
+                        paused: r.get::<_, i64>(2)? != 0,
+                    })
+                },
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+        })
+    }
+
+    pub fn get_session(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT value FROM sessions WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+    }
+
+    pub fn put_session(&self, key: &str, value: String) -> Result<(), StoreError> {
+        self.send(Op::PutSession {
+            key: key.into(),
+            value,
+            at: now_ms(),
+        })
+    }
+
+    pub fn append_event(&self, session: &str, event: &Event) -> Result<(), StoreError> {
+        let at = (event.created_at * 1000.0) as i64;
+        self.send(Op::AppendEvent {
+            session: session.into(),
+            at,
+            event: serde_json::to_string(event).unwrap_or_default(),
+        })
+    }
+
+    /// A session's events with `seq >= from` and `created_at >= cutoff`.
+    pub fn events(
+        &self,
+        session: &str,
+        from: u64,
+        cutoff: i64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Event)>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, event FROM events WHERE session = ?1 AND seq >= ?2 AND created_at >= ?3 ORDER BY seq LIMIT ?4",
+            )?;
+            let rows = st.query_map(params![session, from as i64, cutoff, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, json) = row?;
+                if let Ok(e) = serde_json::from_str(&json) {
+                    out.push((seq as u64, e));
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
+    let event: String = r.get(3)?;
+    let event_type = serde_json::from_str::<StoredEvent>(&event)
+        .map(|e| e.event.event_type)
+        .unwrap_or_default();
+    let state: String = r.get(4)?;
+    let next_at: i64 = r.get(7)?;
+    Ok(DeliveryInfo {
+        id: r.get(0)?,
+        webhook: r.get(1)?,
+        event_uuid: r.get(2)?,
+        event_type,
+        next_attempt_at: (state == "pending").then_some(next_at),
+        state,
+        attempts: r.get(5)?,
+        part: r.get(6)?,
+        last_status: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Op>,
+    committed: Arc<tokio::sync::Notify>,
+    store: std::sync::Weak<Store>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::new();
+        let mut wake = false;
+        let mut accepted = 0u64;
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for op in group {
+                match apply(&tx, op, &mut replies) {
+                    Ok(effect) => {
+                        wake |= effect.wake;
+                        accepted += effect.accepted;
+                    }
+                    Err(e) => tracing::error!(error = %e, "store write failed"),
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "store commit failed; the group is lost");
+            continue;
+        }
+        if accepted > 0 {
+            if let Some(s) = store.upgrade() {
+                if let Some(f) = lock(&s.on_accept).as_ref() {
+                    f(accepted);
+                }
+            }
+        }
+        if wake {
+            committed.notify_waiters();
+        }
+        for reply in replies {
+            reply();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Effect {
+    wake: bool,
+    accepted: u64,
+}
+
+/// Applies one op inside the group's transaction. Replies run after commit.
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: Op,
+    replies: &mut Vec<Box<dyn FnOnce()>>,
+) -> rusqlite::Result<Effect> {
+    let mut effect = Effect::default();
+    match op {
+        Op::InsertDelivery {
+            webhook,
+            event_uuid,
+            event,
+            at,
+        } => {
+            let n = tx.prepare_cached(
+                "INSERT OR IGNORE INTO deliveries (webhook, event_uuid, event, state, attempts, part, next_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'pending', 0, 0, ?4, ?4, ?4)",
+            )?
+            .execute(params![webhook, event_uuid, event, at])?;
+            effect.wake = n > 0;
+            effect.accepted = n as u64;
+        }
+        Op::UpdateDelivery {
+            id,
+            state,
+            attempts,
+            part,
+            next_at,
+            last_status,
+        } => {
+            tx.prepare_cached("UPDATE deliveries SET state = ?2, attempts = ?3, part = ?4, next_at = ?5, last_status = ?6, updated_at = ?7 WHERE id = ?1")?
+                .execute(params![id, state.name(), attempts, part, next_at, last_status, now_ms()])?;
+        }
+        Op::Attempt {
+            id,
+            at,
+            part,
+            outcome,
+            duration_ms,
+            response,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO attempts (delivery_id, n, at, part, outcome, duration_ms, response)
+                 VALUES (?1, (SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE delivery_id = ?1), ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![id, at, part, outcome, duration_ms, response])?;
+        }
+        Op::PutSession { key, value, at } => {
+            tx.prepare_cached("INSERT INTO sessions (key, value, updated_at) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO UPDATE SET value = ?2, updated_at = ?3")?
+                .execute(params![key, value, at])?;
+        }
+        Op::AppendEvent { session, at, event } => {
+            tx.prepare_cached(
+                "INSERT INTO events (session, seq, created_at, event)
+                 VALUES (?1, (SELECT COALESCE(MAX(seq), -1) + 1 FROM events WHERE session = ?1), ?2, ?3)",
+            )?
+            .execute(params![session, at, event])?;
+        }
+        Op::WebhookState { webhook, state } => {
+            tx.prepare_cached(
+                "INSERT INTO webhook_state (webhook, disabled, failing_since, paused) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (webhook) DO UPDATE SET disabled = ?2, failing_since = ?3, paused = ?4",
+            )?
+            .execute(params![webhook, state.disabled, state.failing_since, state.paused as i64])?;
+            effect.wake = state.disabled.is_none();
+        }
+        Op::Requeue { id, reply } => {
+            let n = tx
+                .prepare_cached("UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?2, updated_at = ?2 WHERE id = ?1")?
+                .execute(params![id, now_ms()])?;
+            effect.wake = n > 0;
+            if let Some(reply) = reply {
+                replies.push(Box::new(move || {
+                    let _ = reply.send(n > 0);
+                }));
+            }
+        }
+        Op::Replay {
+            webhook,
+            since,
+            include_delivered,
+            reply,
+        } => {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE deliveries SET state = 'pending', attempts = 0, part = 0, next_at = ?3, updated_at = ?3
+                     WHERE webhook = ?1 AND created_at >= ?2 AND (state = 'dead' OR (?4 = 1 AND state = 'delivered'))",
+                )?
+                .execute(params![webhook, since, now_ms(), include_delivered as i64])?;
+            effect.wake = n > 0;
+            replies.push(Box::new(move || {
+                let _ = reply.send(n);
+            }));
+        }
+        Op::Sweep { cutoff } => {
+            tx.execute("DELETE FROM events WHERE created_at < ?1", [cutoff])?;
+            tx.execute("DELETE FROM sessions WHERE updated_at < ?1", [cutoff])?;
+            tx.execute(
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE state != 'pending' AND updated_at < ?1)",
+                [cutoff],
+            )?;
+            tx.execute(
+                "DELETE FROM deliveries WHERE state != 'pending' AND updated_at < ?1",
+                [cutoff],
+            )?;
+        }
+        Op::Flush(reply) => replies.push(Box::new(move || {
+            let _ = reply.send(());
+        })),
+        Op::FlushAsync(reply) => replies.push(Box::new(move || {
+            let _ = reply.send(());
+        })),
+    }
+    Ok(effect)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(uuid: &str) -> StoredEvent {
+        StoredEvent {
+            event: Event {
+                uuid: uuid.into(),
+                embed_id: 1.into(),
+                embed_jwt: Value::Null,
+                environment_name: "P".into(),
+                template_key: Value::Null,
+                event_type: "t".into(),
+                trigger_type: "user".into(),
+                data: serde_json::json!({}),
+                created_at: now_ms() as f64 / 1000.0,
+            },
+            session: None,
+        }
+    }
+
+    #[test]
+    fn deliveries_survive_reopening_and_insert_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_delivery("w", &event("e1")).unwrap();
+        store.insert_delivery("w", &event("e1")).unwrap();
+        store.insert_delivery("w", &event("e2")).unwrap();
+        store.flush().unwrap();
+        store.close();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let due = store.due("w", now_ms() + 1, 10, &HashSet::new()).unwrap();
+        assert_eq!(
+            due.iter()
+                .map(|d| d.event.event.uuid.as_str())
+                .collect::<Vec<_>>(),
+            ["e1", "e2"]
+        );
+        let busy: HashSet<i64> = [due[0].id].into();
+        assert_eq!(store.due("w", now_ms() + 1, 10, &busy).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dead_deliveries_replay_and_requeue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_delivery("w", &event("e1")).unwrap();
+        store.flush().unwrap();
+        let id = store.due("w", now_ms() + 1, 1, &HashSet::new()).unwrap()[0].id;
+        store
+            .update_delivery(id, State::Dead, 3, 0, 0, "500")
+            .unwrap();
+        store
+            .record_attempt(id, 0, "500", Duration::from_millis(12), Some("oops".into()))
+            .unwrap();
+        store.flush().unwrap();
+        assert!(store
+            .due("w", now_ms() + 1, 1, &HashSet::new())
+            .unwrap()
+            .is_empty());
+        let dead = store
+            .list_deliveries(Filter::State(State::Dead), None, 0, 10)
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        let (_, attempts) = store.delivery(id).unwrap().unwrap();
+        assert_eq!(
+            (
+                attempts[0].outcome.as_str(),
+                attempts[0].response.as_deref()
+            ),
+            ("500", Some("oops"))
+        );
+        assert_eq!(store.replay("w", 0, false).unwrap(), 1);
+        assert_eq!(
+            store
+                .due("w", now_ms() + 1, 1, &HashSet::new())
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(store.requeue(id).unwrap());
+        assert!(!store.requeue(999).unwrap());
+    }
+}
