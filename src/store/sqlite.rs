@@ -229,6 +229,9 @@ enum Op {
     FlushAsync(tokio::sync::oneshot::Sender<()>),
 }
 
+/// Called after a commit with the number of deliveries it accepted.
+pub type AcceptHook = Box<dyn Fn(u64) + Send + Sync>;
+
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
     path: PathBuf,
@@ -238,7 +241,7 @@ pub struct Store {
     /// Woken after each commit that added or re-queued deliveries.
     pub committed: Arc<tokio::sync::Notify>,
     /// Deliveries accepted (committed), for the metric.
-    pub on_accept: Mutex<Option<Box<dyn Fn(u64) + Send + Sync>>>,
+    pub on_accept: Mutex<Option<AcceptHook>>,
 }
 
 impl Store {
