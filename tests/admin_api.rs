@@ -354,9 +354,7 @@ async fn webhook_management_round_trips_and_survives_a_restart() {
 async fn only_a_webhooks_own_file_is_managed_by_the_api() {
     // A file placed by hand in event-webhooks/ holding two webhooks, with a
     // secret taken from the environment: the API must not touch it.
-    let by_hand = format!(
-        "{{\"webhooks\": [{{\"key\": \"a\", \"url\": \"{{receiver}}/a?token=${{HOME}}\", \"events\": [\"*\"]}}, {{\"key\": \"b\", \"url\": \"{{receiver}}/b\", \"events\": [\"*\"]}}]}}"
-    );
+    let by_hand = r#"{"webhooks": [{"key": "a", "url": "{receiver}/a?token=${HOME}", "events": ["*"]}, {"key": "b", "url": "{receiver}/b", "events": ["*"]}]}"#.to_string();
     let mut stack = Stack::start(Setup {
         config: &config(""),
         rules: vec![("event-webhooks.json", by_hand)],
