@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const DUE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("due");
