@@ -2,8 +2,9 @@
 //! listener and the rules reloader as its services.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -117,6 +118,32 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         config,
     });
 
+    // The deliver stage runs on a runtime of its own, so in-flight
+    // deliveries can finish after Pingora's services have stopped.
+    let (stop_deliveries, deliveries_stopped) = tokio::sync::watch::channel(false);
+    let fast_stop = Arc::new(AtomicBool::new(false));
+    let deliver_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(shared.config.threads.clamp(1, 4))
+        .thread_name("taphook-deliver")
+        .enable_all()
+        .build()?;
+    let dispatcher = Arc::new(Dispatcher::new(shared.clone())?);
+    let drain = {
+        let (fast, timeout) = (fast_stop.clone(), shared.config.delivery.shutdown_timeout);
+        move || {
+            if fast.load(Ordering::Acquire) {
+                timeout.min(FAST_DRAIN)
+            } else {
+                timeout
+            }
+        }
+    };
+    let delivering = deliver_rt.spawn(dispatcher.supervise(deliveries_stopped, drain));
+    let stop_watch = StopWatch {
+        stop_deliveries,
+        fast: fast_stop,
+    };
+
     let mut conf = ServerConf {
         threads: shared.config.threads,
         ..ServerConf::default()
@@ -138,21 +165,21 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         "pipeline",
         Pipeline::new(shared.clone(), rx),
     ));
-    server.add_service(background_service(
-        "deliver",
-        Dispatcher::new(shared.clone())?,
-    ));
     let signal: Box<dyn ShutdownSignalWatch> = match stop {
         Stop::Signals => {
+            let signals: Box<dyn ShutdownSignalWatch> = Box::new(Signals { stop: stop_watch });
             server.add_service(background_service(
                 "rules reloader",
                 Reloader {
                     shared: shared.clone(),
                 },
             ));
-            RunArgs::default().shutdown_signal
+            signals
         }
-        Stop::Channel(rx) => Box::new(ChannelSignal(tokio::sync::Mutex::new(Some(rx)))),
+        Stop::Channel(rx) => Box::new(ChannelSignal {
+            rx: tokio::sync::Mutex::new(Some(rx)),
+            stop: stop_watch,
+        }),
     };
     server.add_service(background_service(
         "admin",
@@ -162,7 +189,10 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     server.run(RunArgs {
         shutdown_signal: signal,
     });
-    // Commit what the pipeline and the workers queued before the exit.
+    // In-flight deliveries finish (up to the deadline); the rest stays in
+    // the outbox. Then everything queued is committed.
+    let _ = deliver_rt.block_on(delivering);
+    deliver_rt.shutdown_timeout(Duration::from_secs(1));
     store.close();
     Ok(())
 }
@@ -171,16 +201,69 @@ fn check_bindable(addr: SocketAddr) -> std::io::Result<()> {
     TcpListener::bind(addr).map(drop)
 }
 
+/// How much of the drain deadline a fast stop (SIGINT) allows.
+const FAST_DRAIN: Duration = Duration::from_millis(500);
+
+/// Tells the deliver stage to stop starting attempts, and how fast.
+struct StopWatch {
+    stop_deliveries: tokio::sync::watch::Sender<bool>,
+    fast: Arc<AtomicBool>,
+}
+
+impl StopWatch {
+    fn stop(&self, signal: ShutdownSignal) -> ShutdownSignal {
+        self.fast.store(
+            matches!(signal, ShutdownSignal::FastShutdown),
+            Ordering::Release,
+        );
+        let _ = self.stop_deliveries.send(true);
+        signal
+    }
+}
+
+/// SIGTERM stops gracefully, SIGINT fast; both stop the deliver stage
+/// first (SIGHUP is the reloader's).
+struct Signals {
+    stop: StopWatch,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot watch SIGTERM/SIGINT; stopping");
+            return self.stop.stop(ShutdownSignal::FastShutdown);
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping; in-flight deliveries may finish");
+                self.stop.stop(ShutdownSignal::GracefulTerminate)
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping fast");
+                self.stop.stop(ShutdownSignal::FastShutdown)
+            }
+        }
+    }
+}
+
 /// Stops the server when the channel fires or its sender is dropped.
-struct ChannelSignal(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+struct ChannelSignal {
+    rx: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    stop: StopWatch,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for ChannelSignal {
     async fn recv(&self) -> ShutdownSignal {
-        if let Some(rx) = self.0.lock().await.take() {
+        if let Some(rx) = self.rx.lock().await.take() {
             let _ = rx.await;
         }
-        ShutdownSignal::FastShutdown
+        self.stop.stop(ShutdownSignal::FastShutdown)
     }
 }
 

@@ -51,6 +51,21 @@ enum Command {
     },
     /// Run a scripted import session through the proxy and print the webhooks.
     Demo,
+    /// Re-queue a webhook's dead deliveries (works whether taphook runs or not).
+    Replay {
+        #[arg(long, default_value = "taphook.yaml")]
+        config: PathBuf,
+        /// The webhook's key.
+        #[arg(long)]
+        webhook: String,
+        /// Only deliveries created since: RFC 3339 (2026-11-22T09:00:00Z),
+        /// seconds since the epoch, or a duration ago (2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Also send again deliveries that succeeded.
+        #[arg(long)]
+        include_delivered: bool,
+    },
     /// Run the reference importer on its own.
     Importer {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -70,6 +85,12 @@ pub fn main() -> ExitCode {
         } => return check(config, rules, path),
         Command::Eval { rules, event } => eval(&rules, &event),
         Command::Demo => crate::demo::run(),
+        Command::Replay {
+            config,
+            webhook,
+            since,
+            include_delivered,
+        } => replay(&config, &webhook, since.as_deref(), include_delivered),
         Command::Importer { listen } => importer(&listen),
     };
     match result {
@@ -244,6 +265,25 @@ fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {
         };
         println!("{:<28} {why}", d.webhook.key);
     }
+    Ok(())
+}
+
+fn replay(
+    config: &Path,
+    webhook: &str,
+    since: Option<&str>,
+    include_delivered: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(config, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let since = match since {
+        None => 0,
+        Some(text) => crate::admin::parse_since_text(text)
+            .with_context(|| format!("--since `{text}`: expected RFC 3339, seconds since the epoch, or a duration like 2h"))?,
+    };
+    let store = crate::store::Store::open(&config.data_dir)?;
+    let n = store.replay(webhook, since, include_delivered)?;
+    store.close();
+    println!("re-queued {n} deliveries for webhook `{webhook}`");
     Ok(())
 }
 

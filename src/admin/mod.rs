@@ -2,6 +2,8 @@
 //! service: `/metrics`, `/healthz`, `/readyz` without auth, and the
 //! `/v1` API behind the bearer `admin_token`.
 
+mod deliveries;
+pub use deliveries::parse_since_text;
 mod events;
 mod webhooks;
 
@@ -48,6 +50,20 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/v1/event-webhooks",
             get(webhooks::list).post(webhooks::create),
+        )
+        .route("/v1/deliveries", get(deliveries::list))
+        .route(
+            "/v1/deliveries/replay",
+            axum::routing::post(deliveries::replay),
+        )
+        .route("/v1/deliveries/{id}", get(deliveries::show))
+        .route(
+            "/v1/deliveries/{id}/retry",
+            axum::routing::post(deliveries::retry),
+        )
+        .route(
+            "/v1/event-webhooks/{key}/enable",
+            axum::routing::post(deliveries::enable),
         )
         .route(
             "/v1/event-webhooks/{key}",

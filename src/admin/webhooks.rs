@@ -26,7 +26,8 @@ use crate::rules::Rules;
 
 /// What the API shows of a webhook: the secret masked, the URL without
 /// credentials or query.
-fn view(w: &Webhook, rules_dir: &FsPath) -> Value {
+fn view(w: &Webhook, rules_dir: &FsPath, store: &crate::store::Store) -> Value {
+    let state = store.webhook_state(&w.key).unwrap_or_default();
     let events: Vec<String> = match &w.events {
         EventSelector::All => vec!["*".into()],
         EventSelector::Some(s) => s.iter().cloned().collect(),
@@ -43,6 +44,8 @@ fn view(w: &Webhook, rules_dir: &FsPath) -> Value {
         "signed": !w.signing.is_empty(),
         "managed_by_api": write::is_managed(rules_dir, &w.key, &w.origin.file),
         "defined_at": w.origin.to_string(),
+        "disabled": state.disabled,
+        "paused": state.paused,
     })
 }
 
@@ -51,7 +54,7 @@ pub async fn list(State(shared): State<Arc<Shared>>) -> Response {
     let hooks: Vec<Value> = rules
         .webhooks
         .iter()
-        .map(|w| view(w, &shared.config.rules_dir))
+        .map(|w| view(w, &shared.config.rules_dir, &shared.store))
         .collect();
     Json(json!({"event_webhooks": hooks})).into_response()
 }
@@ -62,7 +65,7 @@ pub async fn show(
 ) -> Result<Response, ApiError> {
     let rules = shared.rules.load();
     let w = rules.webhook(&key).ok_or_else(|| not_found(&key))?;
-    Ok(Json(view(w, &shared.config.rules_dir)).into_response())
+    Ok(Json(view(w, &shared.config.rules_dir, &shared.store)).into_response())
 }
 
 pub async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
@@ -182,7 +185,11 @@ fn shown_as(
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let w = rules.webhook(key).ok_or_else(|| not_found(key))?;
-    Ok((status, Json(view(w, &shared.config.rules_dir))).into_response())
+    Ok((
+        status,
+        Json(view(w, &shared.config.rules_dir, &shared.store)),
+    )
+        .into_response())
 }
 
 /// The API's names to the rules' names: `webhook_key` is `key`,

@@ -18,9 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch};
 
 use crate::app::Shared;
@@ -71,8 +69,14 @@ impl Dispatcher {
         self.shared.rules.load().webhook(key).cloned()
     }
 
-    /// Until shutdown: one scheduler per webhook of the current rules.
-    async fn supervise(self: Arc<Self>, mut shutdown: ShutdownWatch) {
+    /// Until `shutdown` turns true: one scheduler per webhook of the
+    /// current rules. Then in-flight deliveries finish, up to `drain`
+    /// (read when the stop comes: shorter after SIGINT).
+    pub async fn supervise(
+        self: Arc<Self>,
+        mut shutdown: ShutdownWatch,
+        drain: impl Fn() -> Duration,
+    ) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut schedulers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut last_sweep = Instant::now() - Duration::from_secs(3600);
@@ -103,7 +107,7 @@ impl Dispatcher {
         }
         // Finish what is in flight, up to the deadline; the rest stays pending.
         let _ = stop_tx.send(true);
-        let deadline = tokio::time::sleep(self.shared.config.delivery.shutdown_timeout);
+        let deadline = tokio::time::sleep(drain());
         tokio::pin!(deadline);
         for (_, h) in schedulers {
             tokio::select! {
@@ -422,18 +426,6 @@ impl Dispatcher {
                 .set(1);
         }
         let _ = self.store.set_webhook_state(key, state.clone());
-    }
-}
-
-#[async_trait]
-impl BackgroundService for Dispatcher {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let this = Arc::new(Self {
-            shared: self.shared.clone(),
-            store: self.store.clone(),
-            client: self.client.clone(),
-        });
-        this.supervise(shutdown).await;
     }
 }
 

@@ -21,6 +21,8 @@ pub enum Reply {
     RetryAfter(u16, u64),
     /// Never answers (until the connection is dropped).
     Hang,
+    /// Answers with the status after a delay in milliseconds.
+    Slow(u64, u16),
 }
 
 /// One request as received.
@@ -47,6 +49,8 @@ impl Recorded {
 #[derive(Default)]
 struct Inner {
     scripts: HashMap<String, VecDeque<Reply>>,
+    /// The answer once a path's script is used up (else 200).
+    defaults: HashMap<String, Reply>,
     received: Vec<Recorded>,
 }
 
@@ -91,6 +95,11 @@ impl Receiver {
         self.lock()
             .scripts
             .insert(path.to_string(), replies.iter().copied().collect());
+    }
+
+    /// Answers every request to `path` after its script with `reply`.
+    pub fn default_reply(&self, path: &str, reply: Reply) {
+        self.lock().defaults.insert(path.to_string(), reply);
     }
 
     /// Every request received so far.
@@ -150,6 +159,7 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> Response
             .scripts
             .get_mut(&recorded.path)
             .and_then(VecDeque::pop_front)
+            .or_else(|| inner.defaults.get(&recorded.path).copied())
             .unwrap_or(Reply::Status(200))
     };
     let _ = shared.arrivals.send(recorded);
@@ -162,6 +172,12 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> Response
             [("retry-after", secs.to_string())],
         )
             .into_response(),
+        Reply::Slow(ms, s) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            StatusCode::from_u16(s)
+                .unwrap_or(StatusCode::OK)
+                .into_response()
+        }
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::OK.into_response()

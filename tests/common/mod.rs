@@ -99,13 +99,45 @@ impl Stack {
     }
 
     /// Stops taphook (SIGKILL) and starts it again on the same config,
-    /// rules directory and ports.
+    /// rules directory, data directory and ports.
     pub async fn restart(&mut self) {
+        self.kill9();
+        self.relaunch().await;
+    }
+
+    /// SIGKILL: the process dies at once, mid-whatever.
+    pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts taphook again after it stopped.
+    pub async fn relaunch(&mut self) {
         match launch(self.dir.path(), self.admin, self.proxy).await {
             Ok(child) => self.child = child,
             Err(log) => panic!("taphook did not restart:\n{log}"),
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit (at most `limit`);
+    /// returns how long it took and whether it exited successfully.
+    pub async fn sigterm(&mut self, limit: Duration) -> (Duration, bool) {
+        let started = std::time::Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (started.elapsed(), status.success());
+            }
+            if started.elapsed() > limit {
+                self.kill9();
+                panic!(
+                    "taphook did not exit within {limit:?} of SIGTERM\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

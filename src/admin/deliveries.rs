@@ -1,0 +1,225 @@
+//! The outbox through the admin API:
+//! `GET /v1/deliveries?state=pending|failed|dead|delivered&webhook=&limit=&cursor=`,
+//! `GET /v1/deliveries/{id}` (with every attempt), `POST /v1/deliveries/{id}/retry`,
+//! `POST /v1/deliveries/replay` (`{"webhook", "since", "include_delivered"}`),
+//! and `POST /v1/event-webhooks/{key}/enable` for a webhook that was
+//! disabled (410) or paused.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_json, ApiError};
+use crate::app::Shared;
+use crate::store::sqlite::{Filter, State as DeliveryState, WebhookState};
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    state: Option<String>,
+    webhook: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+pub async fn list(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let filter = match q.state.as_deref().unwrap_or("pending") {
+        "pending" => Filter::State(DeliveryState::Pending),
+        "failed" => Filter::Failed,
+        "dead" => Filter::State(DeliveryState::Dead),
+        "delivered" => Filter::State(DeliveryState::Delivered),
+        other => {
+            return Err(bad(
+                "invalid_state",
+                format!("unknown state `{other}` (pending, failed, dead, delivered)"),
+            ))
+        }
+    };
+    let limit = q
+        .limit
+        .as_deref()
+        .map_or(Ok(DEFAULT_LIMIT), str::parse::<usize>)
+        .unwrap_or(0);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(bad(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    let after = match q.cursor.as_deref() {
+        None => 0,
+        Some(c) => decode_cursor(c)
+            .ok_or_else(|| bad("invalid_cursor", "cursor is not one this API returned"))?,
+    };
+    let store = shared.store.clone();
+    let webhook = q.webhook.clone();
+    let mut rows = tokio::task::spawn_blocking(move || {
+        store.list_deliveries(filter, webhook.as_deref(), after, limit + 1)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let has_next = rows.len() > limit;
+    rows.truncate(limit);
+    let next = has_next
+        .then(|| rows.last().map(|r| encode_cursor(r.id)))
+        .flatten();
+    Ok(
+        Json(json!({"deliveries": rows, "next_cursor": next, "has_next_page": has_next}))
+            .into_response(),
+    )
+}
+
+pub async fn show(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let store = shared.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.delivery(id))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (delivery, attempts) = found.ok_or_else(|| not_found(id))?;
+    Ok(Json(json!({"delivery": delivery, "attempts": attempts})).into_response())
+}
+
+pub async fn retry(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let store = shared.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.requeue(id))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if !found {
+        return Err(not_found(id));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "state": "pending"})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    webhook: String,
+    #[serde(default)]
+    since: Option<Value>,
+    #[serde(default)]
+    include_delivered: bool,
+}
+
+pub async fn replay(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+    let body: ReplayBody = parse_json(&body)?;
+    let since = match &body.since {
+        None | Some(Value::Null) => 0,
+        Some(v) => parse_since(v).ok_or_else(|| {
+            bad(
+                "invalid_since",
+                "since is an RFC 3339 time, seconds since the epoch, or a duration ago like `2h`",
+            )
+        })?,
+    };
+    let store = shared.store.clone();
+    let n = tokio::task::spawn_blocking(move || {
+        store.replay(&body.webhook, since, body.include_delivered)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(json!({"requeued": n})).into_response())
+}
+
+pub async fn enable(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    if shared.rules.load().webhook(&key).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no webhook `{key}`"),
+        ));
+    }
+    shared
+        .store
+        .set_webhook_state(&key, WebhookState::default())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    shared
+        .metrics
+        .webhook_disabled
+        .with_label_values(&[&key])
+        .set(0);
+    shared
+        .metrics
+        .webhook_paused
+        .with_label_values(&[&key])
+        .set(0);
+    tracing::info!(webhook = %key, "webhook enabled through the admin API");
+    Ok(Json(json!({"webhook_key": key, "disabled": null, "paused": false})).into_response())
+}
+
+/// A point in time in ms: RFC 3339, seconds since the epoch, or a
+/// duration before now (`2h`).
+pub fn parse_since(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_f64().map(|s| (s * 1000.0) as i64),
+        Value::String(s) => parse_since_text(s),
+        _ => None,
+    }
+}
+
+pub fn parse_since_text(s: &str) -> Option<i64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as i64);
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return Some((secs * 1000.0) as i64);
+    }
+    let ago = humantime::parse_duration(s).ok()?;
+    Some(crate::store::sqlite::now_ms() - ago.as_millis() as i64)
+}
+
+fn not_found(id: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no delivery {id}"),
+    )
+}
+
+fn encode_cursor(id: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("id:{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<i64> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    std::str::from_utf8(&bytes)
+        .ok()?
+        .strip_prefix("id:")?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,430 @@
+//! Never lose an event: the outbox survives kill -9, sessions and retry
+//! schedules survive restarts, 410 disables, dead letters can be retried
+//! and replayed, and SIGTERM lets in-flight deliveries finish.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "t0k";
+
+/// A route that turns `GET /_fixtures/empty?i=N` into a `ping` event
+/// (one per N), and one webhook for it with `extra` settings.
+fn ping_rules(key: &str, extra: &str) -> Vec<(&'static str, String)> {
+    vec![(
+        "ping.yaml",
+        format!(
+            "routes:\n  - name: ping\n    event: ping\n    method: GET\n    path: /_fixtures/empty\n    dedup_key: [\"ping\", \"$query.i\"]\n    data:\n      i: $query.i\nwebhooks:\n{}",
+            webhook(key, &format!("/hooks/{key}"), &format!("    events: [ping]\n{extra}"))
+        ),
+    )]
+}
+
+async fn ping(stack: &Stack, i: usize) {
+    let r = stack
+        .client
+        .get(stack.url(&format!("/_fixtures/empty?i={i}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+fn pings(received: &[taphook::demo::receiver::Recorded]) -> Vec<String> {
+    received
+        .iter()
+        .map(|r| r.json()["data"]["i"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+async fn api(stack: &Stack, method: &str, path: &str) -> (u16, Value) {
+    let resp = stack
+        .client
+        .request(
+            method.parse().unwrap(),
+            format!("http://{}{}", stack.admin, path),
+        )
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_delivery_loses_no_accepted_event() {
+    const N: usize = 5_000;
+    let stack = Stack::start(Setup {
+        rules: ping_rules("sink", ""),
+        config: "delivery:\n  concurrency_per_webhook: 16\n",
+        ..Default::default()
+    })
+    .await;
+    let mut stack = stack;
+    stack
+        .receiver
+        .default_reply("/hooks/sink", Reply::Slow(20, 200));
+    let started = Instant::now();
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let (client, url, permit) = (
+            stack.client.clone(),
+            stack.url(&format!("/_fixtures/empty?i={i}")),
+            limit.clone().acquire_owned().await.unwrap(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).send().await.unwrap();
+            drop(permit);
+            r.status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 204);
+    }
+    // Every event is in the outbox (committed) before the crash.
+    assert_eq!(
+        stack
+            .wait_metric("taphook_outbox_accepted_total", N as f64)
+            .await,
+        N as f64,
+        "{}",
+        stack.log()
+    );
+    stack
+        .receiver
+        .wait_for("/hooks/sink", 200, Duration::from_secs(30))
+        .await;
+    stack.kill9();
+    let before = stack.receiver.received_on("/hooks/sink").len();
+    assert!(before < N, "the crash came after every delivery ({before})");
+    println!(
+        "{N} events accepted in {:?}; {before} deliveries received before kill -9",
+        started.elapsed()
+    );
+
+    stack.relaunch().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got: BTreeSet<String> = pings(&stack.receiver.received_on("/hooks/sink"))
+            .into_iter()
+            .collect();
+        if got.len() == N {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} events arrived after the restart",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = stack.receiver.received_on("/hooks/sink");
+    let uuids: BTreeSet<String> = all
+        .iter()
+        .map(|r| r.json()["uuid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(uuids.len(), N, "every UUID arrived");
+    println!(
+        "crash test: all {N} UUIDs arrived; {} duplicates (at-least-once)",
+        all.len() - N
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_sessions() {
+    let hooks = format!(
+        "webhooks:\n{}{}",
+        webhook(
+            "created",
+            "/hooks/created",
+            "    events: [embed_initialized]\n"
+        ),
+        webhook(
+            "assigned",
+            "/hooks/assigned",
+            "    events: [import_submitted]\n    assignment: session\n"
+        )
+    );
+    let mut stack = Stack::with_rules(vec![("hooks.yaml", hooks)]).await;
+    let jwt = taphook::demo::demo_jwt();
+    let id = stack.create_embed(json!({"template_key": "contacts", "embed_user_jwt": jwt, "event_webhook_keys": ["assigned"]}), false).await;
+    // Delivered means committed, and the session was written before it.
+    stack
+        .receiver
+        .wait_for("/hooks/created", 1, Duration::from_secs(10))
+        .await;
+    stack.restart().await;
+    stack
+        .post_json(&format!("/v1/embeds/{id}/import"), json!({}))
+        .await;
+    let got = stack
+        .receiver
+        .wait_for("/hooks/assigned", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        got.len(),
+        1,
+        "the session's webhook_keys survived the restart"
+    );
+    let event = got[0].json();
+    assert_eq!(
+        (
+            event["embed_id"].clone(),
+            event["template_key"].clone(),
+            event["embed_jwt"].clone()
+        ),
+        (json!(id), json!("contacts"), json!(jwt))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_schedule_survives_a_restart() {
+    let mut stack = Stack::with_rules(ping_rules("later", "    retry: { backoff: [3s] }\n")).await;
+    stack.receiver.script("/hooks/later", &[Reply::Status(429)]);
+    ping(&stack, 1).await;
+    let first = stack
+        .receiver
+        .wait_for("/hooks/later", 1, Duration::from_secs(10))
+        .await;
+    // The schedule is committed before the attempt is reported done.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.restart().await;
+    let got = stack
+        .receiver
+        .wait_for("/hooks/later", 2, Duration::from_secs(15))
+        .await;
+    assert_eq!(got.len(), 2);
+    let gap = got[1].at.duration_since(first[0].at);
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "retried after {gap:?}, before its backoff"
+    );
+    settle(Duration::from_millis(500)).await;
+    assert_eq!(stack.receiver.received_on("/hooks/later").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_webhook_until_it_is_enabled() {
+    let stack = Stack::start(Setup {
+        rules: ping_rules("gone", ""),
+        config: &format!("admin_token: {TOKEN}\n"),
+        ..Default::default()
+    })
+    .await;
+    stack.receiver.script("/hooks/gone", &[Reply::Status(410)]);
+    ping(&stack, 1).await;
+    stack
+        .receiver
+        .wait_for("/hooks/gone", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        stack
+            .wait_metric("taphook_webhook_disabled{webhook=\"gone\"}", 1.0)
+            .await,
+        1.0
+    );
+    ping(&stack, 2).await;
+    ping(&stack, 3).await;
+    settle(Duration::from_millis(1500)).await;
+    assert_eq!(
+        stack.receiver.received_on("/hooks/gone").len(),
+        1,
+        "nothing is sent to a disabled webhook"
+    );
+    let (_, view) = api(&stack, "GET", "/v1/event-webhooks/gone").await;
+    assert!(
+        view["disabled"].as_str().unwrap().starts_with("410 Gone"),
+        "{view}"
+    );
+    assert_eq!(
+        api(&stack, "POST", "/v1/event-webhooks/gone/enable")
+            .await
+            .0,
+        200
+    );
+    let got = stack
+        .receiver
+        .wait_for("/hooks/gone", 4, Duration::from_secs(10))
+        .await;
+    let mut seen = pings(&got[1..]);
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["1", "2", "3"],
+        "the waiting deliveries go out once enabled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_kept_and_retried_through_the_api() {
+    let stack = Stack::start(Setup {
+        rules: ping_rules("dl", ""),
+        config: &format!("admin_token: {TOKEN}\n"),
+        ..Default::default()
+    })
+    .await;
+    stack.receiver.script("/hooks/dl", &[Reply::Status(500)]);
+    ping(&stack, 1).await;
+    assert_eq!(
+        stack
+            .wait_metric(
+                "taphook_deliveries_total{outcome=\"dead\",webhook=\"dl\"}",
+                1.0
+            )
+            .await,
+        1.0
+    );
+    let (status, dead) = api(&stack, "GET", "/v1/deliveries?state=dead&webhook=dl").await;
+    assert_eq!(status, 200);
+    let rows = dead["deliveries"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{dead}");
+    assert_eq!(
+        (
+            rows[0]["attempts"].clone(),
+            rows[0]["last_status"].clone(),
+            rows[0]["event_type"].clone()
+        ),
+        (json!(1), json!("500"), json!("ping"))
+    );
+    let id = rows[0]["id"].as_i64().unwrap();
+    let (_, detail) = api(&stack, "GET", &format!("/v1/deliveries/{id}")).await;
+    let attempts = detail["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0]["outcome"], "500");
+    assert!(attempts[0]["duration_ms"].as_i64().unwrap() >= 0);
+    let (status, _) = api(&stack, "POST", &format!("/v1/deliveries/{id}/retry")).await;
+    assert_eq!(status, 202);
+    let got = stack
+        .receiver
+        .wait_for("/hooks/dl", 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].body, got[1].body, "the same event, sent again");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, delivered) = api(&stack, "GET", "/v1/deliveries?state=delivered&webhook=dl").await;
+        if delivered["deliveries"]
+            .as_array()
+            .is_some_and(|d| d.len() == 1)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{delivered}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        api(&stack, "GET", "/v1/deliveries?state=dead").await.1["deliveries"],
+        json!([])
+    );
+    assert_eq!(
+        api(&stack, "POST", "/v1/deliveries/999999/retry").await.0,
+        404
+    );
+    assert_eq!(api(&stack, "GET", "/v1/deliveries?state=lost").await.0, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_requeues_dead_letters_since_a_time() {
+    let stack = Stack::with_rules(ping_rules("rp", "")).await;
+    stack
+        .receiver
+        .default_reply("/hooks/rp", Reply::Status(500));
+    ping(&stack, 1).await;
+    ping(&stack, 2).await;
+    assert_eq!(
+        stack
+            .wait_metric(
+                "taphook_deliveries_total{outcome=\"dead\",webhook=\"rp\"}",
+                2.0
+            )
+            .await,
+        2.0
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    ping(&stack, 3).await;
+    ping(&stack, 4).await;
+    assert_eq!(
+        stack
+            .wait_metric(
+                "taphook_deliveries_total{outcome=\"dead\",webhook=\"rp\"}",
+                4.0
+            )
+            .await,
+        4.0
+    );
+    stack
+        .receiver
+        .default_reply("/hooks/rp", Reply::Status(200));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taphook"))
+        .args(["replay", "--webhook", "rp", "--since", &since, "--config"])
+        .arg(stack.dir.path().join("taphook.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "re-queued 2 deliveries for webhook `rp`"
+    );
+    let got = stack
+        .receiver
+        .wait_for("/hooks/rp", 6, Duration::from_secs(10))
+        .await;
+    settle(Duration::from_millis(500)).await;
+    assert_eq!(stack.receiver.received_on("/hooks/rp").len(), 6);
+    let mut replayed = pings(&got[4..]);
+    replayed.sort();
+    assert_eq!(replayed, ["3", "4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_deliveries_finish_and_keeps_the_rest() {
+    let mut stack = Stack::start(Setup {
+        rules: ping_rules("slow", ""),
+        config: "delivery:\n  concurrency_per_webhook: 2\n  shutdown_timeout: 5s\n",
+        ..Default::default()
+    })
+    .await;
+    stack
+        .receiver
+        .default_reply("/hooks/slow", Reply::Slow(1000, 200));
+    for i in 0..6 {
+        ping(&stack, i).await;
+    }
+    stack
+        .receiver
+        .wait_for("/hooks/slow", 2, Duration::from_secs(10))
+        .await;
+    let (took, ok) = stack.sigterm(Duration::from_secs(10)).await;
+    assert!(ok, "{}", stack.log());
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    assert_eq!(
+        stack.receiver.received_on("/hooks/slow").len(),
+        2,
+        "nothing new starts after SIGTERM"
+    );
+    stack.relaunch().await;
+    let got = stack
+        .receiver
+        .wait_for("/hooks/slow", 6, Duration::from_secs(20))
+        .await;
+    settle(Duration::from_millis(1500)).await;
+    let all = pings(&stack.receiver.received_on("/hooks/slow"));
+    assert_eq!(
+        all.len(),
+        6,
+        "the two that finished before the exit are not sent again: {all:?}"
+    );
+    assert_eq!(all.iter().collect::<BTreeSet<_>>().len(), 6, "{got:?}");
+}
