@@ -428,3 +428,49 @@ async fn sigterm_lets_in_flight_deliveries_finish_and_keeps_the_rest() {
     );
     assert_eq!(all.iter().collect::<BTreeSet<_>>().len(), 6, "{got:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_failing_continuously_is_paused_and_probed() {
+    let stack = Stack::start(Setup {
+        rules: ping_rules(
+            "flaky",
+            "    retry: { on: [5xx], max_retries: 1000, backoff: [100ms] }\n",
+        ),
+        config: "delivery:\n  pause_after: 500ms\n  probe_interval: 1s\n",
+        ..Default::default()
+    })
+    .await;
+    stack
+        .receiver
+        .default_reply("/hooks/flaky", Reply::Status(503));
+    ping(&stack, 1).await;
+    assert_eq!(
+        stack
+            .wait_metric("taphook_webhook_paused{webhook=\"flaky\"}", 1.0)
+            .await,
+        1.0
+    );
+    let paused_at = stack.receiver.received_on("/hooks/flaky").len();
+    settle(Duration::from_millis(3500)).await;
+    let probes = stack.receiver.received_on("/hooks/flaky").len() - paused_at;
+    // Unpaused it would have tried about 30 times in 3.5 s; paused, about 3.
+    assert!((1..=6).contains(&probes), "{probes} attempts while paused");
+    stack
+        .receiver
+        .default_reply("/hooks/flaky", Reply::Status(200));
+    assert_eq!(
+        stack
+            .wait_metric(
+                "taphook_deliveries_total{outcome=\"delivered\",webhook=\"flaky\"}",
+                1.0
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        stack
+            .wait_metric("taphook_webhook_paused{webhook=\"flaky\"}", 0.0)
+            .await,
+        0.0
+    );
+}

@@ -24,6 +24,9 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::app::Shared;
+use crate::rules::write::{self, Change, WriteError};
+use crate::rules::Rules;
+use std::path::Path as FsPath;
 
 /// Request bodies larger than this are refused.
 const MAX_BODY_BYTES: usize = 1 << 20;
@@ -198,6 +201,59 @@ fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
             format!("the body is not valid JSON: {e}"),
         )
     })
+}
+
+/// Under the admin lock: plans the change against the current rules,
+/// checks the directory with it, writes it, and switches the running rules.
+pub(crate) async fn change<F>(shared: &Arc<Shared>, plan: F) -> Result<Arc<Rules>, ApiError>
+where
+    F: FnOnce(&Rules, &FsPath) -> Result<Vec<Change>, ApiError> + Send + 'static,
+{
+    let _one_at_a_time = shared.admin_writes.lock().await;
+    let current = shared.rules.load_full();
+    let dir = shared.config.rules_dir.clone();
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Rules, ApiError> {
+        let changes = plan(&current, &dir)?;
+        let rules = write::validate(&dir, &changes).map_err(invalid)?;
+        write::apply(&changes).map_err(|e| ApiError::internal(WriteError::Io(e).to_string()))?;
+        Ok(rules)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the change was interrupted: {e}")))??;
+    let rules = Arc::new(outcome);
+    shared
+        .metrics
+        .init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));
+    shared.rules.store(rules.clone());
+    shared
+        .metrics
+        .rules_reloads
+        .with_label_values(&["success"])
+        .inc();
+    tracing::info!("rules changed through the admin API");
+    Ok(rules)
+}
+
+fn invalid(e: WriteError) -> ApiError {
+    match e {
+        // A subscriber without the publisher's permission: forbidden.
+        WriteError::Invalid(problems) if problems.0.iter().all(|p| p.reason.contains("holds none of app")) => {
+            let message = problems.0.iter().map(|p| p.reason.clone()).collect::<Vec<_>>().join("; ");
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+                .with_problems(problems.0.iter().map(ToString::to_string).collect())
+        }
+        WriteError::Invalid(problems) => {
+            let message = problems
+                .0
+                .iter()
+                .map(|p| p.reason.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+                .with_problems(problems.0.iter().map(ToString::to_string).collect())
+        }
+        e @ WriteError::Io(_) => ApiError::internal(e.to_string()),
+    }
 }
 
 #[async_trait]

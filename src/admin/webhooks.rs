@@ -18,10 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{parse_json, ApiError};
+use super::{change, parse_json, ApiError};
 use crate::app::Shared;
 use crate::rules::model::{Assignment, EventSelector, Webhook};
-use crate::rules::write::{self, Change, WriteError};
+use crate::rules::write::{self, Change};
 use crate::rules::Rules;
 
 /// What the API shows of a webhook: the secret masked, the URL without
@@ -279,49 +279,3 @@ fn file_text(raw: &Map<String, Value>) -> String {
     serde_json::to_string_pretty(&json!({"webhooks": [raw]})).unwrap_or_default() + "\n"
 }
 
-/// Under the admin lock: plans the change against the current rules,
-/// checks the directory with it, writes it, and switches the running rules.
-async fn change<F>(shared: &Arc<Shared>, plan: F) -> Result<Arc<Rules>, ApiError>
-where
-    F: FnOnce(&Rules, &FsPath) -> Result<Vec<Change>, ApiError> + Send + 'static,
-{
-    let _one_at_a_time = shared.admin_writes.lock().await;
-    let current = shared.rules.load_full();
-    let dir = shared.config.rules_dir.clone();
-    let outcome = tokio::task::spawn_blocking(move || -> Result<Rules, ApiError> {
-        let changes = plan(&current, &dir)?;
-        let rules = write::validate(&dir, &changes).map_err(invalid)?;
-        write::apply(&changes).map_err(|e| ApiError::internal(WriteError::Io(e).to_string()))?;
-        Ok(rules)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the change was interrupted: {e}")))??;
-    let rules = Arc::new(outcome);
-    shared
-        .metrics
-        .init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));
-    shared.rules.store(rules.clone());
-    shared
-        .metrics
-        .rules_reloads
-        .with_label_values(&["success"])
-        .inc();
-    tracing::info!("rules changed through the admin API");
-    Ok(rules)
-}
-
-fn invalid(e: WriteError) -> ApiError {
-    match e {
-        WriteError::Invalid(problems) => {
-            let message = problems
-                .0
-                .iter()
-                .map(|p| p.reason.clone())
-                .collect::<Vec<_>>()
-                .join("; ");
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
-                .with_problems(problems.0.iter().map(ToString::to_string).collect())
-        }
-        e @ WriteError::Io(_) => ApiError::internal(e.to_string()),
-    }
-}

@@ -80,6 +80,7 @@ impl Dispatcher {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut schedulers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut last_sweep = Instant::now() - Duration::from_secs(3600);
+        let mut last_gauges = Instant::now() - Duration::from_secs(3600);
         loop {
             schedulers.retain(|_, h| !h.is_finished());
             for w in self.shared.rules.load().webhooks.iter() {
@@ -92,7 +93,11 @@ impl Dispatcher {
                     );
                 }
             }
-            self.refresh_gauges();
+            // Counting a large outbox is not free: every 2 s is enough.
+            if last_gauges.elapsed() >= Duration::from_secs(2) {
+                last_gauges = Instant::now();
+                self.refresh_gauges();
+            }
             if last_sweep.elapsed() > Duration::from_secs(60) {
                 last_sweep = Instant::now();
                 let cutoff = now_ms() - self.shared.config.events_retention.as_millis() as i64;
@@ -344,6 +349,7 @@ impl Dispatcher {
             if state.failing_since.is_some() || state.paused {
                 if state.paused {
                     tracing::info!(webhook = %key, "webhook answers again; unpaused");
+                    metrics.webhook_paused.with_label_values(&[key]).set(0);
                 }
                 state.failing_since = None;
                 state.paused = false;
