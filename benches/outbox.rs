@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use taphook::event::Event;
-use taphook::store::sqlite::{now_ms, StoredEvent, Store};
+use taphook::store::sqlite::{now_ms, Store, StoredEvent};
 
 fn event(i: usize) -> StoredEvent {
     StoredEvent {
@@ -28,7 +28,13 @@ fn event(i: usize) -> StoredEvent {
             data: json!({"validation_error_counts": {"total": 3, "by_column": {"email": {"invalid_email": 3}}}}),
             created_at: now_ms() as f64 / 1000.0,
         },
-        session: Some(serde_json::from_value(json!({"webhook_keys": ["event_webhook"], "template_key": "contacts"})).unwrap()),
+        session: Some(
+            serde_json::from_value(
+                json!({"webhook_keys": ["event_webhook"], "template_key": "contacts"}),
+            )
+            .unwrap(),
+        ),
+        registered: None,
     }
 }
 
@@ -46,7 +52,13 @@ fn accept(store: &Store, from: usize, n: usize, commit_each: bool) -> f64 {
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn main() {
@@ -54,7 +66,10 @@ fn main() {
         println!("outbox: run with `cargo bench --bench outbox`");
         return;
     }
-    let pending: usize = std::env::var("OUTBOX_BENCH_PENDING").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let pending: usize = std::env::var("OUTBOX_BENCH_PENDING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
     let data = dir.path().join("data");
 
@@ -73,20 +88,29 @@ fn main() {
     drop(store);
     let t = Instant::now();
     let store = Store::open(&data).unwrap();
-    let first = store.due("event_webhook", now_ms() + 1, 16, &HashSet::new()).unwrap();
+    let first = store
+        .due("event_webhook", now_ms() + 1, 16, &HashSet::new())
+        .unwrap();
     let recovery = t.elapsed();
     assert_eq!(first.len(), 16);
     let t = Instant::now();
     let counts = store.counts().unwrap();
     let count_time = t.elapsed();
-    assert_eq!(counts.iter().map(|c| c.2).sum::<i64>() as usize, pending.max(102_000));
+    assert_eq!(
+        counts.iter().map(|c| c.2).sum::<i64>() as usize,
+        pending.max(102_000)
+    );
     store.close();
     drop(store);
 
     // 3. taphook itself on that data directory, the receiver down.
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     std::fs::write(
         rules.join("hooks.yaml"),
         format!(
@@ -94,7 +118,13 @@ fn main() {
         ),
     )
     .unwrap();
-    let port = |_: ()| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     let config = dir.path().join("taphook.yaml");
     let mut f = std::fs::File::create(&config).unwrap();
     writeln!(f, "listen: 127.0.0.1:{}\nupstream: http://127.0.0.1:{closed}\nadmin_listen: 127.0.0.1:{}\nrules_dir: rules\ndata_dir: data\nthreads: 2", port(()), port(())).unwrap();
@@ -122,9 +152,18 @@ fn main() {
     println!("| measure | value |");
     println!("| --- | --- |");
     println!("| accept, one commit per delivery (baseline) | {single:.0} deliveries/s |");
-    println!("| accept, group commit | {grouped:.0} deliveries/s ({:.0}x the baseline) |", grouped / single);
-    println!("| restart with {pending} pending: open + first due batch | {:.0} ms |", recovery.as_secs_f64() * 1000.0);
-    println!("| counting {pending} deliveries by webhook and state (gauges) | {:.0} ms |", count_time.as_secs_f64() * 1000.0);
+    println!(
+        "| accept, group commit | {grouped:.0} deliveries/s ({:.0}x the baseline) |",
+        grouped / single
+    );
+    println!(
+        "| restart with {pending} pending: open + first due batch | {:.0} ms |",
+        recovery.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| counting {pending} deliveries by webhook and state (gauges) | {:.0} ms |",
+        count_time.as_secs_f64() * 1000.0
+    );
     println!("| taphook peak RSS, receiver down, {pending} pending, 30 s (at 10/20/30 s) | {} MiB ({} MiB) |", peak / 1024,
         samples.iter().map(ToString::to_string).collect::<Vec<_>>().join(" / "));
 }

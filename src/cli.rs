@@ -233,6 +233,7 @@ fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {
         event,
         session,
         derived_at: std::time::Instant::now(),
+        registered: None,
     };
     for d in fan_out(&derived, &rules) {
         let why = match &d.verdict {

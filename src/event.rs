@@ -37,6 +37,9 @@ pub struct DerivedEvent {
     pub session: Option<Map<String, Value>>,
     /// When the exchange that produced it completed, for latency metrics.
     pub derived_at: std::time::Instant,
+    /// For a delivery through a registered event (OS1): its name, topic,
+    /// app and filled-in `get_api_path`.
+    pub registered: Option<Value>,
 }
 
 impl DerivedEvent {

@@ -73,15 +73,20 @@ impl Pipeline {
         if let Some(key) = session_key(&event.event.embed_id) {
             self.shared.events.append(&key, &event.event);
         }
-        let mut stored: Option<StoredEvent> = None;
         for decision in fan_out(&event, rules) {
             match decision.verdict {
                 Verdict::Deliver => {
-                    let stored = stored.get_or_insert_with(|| StoredEvent {
+                    let registered = decision
+                        .registered
+                        .as_ref()
+                        .and_then(|name| rules.registered.iter().find(|r| &r.name == name))
+                        .map(|r| r.reference(&event));
+                    let stored = StoredEvent {
                         event: event.event.clone(),
                         session: event.session.clone(),
-                    });
-                    if let Err(e) = self.store.insert_delivery(&decision.webhook.key, stored) {
+                        registered,
+                    };
+                    if let Err(e) = self.store.insert_delivery(&decision.webhook.key, &stored) {
                         metrics
                             .events_dropped
                             .with_label_values(&["store_unavailable"])

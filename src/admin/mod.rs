@@ -5,6 +5,7 @@
 mod deliveries;
 pub use deliveries::parse_since_text;
 mod events;
+mod registry;
 mod webhooks;
 
 use std::sync::atomic::Ordering;
@@ -53,6 +54,23 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/v1/event-webhooks",
             get(webhooks::list).post(webhooks::create),
+        )
+        .route("/v1/apps", axum::routing::post(registry::create_app))
+        .route(
+            "/v1/apps/{id}",
+            get(registry::show_app).put(registry::update_app),
+        )
+        .route(
+            "/v1/topics/{topic}/events",
+            get(registry::list_events).post(registry::register),
+        )
+        .route(
+            "/v1/topics/{topic}/events/bulk-delete",
+            axum::routing::post(registry::bulk_delete),
+        )
+        .route(
+            "/v1/topics/{topic}/events/{name}",
+            axum::routing::put(registry::update_event),
         )
         .route("/v1/deliveries", get(deliveries::list))
         .route(
@@ -237,8 +255,18 @@ where
 fn invalid(e: WriteError) -> ApiError {
     match e {
         // A subscriber without the publisher's permission: forbidden.
-        WriteError::Invalid(problems) if problems.0.iter().all(|p| p.reason.contains("holds none of app")) => {
-            let message = problems.0.iter().map(|p| p.reason.clone()).collect::<Vec<_>>().join("; ");
+        WriteError::Invalid(problems)
+            if problems
+                .0
+                .iter()
+                .all(|p| p.reason.contains("holds none of app")) =>
+        {
+            let message = problems
+                .0
+                .iter()
+                .map(|p| p.reason.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
             ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
                 .with_problems(problems.0.iter().map(ToString::to_string).collect())
         }

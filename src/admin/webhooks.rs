@@ -278,4 +278,3 @@ fn managed(
 fn file_text(raw: &Map<String, Value>) -> String {
     serde_json::to_string_pretty(&json!({"webhooks": [raw]})).unwrap_or_default() + "\n"
 }
-

@@ -258,6 +258,7 @@ impl Dispatcher {
             event: due.event.event.clone(),
             session: due.event.session.clone(),
             derived_at: Instant::now(),
+            registered: due.event.registered.clone(),
         };
         let requests = formats::requests(webhook, &event);
         let Some(request) = requests.get(due.part as usize) else {

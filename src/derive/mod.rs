@@ -169,6 +169,7 @@ impl Deriver {
             event,
             session: session.map(|s| s.fields),
             derived_at: Instant::now(),
+            registered: None,
         })
     }
 }

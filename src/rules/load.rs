@@ -524,7 +524,9 @@ impl Loader {
             description: raw.description,
             event_type: raw.event_type,
             filter,
+            filter_logic: raw.filter,
             get_api_path: raw.get_api_path,
+            kind: raw.kind,
             origin,
         });
     }

@@ -237,8 +237,55 @@ pub struct RegisteredEvent {
     pub description: Option<String>,
     pub event_type: String,
     pub filter: Option<Expr>,
+    /// The filter as written (`filterLogic`), for showing it.
+    pub filter_logic: Option<serde_json::Value>,
     pub get_api_path: Option<String>,
+    /// OS1's `type` (e.g. `users`).
+    pub kind: Option<String>,
     pub origin: Origin,
+}
+
+impl RegisteredEvent {
+    /// `get_api_path` with each `{field}` filled from the event: an
+    /// envelope field, else a field of its data, else of its session.
+    pub fn api_path_for(&self, event: &crate::event::DerivedEvent) -> Option<String> {
+        let template = self.get_api_path.as_ref()?;
+        let envelope = serde_json::to_value(&event.event).unwrap_or_default();
+        let lookup = |name: &str| -> Option<String> {
+            let v = envelope
+                .get(name)
+                .filter(|v| !v.is_null())
+                .or_else(|| event.event.data.get(name))
+                .or_else(|| event.session.as_ref().and_then(|s| s.get(name)))?;
+            Some(match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        };
+        let mut out = String::new();
+        let mut rest = template.as_str();
+        while let Some(start) = rest.find('{') {
+            let Some(end) = rest[start..].find('}') else {
+                break;
+            };
+            out.push_str(&rest[..start]);
+            let name = &rest[start + 1..start + end];
+            out.push_str(&lookup(name).unwrap_or_else(|| format!("{{{name}}}")));
+            rest = &rest[start + end + 1..];
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+
+    /// What a delivery through this registered event carries of it.
+    pub fn reference(&self, event: &crate::event::DerivedEvent) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "topic": self.topic,
+            "app": self.app,
+            "get_api_path": self.api_path_for(event),
+        })
+    }
 }
 
 /// Names that must be unique across the directory, by kind.

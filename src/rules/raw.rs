@@ -129,4 +129,7 @@ pub struct RawRegisteredEvent {
     pub filter: Option<Value>,
     #[serde(default)]
     pub get_api_path: Option<String>,
+    /// OS1's `type` (e.g. `users`).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
 }

@@ -102,6 +102,9 @@ pub struct StoredEvent {
     pub event: Event,
     #[serde(default)]
     pub session: Option<Map<String, Value>>,
+    /// Set when delivered through a registered event (OS1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered: Option<Value>,
 }
 
 /// A delivery's state.
@@ -810,6 +813,7 @@ mod tests {
                 created_at: now_ms() as f64 / 1000.0,
             },
             session: None,
+            registered: None,
         }
     }
 

@@ -8,8 +8,13 @@ use http::header::HeaderValue;
 use super::{json_request, Outgoing};
 use crate::event::DerivedEvent;
 
+/// The envelope; a delivery through a registered event (OS1) also
+/// carries `registered_event` (`name`, `topic`, `app`, `get_api_path`).
 pub fn request(event: &DerivedEvent) -> Outgoing {
-    let body = serde_json::to_value(&event.event).unwrap_or_default();
+    let mut body = serde_json::to_value(&event.event).unwrap_or_default();
+    if let (Some(r), serde_json::Value::Object(m)) = (&event.registered, &mut body) {
+        m.insert("registered_event".into(), r.clone());
+    }
     json_request(event.event.uuid.clone(), &body)
 }
 
