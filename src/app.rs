@@ -267,9 +267,57 @@ impl ShutdownSignalWatch for ChannelSignal {
     }
 }
 
-/// Reloads the rules on SIGHUP.
+/// Reloads the rules on SIGHUP and when a file in the rules directory
+/// changes (changes within 250 ms make one reload).
 struct Reloader {
     shared: Arc<Shared>,
+}
+
+/// Changes closer together than this make one reload.
+const RELOAD_SETTLE: Duration = Duration::from_millis(250);
+
+impl Reloader {
+    async fn reload(&self) {
+        // One change at a time: an admin API write cannot be undone by a
+        // reload that read the directory before it.
+        let _one_at_a_time = self.shared.admin_writes.lock().await;
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.reload_rules()).await;
+    }
+
+    /// Watches the rules directory; file events arrive on the channel.
+    fn watch(
+        &self,
+    ) -> Option<(
+        notify::RecommendedWatcher,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    )> {
+        use notify::Watcher as _;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let handler = move |event: notify::Result<notify::Event>| {
+            let relevant = event.is_ok_and(|e| {
+                !e.kind.is_access()
+                    && e.paths.iter().any(|p| {
+                        !p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with('.'))
+                    })
+            });
+            if relevant {
+                let _ = tx.send(());
+            }
+        };
+        let dir = &self.shared.config.rules_dir;
+        let watcher = notify::recommended_watcher(handler)
+            .and_then(|mut w| w.watch(dir, notify::RecursiveMode::Recursive).map(|()| w));
+        match watcher {
+            Ok(w) => Some((w, rx)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; reload with SIGHUP");
+                None
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -280,14 +328,18 @@ impl BackgroundService for Reloader {
             tracing::warn!("cannot watch SIGHUP; rules reload by signal is off");
             return;
         };
+        let (_watcher, mut changes) = match self.watch() {
+            Some((w, rx)) => (Some(w), rx),
+            None => (None, tokio::sync::mpsc::unbounded_channel().1),
+        };
         loop {
             tokio::select! {
-                _ = hup.recv() => {
-                    // One change at a time: an admin API write cannot be
-                    // undone by a reload that read the directory before it.
-                    let _one_at_a_time = self.shared.admin_writes.lock().await;
-                    let shared = self.shared.clone();
-                    let _ = tokio::task::spawn_blocking(move || shared.reload_rules()).await;
+                _ = hup.recv() => self.reload().await,
+                Some(()) = changes.recv() => {
+                    // Let an editor finish writing, then reload once.
+                    tokio::time::sleep(RELOAD_SETTLE).await;
+                    while changes.try_recv().is_ok() {}
+                    self.reload().await;
                 }
                 _ = shutdown.changed() => break,
             }

@@ -452,15 +452,20 @@ pub async fn update_event(
             &format!("event `{event_name}`"),
             &event.origin,
         )?;
-        let mut raw = read_object(&path, "events")?;
-        let mut merged = details.clone();
+        read_object(&path, "events")?;
+        // The event as it is, in OS1's names, with the given details over it.
+        let mut merged = event_view(event).as_object().cloned().unwrap_or_default();
+        merged.remove("topic");
+        merged.retain(|_, v| !v.is_null());
+        for (k, v) in &details {
+            if v.is_null() {
+                merged.remove(k);
+            } else {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
         merged.insert("name".into(), json!(event_name));
-        for (k, v) in event_object(&topic, Some(&event.app), None, &merged)? {
-            raw.insert(k, v);
-        }
-        if details.get("description").is_some_and(Value::is_null) {
-            raw.remove("description");
-        }
+        let raw = event_object(&topic, Some(&event.app), None, &merged)?;
         Ok(vec![Change::Write(path, file("events", raw))])
     })
     .await?;

@@ -191,6 +191,11 @@ impl Stack {
         }
     }
 
+    /// The taphook process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Is the taphook process still running?
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
