@@ -29,6 +29,9 @@ use crate::rules::write::{self, Change, WriteError};
 use crate::rules::Rules;
 use std::path::Path as FsPath;
 
+/// The OpenAPI 3.1 document of this API (`docs/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
 /// Request bodies larger than this are refused.
 const MAX_BODY_BYTES: usize = 1 << 20;
 
@@ -100,6 +103,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
