@@ -15,20 +15,7 @@ fn config(extra: &str) -> String {
 }
 
 async fn api(stack: &Stack, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = stack
-        .client
-        .request(
-            method.parse().unwrap(),
-            format!("http://{}{}", stack.admin, path),
-        )
-        .bearer_auth(TOKEN);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    stack.api(TOKEN, method, path, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,18 +43,7 @@ fn pings(received: &[taphook::demo::receiver::Recorded]) -> Vec<String> {
 }
 
 async fn api(stack: &Stack, method: &str, path: &str) -> (u16, Value) {
-    let resp = stack
-        .client
-        .request(
-            method.parse().unwrap(),
-            format!("http://{}{}", stack.admin, path),
-        )
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    stack.api(TOKEN, method, path, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

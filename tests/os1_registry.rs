@@ -12,19 +12,7 @@ use serde_json::{json, Value};
 const TOKEN: &str = "t0k";
 
 async fn api(stack: &Stack, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = stack
-        .client
-        .request(
-            method.parse().unwrap(),
-            format!("http://{}{}", stack.admin, path),
-        )
-        .bearer_auth(TOKEN);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    stack.api(TOKEN, method, path, body).await
 }
 
 fn config() -> String {

@@ -17,7 +17,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_json, ApiError};
+use super::{page_limit, parse_json, ApiError};
 use crate::app::Shared;
 use crate::store::sqlite::{Filter, State as DeliveryState, WebhookState};
 
@@ -52,17 +52,7 @@ pub async fn list(
             ))
         }
     };
-    let limit = q
-        .limit
-        .as_deref()
-        .map_or(Ok(DEFAULT_LIMIT), str::parse::<usize>)
-        .unwrap_or(0);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(bad(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
+    let limit = page_limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = match q.cursor.as_deref() {
         None => 0,
         Some(c) => decode_cursor(c)

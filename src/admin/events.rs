@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error;
+use super::{page_limit, ApiError};
 use crate::app::Shared;
 
 const DEFAULT_LIMIT: usize = 100;
@@ -29,44 +29,36 @@ pub async fn list(
     State(shared): State<Arc<Shared>>,
     Path(embed_id): Path<String>,
     Query(page): Query<Page>,
-) -> Response {
-    let limit = match page.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(text) => text.parse().unwrap_or(0),
-    };
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_limit",
-            &format!("limit must be between 1 and {MAX_LIMIT}"),
-        );
-    }
-    let from = match page.cursor.as_deref().map(decode_cursor) {
+) -> Result<Response, ApiError> {
+    let limit = page_limit(page.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    let from = match page.cursor.as_deref() {
         None => 0,
-        Some(Some(seq)) => seq,
-        Some(None) => {
-            return error(
+        Some(c) => decode_cursor(c).ok_or_else(|| {
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_cursor",
                 "cursor is not one this API returned",
             )
-        }
+        })?,
     };
-    let Some(mut logged) = shared.events.list(&embed_id, from, limit + 1) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no events for this embed (unknown, or past the retention)",
-        );
-    };
+    let mut logged = shared
+        .events
+        .list(&embed_id, from, limit + 1)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no events for this embed (unknown, or past the retention)",
+            )
+        })?;
     let next = (logged.len() > limit).then(|| logged.remove(limit).seq);
     let events: Vec<_> = logged.into_iter().map(|l| l.event).collect();
-    Json(json!({
+    Ok(Json(json!({
         "events": events,
         "next_cursor": next.map(encode_cursor),
         "has_next_page": next.is_some(),
     }))
-    .into_response()
+    .into_response())
 }
 
 fn encode_cursor(seq: u64) -> String {

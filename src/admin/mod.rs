@@ -217,6 +217,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A page size from the query: `default` when absent, else 1 to `max`.
+fn page_limit(text: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let limit = text.map_or(Ok(default), str::parse::<usize>).unwrap_or(0);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            format!("limit must be between 1 and {max}"),
+        ))
+    }
+}
+
 /// A JSON body, or a 400 in the admin API's shape.
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{change, parse_json, ApiError};
+use super::{change, page_limit, parse_json, ApiError};
 use crate::app::Shared;
 use crate::rules::model::{App, RegisteredEvent};
 use crate::rules::write::{escape_env, Change};
@@ -369,17 +369,7 @@ pub async fn list_events(
     Query(page): Query<Page>,
 ) -> Result<Response, ApiError> {
     check_topic(&topic)?;
-    let limit = page
-        .limit
-        .as_deref()
-        .map_or(Ok(DEFAULT_LIMIT), str::parse::<usize>)
-        .unwrap_or(0);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(bad(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
+    let limit = page_limit(page.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = match page.next_page.as_deref() {
         None => None,
         Some(c) => Some(

@@ -191,6 +191,31 @@ impl Stack {
         }
     }
 
+    /// An admin API call with a bearer token; the status and the JSON body
+    /// (`Null` when it is not JSON).
+    pub async fn api(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(
+                method.parse().unwrap(),
+                format!("http://{}{}", self.admin, path),
+            )
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     /// The taphook process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
