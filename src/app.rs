@@ -139,6 +139,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         }
     };
     let delivering = deliver_rt.spawn(dispatcher.supervise(deliveries_stopped, drain));
+    let deriving = deliver_rt.spawn(Pipeline::new(shared.clone()).run(rx));
     let stop_watch = StopWatch {
         stop_deliveries,
         fast: fast_stop,
@@ -148,7 +149,8 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         threads: shared.config.threads,
         ..ServerConf::default()
     };
-    conf.grace_period_seconds = Some(0);
+    // On SIGTERM, requests in flight get this long before the runtimes stop.
+    conf.grace_period_seconds = Some(shared.config.shutdown_grace.as_secs_f64().ceil() as u64);
     // Past the dispatcher's own drain deadline, so in-flight deliveries
     // get their time before the runtimes stop.
     conf.graceful_shutdown_timeout_seconds =
@@ -161,10 +163,6 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
-    server.add_service(background_service(
-        "pipeline",
-        Pipeline::new(shared.clone(), rx),
-    ));
     let signal: Box<dyn ShutdownSignalWatch> = match stop {
         Stop::Signals => {
             let signals: Box<dyn ShutdownSignalWatch> = Box::new(Signals { stop: stop_watch });
@@ -189,8 +187,11 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     server.run(RunArgs {
         shutdown_signal: signal,
     });
-    // In-flight deliveries finish (up to the deadline); the rest stays in
-    // the outbox. Then everything queued is committed.
+    // The proxy is gone, and with it the tap's sender: the pipeline
+    // derives what is left. In-flight deliveries finish (up to the
+    // deadline); the rest stays in the outbox. Then everything is committed.
+    let _ = deliver_rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), deriving).await });
     let _ = deliver_rt.block_on(delivering);
     deliver_rt.shutdown_timeout(Duration::from_secs(1));
     store.close();

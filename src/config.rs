@@ -33,6 +33,8 @@ pub struct Config {
     pub delivery: Delivery,
     pub jwt_hs256_secret: Option<Secret>,
     pub threads: usize,
+    /// On SIGTERM, how long proxied requests in flight may finish.
+    pub shutdown_grace: Duration,
 }
 
 /// The importer service taphook forwards to.
@@ -92,6 +94,8 @@ struct RawConfig {
     jwt: RawJwt,
     #[serde(default)]
     threads: Option<usize>,
+    #[serde(default)]
+    shutdown_grace: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +260,7 @@ impl Config {
                 .hs256_secret
                 .filter(|s| !s.is_empty())
                 .map(Secret::new),
+            shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(1), |d| d.0),
             threads: raw
                 .threads
                 .unwrap_or_else(|| {

@@ -4,11 +4,8 @@
 //! seen in order. Deliveries are written to the outbox (group-committed
 //! by the store); the deliver stage takes them from there.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
 use crate::app::Shared;
@@ -22,14 +19,13 @@ use crate::store::sqlite::{Store, StoredEvent};
 
 pub struct Pipeline {
     shared: Arc<Shared>,
-    receiver: Mutex<Option<mpsc::Receiver<Exchange>>>,
     deriver: Deriver,
     dedup: Dedup,
     store: Arc<Store>,
 }
 
 impl Pipeline {
-    pub fn new(shared: Arc<Shared>, receiver: mpsc::Receiver<Exchange>) -> Self {
+    pub fn new(shared: Arc<Shared>) -> Self {
         let config = &shared.config;
         Self {
             deriver: Deriver {
@@ -41,7 +37,6 @@ impl Pipeline {
             },
             dedup: Dedup::new(config.dedup_capacity, config.dedup_ttl),
             store: shared.store.clone(),
-            receiver: Mutex::new(Some(receiver)),
             shared,
         }
     }
@@ -114,31 +109,13 @@ impl Pipeline {
     }
 }
 
-#[async_trait]
-impl BackgroundService for Pipeline {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(mut receiver) = self
-            .receiver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                next = receiver.recv() => match next {
-                    Some(exchange) => self.process(&exchange),
-                    None => break,
-                },
-                _ = shutdown.changed() => {
-                    // Finish what the tap already handed over.
-                    while let Ok(exchange) = receiver.try_recv() {
-                        self.process(&exchange);
-                    }
-                    break;
-                }
-            }
+impl Pipeline {
+    /// Processes exchanges until every sender (the tap) is gone, so an
+    /// exchange the proxy finished during shutdown is still derived.
+    pub async fn run(self, mut receiver: mpsc::Receiver<Exchange>) {
+        while let Some(exchange) = receiver.recv().await {
+            self.process(&exchange);
         }
+        tracing::debug!("pipeline drained");
     }
 }

@@ -175,15 +175,31 @@ async fn a_restart_keeps_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_schedule_survives_a_restart() {
-    let mut stack = Stack::with_rules(ping_rules("later", "    retry: { backoff: [3s] }\n")).await;
+    let mut stack = Stack::start(Setup {
+        rules: ping_rules("later", "    retry: { backoff: [3s] }\n"),
+        config: &format!("admin_token: {TOKEN}\n"),
+        ..Default::default()
+    })
+    .await;
     stack.receiver.script("/hooks/later", &[Reply::Status(429)]);
     ping(&stack, 1).await;
     let first = stack
         .receiver
         .wait_for("/hooks/later", 1, Duration::from_secs(10))
         .await;
-    // The schedule is committed before the attempt is reported done.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the failed attempt and its schedule are on disk.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, failed) = api(&stack, "GET", "/v1/deliveries?state=failed&webhook=later").await;
+        if failed["deliveries"]
+            .as_array()
+            .is_some_and(|d| d.len() == 1 && d[0]["attempts"] == 1)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{failed}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     stack.restart().await;
     let got = stack
         .receiver

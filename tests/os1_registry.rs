@@ -373,12 +373,13 @@ async fn hot_reload_under_traffic_loses_nothing_and_a_broken_edit_keeps_the_old_
     })
     .await;
     let stack = Arc::new(stack);
-    const N: usize = 300;
+    // Requests flow until the reloads are done.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
-        let stack = stack.clone();
+        let (stack, stop) = (stack.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut ok = 0;
-            for _ in 0..N {
+            let (mut sent, mut ok) = (0usize, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent < 50 {
                 let r = stack
                     .client
                     .post(stack.url("/v1/embeds"))
@@ -386,9 +387,10 @@ async fn hot_reload_under_traffic_loses_nothing_and_a_broken_edit_keeps_the_old_
                     .send()
                     .await
                     .unwrap();
+                sent += 1;
                 ok += usize::from(r.status() == 200);
             }
-            ok
+            (sent, ok)
         })
     };
     let rules = stack.rules_dir();
@@ -404,32 +406,41 @@ async fn hot_reload_under_traffic_loses_nothing_and_a_broken_edit_keeps_the_old_
     )
     .replace("{receiver}", &stack.receiver.url(""));
     std::fs::write(rules.join("second.yaml"), second).unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        api(&stack, "GET", "/v1/event-webhooks/second", None)
-            .await
-            .0,
-        200,
-        "the new file was loaded"
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while api(&stack, "GET", "/v1/event-webhooks/second", None)
+        .await
+        .0
+        != 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new file was never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // A SIGHUP while requests flow: one more successful reload.
+    let reloads = "taphook_rules_reloads_total{result=\"success\"}";
+    let before = stack.metric(reloads).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &stack.pid().to_string()])
+        .status();
+    assert_eq!(stack.wait_metric(reloads, before + 1.0).await, before + 1.0);
     // A broken edit: the old rules stay, the failure is counted.
     std::fs::write(rules.join("broken.yaml"), "webhooks:\n  - key: [unclosed\n").unwrap();
-    assert!(
+    assert_eq!(
         stack
             .wait_metric("taphook_rules_reloads_total{result=\"error\"}", 1.0)
-            .await
-            >= 1.0
+            .await,
+        1.0
     );
-    // And a SIGHUP in the middle of it all.
-    let _ = std::process::Command::new("kill")
-        .args(["-HUP", &stack_pid(&stack)])
-        .status();
-    assert_eq!(traffic.await.unwrap(), N, "every request was answered");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, ok) = traffic.await.unwrap();
+    assert_eq!(ok, sent, "every request was answered");
     let got = stack
         .receiver
-        .wait_for("/hooks/first", N, Duration::from_secs(20))
+        .wait_for("/hooks/first", sent, Duration::from_secs(30))
         .await;
-    assert_eq!(got.len(), N, "no event lost across reloads");
+    assert_eq!(got.len(), sent, "no event lost across reloads");
     assert_eq!(
         api(&stack, "GET", "/v1/event-webhooks/second", None)
             .await
@@ -442,8 +453,4 @@ async fn hot_reload_under_traffic_loses_nothing_and_a_broken_edit_keeps_the_old_
         "{}",
         stack.log()
     );
-}
-
-fn stack_pid(stack: &Stack) -> String {
-    stack.pid().to_string()
 }

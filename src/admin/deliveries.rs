@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::{page_limit, parse_json, ApiError};
 use crate::app::Shared;
-use crate::store::sqlite::{Filter, State as DeliveryState, WebhookState};
+use crate::store::sqlite::{Filter, State as DeliveryState, WebhookChange};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -153,7 +153,7 @@ pub async fn enable(
     }
     shared
         .store
-        .set_webhook_state(&key, WebhookState::default())
+        .webhook_change(&key, WebhookChange::Enable)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     shared
         .metrics

@@ -23,6 +23,7 @@ use crate::app::Shared;
 use crate::rules::model::{Assignment, EventSelector, Webhook};
 use crate::rules::write::{self, Change};
 use crate::rules::Rules;
+use crate::store::sqlite::WebhookChange;
 
 /// What the API shows of a webhook: the secret masked, the URL without
 /// credentials or query.
@@ -97,6 +98,8 @@ pub async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Re
         )])
     })
     .await?;
+    // A new webhook starts clean, even if an old one had its key.
+    store_change(&shared, &shown, WebhookChange::Enable);
     shown_as(&rules, &shown, &shared, StatusCode::CREATED)
 }
 
@@ -129,6 +132,7 @@ pub async fn update(
     }
     check_key(&new_key)?;
     let shown = new_key.clone();
+    let old_key = key.clone();
     let rules = change(&shared, move |rules, dir| {
         let (path, mut raw) = managed(rules, dir, &key)?;
         for (k, v) in escaped(patch) {
@@ -155,6 +159,10 @@ pub async fn update(
         Ok(changes)
     })
     .await?;
+    if shown != old_key {
+        // The backlog and the delivery state follow the new key.
+        store_change(&shared, &old_key, WebhookChange::Rename(shown.clone()));
+    }
     shown_as(&rules, &shown, &shared, StatusCode::OK)
 }
 
@@ -162,12 +170,21 @@ pub async fn delete(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
+    let deleted = key.clone();
     change(&shared, move |rules, dir| {
         let (path, _) = managed(rules, dir, &key)?;
         Ok(vec![Change::Remove(path)])
     })
     .await?;
+    // What was still waiting for it becomes dead letters (replayable).
+    store_change(&shared, &deleted, WebhookChange::Delete);
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn store_change(shared: &Shared, key: &str, change: WebhookChange) {
+    if let Err(e) = shared.store.webhook_change(key, change) {
+        tracing::error!(webhook = %key, error = %e, "webhook state not updated");
+    }
 }
 
 fn not_found(key: &str) -> ApiError {

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use crate::app::Shared;
 use crate::event::DerivedEvent;
 use crate::rules::model::Webhook;
-use crate::store::sqlite::{now_ms, Due, State, Store, WebhookState};
+use crate::store::sqlite::{now_ms, Due, State, Store, WebhookChange, WebhookState};
 use formats::Outgoing;
 use retry::{parse_retry_after, Attempt};
 
@@ -203,9 +203,10 @@ impl Dispatcher {
                                 in_flight.insert(d.id);
                                 let (this, webhook, tx) =
                                     (self.clone(), webhook.clone(), done_tx.clone());
+                                let probe = state.paused;
                                 tokio::spawn(async move {
                                     let outcome = this.attempt(&webhook, &d).await;
-                                    this.record(&webhook, &d, outcome);
+                                    this.record(&webhook, &d, outcome, probe);
                                     if let Err(e) = this.store.committed_now().await {
                                         tracing::error!(error = %e, "outcome not committed");
                                     }
@@ -219,7 +220,7 @@ impl Dispatcher {
                     }
                 }
             }
-            let wait = self.idle_wait(&key, &state, next_probe, in_flight.len());
+            let wait = self.idle_wait(&key, &state, next_probe, &in_flight);
             tokio::select! {
                 Some(id) = done_rx.recv() => {
                     in_flight.remove(&id);
@@ -237,14 +238,15 @@ impl Dispatcher {
         key: &str,
         state: &WebhookState,
         next_probe: i64,
-        in_flight: usize,
+        busy: &HashSet<i64>,
     ) -> Duration {
+        let in_flight = busy.len();
         let concurrency = self.shared.config.delivery.concurrency_per_webhook;
         if state.disabled.is_some() || in_flight >= concurrency {
             return MAX_IDLE;
         }
         let now = now_ms();
-        let next = match self.store.next_due_at(key) {
+        let next = match self.store.next_due_at(key, busy) {
             Ok(Some(at)) if state.paused => at.max(next_probe),
             Ok(Some(at)) => at,
             _ => return MAX_IDLE,
@@ -333,29 +335,20 @@ impl Dispatcher {
         }
     }
 
-    /// Writes an attempt's outcome back to the outbox.
-    fn record(&self, webhook: &Webhook, due: &Due, outcome: Outcome) {
+    /// Writes an attempt's outcome back to the outbox. A failed probe of
+    /// a paused webhook does not spend the delivery's retries.
+    fn record(&self, webhook: &Webhook, due: &Due, outcome: Outcome, probe: bool) {
         let key = webhook.key.as_str();
         let label = match &outcome.attempt {
             Attempt::Status { status, .. } => status.to_string(),
             Attempt::Timeout => "timeout".into(),
             Attempt::Error(e) => format!("error: {e}"),
         };
-        let store = &self.store;
-        let metrics = &self.shared.metrics;
+        let (store, metrics) = (&self.store, &self.shared.metrics);
         let _ = store.record_attempt(due.id, due.part, &label, outcome.duration, outcome.response);
         let now = now_ms();
-        let mut state = store.webhook_state(key).unwrap_or_default();
         let result = if outcome.attempt.succeeded() {
-            if state.failing_since.is_some() || state.paused {
-                if state.paused {
-                    tracing::info!(webhook = %key, "webhook answers again; unpaused");
-                    metrics.webhook_paused.with_label_values(&[key]).set(0);
-                }
-                state.failing_since = None;
-                state.paused = false;
-                let _ = store.set_webhook_state(key, state);
-            }
+            let _ = store.webhook_change(key, WebhookChange::Success);
             if (due.part as usize) + 1 < outcome.parts {
                 store.update_delivery(due.id, State::Pending, 0, due.part + 1, now, &label)
             } else {
@@ -378,61 +371,57 @@ impl Dispatcher {
             // Gone: the receiver asks us to stop. Deliveries wait.
             tracing::warn!(webhook = %key, "receiver answered 410 Gone; webhook disabled until enabled again");
             metrics.webhook_disabled.with_label_values(&[key]).set(1);
-            state.disabled = Some(format!(
+            let reason = format!(
                 "410 Gone at {}",
                 humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            ));
-            let _ = store.set_webhook_state(key, state);
+            );
+            let _ = store.webhook_change(key, WebhookChange::Disable(reason));
             store.update_delivery(due.id, State::Pending, due.attempts, due.part, now, &label)
         } else {
-            self.note_failure(key, &mut state, now);
-            match webhook.retry.next_delay(&outcome.attempt, due.attempts + 1) {
-                Some(delay) => {
-                    let jitter = fastrand::u64(0..=(delay.as_millis() as u64 / 10));
-                    let next = now + delay.as_millis() as i64 + jitter as i64;
-                    tracing::debug!(webhook = %key, delivery = due.id, attempt = ?outcome.attempt, ?delay, "attempt failed; retrying");
-                    store.update_delivery(
-                        due.id,
-                        State::Pending,
-                        due.attempts + 1,
-                        due.part,
-                        next,
-                        &label,
-                    )
-                }
-                None => {
-                    tracing::warn!(webhook = %key, delivery = due.id, event = %due.event.event.uuid, attempt = ?outcome.attempt, "delivery failed; dead letter");
-                    metrics.deliveries.with_label_values(&[key, "dead"]).inc();
-                    store.update_delivery(
-                        due.id,
-                        State::Dead,
-                        due.attempts + 1,
-                        due.part,
-                        now,
-                        &label,
-                    )
+            let delivery = &self.shared.config.delivery;
+            let _ = store.webhook_change(
+                key,
+                WebhookChange::Failure {
+                    now,
+                    pause_after: delivery.pause_after.as_millis() as i64,
+                },
+            );
+            if probe {
+                let next = now + delivery.probe_interval.as_millis() as i64;
+                store.update_delivery(due.id, State::Pending, due.attempts, due.part, next, &label)
+            } else {
+                match webhook.retry.next_delay(&outcome.attempt, due.attempts + 1) {
+                    Some(delay) => {
+                        let jitter = fastrand::u64(0..=(delay.as_millis() as u64 / 10));
+                        let next = now + delay.as_millis() as i64 + jitter as i64;
+                        tracing::debug!(webhook = %key, delivery = due.id, attempt = ?outcome.attempt, ?delay, "attempt failed; retrying");
+                        store.update_delivery(
+                            due.id,
+                            State::Pending,
+                            due.attempts + 1,
+                            due.part,
+                            next,
+                            &label,
+                        )
+                    }
+                    None => {
+                        tracing::warn!(webhook = %key, delivery = due.id, event = %due.event.event.uuid, attempt = ?outcome.attempt, "delivery failed; dead letter");
+                        metrics.deliveries.with_label_values(&[key, "dead"]).inc();
+                        store.update_delivery(
+                            due.id,
+                            State::Dead,
+                            due.attempts + 1,
+                            due.part,
+                            now,
+                            &label,
+                        )
+                    }
                 }
             }
         };
         if let Err(e) = result {
             tracing::error!(webhook = %key, delivery = due.id, error = %e, "cannot record the delivery's outcome; it will be sent again");
         }
-    }
-
-    /// Tracks how long a webhook has failed; past `pause_after`, pauses it.
-    fn note_failure(&self, key: &str, state: &mut WebhookState, now: i64) {
-        let since = *state.failing_since.get_or_insert(now);
-        let pause_after = self.shared.config.delivery.pause_after.as_millis() as i64;
-        if !state.paused && now - since >= pause_after {
-            tracing::warn!(webhook = %key, "webhook failing continuously; paused, probing with one delivery at a time");
-            state.paused = true;
-            self.shared
-                .metrics
-                .webhook_paused
-                .with_label_values(&[key])
-                .set(1);
-        }
-        let _ = self.store.set_webhook_state(key, state.clone());
     }
 }
 

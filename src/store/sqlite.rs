@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (webhook, state, next_at, id);
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, id);
+CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (state, updated_at);
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id INTEGER NOT NULL,
     n INTEGER NOT NULL,
@@ -64,6 +65,7 @@ CREATE TABLE IF NOT EXISTS webhook_state (
     webhook TEXT PRIMARY KEY,
     disabled TEXT,
     failing_since INTEGER,
+    last_failure INTEGER,
     paused INTEGER NOT NULL DEFAULT 0
 );
 ";
@@ -177,6 +179,26 @@ pub enum Filter {
     Failed,
 }
 
+/// A change to a webhook's delivery state, applied atomically by the
+/// writer (so concurrent attempts and the admin API cannot undo each other).
+#[derive(Debug, Clone)]
+pub enum WebhookChange {
+    /// The receiver answered 410: disabled (kept if already disabled).
+    Disable(String),
+    /// An attempt failed at `now`: failing since then (unless already, and
+    /// the last failure is less than `pause_after` ago); paused once the
+    /// failures have lasted `pause_after`.
+    Failure { now: i64, pause_after: i64 },
+    /// An attempt succeeded: no longer failing or paused.
+    Success,
+    /// Enabled through the admin API: a clean state.
+    Enable,
+    /// Renamed: the state and the backlog follow the new key.
+    Rename(String),
+    /// Deleted: its pending deliveries become dead letters.
+    Delete,
+}
+
 /// A write, queued for the next group commit.
 enum Op {
     InsertDelivery {
@@ -211,13 +233,13 @@ enum Op {
         at: i64,
         event: String,
     },
-    WebhookState {
+    Webhook {
         webhook: String,
-        state: WebhookState,
+        change: WebhookChange,
     },
     Requeue {
         id: i64,
-        reply: Option<mpsc::Sender<bool>>,
+        reply: mpsc::Sender<bool>,
     },
     Replay {
         webhook: String,
@@ -232,13 +254,16 @@ enum Op {
     FlushAsync(tokio::sync::oneshot::Sender<()>),
 }
 
+/// Ops waiting for the writer at most; a full queue makes writers wait.
+const QUEUE_BOUND: usize = 65_536;
+
 /// Called after a commit with the number of deliveries it accepted.
 pub type AcceptHook = Box<dyn Fn(u64) + Send + Sync>;
 
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
     path: PathBuf,
-    ops: Mutex<Option<mpsc::Sender<Op>>>,
+    ops: Mutex<Option<mpsc::SyncSender<Op>>>,
     reader: Mutex<Connection>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Woken after each commit that added or re-queued deliveries.
@@ -270,7 +295,7 @@ impl Store {
         let writer_conn = open().map_err(err)?;
         writer_conn.execute_batch(SCHEMA).map_err(err)?;
         let reader = open().map_err(err)?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE_BOUND);
         let committed = Arc::new(tokio::sync::Notify::new());
         let store = Arc::new(Self {
             path: path.clone(),
@@ -354,20 +379,18 @@ impl Store {
         })
     }
 
-    pub fn set_webhook_state(&self, webhook: &str, state: WebhookState) -> Result<(), StoreError> {
-        self.send(Op::WebhookState {
+    /// Changes a webhook's delivery state, atomically in the writer.
+    pub fn webhook_change(&self, webhook: &str, change: WebhookChange) -> Result<(), StoreError> {
+        self.send(Op::Webhook {
             webhook: webhook.into(),
-            state,
+            change,
         })
     }
 
     /// Makes a dead (or any) delivery pending and due now; false if unknown.
     pub fn requeue(&self, id: i64) -> Result<bool, StoreError> {
         let (tx, rx) = mpsc::channel();
-        self.send(Op::Requeue {
-            id,
-            reply: Some(tx),
-        })?;
+        self.send(Op::Requeue { id, reply: tx })?;
         rx.recv().map_err(|_| StoreError::Closed)
     }
 
@@ -452,22 +475,32 @@ impl Store {
         })
     }
 
-    /// When `webhook`'s next pending delivery is due.
-    pub fn next_due_at(&self, webhook: &str) -> Result<Option<i64>, StoreError> {
+    /// When `webhook`'s next pending delivery that is not `busy` is due.
+    pub fn next_due_at(
+        &self,
+        webhook: &str,
+        busy: &HashSet<i64>,
+    ) -> Result<Option<i64>, StoreError> {
         self.read(|c| {
-            c.query_row(
-                "SELECT MIN(next_at) FROM deliveries WHERE webhook = ?1 AND state = 'pending'",
-                [webhook],
-                |r| r.get(0),
-            )
+            let mut st = c.prepare_cached(
+                "SELECT id, next_at FROM deliveries WHERE webhook = ?1 AND state = 'pending' ORDER BY next_at, id LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![webhook, (busy.len() + 1) as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (id, at) = row?;
+                if !busy.contains(&id) {
+                    return Ok(Some(at));
+                }
+            }
+            Ok(None)
         })
     }
 
-    /// Deliveries per (webhook, state), and how many pending ones failed at least once.
+    /// Pending and dead deliveries per (webhook, state).
     pub fn counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT webhook, state, COUNT(*) FROM deliveries GROUP BY webhook, state",
+                "SELECT webhook, state, COUNT(*) FROM deliveries WHERE state IN ('pending', 'dead') GROUP BY webhook, state",
             )?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect()
@@ -637,26 +670,20 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let mut replies = Vec::new();
-        let mut wake = false;
-        let mut accepted = 0u64;
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            for op in group {
-                match apply(&tx, op, &mut replies) {
-                    Ok(effect) => {
-                        wake |= effect.wake;
-                        accepted += effect.accepted;
-                    }
-                    Err(e) => tracing::error!(error = %e, "store write failed"),
+        // A transient failure (disk full, I/O, busy) rolls the whole group
+        // back; it is tried again, never dropped.
+        let mut backoff = Duration::from_millis(50);
+        let results = loop {
+            match commit_group(&mut conn, &group) {
+                Ok(results) => break results,
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in = ?backoff, "store commit failed; retrying the group");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-            tx.commit()
-        })();
-        if let Err(e) = result {
-            tracing::error!(error = %e, "store commit failed; the group is lost");
-            continue;
-        }
+        };
+        let accepted: u64 = results.iter().map(|r| r.accepted).sum();
         if accepted > 0 {
             if let Some(s) = store.upgrade() {
                 if let Some(f) = lock(&s.on_accept).as_ref() {
@@ -664,27 +691,66 @@ fn writer_loop(
                 }
             }
         }
-        if wake {
+        if results.iter().any(|r| r.wake) {
             committed.notify_waiters();
         }
-        for reply in replies {
-            reply();
+        for (op, result) in group.into_iter().zip(results) {
+            match op {
+                Op::Requeue { reply, .. } => drop(reply.send(result.changed > 0)),
+                Op::Replay { reply, .. } => drop(reply.send(result.changed)),
+                Op::Flush(reply) => drop(reply.send(())),
+                Op::FlushAsync(reply) => drop(reply.send(())),
+                _ => {}
+            }
         }
     }
+}
+
+/// Applies a group in one transaction. A statement that fails for a
+/// reason of its own (a constraint) is logged and skipped; a transient
+/// failure aborts the group, to be tried again.
+fn commit_group(conn: &mut Connection, group: &[Op]) -> rusqlite::Result<Vec<Effect>> {
+    let tx = conn.transaction()?;
+    let mut results = Vec::with_capacity(group.len());
+    for op in group {
+        match apply(&tx, op) {
+            Ok(effect) => results.push(effect),
+            Err(e) if transient(&e) => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "store write refused; skipped");
+                results.push(Effect::default());
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+fn transient(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            DatabaseBusy
+                | DatabaseLocked
+                | DiskFull
+                | SystemIoFailure
+                | OutOfMemory
+                | CannotOpen
+                | ReadOnly
+        )
+    )
 }
 
 #[derive(Default)]
 struct Effect {
     wake: bool,
     accepted: u64,
+    changed: usize,
 }
 
-/// Applies one op inside the group's transaction. Replies run after commit.
-fn apply(
-    tx: &rusqlite::Transaction<'_>,
-    op: Op,
-    replies: &mut Vec<Box<dyn FnOnce()>>,
-) -> rusqlite::Result<Effect> {
+/// Applies one op inside the group's transaction.
+fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Effect> {
     let mut effect = Effect::default();
     match op {
         Op::InsertDelivery {
@@ -693,11 +759,12 @@ fn apply(
             event,
             at,
         } => {
-            let n = tx.prepare_cached(
-                "INSERT OR IGNORE INTO deliveries (webhook, event_uuid, event, state, attempts, part, next_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'pending', 0, 0, ?4, ?4, ?4)",
-            )?
-            .execute(params![webhook, event_uuid, event, at])?;
+            let n = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO deliveries (webhook, event_uuid, event, state, attempts, part, next_at, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'pending', 0, 0, ?4, ?4, ?4)",
+                )?
+                .execute(params![webhook, event_uuid, event, at])?;
             effect.wake = n > 0;
             effect.accepted = n as u64;
         }
@@ -737,60 +804,94 @@ fn apply(
             )?
             .execute(params![session, at, event])?;
         }
-        Op::WebhookState { webhook, state } => {
+        Op::Webhook { webhook, change } => {
             tx.prepare_cached(
-                "INSERT INTO webhook_state (webhook, disabled, failing_since, paused) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (webhook) DO UPDATE SET disabled = ?2, failing_since = ?3, paused = ?4",
+                "INSERT OR IGNORE INTO webhook_state (webhook, paused) VALUES (?1, 0)",
             )?
-            .execute(params![webhook, state.disabled, state.failing_since, state.paused as i64])?;
-            effect.wake = state.disabled.is_none();
-        }
-        Op::Requeue { id, reply } => {
-            let n = tx
-                .prepare_cached("UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?2, updated_at = ?2 WHERE id = ?1")?
-                .execute(params![id, now_ms()])?;
-            effect.wake = n > 0;
-            if let Some(reply) = reply {
-                replies.push(Box::new(move || {
-                    let _ = reply.send(n > 0);
-                }));
+            .execute([webhook])?;
+            let now = now_ms();
+            match change {
+                WebhookChange::Disable(reason) => {
+                    tx.prepare_cached("UPDATE webhook_state SET disabled = COALESCE(disabled, ?2) WHERE webhook = ?1")?.execute(params![webhook, reason])?;
+                }
+                WebhookChange::Failure { now, pause_after } => {
+                    tx.prepare_cached(
+                        "UPDATE webhook_state SET
+                           failing_since = CASE WHEN failing_since IS NULL OR last_failure IS NULL OR ?2 - last_failure > ?3 THEN ?2 ELSE failing_since END,
+                           last_failure = ?2
+                         WHERE webhook = ?1",
+                    )?
+                    .execute(params![webhook, now, pause_after])?;
+                    tx.prepare_cached("UPDATE webhook_state SET paused = 1 WHERE webhook = ?1 AND ?2 - failing_since >= ?3")?
+                        .execute(params![webhook, now, pause_after])?;
+                }
+                WebhookChange::Success => {
+                    tx.prepare_cached("UPDATE webhook_state SET failing_since = NULL, last_failure = NULL, paused = 0 WHERE webhook = ?1")?
+                        .execute([webhook])?;
+                }
+                WebhookChange::Enable => {
+                    tx.prepare_cached("UPDATE webhook_state SET disabled = NULL, failing_since = NULL, last_failure = NULL, paused = 0 WHERE webhook = ?1")?
+                        .execute([webhook])?;
+                    effect.wake = true;
+                }
+                WebhookChange::Rename(to) => {
+                    tx.prepare_cached("DELETE FROM webhook_state WHERE webhook = ?2")?
+                        .execute(params![webhook, to])?;
+                    tx.prepare_cached("UPDATE webhook_state SET webhook = ?2 WHERE webhook = ?1")?
+                        .execute(params![webhook, to])?;
+                    tx.prepare_cached("UPDATE OR IGNORE deliveries SET webhook = ?2, updated_at = ?3 WHERE webhook = ?1 AND state = 'pending'")?
+                        .execute(params![webhook, to, now])?;
+                    effect.wake = true;
+                }
+                WebhookChange::Delete => {
+                    tx.prepare_cached("DELETE FROM webhook_state WHERE webhook = ?1")?
+                        .execute([webhook])?;
+                    tx.prepare_cached("UPDATE deliveries SET state = 'dead', last_status = 'webhook deleted', updated_at = ?2 WHERE webhook = ?1 AND state = 'pending'")?
+                        .execute(params![webhook, now])?;
+                }
             }
+        }
+        Op::Requeue { id, .. } => {
+            // A delivered row is sent again from its first part; a dead one
+            // resumes at the part that failed.
+            effect.changed = tx
+                .prepare_cached(
+                    "UPDATE deliveries SET part = CASE WHEN state = 'delivered' THEN 0 ELSE part END,
+                       state = 'pending', attempts = 0, next_at = ?2, updated_at = ?2 WHERE id = ?1",
+                )?
+                .execute(params![id, now_ms()])?;
+            effect.wake = effect.changed > 0;
         }
         Op::Replay {
             webhook,
             since,
             include_delivered,
-            reply,
+            ..
         } => {
-            let n = tx
+            effect.changed = tx
                 .prepare_cached(
-                    "UPDATE deliveries SET state = 'pending', attempts = 0, part = 0, next_at = ?3, updated_at = ?3
+                    "UPDATE deliveries SET part = CASE WHEN state = 'delivered' THEN 0 ELSE part END,
+                       state = 'pending', attempts = 0, next_at = ?3, updated_at = ?3
                      WHERE webhook = ?1 AND created_at >= ?2 AND (state = 'dead' OR (?4 = 1 AND state = 'delivered'))",
                 )?
-                .execute(params![webhook, since, now_ms(), include_delivered as i64])?;
-            effect.wake = n > 0;
-            replies.push(Box::new(move || {
-                let _ = reply.send(n);
-            }));
+                .execute(params![webhook, since, now_ms(), *include_delivered as i64])?;
+            effect.wake = effect.changed > 0;
         }
         Op::Sweep { cutoff } => {
             tx.execute("DELETE FROM events WHERE created_at < ?1", [cutoff])?;
             tx.execute("DELETE FROM sessions WHERE updated_at < ?1", [cutoff])?;
-            tx.execute(
-                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE state != 'pending' AND updated_at < ?1)",
-                [cutoff],
-            )?;
-            tx.execute(
-                "DELETE FROM deliveries WHERE state != 'pending' AND updated_at < ?1",
-                [cutoff],
-            )?;
+            for state in ["delivered", "dead"] {
+                tx.execute(
+                    "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE state = ?1 AND updated_at < ?2)",
+                    params![state, cutoff],
+                )?;
+                tx.execute(
+                    "DELETE FROM deliveries WHERE state = ?1 AND updated_at < ?2",
+                    params![state, cutoff],
+                )?;
+            }
         }
-        Op::Flush(reply) => replies.push(Box::new(move || {
-            let _ = reply.send(());
-        })),
-        Op::FlushAsync(reply) => replies.push(Box::new(move || {
-            let _ = reply.send(());
-        })),
+        Op::Flush(_) | Op::FlushAsync(_) => {}
     }
     Ok(effect)
 }
