@@ -36,9 +36,11 @@ lint: prereqs
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
 
-## Micro benchmarks (criterion).
+## Benchmarks: criterion micro benchmarks, then the load harness (wrk:
+## direct, nginx, taphook); the load table lands in target/bench/load.md.
 bench: prereqs
 	$(CARGO) bench --bench pipeline
+	SUDO=$(SUDO) bash benches/load/run.sh
 
 check-rules: build
 	$(CARGO) run --quiet -- check rules/

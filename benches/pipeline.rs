@@ -1,6 +1,8 @@
-//! Derive and fan-out cost per exchange, on the shipped OneSchema profile.
-//! `exchange_document` (building the JSON document alone) is the baseline
-//! the derive figures are read against.
+//! Per-exchange costs on the hot parts of the pipeline (criterion):
+//! deriving each route of the shipped OneSchema profile, fan-out of one
+//! event to 1, 100 and 1,000 filtered webhooks, dedup lookups, and building
+//! each format's request body. `exchange_document` (building the JSON
+//! document alone) is the baseline the derive figures are read against.
 //!
 //! Run: `cargo bench --bench pipeline`
 
@@ -8,10 +10,14 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use taphook::derive::{Captured, Deriver, Exchange};
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use serde_json::json;
+use taphook::dedup::Dedup;
+use taphook::deliver::formats;
+use taphook::derive::{Captured, Deriver, Exchange, FilePart};
 use taphook::filter::fan_out;
-use taphook::rules::load_dir;
+use taphook::rules::source::Document;
+use taphook::rules::{load_dir, load_documents};
 use taphook::store::MemorySessions;
 
 fn captured(body: &[u8]) -> Option<Captured> {
@@ -20,28 +26,73 @@ fn captured(body: &[u8]) -> Option<Captured> {
     Some(c)
 }
 
-fn create_exchange() -> Exchange {
+fn exchange(method: &str, path: &str, request: &[u8], response: &[u8]) -> Exchange {
     let json = |v: &str| (v.to_string(), Bytes::from_static(b"application/json"));
     Exchange {
-        method: "POST".into(),
-        path: "/v1/embeds".into(),
+        method: method.into(),
+        path: path.into(),
         query: None,
-        request_headers: vec![json("content-type"), ("x-api-key".into(), Bytes::from_static(b"k"))],
-        request_body: captured(br#"{"template_key":"contacts","embed_user_jwt":"eyJhbGciOiJIUzI1NiJ9.eyJ1c2VyX2lkIjoidSJ9.c2ln","event_webhook_keys":["event_webhook"],"dev_mode":false}"#),
+        request_headers: vec![
+            json("content-type"),
+            ("x-api-key".into(), Bytes::from_static(b"k")),
+        ],
+        request_body: captured(request),
         files: vec![],
         status: 200,
         response_headers: vec![json("content-type")],
-        response_body: captured(br#"{"id":53511,"token":"tok_53511","status":"initialized"}"#),
+        response_body: captured(response),
         completed_at: SystemTime::now(),
     }
 }
 
-fn map_exchange() -> Exchange {
-    let mut ex = create_exchange();
-    ex.path = "/v1/embeds/53511/map".into();
-    ex.request_body = captured(br#"{"mapping":{"name":"name","email":"email"}}"#);
-    ex.response_body = captured(br#"{"id":53511,"status":"mapped","validation_error_counts":{"total":1,"by_column":{"email":{"invalid_email":1}}}}"#);
-    ex
+/// One exchange per route of `rules/oneschema.yaml`, as the reference importer answers.
+fn session_exchanges() -> Vec<(&'static str, Exchange)> {
+    let mut upload = exchange(
+        "POST",
+        "/v1/embeds/53511/upload",
+        b"",
+        br#"{"id":53511,"status":"uploaded","filename":"contacts.csv","num_rows":3}"#,
+    );
+    upload.request_body = None;
+    upload.files = vec![FilePart {
+        field: "file".into(),
+        filename: "contacts.csv".into(),
+        content_type: Some("text/csv".into()),
+    }];
+    vec![
+        ("embed_initialized", exchange("POST", "/v1/embeds", br#"{"template_key":"contacts","embed_user_jwt":"eyJhbGciOiJIUzI1NiJ9.eyJ1c2VyX2lkIjoidSJ9.c2ln","event_webhook_keys":["event_webhook"],"dev_mode":false}"#, br#"{"id":53511,"token":"tok_53511","status":"initialized"}"#)),
+        ("file_uploaded", upload),
+        ("header_selected", exchange("POST", "/v1/embeds/53511/set-header", br#"{"index":0}"#, br#"{"id":53511,"status":"header_selected","header_row_index":0,"columns":["name","email"]}"#)),
+        ("columns_mapped", exchange("POST", "/v1/embeds/53511/map", br#"{"mapping":{"name":"name","email":"email"}}"#, br#"{"id":53511,"status":"mapped","validation_error_counts":{"total":1,"by_column":{"email":{"invalid_email":1}}}}"#)),
+        ("sheet_operation_performed", exchange("POST", "/v1/embeds/53511/sheet-operations", br#"{"operation":"delete_rows"}"#, br#"{"id":53511,"status":"ok","operation":"delete_rows"}"#)),
+        ("import_submitted", exchange("POST", "/v1/embeds/53511/import", b"{}", br#"{"id":53511,"status":"submitted","import_type":"api"}"#)),
+        ("embed_closed", exchange("DELETE", "/v1/embeds/53511", b"", br#"{"id":53511,"status":"closed"}"#)),
+        ("embed_resumed", exchange("POST", "/v1/embeds/53511/resume", b"{}", br#"{"id":53511,"status":"resumed"}"#)),
+    ]
+}
+
+/// The shipped profile plus `n` webhooks, each with a realistic filter.
+fn rules_with_webhooks(n: usize) -> taphook::rules::Rules {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let profile = std::fs::read_to_string(root.join("rules/oneschema.yaml")).unwrap();
+    let hooks: String = (0..n)
+        .map(|i| {
+            format!(
+                "  - key: hook{i}\n    url: http://127.0.0.1:9/h{i}\n    events: [columns_mapped, import_submitted]\n    assignment: session\n    filter: {{\"and\": [{{\"in\": [\"$template_key\", [\"contacts\", \"orders{i}\"]]}}, {{\">=\": [\"$data.validation_error_counts.total\", {}]}}]}}\n",
+                i % 3
+            )
+        })
+        .collect();
+    let docs = [
+        Document::parse(&root.join("rules/oneschema.yaml"), &profile, &|_| None).unwrap(),
+        Document::parse(
+            Path::new("hooks.yaml"),
+            &format!("webhooks:\n{hooks}"),
+            &|_| None,
+        )
+        .unwrap(),
+    ];
+    load_documents(&docs).unwrap()
 }
 
 fn bench(c: &mut Criterion) {
@@ -50,32 +101,70 @@ fn bench(c: &mut Criterion) {
         &|_| None,
     )
     .expect("shipped rules load");
-    let sessions = MemorySessions::new(10_000, Duration::from_secs(3600));
+    let sessions = MemorySessions::new(64 << 20, Duration::from_secs(3600));
     let deriver = Deriver {
         environment_name: "Production".into(),
         jwt_hs256_secret: None,
     };
-    let create = create_exchange();
-    let map = map_exchange();
+    let exchanges = session_exchanges();
     // The session must exist for the later steps.
-    deriver.derive(&create, &rules, &sessions);
+    assert_eq!(deriver.derive(&exchanges[0].1, &rules, &sessions).len(), 1);
 
     c.bench_function("exchange_document", |b| {
-        b.iter(|| black_box(create.document("Production")))
+        b.iter(|| black_box(exchanges[0].1.document("Production")))
     });
-    c.bench_function("derive/embed_initialized", |b| {
-        b.iter(|| black_box(deriver.derive(&create, &rules, &sessions)))
-    });
-    c.bench_function("derive/columns_mapped", |b| {
-        b.iter(|| black_box(deriver.derive(&map, &rules, &sessions)))
-    });
+    let mut derive = c.benchmark_group("derive");
+    for (name, ex) in &exchanges {
+        assert_eq!(deriver.derive(ex, &rules, &sessions).len(), 1, "{name}");
+        derive.bench_function(*name, |b| {
+            b.iter(|| black_box(deriver.derive(ex, &rules, &sessions)))
+        });
+    }
+    derive.finish();
+
     let event = deriver
-        .derive(&map, &rules, &sessions)
+        .derive(&exchanges[3].1, &rules, &sessions)
         .pop()
         .expect("an event");
-    c.bench_function("fan_out/shipped_webhooks", |b| {
-        b.iter(|| black_box(fan_out(&event, &rules)))
+    let mut fan = c.benchmark_group("fan_out");
+    for n in [1, 100, 1000] {
+        let many = rules_with_webhooks(n);
+        fan.bench_with_input(BenchmarkId::from_parameter(n), &many, |b, r| {
+            b.iter(|| black_box(fan_out(&event, r)))
+        });
+    }
+    fan.finish();
+
+    let dedup = Dedup::new(1_000_000, Duration::from_secs(86400));
+    for i in 0..100_000 {
+        dedup.first_seen(&format!("event-{i}"));
+    }
+    c.bench_function("dedup/seen_uuid", |b| {
+        b.iter(|| black_box(dedup.first_seen("event-5000")))
     });
+
+    let mut fmt = c.benchmark_group("format");
+    let mut batch = event.clone();
+    batch.event.data = json!({"batch_id": "b1", "schema_id": 1, "valid_rows": (0..2500).map(|i| json!({"n": i})).collect::<Vec<_>>()});
+    for (name, format) in [
+        ("oneschema", "oneschema"),
+        ("dromo", "dromo"),
+        ("dromo-basic", "dromo-basic"),
+        ("flatfile_2500_rows", "flatfile"),
+    ] {
+        let doc = Document::parse(Path::new("h.yaml"), &format!("routes:\n  - name: r\n    event: columns_mapped\n    path: /r\nwebhooks:\n  - key: h\n    url: http://127.0.0.1:9/\n    events: [\"*\"]\n    format: {format}\n"), &|_| None).unwrap();
+        let r = load_documents(&[doc]).unwrap();
+        let webhook = r.webhooks[0].clone();
+        let ev = if format == "flatfile" {
+            batch.clone()
+        } else {
+            event.clone()
+        };
+        fmt.bench_function(name, |b| {
+            b.iter(|| black_box(formats::requests(&webhook, &ev)))
+        });
+    }
+    fmt.finish();
 }
 
 criterion_group!(benches, bench);
