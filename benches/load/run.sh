@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
 CONNS=${2:-32}
-RUNS=3
+RUNS=${RUNS:-3}
+# The event types the receiver's webhook takes; `[none]` derives without delivering.
+HOOK_EVENTS=${HOOK_EVENTS:-'["*"]'}
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { echo "installing $tool"; ${SUDO:-} apt-get update -qq && ${SUDO:-} apt-get install -y -qq "$tool" >/dev/null; }
 done
@@ -51,11 +53,12 @@ nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 
 mkdir -p "$WORK/rules"
 cp rules/oneschema.yaml "$WORK/rules/"
+[ "$HOOK_EVENTS" = "[none]" ] && printf 'routes:\n  - name: none\n    event: none\n    path: /nothing-here\n' >"$WORK/rules/none.yaml"
 cat >"$WORK/rules/hooks.yaml" <<HOOKS
 webhooks:
   - key: event_webhook
     url: http://127.0.0.1:$SINK/hooks
-    events: ["*"]
+    events: $HOOK_EVENTS
 HOOKS
 cat >"$WORK/taphook.yaml" <<CONF
 listen: 127.0.0.1:$TP
