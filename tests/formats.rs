@@ -358,20 +358,11 @@ async fn standard_webhooks_signatures_verify_with_both_secrets_while_rotating() 
 
 #[test]
 fn a_malformed_signing_secret_is_a_load_error() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("rules/oneschema.yaml", dir.path().join("oneschema.yaml")).unwrap();
-    std::fs::write(
-        dir.path().join("hooks.yaml"),
+    let (code, text) = check_rules(&[(
+        "hooks.yaml",
         "webhooks:\n  - key: s\n    url: http://127.0.0.1:1/\n    events: [\"*\"]\n    signing:\n      scheme: standard-webhooks\n      secrets:\n        - not-whsec\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taphook"))
-        .args(["check", "--rules"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout);
+    )]);
+    assert_eq!(code, Some(1));
     assert!(
         text.contains("hooks.yaml:8: a signing secret starts with `whsec_`"),
         "{text}"

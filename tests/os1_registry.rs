@@ -339,21 +339,14 @@ async fn a_registered_event_reaches_a_permitted_webhook_when_its_filter_holds() 
 
 #[test]
 fn a_webhook_without_the_apps_permission_is_a_load_error() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("rules/oneschema.yaml", dir.path().join("oneschema.yaml")).unwrap();
-    std::fs::write(dir.path().join("registry.yaml"), REGISTRY).unwrap();
-    std::fs::write(
-        dir.path().join("hooks.yaml"),
-        "webhooks:\n  - key: intruder\n    url: http://127.0.0.1:1/\n    events: [contacts_import_with_errors]\n    permissions: [other]\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taphook"))
-        .args(["check", "--rules"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = check_rules(&[
+        ("registry.yaml", REGISTRY),
+        (
+            "hooks.yaml",
+            "webhooks:\n  - key: intruder\n    url: http://127.0.0.1:1/\n    events: [contacts_import_with_errors]\n    permissions: [other]\n",
+        ),
+    ]);
+    assert_eq!(code, Some(1));
     assert!(
         text.contains("hooks.yaml:2: webhook `intruder` lists registered event `contacts_import_with_errors` but holds none of app `app:importer`'s permissions (read-imports)"),
         "{text}"

@@ -361,3 +361,26 @@ async fn launch(dir: &Path, admin: SocketAddr, proxy: SocketAddr) -> Result<Chil
         }
     }
 }
+
+/// Runs `taphook check --rules` on a directory holding the OneSchema
+/// profile and `files`; returns the exit code and what it printed.
+pub fn check_rules(files: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("oneschema.yaml"),
+        taphook::demo::ONESCHEMA_PROFILE,
+    )
+    .unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
+        .args(["check", "--rules"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
