@@ -276,6 +276,10 @@ fn replay(
     include_delivered: bool,
 ) -> anyhow::Result<()> {
     let config = Config::load(config, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let rules = rules::load_dir(&config.rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
+    if rules.webhook(webhook).is_none() {
+        bail!("no webhook `{webhook}` in {}", config.rules_dir.display());
+    }
     let since = match since {
         None => 0,
         Some(text) => crate::admin::parse_since_text(text)
