@@ -276,7 +276,8 @@ fn replay(
     include_delivered: bool,
 ) -> anyhow::Result<()> {
     let config = Config::load(config, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
-    let rules = rules::load_dir(&config.rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let rules =
+        rules::load_dir(&config.rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
     if rules.webhook(webhook).is_none() {
         bail!("no webhook `{webhook}` in {}", config.rules_dir.display());
     }
