@@ -184,11 +184,7 @@ pub async fn show_app(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rules = shared.rules.load();
-    let app = rules
-        .apps
-        .iter()
-        .find(|a| a.id == id)
-        .ok_or_else(|| app_not_found(&id))?;
+    let app = find_app(&rules, &id)?;
     Ok(Json(json!({"data": app_view(app)})).into_response())
 }
 
@@ -203,11 +199,7 @@ pub async fn update_app(
     }
     let app_id = id.clone();
     let rules = change(&shared, move |rules, dir| {
-        let app = rules
-            .apps
-            .iter()
-            .find(|a| a.id == app_id)
-            .ok_or_else(|| app_not_found(&app_id))?;
+        let app = find_app(rules, &app_id)?;
         let path = app_path(dir, &app_id);
         managed(
             &app.origin.file,
@@ -225,12 +217,16 @@ pub async fn update_app(
         Ok(vec![Change::Write(path, file("apps", raw))])
     })
     .await?;
-    let app = rules
+    let app = find_app(&rules, &id)?;
+    Ok(Json(json!({"data": app_view(app)})).into_response())
+}
+
+fn find_app<'a>(rules: &'a Rules, id: &str) -> Result<&'a App, ApiError> {
+    rules
         .apps
         .iter()
         .find(|a| a.id == id)
-        .ok_or_else(|| app_not_found(&id))?;
-    Ok(Json(json!({"data": app_view(app)})).into_response())
+        .ok_or_else(|| app_not_found(id))
 }
 
 fn app_not_found(id: &str) -> ApiError {
@@ -433,6 +429,7 @@ pub async fn update_event(
         ));
     }
     let event_name = name.clone();
+    let shown_topic = topic.clone();
     let rules = change(&shared, move |rules, dir| {
         let event = find_event(rules, &topic, &event_name)?;
         let path = event_path(dir, &topic, &event_name);
@@ -459,11 +456,7 @@ pub async fn update_event(
         Ok(vec![Change::Write(path, file("events", raw))])
     })
     .await?;
-    let event = rules
-        .registered
-        .iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| event_not_found(&name))?;
+    let event = find_event(&rules, &shown_topic, &name)?;
     Ok(Json(json!({"data": event_view(event)})).into_response())
 }
 
