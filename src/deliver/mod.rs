@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use crate::app::Shared;
 use crate::event::DerivedEvent;
 use crate::rules::model::Webhook;
-use crate::store::sqlite::{now_ms, Due, State, Store, WebhookChange, WebhookState};
+use crate::store::sqlite::{now_ms, Due, State, Store, StoreError, WebhookChange, WebhookState};
 use formats::Outgoing;
 use retry::{parse_retry_after, Attempt};
 
@@ -34,6 +34,27 @@ const RESPONSE_EXCERPT: usize = 1024;
 const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
 /// The longest a scheduler sleeps before looking at the outbox again.
 const MAX_IDLE: Duration = Duration::from_secs(1);
+
+/// Whether a webhook is failing, as its scheduler last wrote it. A
+/// success clears the stored failure only when there is one, so a
+/// healthy webhook costs no state write per delivery. The lock orders
+/// the flag and the writes it stands for.
+struct Failing(std::sync::Mutex<bool>);
+
+impl Failing {
+    fn succeeded(&self, write: impl FnOnce() -> Result<(), StoreError>) {
+        let mut failing = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if *failing && write().is_ok() {
+            *failing = false;
+        }
+    }
+
+    fn failed(&self, write: impl FnOnce() -> Result<(), StoreError>) {
+        let mut failing = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *failing = true;
+        let _ = write();
+    }
+}
 
 /// What one attempt came to, as the scheduler records it.
 struct Outcome {
@@ -166,6 +187,12 @@ impl Dispatcher {
         let mut in_flight: HashSet<i64> = HashSet::new();
         let mut next_probe = 0i64;
         let mut stopping = false;
+        let failing = {
+            let state = self.store.webhook_state(&key).unwrap_or_default();
+            Arc::new(Failing(std::sync::Mutex::new(
+                state.failing_since.is_some() || state.paused,
+            )))
+        };
         loop {
             let Some(webhook) = self.webhook(&key) else {
                 if in_flight.is_empty() {
@@ -203,10 +230,10 @@ impl Dispatcher {
                                 in_flight.insert(d.id);
                                 let (this, webhook, tx) =
                                     (self.clone(), webhook.clone(), done_tx.clone());
-                                let probe = state.paused;
+                                let (probe, failing) = (state.paused, failing.clone());
                                 tokio::spawn(async move {
                                     let outcome = this.attempt(&webhook, &d).await;
-                                    this.record(&webhook, &d, outcome, probe);
+                                    this.record(&webhook, &d, outcome, probe, &failing);
                                     if let Err(e) = this.store.committed_now().await {
                                         tracing::error!(error = %e, "outcome not committed");
                                     }
@@ -337,7 +364,14 @@ impl Dispatcher {
 
     /// Writes an attempt's outcome back to the outbox. A failed probe of
     /// a paused webhook does not spend the delivery's retries.
-    fn record(&self, webhook: &Webhook, due: &Due, outcome: Outcome, probe: bool) {
+    fn record(
+        &self,
+        webhook: &Webhook,
+        due: &Due,
+        outcome: Outcome,
+        probe: bool,
+        failing: &Failing,
+    ) {
         let key = webhook.key.as_str();
         let label = match &outcome.attempt {
             Attempt::Status { status, .. } => status.to_string(),
@@ -348,7 +382,7 @@ impl Dispatcher {
         let _ = store.record_attempt(due.id, due.part, &label, outcome.duration, outcome.response);
         let now = now_ms();
         let result = if outcome.attempt.succeeded() {
-            let _ = store.webhook_change(key, WebhookChange::Success);
+            failing.succeeded(|| store.webhook_change(key, WebhookChange::Success));
             if (due.part as usize) + 1 < outcome.parts {
                 store.update_delivery(due.id, State::Pending, 0, due.part + 1, now, &label)
             } else {
@@ -379,13 +413,15 @@ impl Dispatcher {
             store.update_delivery(due.id, State::Pending, due.attempts, due.part, now, &label)
         } else {
             let delivery = &self.shared.config.delivery;
-            let _ = store.webhook_change(
-                key,
-                WebhookChange::Failure {
-                    now,
-                    pause_after: delivery.pause_after.as_millis() as i64,
-                },
-            );
+            failing.failed(|| {
+                store.webhook_change(
+                    key,
+                    WebhookChange::Failure {
+                        now,
+                        pause_after: delivery.pause_after.as_millis() as i64,
+                    },
+                )
+            });
             if probe {
                 let next = now + delivery.probe_interval.as_millis() as i64;
                 store.update_delivery(due.id, State::Pending, due.attempts, due.part, next, &label)
