@@ -73,7 +73,7 @@ struct RawConfig {
     #[serde(default = "defaults::admin_listen")]
     admin_listen: String,
     #[serde(default)]
-    admin_token: Option<String>,
+    admin_token: Option<Secret>,
     #[serde(default = "defaults::rules_dir")]
     rules_dir: PathBuf,
     #[serde(default = "defaults::data_dir")]
@@ -133,7 +133,7 @@ struct RawDelivery {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawJwt {
-    hs256_secret: Option<String>,
+    hs256_secret: Option<Secret>,
 }
 
 mod defaults {
@@ -212,7 +212,7 @@ impl Config {
             listen,
             upstream,
             admin_listen,
-            admin_token: raw.admin_token.filter(|t| !t.is_empty()).map(Secret::new),
+            admin_token: raw.admin_token.filter(|t| !t.expose().is_empty()),
             rules_dir: base.join(raw.rules_dir),
             data_dir: base.join(raw.data_dir),
             environment_name: raw.environment_name,
@@ -255,11 +255,7 @@ impl Config {
                     .map_or(Duration::from_secs(60), |d| d.0),
                 allow_private_networks: raw.delivery.allow_private_networks,
             },
-            jwt_hs256_secret: raw
-                .jwt
-                .hs256_secret
-                .filter(|s| !s.is_empty())
-                .map(Secret::new),
+            jwt_hs256_secret: raw.jwt.hs256_secret.filter(|s| !s.expose().is_empty()),
             shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(1), |d| d.0),
             threads: raw
                 .threads

@@ -37,7 +37,7 @@ fn view(w: &Webhook, rules_dir: &FsPath, store: &crate::store::Store) -> Value {
         "webhook_key": w.key,
         "url": crate::secret::redact_url(&w.url),
         "events": events,
-        "secret_key": w.secret.as_ref().map(|_| "********"),
+        "secret_key": w.secret.as_ref().map(|_| crate::secret::MASK),
         "description": w.description,
         "format": w.format.name(),
         "assignment": if w.assignment == Assignment::Session { "session" } else { "all" },

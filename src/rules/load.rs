@@ -414,10 +414,7 @@ impl Loader {
             assignment,
             filter,
             format,
-            secret: raw
-                .secret
-                .filter(|s| !s.is_empty())
-                .map(crate::secret::Secret::new),
+            secret: raw.secret.filter(|s| !s.expose().is_empty()),
             signing,
             development_mode: raw.development_mode,
             import_identifiers: raw.import_identifiers,
@@ -447,7 +444,7 @@ impl Loader {
         }
         let mut keys = Vec::new();
         for (i, secret) in raw.secrets.iter().enumerate() {
-            match crate::deliver::signing::parse_secret(secret) {
+            match crate::deliver::signing::parse_secret(secret.expose()) {
                 Ok(k) => keys.push(k),
                 Err(reason) => self
                     .problems
