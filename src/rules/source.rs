@@ -99,8 +99,9 @@ fn syntax_error(path: &Path, text: &str, e: &saphyr::ScanError) -> Problem {
     }
 }
 
-/// Keys written twice in one mapping. The YAML loader keeps only the last
-/// value of such a key, silently, so they are found on the parser's events.
+/// Keys written twice in one mapping, and aliases. The YAML loader keeps
+/// only the last value of such a key and copies anchored values into
+/// aliases, both silently, so they are found on the parser's events.
 fn duplicate_keys(path: &Path, text: &str) -> Vec<Problem> {
     use saphyr_parser::{Event, Parser, Span, SpannedEventReceiver};
     use std::collections::HashSet;
@@ -150,7 +151,15 @@ fn duplicate_keys(path: &Path, text: &str) -> Vec<Problem> {
                     self.node(None, span.start.line());
                 }
                 Event::Scalar(value, ..) => self.node(Some(&value), span.start.line()),
-                Event::Alias(_) => self.node(None, span.start.line()),
+                Event::Alias(_) => {
+                    // The loader would copy the anchored value in silently.
+                    self.problems.push(Problem::new(
+                        self.path,
+                        span.start.line(),
+                        "YAML aliases (`*name`) are not supported: write the value out".into(),
+                    ));
+                    self.node(None, span.start.line());
+                }
                 _ => {}
             }
         }
@@ -343,6 +352,15 @@ mod tests {
         let lines: Vec<_> = doc.problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, [3, 4], "{:?}", doc.problems);
         assert!(doc.problems[0].reason.starts_with("duplicate key `d`"));
+    }
+
+    #[test]
+    fn refuses_aliases() {
+        let text = "a: &x {b: 1}\nc: *x\n";
+        let doc = Document::parse(Path::new("r.yaml"), text, &env).unwrap();
+        assert_eq!(doc.problems.len(), 1, "{:?}", doc.problems);
+        assert_eq!(doc.problems[0].line, 2);
+        assert!(doc.problems[0].reason.starts_with("YAML aliases"));
     }
 
     #[test]
