@@ -205,6 +205,14 @@ async fn no_secret_appears_in_logs_metrics_or_the_admin_api() {
         ),
     )
     .await;
+    // The file the API wrote holds the secret, so only taphook's user
+    // may read it.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let file = stack.rules_dir().join("event-webhooks/api-hook.json");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{}: mode {mode:o}", file.display());
+    }
     // Wrong tokens.
     shown += &call(&stack, "not-the-token", "GET", "/v1/event-webhooks", None).await;
     shown += &call(
