@@ -102,13 +102,41 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Crates that see the proxied and delivered traffic: at debug and trace
+/// they log headers and bodies verbatim (`Authorization`, cookies, JWTs,
+/// webhook secrets), so they never log below info, whatever `RUST_LOG` says.
+const TRAFFIC_CRATES: &[&str] = &[
+    "pingora",
+    "pingora_core",
+    "pingora_proxy",
+    "pingora_cache",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "reqwest",
+    "rustls",
+    "axum",
+    "tower_http",
+];
+
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
     });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let cap = TRAFFIC_CRATES.iter().fold(
+        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::TRACE),
+        |t, name| t.with_target(*name, tracing::Level::INFO),
+    );
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(cap)
+                .with_filter(filter),
+        )
         .try_init();
 }
 

@@ -73,7 +73,7 @@ struct RawConfig {
     #[serde(default = "defaults::admin_listen")]
     admin_listen: String,
     #[serde(default)]
-    admin_token: Option<String>,
+    admin_token: Option<Secret>,
     #[serde(default = "defaults::rules_dir")]
     rules_dir: PathBuf,
     #[serde(default = "defaults::data_dir")]
@@ -133,7 +133,7 @@ struct RawDelivery {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawJwt {
-    hs256_secret: Option<String>,
+    hs256_secret: Option<Secret>,
 }
 
 mod defaults {
@@ -172,14 +172,22 @@ impl Config {
             return Err(Problems(doc.problems.clone()));
         }
         let raw: RawConfig = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
-            let pointer: String = e
+            let keys: Vec<String> = e
                 .path()
                 .to_string()
                 .split('.')
                 .filter(|s| !s.is_empty() && *s != "?")
-                .map(|s| format!("/{s}"))
+                .map(str::to_string)
                 .collect();
-            Problems::one(doc.problem(&pointer, e.inner().to_string()))
+            let pointer: String = keys.iter().map(|k| format!("/{k}")).collect();
+            let inner = e.inner().to_string();
+            // As in the rules: the key, then what is wrong with its value.
+            let reason = if keys.is_empty() || inner.starts_with("unknown field") {
+                inner
+            } else {
+                format!("`{}`: {inner}", keys.join("."))
+            };
+            Problems::one(doc.problem(&pointer, reason))
         })?;
         let mut problems = Vec::new();
         let mut addr = |key: &str, text: &str| -> SocketAddr {
@@ -197,6 +205,14 @@ impl Config {
                 port: 0,
             }
         });
+        for (i, text) in raw.delivery.allow_private_networks.iter().enumerate() {
+            if let Err(reason) = parse_cidr(text) {
+                problems.push(doc.problem(
+                    &format!("/delivery/allow_private_networks/{i}"),
+                    format!("`delivery.allow_private_networks`: {reason}"),
+                ));
+            }
+        }
         let concurrency = raw.delivery.concurrency_per_webhook.unwrap_or(16);
         if concurrency == 0 {
             problems.push(doc.problem("/delivery/concurrency_per_webhook", "must be at least 1"));
@@ -212,7 +228,7 @@ impl Config {
             listen,
             upstream,
             admin_listen,
-            admin_token: raw.admin_token.filter(|t| !t.is_empty()).map(Secret::new),
+            admin_token: raw.admin_token.filter(|t| !t.expose().is_empty()),
             rules_dir: base.join(raw.rules_dir),
             data_dir: base.join(raw.data_dir),
             environment_name: raw.environment_name,
@@ -255,11 +271,7 @@ impl Config {
                     .map_or(Duration::from_secs(60), |d| d.0),
                 allow_private_networks: raw.delivery.allow_private_networks,
             },
-            jwt_hs256_secret: raw
-                .jwt
-                .hs256_secret
-                .filter(|s| !s.is_empty())
-                .map(Secret::new),
+            jwt_hs256_secret: raw.jwt.hs256_secret.filter(|s| !s.expose().is_empty()),
             shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(1), |d| d.0),
             threads: raw
                 .threads
@@ -271,6 +283,49 @@ impl Config {
                 .max(1),
         })
     }
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `fd00::/8`) or one
+/// address (`/32` or `/128`): the network's address and prefix length.
+/// Bits set past the prefix are refused: `10.1.2.3/8` is more likely a
+/// typo than a way to write `10.0.0.0/8`.
+pub fn parse_cidr(text: &str) -> Result<(std::net::IpAddr, u8), String> {
+    use std::net::IpAddr;
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr.trim().parse().map_err(|_| {
+        format!("invalid CIDR `{text}`: `{addr}` is not an IP address (write e.g. 10.0.0.0/8 or fd00::/8)")
+    })?;
+    let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => p
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| {
+                format!("invalid CIDR `{text}`: the prefix length must be a number from 0 to {max}")
+            })?,
+    };
+    let network = match addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::from((u32::from(a) & mask).to_be_bytes())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::from((u128::from(a) & mask).to_be_bytes())
+        }
+    };
+    if network != addr {
+        return Err(format!(
+            "invalid CIDR `{text}`: bits are set past the /{prefix} prefix (the network is {network}/{prefix})"
+        ));
+    }
+    Ok((addr, prefix))
 }
 
 /// `http://host:port` (no TLS: the proxy speaks plain HTTP upstream).
@@ -340,12 +395,39 @@ mod tests {
     }
 
     #[test]
+    fn cidrs() {
+        use std::net::IpAddr;
+        let ok = |t: &str| parse_cidr(t).unwrap();
+        assert_eq!(ok("10.0.0.0/8"), ("10.0.0.0".parse::<IpAddr>().unwrap(), 8));
+        assert_eq!(
+            ok("192.168.1.7"),
+            ("192.168.1.7".parse::<IpAddr>().unwrap(), 32)
+        );
+        assert_eq!(ok("fd00::/8"), ("fd00::".parse::<IpAddr>().unwrap(), 8));
+        assert_eq!(ok("0.0.0.0/0").1, 0);
+        assert_eq!(ok("::/0").1, 0);
+        for bad in [
+            "10.0.0.0/33",
+            "fd00::/129",
+            "intranet",
+            "172.16.0.0/",
+            "10.0.0.0/-1",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_cidr("192.168.1.1/16").unwrap_err(),
+            "invalid CIDR `192.168.1.1/16`: bits are set past the /16 prefix (the network is 192.168.0.0/16)"
+        );
+    }
+
+    #[test]
     fn errors_name_the_line() {
         let err =
             load("upstream: http://127.0.0.1:9000\ndelivery:\n  timeout: soon\n").unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("taphook.yaml:3: invalid duration `soon`"),
+                .starts_with("taphook.yaml:3: `delivery.timeout`: invalid duration `soon`"),
             "{err}"
         );
         let err = load("upstream: https://x:1\n").unwrap_err();

@@ -90,7 +90,7 @@ fn every_problem_is_reported_with_file_and_line() {
             "b.yml:10: unknown format `carrier-pigeon` (expected oneschema, dromo, dromo-basic or flatfile)",
             "b.yml:11: invalid status `teapot`: expected e.g. 2xx or 200, `timeout` or `error`",
             "c.json:3: unknown field `extra`, expected one of `name`, `event`, `method`, `path`, `status`, `when`, `session`, `remember`, `trigger`, `dedup_key`, `data`, `capture`, `description`",
-            "d.yaml:3: while parsing a flow sequence, expected ',' or ']'",
+            "d.yaml:2: while parsing a flow sequence, expected ',' or ']' (at the end of the file)",
         ],
         "{lines:#?}"
     );

@@ -348,7 +348,7 @@ fn a_webhook_without_the_apps_permission_is_a_load_error() {
     ]);
     assert_eq!(code, Some(1));
     assert!(
-        text.contains("hooks.yaml:2: webhook `intruder` lists registered event `contacts_import_with_errors` but holds none of app `app:importer`'s permissions (read-imports)"),
+        text.contains("hooks.yaml:4: webhook `intruder` lists registered event `contacts_import_with_errors` but holds none of app `app:importer`'s permissions (read-imports); it holds other"),
         "{text}"
     );
 }

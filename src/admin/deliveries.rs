@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,7 +16,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{page_limit, parse_json, ApiError};
+use super::{page_limit, parse_json, ApiError, JsonBody};
 use crate::app::Shared;
 use crate::store::sqlite::{Filter, State as DeliveryState, WebhookChange};
 
@@ -119,7 +118,10 @@ struct ReplayBody {
     include_delivered: bool,
 }
 
-pub async fn replay(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn replay(
+    State(shared): State<Arc<Shared>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     let body: ReplayBody = parse_json(&body)?;
     let since = match &body.since {
         None | Some(Value::Null) => 0,

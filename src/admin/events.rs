@@ -1,6 +1,8 @@
 //! `GET /v1/embeds/{embed_id}/events`: a session's events, oldest first,
 //! as OneSchema's events API lists them, `limit` at a time with an
-//! opaque `cursor`. Events are deleted after `events_retention`.
+//! opaque `cursor`. Events are deleted after `events_retention`. The
+//! session's `embed_jwt` is shown masked: it is a credential, and the
+//! receivers got it already.
 
 use std::sync::Arc;
 
@@ -52,13 +54,21 @@ pub async fn list(
             )
         })?;
     let next = (logged.len() > limit).then(|| logged.remove(limit).seq);
-    let events: Vec<_> = logged.into_iter().map(|l| l.event).collect();
+    let events: Vec<_> = logged.into_iter().map(|l| masked(l.event)).collect();
     Ok(Json(json!({
         "events": events,
         "next_cursor": next.map(encode_cursor),
         "has_next_page": next.is_some(),
     }))
     .into_response())
+}
+
+/// The envelope with its JWT masked (`null` stays `null`).
+fn masked(mut event: crate::event::Event) -> crate::event::Event {
+    if !event.embed_jwt.is_null() {
+        event.embed_jwt = serde_json::Value::String(crate::secret::MASK.into());
+    }
+    event
 }
 
 fn encode_cursor(seq: u64) -> String {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -134,17 +134,17 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// The `/v1` API needs `Authorization: Bearer <admin_token>`; without a
-/// configured token it is closed.
+/// configured token it is closed. Every 401 carries `WWW-Authenticate:
+/// Bearer` (RFC 6750) and never echoes what was sent.
 async fn require_token(
     State(shared): State<Arc<Shared>>,
     request: Request,
     next: Next,
 ) -> Response {
     let Some(token) = &shared.config.admin_token else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+        return unauthorized(
             "the admin API is closed: set admin_token in the config",
+            None,
         );
     };
     let given = request
@@ -153,29 +153,81 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(crate::derive::jwt::bearer);
     match given {
-        Some(t) if constant_time_eq(t.as_bytes(), token.expose().as_bytes()) => {
+        Some(t) if token_matches(t.as_bytes(), token.expose().as_bytes()) => {
             next.run(request).await
         }
-        _ => error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token",
-        ),
+        Some(_) => unauthorized("wrong bearer token", Some("invalid_token")),
+        None => unauthorized("missing bearer token", None),
     }
 }
 
-/// Compares without an early exit, so timing says nothing of the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y));
-    diff == 0
+fn unauthorized(message: &str, reason: Option<&str>) -> Response {
+    let challenge = match reason {
+        Some(e) => format!("Bearer realm=\"taphook admin\", error=\"{e}\""),
+        None => "Bearer realm=\"taphook admin\"".to_string(),
+    };
+    let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    if let Ok(v) = header::HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    response
+}
+
+/// Compares in constant time: both sides are hashed first, so neither
+/// the token's bytes nor its length show in how long a wrong guess takes.
+fn token_matches(given: &[u8], token: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    Sha256::digest(given).ct_eq(&Sha256::digest(token)).into()
 }
 
 /// An error in the admin API's shape: `{"error": {"code", "message"}}`.
 pub fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
     ApiError::new(status, code, message).into_response()
+}
+
+/// The body of a route that takes JSON: `Content-Type: application/json`
+/// (or `application/*+json`), else 415; at most [`MAX_BODY_BYTES`], else
+/// 413; both in the API's error shape. The handler parses it.
+pub struct JsonBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        match Bytes::from_request(request, state).await {
+            Ok(body) => Ok(Self(body)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is over the limit of {MAX_BODY_BYTES} bytes"),
+            )),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
+/// `application/json`, `application/*+json`, with any parameters.
+fn is_json(headers: &header::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .is_some_and(|m| {
+            m.type_() == mime::APPLICATION
+                && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
+        })
 }
 
 /// An admin API error; `problems` lists rules problems (`file:line: reason`).
@@ -365,9 +417,26 @@ async fn mark_ready_when_proxy_accepts(shared: Arc<Shared>) {
 mod tests {
     #[test]
     fn compares_tokens() {
-        assert!(super::constant_time_eq(b"abc", b"abc"));
-        assert!(!super::constant_time_eq(b"abc", b"abd"));
-        assert!(!super::constant_time_eq(b"abc", b"abcd"));
-        assert!(!super::constant_time_eq(b"", b"a"));
+        assert!(super::token_matches(b"abc", b"abc"));
+        assert!(!super::token_matches(b"abc", b"abd"));
+        assert!(!super::token_matches(b"abc", b"abcd"));
+        assert!(!super::token_matches(b"", b"a"));
+    }
+
+    #[test]
+    fn json_content_types() {
+        let json = |ct: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(axum::http::header::CONTENT_TYPE, ct.parse().unwrap());
+            super::is_json(&h)
+        };
+        assert!(json("application/json"));
+        assert!(json("application/json; charset=utf-8"));
+        assert!(json("Application/JSON"));
+        assert!(json("application/merge-patch+json"));
+        assert!(!json("text/plain"));
+        assert!(!json("application/x-www-form-urlencoded"));
+        assert!(!json("text/json-ish"));
+        assert!(!super::is_json(&axum::http::HeaderMap::new()));
     }
 }

@@ -11,7 +11,6 @@
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,7 +20,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{change, page_limit, parse_json, ApiError};
+use super::{change, page_limit, parse_json, ApiError, JsonBody};
 use crate::app::Shared;
 use crate::rules::model::{App, RegisteredEvent};
 use crate::rules::write::{escape_env, Change};
@@ -145,7 +144,7 @@ struct AppBody {
 
 pub async fn create_app(
     State(shared): State<Arc<Shared>>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let body: AppBody = parse_json(&body)?;
     let id = body
@@ -191,7 +190,7 @@ pub async fn show_app(
 pub async fn update_app(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let body: AppBody = parse_json(&body)?;
     if body.id.as_ref().is_some_and(|new| *new != id) {
@@ -298,7 +297,7 @@ fn event_object(
 pub async fn register(
     State(shared): State<Arc<Shared>>,
     Path(topic): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     check_topic(&topic)?;
     let body: Map<String, Value> = parse_json(&body)?;
@@ -401,7 +400,7 @@ pub async fn list_events(
 pub async fn update_event(
     State(shared): State<Arc<Shared>>,
     Path((topic, name)): Path<(String, String)>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     check_topic(&topic)?;
     let body: Value = parse_json(&body)?;
@@ -483,7 +482,7 @@ fn event_not_found(name: &str) -> ApiError {
 pub async fn bulk_delete(
     State(shared): State<Arc<Shared>>,
     Path(topic): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     check_topic(&topic)?;
     let body: Map<String, Value> = parse_json(&body)?;

@@ -11,14 +11,13 @@
 use std::path::Path as FsPath;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{change, parse_json, ApiError};
+use super::{change, parse_json, ApiError, JsonBody};
 use crate::app::Shared;
 use crate::rules::model::{Assignment, EventSelector, Webhook};
 use crate::rules::write::{self, Change};
@@ -37,7 +36,7 @@ fn view(w: &Webhook, rules_dir: &FsPath, store: &crate::store::Store) -> Value {
         "webhook_key": w.key,
         "url": crate::secret::redact_url(&w.url),
         "events": events,
-        "secret_key": w.secret.as_ref().map(|_| "********"),
+        "secret_key": w.secret.as_ref().map(|_| crate::secret::MASK),
         "description": w.description,
         "format": w.format.name(),
         "assignment": if w.assignment == Assignment::Session { "session" } else { "all" },
@@ -69,7 +68,10 @@ pub async fn show(
     Ok(Json(view(w, &shared.config.rules_dir, &shared.store)).into_response())
 }
 
-pub async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(shared): State<Arc<Shared>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     let raw = to_rules_keys(parse_json(&body)?)?;
     let key = raw
         .get("key")
@@ -106,7 +108,7 @@ pub async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Re
 pub async fn update(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let mut patch = to_rules_keys(parse_json(&body)?)?;
     let new_key = match patch.remove("new_webhook_key") {

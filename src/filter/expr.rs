@@ -166,9 +166,12 @@ fn check_operators(rule: &Value, pointer: String) -> Result<(), ExprError> {
         Value::Object(map) => {
             let (op, args) = map.iter().next().expect("one key");
             if !OPERATORS.contains(op.as_str()) {
+                let hint = suggest(op)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
                 return Err(ExprError {
                     pointer,
-                    reason: format!("unknown operator `{op}`"),
+                    reason: format!("unknown operator `{op}`{hint}"),
                 });
             }
             if LITERAL_OPERATORS.contains(&op.as_str()) {
@@ -181,6 +184,43 @@ fn check_operators(rule: &Value, pointer: String) -> Result<(), ExprError> {
         }
         _ => Ok(()),
     }
+}
+
+/// The known operator an unknown one was probably meant to be: the same
+/// but for case, `_` or `-`, or at most two edits away.
+fn suggest(op: &str) -> Option<&'static str> {
+    let squash = |s: &str| s.to_lowercase().replace(['_', '-'], "");
+    let wanted = squash(op);
+    let mut best: Option<(usize, &'static str)> = None;
+    for &known in OPERATORS.iter() {
+        if squash(known) == wanted {
+            return Some(known);
+        }
+        if known.chars().count() < 3 || op.chars().count() < 3 {
+            continue;
+        }
+        let d = edit_distance(op, known);
+        if d <= 2 && best.is_none_or(|(b, name)| (d, known) < (b, name)) {
+            best = Some((d, known));
+        }
+    }
+    best.map(|(_, name)| name)
+}
+
+/// Levenshtein distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
@@ -206,6 +246,20 @@ mod tests {
         let err = Expr::compile(&json!({"and": [true, {"lenght": [1]}]})).unwrap_err();
         assert_eq!(err.reason, "unknown operator `lenght`");
         assert_eq!(err.pointer, "/and/1");
+        let reason = |op: &str| Expr::compile(&json!({op: [1]})).unwrap_err().reason;
+        assert_eq!(
+            reason("AND"),
+            "unknown operator `AND` (did you mean `and`?)"
+        );
+        assert_eq!(
+            reason("missingSome"),
+            "unknown operator `missingSome` (did you mean `missing_some`?)"
+        );
+        assert_eq!(
+            reason("mergee"),
+            "unknown operator `mergee` (did you mean `merge`?)"
+        );
+        assert_eq!(reason("frobnicate"), "unknown operator `frobnicate`");
     }
 
     #[test]

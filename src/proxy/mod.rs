@@ -129,6 +129,18 @@ impl ProxyHttp for Tap {
         TapCtx::default()
     }
 
+    /// What Pingora's own error lines show of a request: the method, the
+    /// path without the query (which may carry tokens) and the host.
+    fn request_summary(&self, session: &Session, _ctx: &TapCtx) -> String {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+            .unwrap_or_default();
+        format!("{} {}, Host: {host}", req.method, req.uri.path())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut TapCtx) -> Result<bool> {
         let req = session.req_header();
         let rules = self.shared.rules.load();

@@ -116,6 +116,10 @@ struct Loader {
     /// Event types routes declare, valid or not, so that one broken route
     /// does not also make every webhook that names its event an error.
     declared: BTreeSet<String>,
+    /// Beside each webhook: where its `events` names each event.
+    webhook_event_lines: Vec<HashMap<String, Origin>>,
+    /// Beside each registered event: where its `app` and `event_type` are.
+    registered_lines: Vec<(Origin, Origin)>,
 }
 
 impl Loader {
@@ -325,19 +329,20 @@ impl Loader {
 
     fn webhook(&mut self, doc: &Document, raw: RawWebhook, at: String) {
         let origin = self.unique(doc, "webhook", &raw.key, &format!("{at}/key"));
+        let mut lines = HashMap::new();
         for (i, e) in raw.events.iter().enumerate() {
             if e != "*" {
-                self.event_refs.push((
-                    e.clone(),
-                    Origin {
-                        file: doc.path.clone(),
-                        line: doc.line(&format!("{at}/events/{i}")),
-                    },
-                ));
+                let line = Origin {
+                    file: doc.path.clone(),
+                    line: doc.line(&format!("{at}/events/{i}")),
+                };
+                lines.entry(e.clone()).or_insert_with(|| line.clone());
+                self.event_refs.push((e.clone(), line));
             }
         }
         if let Some(w) = self.lower_webhook(doc, raw, &at, origin) {
             self.webhooks.push(w);
+            self.webhook_event_lines.push(lines);
         }
     }
 
@@ -414,10 +419,7 @@ impl Loader {
             assignment,
             filter,
             format,
-            secret: raw
-                .secret
-                .filter(|s| !s.is_empty())
-                .map(crate::secret::Secret::new),
+            secret: raw.secret.filter(|s| !s.expose().is_empty()),
             signing,
             development_mode: raw.development_mode,
             import_identifiers: raw.import_identifiers,
@@ -447,7 +449,7 @@ impl Loader {
         }
         let mut keys = Vec::new();
         for (i, secret) in raw.secrets.iter().enumerate() {
-            match crate::deliver::signing::parse_secret(secret) {
+            match crate::deliver::signing::parse_secret(secret.expose()) {
                 Ok(k) => keys.push(k),
                 Err(reason) => self
                     .problems
@@ -517,6 +519,12 @@ impl Loader {
             ));
         }
         let filter = self.expr(doc, &format!("{at}/filter"), raw.filter.as_ref());
+        let line = |field: &str| Origin {
+            file: doc.path.clone(),
+            line: doc.line(&format!("{at}/{field}")),
+        };
+        self.registered_lines
+            .push((line("app"), line("event_type")));
         self.registered.push(RegisteredEvent {
             app: raw.app,
             topic: raw.topic,
@@ -539,36 +547,59 @@ impl Loader {
             .iter()
             .map(|e| (e.name.as_str(), e))
             .collect();
+        let known = || {
+            let known = self.declared.iter().cloned().collect::<Vec<_>>().join(", ");
+            if known.is_empty() {
+                "no route derives it; there are no routes".to_string()
+            } else {
+                format!("no route derives it; known: {known}")
+            }
+        };
         for (name, origin) in &self.event_refs {
             if !self.declared.contains(name) && !registered.contains_key(name.as_str()) {
-                let known = self.declared.iter().cloned().collect::<Vec<_>>().join(", ");
                 problems.push(Problem::new(
                     &origin.file,
                     origin.line,
-                    format!("unknown event type `{name}` (no route derives it; known: {known})"),
+                    format!("unknown event type `{name}` ({})", known()),
                 ));
             }
         }
-        for ev in &self.registered {
+        for (ev, (app_at, type_at)) in self.registered.iter().zip(&self.registered_lines) {
             if !self.declared.contains(&ev.event_type) {
                 problems.push(Problem::new(
-                    &ev.origin.file,
-                    ev.origin.line,
+                    &type_at.file,
+                    type_at.line,
                     format!(
-                        "registered event `{}`: unknown event type `{}`",
-                        ev.name, ev.event_type
+                        "registered event `{}`: unknown event type `{}` ({})",
+                        ev.name,
+                        ev.event_type,
+                        known()
                     ),
                 ));
             }
             if !self.apps.iter().any(|a| a.id == ev.app) {
+                let apps = self
+                    .apps
+                    .iter()
+                    .map(|a| a.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let apps = if apps.is_empty() {
+                    "there are no apps".to_string()
+                } else {
+                    format!("known: {apps}")
+                };
                 problems.push(Problem::new(
-                    &ev.origin.file,
-                    ev.origin.line,
-                    format!("registered event `{}`: unknown app `{}`", ev.name, ev.app),
+                    &app_at.file,
+                    app_at.line,
+                    format!(
+                        "registered event `{}`: unknown app `{}` ({apps})",
+                        ev.name, ev.app
+                    ),
                 ));
             }
         }
-        for w in &self.webhooks {
+        for (w, lines) in self.webhooks.iter().zip(&self.webhook_event_lines) {
             let EventSelector::Some(names) = &w.events else {
                 continue;
             };
@@ -577,8 +608,15 @@ impl Loader {
                     continue;
                 };
                 if !w.permissions.iter().any(|p| app.permissions.contains(p)) {
-                    problems.push(Problem::new(&w.origin.file, w.origin.line, format!(
-                        "webhook `{}` lists registered event `{}` but holds none of app `{}`'s permissions ({})",
+                    // At the `events` entry that asks for it.
+                    let at = lines.get(&ev.name).unwrap_or(&w.origin);
+                    let held = if w.permissions.is_empty() {
+                        "it holds none".to_string()
+                    } else {
+                        format!("it holds {}", w.permissions.join(", "))
+                    };
+                    problems.push(Problem::new(&at.file, at.line, format!(
+                        "webhook `{}` lists registered event `{}` but holds none of app `{}`'s permissions ({}); {held}",
                         w.key, ev.name, app.id, app.permissions.join(", ")
                     )));
                 }

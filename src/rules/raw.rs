@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::units::{Dur, Size};
+use crate::secret::Secret;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,7 +70,7 @@ pub struct RawWebhook {
     #[serde(default)]
     pub format: Option<String>,
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     #[serde(default)]
     pub signing: Option<RawSigning>,
     #[serde(default)]
@@ -90,7 +91,7 @@ pub struct RawWebhook {
 #[serde(deny_unknown_fields)]
 pub struct RawSigning {
     pub scheme: String,
-    pub secrets: Vec<String>,
+    pub secrets: Vec<Secret>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,13 +29,12 @@ impl Document {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, Problems> {
-        let docs = MarkedYaml::load_from_str(text).map_err(|e| {
-            Problems::one(Problem::new(path, e.marker().line(), e.info().to_string()))
-        })?;
+        let docs = MarkedYaml::load_from_str(text)
+            .map_err(|e| Problems::one(syntax_error(path, text, &e)))?;
         let mut builder = Builder {
             path,
             lines: HashMap::new(),
-            problems: Vec::new(),
+            problems: duplicate_keys(path, text),
             env,
         };
         let value = match docs.first() {
@@ -49,6 +48,9 @@ impl Document {
                 "a file holds one YAML document".into(),
             ));
         }
+        // A key written twice both as `1` and `"1"` is found by both checks.
+        builder.problems.sort_by_key(|p| p.line);
+        builder.problems.dedup();
         Ok(Self {
             path: path.to_path_buf(),
             value,
@@ -76,6 +78,100 @@ impl Document {
     pub fn problem(&self, pointer: &str, reason: impl Into<String>) -> Problem {
         Problem::new(&self.path, self.line(pointer), reason.into())
     }
+}
+
+/// A YAML syntax error at its line. An error found at the end of the file
+/// (an unclosed `[`, `{` or quote) is put on the file's last line that
+/// holds something, rather than on a line past the end.
+fn syntax_error(path: &Path, text: &str, e: &saphyr::ScanError) -> Problem {
+    let last = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, _)| i + 1)
+        .last()
+        .unwrap_or(1);
+    let line = e.marker().line();
+    if line > last {
+        Problem::new(path, last, format!("{} (at the end of the file)", e.info()))
+    } else {
+        Problem::new(path, line.max(1), e.info().to_string())
+    }
+}
+
+/// Keys written twice in one mapping, and aliases. The YAML loader keeps
+/// only the last value of such a key and copies anchored values into
+/// aliases, both silently, so they are found on the parser's events.
+fn duplicate_keys(path: &Path, text: &str) -> Vec<Problem> {
+    use saphyr_parser::{Event, Parser, Span, SpannedEventReceiver};
+    use std::collections::HashSet;
+
+    enum Frame {
+        Mapping {
+            keys: HashSet<String>,
+            want_key: bool,
+        },
+        Sequence,
+    }
+    struct Finder<'p> {
+        path: &'p Path,
+        stack: Vec<Frame>,
+        problems: Vec<Problem>,
+    }
+    impl Finder<'_> {
+        /// A node ended: a key (when its mapping waits for one) or a value.
+        fn node(&mut self, key: Option<&str>, line: usize) {
+            let Some(Frame::Mapping { keys, want_key }) = self.stack.last_mut() else {
+                return;
+            };
+            if *want_key {
+                if let Some(k) = key {
+                    if !keys.insert(k.to_string()) {
+                        self.problems.push(Problem::new(
+                            self.path,
+                            line,
+                            format!("duplicate key `{k}` (a later value would silently replace the earlier)"),
+                        ));
+                    }
+                }
+            }
+            *want_key = !*want_key;
+        }
+    }
+    impl<'input> SpannedEventReceiver<'input> for Finder<'_> {
+        fn on_event(&mut self, ev: Event<'input>, span: Span) {
+            match ev {
+                Event::MappingStart(..) => self.stack.push(Frame::Mapping {
+                    keys: HashSet::new(),
+                    want_key: true,
+                }),
+                Event::SequenceStart(..) => self.stack.push(Frame::Sequence),
+                Event::MappingEnd | Event::SequenceEnd => {
+                    self.stack.pop();
+                    self.node(None, span.start.line());
+                }
+                Event::Scalar(value, ..) => self.node(Some(&value), span.start.line()),
+                Event::Alias(_) => {
+                    // The loader would copy the anchored value in silently.
+                    self.problems.push(Problem::new(
+                        self.path,
+                        span.start.line(),
+                        "YAML aliases (`*name`) are not supported: write the value out".into(),
+                    ));
+                    self.node(None, span.start.line());
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut finder = Finder {
+        path,
+        stack: Vec::new(),
+        problems: Vec::new(),
+    };
+    // Syntax errors are the loader's to report.
+    let _ = Parser::new_from_str(text).load(&mut finder, true);
+    finder.problems
 }
 
 struct Builder<'a> {
@@ -122,7 +218,7 @@ impl Builder<'_> {
                         self.problems.push(Problem::new(
                             self.path,
                             k.span.start.line(),
-                            format!("duplicate key `{key}`"),
+                            format!("duplicate key `{key}` (a later value would silently replace the earlier)"),
                         ));
                     }
                     let value = self.node(v, child);
@@ -247,6 +343,34 @@ mod tests {
             "r.yaml:2: environment variable `NOPE` is not set"
         );
         assert_eq!(doc.value["a"], 1);
+    }
+
+    #[test]
+    fn finds_keys_written_twice() {
+        let text = "a:\n  b: 1\n  c: {d: 1, d: 2}\n  b: 2\nlist:\n  - b: 1\n  - b: 2\n";
+        let doc = Document::parse(Path::new("r.yaml"), text, &env).unwrap();
+        let lines: Vec<_> = doc.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [3, 4], "{:?}", doc.problems);
+        assert!(doc.problems[0].reason.starts_with("duplicate key `d`"));
+    }
+
+    #[test]
+    fn refuses_aliases() {
+        let text = "a: &x {b: 1}\nc: *x\n";
+        let doc = Document::parse(Path::new("r.yaml"), text, &env).unwrap();
+        assert_eq!(doc.problems.len(), 1, "{:?}", doc.problems);
+        assert_eq!(doc.problems[0].line, 2);
+        assert!(doc.problems[0].reason.starts_with("YAML aliases"));
+    }
+
+    #[test]
+    fn an_error_at_the_end_of_the_file_is_on_its_last_line() {
+        let err = Document::parse(Path::new("r.yaml"), "a:\n  b: [1, 2\n\n", &env).unwrap_err();
+        assert_eq!(err.0[0].line, 2, "{err}");
+        assert!(
+            err.0[0].reason.ends_with("(at the end of the file)"),
+            "{err}"
+        );
     }
 
     #[test]

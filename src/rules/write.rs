@@ -86,7 +86,16 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // A dot file: the loader skips it if we stop half-way.
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("rules");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
+    // Owner only: what the API writes holds webhook secrets in clear.
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+    };
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;

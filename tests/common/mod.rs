@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -25,6 +25,7 @@ pub struct Stack {
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
     child: Child,
+    log_filter: String,
 }
 
 /// What a test changes in the stack.
@@ -37,7 +38,12 @@ pub struct Setup<'a> {
     pub config: &'a str,
     /// Point the proxy at a port nothing listens on.
     pub upstream_down: bool,
+    /// `RUST_LOG` for taphook (default `info,taphook=debug`).
+    pub log_filter: Option<&'a str>,
 }
+
+/// `RUST_LOG` for taphook unless a test sets its own.
+const LOG_FILTER: &str = "info,taphook=debug";
 
 impl Stack {
     /// A stack with these rules files and everything else by default.
@@ -66,8 +72,12 @@ impl Stack {
         }
         let base = format!("http://{}", receiver.addr);
         for (name, text) in &setup.rules {
-            std::fs::write(rules_dir.join(name), text.replace("{receiver}", &base)).unwrap();
+            let text = text
+                .replace("{receiver}", &base)
+                .replace("{receiver_addr}", &receiver.addr.to_string());
+            std::fs::write(rules_dir.join(name), text).unwrap();
         }
+        let log_filter = setup.log_filter.unwrap_or(LOG_FILTER).to_string();
         // A free port is released before taphook binds it, so a parallel
         // test can take it first: then taphook exits, and we try again.
         for _attempt in 0..3 {
@@ -79,7 +89,7 @@ impl Stack {
             std::fs::write(dir.path().join("taphook.yaml"), config).unwrap();
             let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-            match launch(dir.path(), admin, proxy).await {
+            match launch(dir.path(), admin, proxy, &log_filter).await {
                 Ok(child) => {
                     return Stack {
                         importer,
@@ -89,6 +99,7 @@ impl Stack {
                         dir,
                         client: client(),
                         child,
+                        log_filter,
                     }
                 }
                 Err(log) if log.contains("cannot listen") => continue,
@@ -113,7 +124,7 @@ impl Stack {
 
     /// Starts taphook again after it stopped.
     pub async fn relaunch(&mut self) {
-        match launch(self.dir.path(), self.admin, self.proxy).await {
+        match launch(self.dir.path(), self.admin, self.proxy, &self.log_filter).await {
             Ok(child) => self.child = child,
             Err(log) => panic!("taphook did not restart:\n{log}"),
         }
@@ -328,9 +339,15 @@ async fn exited(child: &mut Child) {
     }
 }
 
-/// Starts `taphook run` on `dir/taphook.yaml`, logging to `dir/taphook.log`,
-/// and waits until it is ready; on failure, returns the log.
-async fn launch(dir: &Path, admin: SocketAddr, proxy: SocketAddr) -> Result<Child, String> {
+/// Starts `taphook run` on `dir/taphook.yaml`, its stdout and stderr
+/// going to `dir/taphook.log`, and waits until it is ready; on failure,
+/// returns the log.
+async fn launch(
+    dir: &Path,
+    admin: SocketAddr,
+    proxy: SocketAddr,
+    log_filter: &str,
+) -> Result<Child, String> {
     let log_path = dir.join("taphook.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -340,8 +357,8 @@ async fn launch(dir: &Path, admin: SocketAddr, proxy: SocketAddr) -> Result<Chil
     let mut child = Command::new(env!("CARGO_BIN_EXE_taphook"))
         .args(["run", "--config"])
         .arg(dir.join("taphook.yaml"))
-        .env("RUST_LOG", "info,taphook=debug")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", log_filter)
+        .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .expect("spawn taphook");
