@@ -36,11 +36,15 @@ lint: prereqs
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
 
-## Benchmarks: criterion micro benchmarks, then the load harness (wrk:
-## direct, nginx, taphook); the load table lands in target/bench/load.md.
+## Benchmarks: criterion micro benchmarks, the load harness (wrk: direct,
+## nginx, taphook), delivery throughput and end-to-end latency, then the
+## plots. Tables land in target/bench/ (load.md, delivery.md), plots in
+## docs/img/.
 bench: prereqs
 	$(CARGO) bench --bench pipeline
 	SUDO=$(SUDO) bash benches/load/run.sh
+	$(CARGO) bench --bench delivery
+	python3 benches/load/plot.py || echo "plots skipped (pip install matplotlib)"
 
 check-rules: build
 	$(CARGO) run --quiet -- check rules/

@@ -178,10 +178,19 @@ fn receiver_ceiling(addr: SocketAddr, body: &str, dir: &std::path::Path) -> Opti
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing to filter here.
-    let events: usize = env_or("EVENTS", 100_000);
-    let rate: u64 = env_or("RATE", 1000);
-    let seconds: u64 = env_or("SECONDS", 10);
+    // `cargo test --all-targets` runs this without `--bench`: then a
+    // smoke run (small, no wrk, nothing written) that must deliver every
+    // event, so the bench cannot rot unnoticed.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let (events, rate, seconds) = if smoke {
+        (300, 200, 1)
+    } else {
+        (
+            env_or("EVENTS", 100_000),
+            env_or("RATE", 1000u64),
+            env_or("SECONDS", 10u64),
+        )
+    };
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -244,7 +253,11 @@ fn main() {
         .expect("a session through taphook");
     rt.block_on(wait_for(&arrivals, 1, Duration::from_secs(10)));
     let sample = r#"{"uuid":"event-a616c250-e9c0-5719-818e-9486b14ce0b0","embed_id":53511,"embed_jwt":null,"environment_name":"Production","template_key":"contacts","event_type":"embed_initialized","trigger_type":"api","data":{},"created_at":1795345626.3582406}"#;
-    let ceiling = receiver_ceiling(receiver, sample, dir.path());
+    let ceiling = if smoke {
+        None
+    } else {
+        receiver_ceiling(receiver, sample, dir.path())
+    };
     arrivals.0.lock().unwrap().clear();
 
     // 2. Throughput: `events` sessions, 32 clients.
@@ -343,7 +356,7 @@ fn main() {
         cpu / sent.max(1) as f64 * 1e6
     ));
     lines.push(format!(
-        "| taphook peak RSS after the 100k run | {hwm_throughput} MiB |"
+        "| taphook peak RSS after the {sent} events | {hwm_throughput} MiB |"
     ));
     lines.push(format!(
         "| end-to-end latency at {rate} events/s for {seconds} s ({} events) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
@@ -357,8 +370,38 @@ fn main() {
     ));
     let table = lines.join("\n") + "\n";
     print!("{table}");
+    if smoke {
+        assert_eq!((sent, arrived), (events, events), "every event delivered");
+        assert_eq!(latencies.len(), paced, "every paced event delivered");
+        return;
+    }
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     let _ = std::fs::create_dir_all(&out);
     let _ = std::fs::write(out.join("delivery.md"), table);
+    // For the plots: the latency distribution as percentiles.
+    let cdf: Vec<(f64, f64)> = (0..=200)
+        .map(|i| {
+            let p = i as f64 / 200.0;
+            (p, percentile(&latencies, p))
+        })
+        .collect();
+    let summary = serde_json::json!({
+        "receiver_ceiling": ceiling,
+        "events": sent,
+        "accepted_per_s": ingest_rate,
+        "delivered": arrived,
+        "delivered_per_s": delivery_rate,
+        "cpu_us_per_event": cpu / sent.max(1) as f64 * 1e6,
+        "rate": rate,
+        "latency_ms": {
+            "p50": percentile(&latencies, 0.5),
+            "p99": percentile(&latencies, 0.99),
+            "max": latencies.last(),
+            "cdf": cdf,
+        },
+        "rss_mib": rss,
+        "peak_rss_mib": hwm,
+    });
+    let _ = std::fs::write(out.join("delivery.json"), summary.to_string());
     drop(taphook);
 }
