@@ -11,7 +11,8 @@
 //!
 //! `cargo bench --bench delivery` (part of `make bench`); writes
 //! `target/bench/delivery.md`. Environment: `EVENTS` (default 100000),
-//! `RATE` (1000), `SECONDS` (10).
+//! `RATE` (1000), `SECONDS` (10), `CONCURRENCY` (taphook's
+//! `delivery.concurrency_per_webhook`, its default when unset).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -229,6 +230,10 @@ fn main() {
         "listen: 127.0.0.1:{proxy_port}\nupstream: http://127.0.0.1:{up}\nadmin_listen: 127.0.0.1:{admin}\nrules_dir: rules\ndata_dir: data"
     )
     .unwrap();
+    // CONCURRENCY: delivery.concurrency_per_webhook (taphook's default if unset).
+    if let Ok(n) = std::env::var("CONCURRENCY") {
+        writeln!(f, "delivery:\n  concurrency_per_webhook: {n}").unwrap();
+    }
     drop(f);
     let taphook = spawn(&["run", "--config", config.to_str().unwrap()]);
     let pid = taphook.0.id();

@@ -142,7 +142,8 @@ if [[ " $TARGETS " == *" taphook "* ]] && [ "$HOOK_EVENTS" != "[none]" ]; then
 fi
 echo $(( $(ticks "$TAPHOOK_PID") - TAPHOOK_TICKS0 )) >"$OUT/taphook-total-ticks.txt"
 curl -s "http://127.0.0.1:$ADMIN/metrics" >"$OUT/taphook-metrics.txt"
-printf '%s %s\n' "$(rss_mib "$TAPHOOK_PID" VmHWM:)" "$(rss_mib "$TAPHOOK_PID" VmRSS:)" >"$OUT/taphook-rss-mib.txt"
+printf '%s %s %s\n' "$(rss_mib "$TAPHOOK_PID" VmHWM:)" "$(rss_mib "$TAPHOOK_PID" VmRSS:)" \
+  "$(( $(stat -c %s "$WORK/tapped/data/taphook.db-wal" 2>/dev/null || echo 0) / 1048576 ))" >"$OUT/taphook-rss-mib.txt"
 printf '%s %s\n' "$(rss_mib "$PLAIN_PID" VmHWM:)" "$(rss_mib "$PLAIN_PID" VmRSS:)" >"$OUT/plain-rss-mib.txt"
 
 python3 - "$OUT" "$RUNS" "$DURATION" "$CONNS" "$DRAIN_S" "$TARGETS" <<'PY'
@@ -204,14 +205,14 @@ if "taphook" in res:
     derived = metric("taphook_events_derived_total")
     delivered = metric('taphook_deliveries_total{outcome="delivered"')
     dropped = metric("taphook_events_dropped_total")
-    hwm, rss = open(out + "/taphook-rss-mib.txt").read().split()
+    hwm, rss, wal = open(out + "/taphook-rss-mib.txt").read().split()
     total_us = int(open(out + "/taphook-total-ticks.txt").read()) * tick_us / max(derived, 1)
     lines.append(
         f"taphook: {derived:,.0f} events derived, {dropped:,.0f} dropped, {delivered:,.0f} delivered "
         f"(the outbox drained {drain:.1f} s after the load); {total_us:.0f} µs of CPU per event, "
-        f"proxy to delivery, drain included; RSS {rss} MiB at the end, peak {hwm} MiB."
+        f"proxy to delivery, drain included; RSS {rss} MiB at the end, peak {hwm} MiB; WAL file {wal} MiB."
     )
-    summary.update(total_cpu_us_per_event=total_us, derived=derived, delivered=delivered, dropped=dropped, drain_s=drain, rss_mib=int(rss), peak_rss_mib=int(hwm))
+    summary.update(total_cpu_us_per_event=total_us, wal_mib=int(wal), derived=derived, delivered=delivered, dropped=dropped, drain_s=drain, rss_mib=int(rss), peak_rss_mib=int(hwm))
 open(f"{out}/load.md", "w").write("\n".join(lines) + "\n")
 json.dump(summary, open(f"{out}/load.json", "w"), indent=1)
 print("\n".join(lines))
