@@ -44,7 +44,8 @@ bench: prereqs
 	$(CARGO) bench --bench pipeline
 	SUDO=$(SUDO) bash benches/load/run.sh
 	$(CARGO) bench --bench delivery
-	python3 benches/load/plot.py || echo "plots skipped (pip install matplotlib)"
+	@python3 -c "import matplotlib" 2>/dev/null || pip install -q matplotlib || echo "matplotlib not installed: plots skipped"
+	python3 benches/load/plot.py || echo "plots skipped"
 
 check-rules: build
 	$(CARGO) run --quiet -- check rules/

@@ -31,7 +31,7 @@ cargo build --release --quiet
 BIN=$PWD/target/release/taphook
 OUT=$PWD/target/bench
 mkdir -p "$OUT"
-rm -f "$OUT"/wrk-*.txt "$OUT"/cpu-*.txt
+rm -f "$OUT"/wrk-*.txt "$OUT"/cpu-*.txt "$OUT"/taphook-rss-samples.txt
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$WORK"; }
@@ -118,6 +118,11 @@ for target in $TARGETS; do
     *) echo "unknown target $target"; exit 2 ;;
   esac
   for run in $(seq "$RUNS"); do
+    if [ "$target" = taphook ]; then
+      # RSS once a second while the load runs: does it level off?
+      ( while kill -0 "$TAPHOOK_PID" 2>/dev/null; do rss_mib "$TAPHOOK_PID" VmRSS: >>"$OUT/taphook-rss-samples.txt"; sleep 1; done ) &
+      SAMPLER=$!
+    fi
     if [ "$target" = taphook ] && [ "${PERF:-0}" = 1 ]; then
       perf record -F 499 -g -o "$OUT/perf.data" -p "$TAPHOOK_PID" -- sleep "$DURATION" 2>/dev/null &
       PERF_PID=$!
@@ -126,6 +131,7 @@ for target in $TARGETS; do
     wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s benches/load/post.lua "$url/v1/embeds" >"$OUT/wrk-$target-$run.txt"
     echo "$(( $(ticks "$pid") - before )) $(( $(ticks "$IMPORTER_PID") - up_before ))" >"$OUT/cpu-$target-$run.txt"
     if [ -n "${PERF_PID:-}" ]; then wait "$PERF_PID" || true; PERF_PID=; fi
+    if [ -n "${SAMPLER:-}" ]; then kill "$SAMPLER" 2>/dev/null || true; SAMPLER=; echo "--" >>"$OUT/taphook-rss-samples.txt"; fi
   done
 done
 
@@ -212,6 +218,20 @@ if "taphook" in res:
         f"(the outbox drained {drain:.1f} s after the load); {total_us:.0f} µs of CPU per event, "
         f"proxy to delivery, drain included; RSS {rss} MiB at the end, peak {hwm} MiB; WAL file {wal} MiB."
     )
+    try:
+        runs_rss = [
+            [int(x) for x in block.split()]
+            for block in open(f"{out}/taphook-rss-samples.txt").read().split("--")
+            if block.split()
+        ]
+        lines.append(
+            "taphook RSS (MiB) at the end of each run: "
+            + ", ".join(str(r[-1]) for r in runs_rss)
+            + f"; sampled every second: {' / '.join(' '.join(map(str, r)) for r in runs_rss)}."
+        )
+        summary["rss_samples_mib"] = runs_rss
+    except FileNotFoundError:
+        pass
     summary.update(total_cpu_us_per_event=total_us, wal_mib=int(wal), derived=derived, delivered=delivered, dropped=dropped, drain_s=drain, rss_mib=int(rss), peak_rss_mib=int(hwm))
 open(f"{out}/load.md", "w").write("\n".join(lines) + "\n")
 json.dump(summary, open(f"{out}/load.json", "w"), indent=1)
