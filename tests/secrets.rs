@@ -294,39 +294,20 @@ async fn no_secret_appears_in_logs_metrics_or_the_admin_api() {
 
     // Every delivery settles: retried ones delivered, the unreachable
     // one dead.
-    assert_eq!(
-        stack
-            .wait_metric(
-                r#"taphook_deliveries_total{outcome="dead",webhook="unreachable"}"#,
-                1.0
-            )
-            .await,
-        1.0,
-        "{}",
-        stack.log()
-    );
-    assert_eq!(
-        stack
-            .wait_metric(
-                r#"taphook_deliveries_total{outcome="delivered",webhook="dromo-signed"}"#,
-                1.0
-            )
-            .await,
-        1.0,
-        "{}",
-        stack.log()
-    );
-    assert_eq!(
-        stack
-            .wait_metric(
-                r#"taphook_deliveries_total{outcome="delivered",webhook="api-hook"}"#,
-                1.0
-            )
-            .await,
-        1.0,
-        "{}",
-        stack.log()
-    );
+    for (outcome, webhook) in [
+        ("dead", "unreachable"),
+        ("delivered", "dromo-signed"),
+        ("delivered", "api-hook"),
+    ] {
+        let metric =
+            format!(r#"taphook_deliveries_total{{outcome="{outcome}",webhook="{webhook}"}}"#);
+        assert_eq!(
+            stack.wait_metric(&metric, 1.0).await,
+            1.0,
+            "{}",
+            stack.log()
+        );
+    }
     assert!(
         stack
             .wait_metric(
