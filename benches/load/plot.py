@@ -36,6 +36,9 @@ if os.path.exists(load_path):
         values = [load["targets"][t][key] for t in names]
         bars = ax.bar([labels[t] for t in names], values, color=["#888", "#4a7", "#69c", "#c64"][-len(names):])
         ax.set_title(title)
+        if key == "p99":
+            ax.set_yscale("log")
+            ax.set_title(title + ", log scale")
         for b, v in zip(bars, values):
             ax.annotate(f"{v:,.0f}" if v >= 10 else f"{v:.1f}", (b.get_x() + b.get_width() / 2, v),
                         ha="center", va="bottom", fontsize=8)
