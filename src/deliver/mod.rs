@@ -11,6 +11,7 @@
 //! UUID).
 
 pub mod formats;
+pub mod guard;
 pub mod retry;
 pub mod signing;
 
