@@ -230,9 +230,11 @@ fn main() {
         "listen: 127.0.0.1:{proxy_port}\nupstream: http://127.0.0.1:{up}\nadmin_listen: 127.0.0.1:{admin}\nrules_dir: rules\ndata_dir: data"
     )
     .unwrap();
+    // The receiver is on loopback, which the SSRF guard refuses by default.
+    writeln!(f, "delivery:\n  allow_private_networks: [127.0.0.0/8]").unwrap();
     // CONCURRENCY: delivery.concurrency_per_webhook (taphook's default if unset).
     if let Ok(n) = std::env::var("CONCURRENCY") {
-        writeln!(f, "delivery:\n  concurrency_per_webhook: {n}").unwrap();
+        writeln!(f, "  concurrency_per_webhook: {n}").unwrap();
     }
     drop(f);
     let taphook = spawn(&["run", "--config", config.to_str().unwrap()]);

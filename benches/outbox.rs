@@ -127,7 +127,7 @@ fn main() {
     };
     let config = dir.path().join("taphook.yaml");
     let mut f = std::fs::File::create(&config).unwrap();
-    writeln!(f, "listen: 127.0.0.1:{}\nupstream: http://127.0.0.1:{closed}\nadmin_listen: 127.0.0.1:{}\nrules_dir: rules\ndata_dir: data\nthreads: 2", port(()), port(())).unwrap();
+    writeln!(f, "listen: 127.0.0.1:{}\nupstream: http://127.0.0.1:{closed}\nadmin_listen: 127.0.0.1:{}\nrules_dir: rules\ndata_dir: data\nthreads: 2\ndelivery:\n  allow_private_networks: [127.0.0.0/8]", port(()), port(())).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_taphook"))
         .args(["run", "--config"])
         .arg(&config)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::deliver::guard::Cidr;
 use crate::rules::error::{Problem, Problems};
 use crate::rules::source::Document;
 use crate::rules::units::{Dur, Size};
@@ -61,7 +62,8 @@ pub struct Delivery {
     pub pause_after: Duration,
     /// How often a paused webhook is probed with one delivery.
     pub probe_interval: Duration,
-    pub allow_private_networks: Vec<String>,
+    /// Networks a webhook URL may resolve to despite the SSRF guard.
+    pub allow_private_networks: Vec<Cidr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,12 +207,14 @@ impl Config {
                 port: 0,
             }
         });
+        let mut allow_private_networks = Vec::new();
         for (i, text) in raw.delivery.allow_private_networks.iter().enumerate() {
-            if let Err(reason) = parse_cidr(text) {
-                problems.push(doc.problem(
+            match Cidr::parse(text) {
+                Ok(cidr) => allow_private_networks.push(cidr),
+                Err(reason) => problems.push(doc.problem(
                     &format!("/delivery/allow_private_networks/{i}"),
                     format!("`delivery.allow_private_networks`: {reason}"),
-                ));
+                )),
             }
         }
         let concurrency = raw.delivery.concurrency_per_webhook.unwrap_or(16);
@@ -269,7 +273,7 @@ impl Config {
                     .delivery
                     .probe_interval
                     .map_or(Duration::from_secs(60), |d| d.0),
-                allow_private_networks: raw.delivery.allow_private_networks,
+                allow_private_networks,
             },
             jwt_hs256_secret: raw.jwt.hs256_secret.filter(|s| !s.expose().is_empty()),
             shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(1), |d| d.0),
@@ -392,6 +396,18 @@ mod tests {
         assert_eq!(c.admin_token.as_ref().map(Secret::expose), Some("t0k"));
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.dedup_ttl, Duration::from_secs(86400));
+        assert!(c.delivery.allow_private_networks.is_empty());
+        let c = load(
+            "upstream: http://x:1\ndelivery:\n  allow_private_networks: [127.0.0.0/8, \"::1\"]\n",
+        )
+        .unwrap();
+        let shown: Vec<String> = c
+            .delivery
+            .allow_private_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["127.0.0.0/8", "::1/128"]);
     }
 
     #[test]

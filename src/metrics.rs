@@ -15,6 +15,7 @@ pub struct Metrics {
     pub filter_rejected: IntCounterVec,
     pub deliveries: IntCounterVec,
     pub delivery_attempts: IntCounterVec,
+    pub delivery_refused: IntCounterVec,
     pub delivery_duration: HistogramVec,
     pub event_delivery_latency: Histogram,
     pub outbox_pending: IntGaugeVec,
@@ -68,6 +69,11 @@ impl Metrics {
             "taphook_delivery_attempts_total",
             "Delivery attempts, by webhook and status class (2xx..5xx, timeout, error).",
             &["webhook", "status_class"],
+        );
+        let delivery_refused = counter(
+            "taphook_delivery_refused_total",
+            "Delivery attempts refused before connecting (SSRF guard), by webhook and reason (private_address, scheme).",
+            &["webhook", "reason"],
         );
         let rules_reloads = counter(
             "taphook_rules_reloads_total",
@@ -152,6 +158,7 @@ impl Metrics {
             filter_rejected,
             deliveries,
             delivery_attempts,
+            delivery_refused,
             delivery_duration,
             event_delivery_latency,
             outbox_pending,
@@ -175,6 +182,9 @@ impl Metrics {
         for key in webhooks {
             for outcome in ["delivered", "dead"] {
                 self.deliveries.with_label_values(&[key, outcome]);
+            }
+            for reason in crate::deliver::guard::Refused::REASONS {
+                self.delivery_refused.with_label_values(&[key, reason]);
             }
             self.filter_rejected.with_label_values(&[key]);
             self.outbox_pending.with_label_values(&[key]);

@@ -42,6 +42,11 @@ async fn metrics_follow_the_contract_and_pass_promtool() {
         before.contains("taphook_events_dropped_total{reason=\"tap_queue_full\"} 0"),
         "{before}"
     );
+    for reason in ["private_address", "scheme"] {
+        let sample =
+            format!("taphook_delivery_refused_total{{reason=\"{reason}\",webhook=\"all\"}} 0");
+        assert!(before.contains(&sample), "{sample}:\n{before}");
+    }
     let id = stack
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;

@@ -74,6 +74,8 @@ upstream: http://127.0.0.1:$UP
 admin_listen: 127.0.0.1:$3
 rules_dir: rules
 data_dir: data
+delivery:
+  allow_private_networks: [127.0.0.0/8]   # the sink is on loopback
 CONF
 }
 taphook_conf tapped "$TP" "$ADMIN"

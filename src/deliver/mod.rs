@@ -9,8 +9,14 @@
 //! A crash or restart loses nothing: what was not marked delivered is
 //! still pending and is sent again (at least once; receivers dedup by
 //! UUID).
+//!
+//! Every attempt goes through the SSRF guard ([`guard`]): a webhook URL
+//! whose host is or resolves to a private address is refused like a
+//! connection that failed, unless `delivery.allow_private_networks`
+//! covers it.
 
 pub mod formats;
+pub mod guard;
 pub mod retry;
 pub mod signing;
 
@@ -26,6 +32,7 @@ use crate::event::DerivedEvent;
 use crate::rules::model::Webhook;
 use crate::store::sqlite::{now_ms, Due, State, Store, StoreError, WebhookChange, WebhookState};
 use formats::Outgoing;
+use guard::{Guard, GuardedResolver, Refused};
 use retry::{parse_retry_after, Attempt};
 
 /// Bytes of a receiver's response body kept with an attempt.
@@ -69,13 +76,21 @@ pub struct Dispatcher {
     shared: Arc<Shared>,
     store: Arc<Store>,
     client: reqwest::Client,
+    guard: Arc<Guard>,
 }
 
 impl Dispatcher {
     pub fn new(shared: Arc<Shared>) -> anyhow::Result<Self> {
+        let guard = Arc::new(Guard::new(
+            shared.config.delivery.allow_private_networks.clone(),
+        ));
+        // Redirects are not followed (a 3xx is the attempt's answer) and
+        // no proxy is used: the guard vets the address connected to, which
+        // its resolver hands to the connector.
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver::new(guard.clone())))
             .user_agent(concat!("taphook/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
@@ -83,6 +98,7 @@ impl Dispatcher {
             store: shared.store.clone(),
             shared,
             client,
+            guard,
         })
     }
 
@@ -323,6 +339,10 @@ impl Dispatcher {
     }
 
     async fn send(&self, webhook: &Webhook, request: &Outgoing) -> (Attempt, Option<String>) {
+        // A host written as an address never reaches the resolver.
+        if let Err(refused) = self.guard.check_url(&webhook.url) {
+            return (self.refused(webhook, &refused), None);
+        }
         let timeout = webhook
             .timeout
             .unwrap_or(self.shared.config.delivery.timeout);
@@ -357,9 +377,30 @@ impl Dispatcher {
                     Some(excerpt),
                 )
             }
-            Err(e) if e.is_timeout() => (Attempt::Timeout, None),
-            Err(e) => (Attempt::Error(error_chain(&e)), None),
+            Err(e) => match guard::refusal(&e) {
+                Some(refused) => (self.refused(webhook, refused), None),
+                None if e.is_timeout() => (Attempt::Timeout, None),
+                None => (Attempt::Error(error_chain(&e)), None),
+            },
         }
+    }
+
+    /// Counts and logs a refusal, and makes it the attempt's error. The
+    /// log names the host only: the URL's userinfo and query may hold
+    /// secrets.
+    fn refused(&self, webhook: &Webhook, refused: &Refused) -> Attempt {
+        tracing::warn!(
+            webhook = %webhook.key,
+            host = %webhook.url.host_str().unwrap_or_default(),
+            reason = refused.reason(),
+            "delivery refused by the SSRF guard: {refused}"
+        );
+        self.shared
+            .metrics
+            .delivery_refused
+            .with_label_values(&[&webhook.key, refused.reason()])
+            .inc();
+        Attempt::Error(format!("refused by the SSRF guard: {refused}"))
     }
 
     /// Writes an attempt's outcome back to the outbox. A failed probe of

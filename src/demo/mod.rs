@@ -241,7 +241,8 @@ fn demo_setup(
     );
     std::fs::write(rules_dir.join("webhooks.yaml"), hooks)?;
     let text = format!(
-        "listen: 127.0.0.1:{}\nupstream: {}\nadmin_listen: 127.0.0.1:{}\nrules_dir: {}\ndata_dir: {}\nthreads: 2\n",
+        // The receiver is on loopback, which the SSRF guard refuses by default.
+        "listen: 127.0.0.1:{}\nupstream: {}\nadmin_listen: 127.0.0.1:{}\nrules_dir: {}\ndata_dir: {}\nthreads: 2\ndelivery:\n  allow_private_networks: [127.0.0.0/8]\n",
         free_port()?,
         importer.url(),
         free_port()?,

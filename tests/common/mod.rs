@@ -32,7 +32,8 @@ pub struct Stack {
 #[derive(Default)]
 pub struct Setup<'a> {
     /// Rules files (name, text) beside the OneSchema profile; `{receiver}`
-    /// is replaced by the receiver's base URL.
+    /// is replaced by the receiver's base URL, `{receiver_addr}` by its
+    /// `127.0.0.1:port` and `{receiver_port}` by its port.
     pub rules: Vec<(&'a str, String)>,
     /// Extra config lines.
     pub config: &'a str,
@@ -40,7 +41,14 @@ pub struct Setup<'a> {
     pub upstream_down: bool,
     /// `RUST_LOG` for taphook (default `info,taphook=debug`).
     pub log_filter: Option<&'a str>,
+    /// `delivery.allow_private_networks`, a YAML list. `None`: loopback
+    /// (the receiver's, which the SSRF guard refuses by default);
+    /// `Some("[]")`: taphook's default.
+    pub allow_private_networks: Option<&'a str>,
 }
+
+/// What the stack allows by default: the receiver listens on loopback.
+pub const ALLOW_LOOPBACK: &str = "[127.0.0.0/8, \"::1/128\"]";
 
 /// `RUST_LOG` for taphook unless a test sets its own.
 const LOG_FILTER: &str = "info,taphook=debug";
@@ -74,7 +82,8 @@ impl Stack {
         for (name, text) in &setup.rules {
             let text = text
                 .replace("{receiver}", &base)
-                .replace("{receiver_addr}", &receiver.addr.to_string());
+                .replace("{receiver_addr}", &receiver.addr.to_string())
+                .replace("{receiver_port}", &receiver.addr.port().to_string());
             std::fs::write(rules_dir.join(name), text).unwrap();
         }
         let log_filter = setup.log_filter.unwrap_or(LOG_FILTER).to_string();
@@ -84,7 +93,10 @@ impl Stack {
             let (proxy_port, admin_port) = (free_port().unwrap(), free_port().unwrap());
             let config = format!(
                 "listen: 127.0.0.1:{proxy_port}\nupstream: {upstream}\nadmin_listen: 127.0.0.1:{admin_port}\nrules_dir: rules\ndata_dir: data\nthreads: 2\n{}",
-                setup.config
+                with_allow_list(
+                    setup.config,
+                    setup.allow_private_networks.unwrap_or(ALLOW_LOOPBACK)
+                )
             );
             std::fs::write(dir.path().join("taphook.yaml"), config).unwrap();
             let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
@@ -321,6 +333,27 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
 /// Waits `d` so late deliveries would have arrived.
 pub async fn settle(d: Duration) {
     tokio::time::sleep(d).await;
+}
+
+/// `config` with `delivery.allow_private_networks: list`, in the
+/// `delivery:` block when `config` has one.
+pub fn with_allow_list(config: &str, list: &str) -> String {
+    let line = format!("  allow_private_networks: {list}\n");
+    let mut out = String::new();
+    let mut placed = false;
+    for l in config.lines() {
+        out.push_str(l);
+        out.push('\n');
+        if l == "delivery:" {
+            out.push_str(&line);
+            placed = true;
+        }
+    }
+    if !placed {
+        out.push_str("delivery:\n");
+        out.push_str(&line);
+    }
+    out
 }
 
 /// A webhook YAML entry.
