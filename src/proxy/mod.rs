@@ -9,7 +9,7 @@ pub mod multipart;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -47,6 +47,17 @@ impl Tap {
             upstream,
             budget,
             dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// A new body copy: under the cap, charged to the budget, and for at
+    /// most `capture.max_duration` from now.
+    fn capture(&self, cap: usize) -> Captured {
+        let copy = Captured::with_budget(cap, self.budget.clone());
+        // A duration too long to add is no deadline.
+        match Instant::now().checked_add(self.shared.config.max_capture_duration) {
+            Some(deadline) => copy.until(deadline),
+            None => copy,
         }
     }
 
@@ -156,7 +167,7 @@ impl ProxyHttp for Tap {
         let ct = content_type(&req.headers);
         ctx.multipart = ct.and_then(MultipartScanner::for_content_type);
         if ctx.multipart.is_none() && capturable(ct) {
-            ctx.request_body = Some(Captured::with_budget(ctx.cap, self.budget.clone()));
+            ctx.request_body = Some(self.capture(ctx.cap));
         }
         Ok(false)
     }
@@ -197,7 +208,7 @@ impl ProxyHttp for Tap {
             ctx.status = resp.status.as_u16();
             ctx.response_headers = copy_headers(&resp.headers);
             if capturable(content_type(&resp.headers)) {
-                ctx.response_body = Some(Captured::with_budget(ctx.cap, self.budget.clone()));
+                ctx.response_body = Some(self.capture(ctx.cap));
             }
         }
         Ok(())
@@ -240,7 +251,7 @@ impl ProxyHttp for Tap {
         let mut response_body = ctx.response_body.take();
         if let Some(body) = response_body.as_mut().filter(|_| !ctx.response_complete) {
             // The client left before the body ended: what we have is partial.
-            body.truncated = true;
+            body.truncate();
         }
         let files = ctx
             .multipart
