@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::ErrorSource;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -163,13 +163,29 @@ impl ProxyHttp for Tap {
         ctx.method = req.method.as_str().to_string();
         ctx.path = req.uri.path().to_string();
         ctx.query = req.uri.query().map(str::to_string);
-        ctx.request_headers = copy_headers(&req.headers);
-        let ct = content_type(&req.headers);
-        ctx.multipart = ct.and_then(MultipartScanner::for_content_type);
-        if ctx.multipart.is_none() && capturable(ct) {
-            ctx.request_body = Some(self.capture(ctx.cap));
-        }
         Ok(false)
+    }
+
+    /// The tap reads the request's headers as the upstream gets them:
+    /// after Pingora removed the hop-by-hop ones and those the request's
+    /// `Connection` header names. A header the upstream never saw (an
+    /// `Authorization` named in `Connection`) must not feed an event.
+    /// Runs again if Pingora retries the upstream, so copies start over.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut TapCtx,
+    ) -> Result<()> {
+        if ctx.route.is_none() {
+            return Ok(());
+        }
+        ctx.request_headers = copy_headers(&upstream_request.headers);
+        let ct = content_type(&upstream_request.headers);
+        ctx.multipart = ct.and_then(MultipartScanner::for_content_type);
+        ctx.request_body =
+            (ctx.multipart.is_none() && capturable(ct)).then(|| self.capture(ctx.cap));
+        Ok(())
     }
 
     async fn upstream_peer(
