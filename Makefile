@@ -5,7 +5,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: demo test prereqs test-prereqs build lint bench check-rules
+.PHONY: demo test prereqs test-prereqs build lint bench check-rules fuzz
 
 ## Install build prerequisites: cmake (Pingora builds zlib-ng with it).
 prereqs:
@@ -46,6 +46,27 @@ bench: prereqs
 	$(CARGO) bench --bench delivery
 	@python3 -c "import matplotlib" 2>/dev/null || pip install -q matplotlib || echo "matplotlib not installed: plots skipped"
 	python3 benches/load/plot.py || echo "plots skipped"
+
+## Fuzzing: coverage-guided (cargo-fuzz, libFuzzer) on stable Rust, so
+## without a sanitizer (-s none: AddressSanitizer needs nightly, and the
+## code under test is safe Rust). Each target in fuzz/ runs FUZZ_SECONDS
+## (default 30) from its seed corpus fuzz/corpus/<target>; inputs it
+## adds go to fuzz/work/<target>, an input slower than FUZZ_TIMEOUT
+## seconds counts as a crash, and a crash fails the run with its input
+## in fuzz/artifacts/<target>/.
+FUZZ_SECONDS ?= 30
+FUZZ_TIMEOUT ?= 10
+FUZZ_TARGETS ?= exchange multipart jwt routes rules
+fuzz: prereqs
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	$(CARGO) fuzz build -s none
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t; \
+	  echo "== fuzz $$t: $(FUZZ_SECONDS)s"; \
+	  $(CARGO) fuzz run -s none $$t fuzz/work/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=2048 \
+	    -print_final_stats=1 || exit 1; \
+	done
 
 check-rules: build
 	$(CARGO) run --quiet -- check rules/

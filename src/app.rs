@@ -93,7 +93,10 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         tracing::warn!(addr = %config.admin_listen, "admin listener binds a non-loopback address without admin_token");
     }
     let upstream = config.upstream.resolve().map_err(anyhow::Error::msg)?;
-    let budget = Budget::new(config.max_total_capture_bytes);
+    let budget = Budget::with_gauge(
+        config.max_total_capture_bytes,
+        metrics.capture_bytes.clone(),
+    );
     let listen = config.listen.to_string();
     let (tx, rx) = mpsc::channel(config.tap_queue);
     let store =

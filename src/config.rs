@@ -30,6 +30,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Bytes all body captures may hold at once.
     pub max_total_capture_bytes: usize,
+    /// How long one body may take to arrive and still be copied.
+    pub max_capture_duration: Duration,
     pub tap_queue: usize,
     pub delivery: Delivery,
     pub jwt_hs256_secret: Option<Secret>,
@@ -112,6 +114,7 @@ struct RawDedup {
 struct RawCapture {
     max_body_bytes: Option<Size>,
     max_total_bytes: Option<Size>,
+    max_duration: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +256,10 @@ impl Config {
                 .max_total_bytes
                 .map(|s| s.0 as usize)
                 .unwrap_or(256 << 20),
+            max_capture_duration: raw
+                .capture
+                .max_duration
+                .map_or(Duration::from_secs(60), |d| d.0),
             tap_queue: raw.tap.queue_capacity.unwrap_or(10_000).max(1),
             delivery: Delivery {
                 timeout: raw

@@ -1,8 +1,8 @@
 //! Prometheus metrics for every stage, in one registry of their own.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric taphook exports.
@@ -24,6 +24,8 @@ pub struct Metrics {
     pub webhook_disabled: IntGaugeVec,
     pub webhook_paused: IntGaugeVec,
     pub rules_reloads: IntCounterVec,
+    /// Bytes the tap's body copies hold now.
+    pub capture_bytes: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -149,6 +151,14 @@ impl Metrics {
         registry
             .register(Box::new(outbox_accepted.clone()))
             .expect("unique metric");
+        let capture_bytes = IntGauge::new(
+            "taphook_capture_bytes",
+            "Bytes the tap's body copies hold now (requests in flight and exchanges waiting), under capture.max_total_bytes.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(capture_bytes.clone()))
+            .expect("unique metric");
         Self {
             registry,
             proxy_requests,
@@ -167,6 +177,7 @@ impl Metrics {
             webhook_disabled,
             webhook_paused,
             rules_reloads,
+            capture_bytes,
         }
     }
 

@@ -102,6 +102,10 @@ pub fn router() -> Router {
         .route("/_fixtures/chunked", get(fixture_chunked))
         .route("/_fixtures/empty", get(|| async { StatusCode::NO_CONTENT }))
         .route("/_fixtures/echo", post(fixture_echo))
+        .route("/_fixtures/count", post(fixture_count))
+        .route("/_fixtures/stream", get(fixture_stream))
+        .route("/_fixtures/gzip-bomb", get(fixture_gzip_bomb))
+        .route("/_fixtures/headers", get(fixture_headers))
         .with_state(state)
 }
 
@@ -317,6 +321,119 @@ async fn fixture_echo(headers: HeaderMap, body: Bytes) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Reads the body as it streams in, holding none of it: its length and
+/// CRC-32, so a large body can be compared without being kept.
+async fn fixture_count(body: Body) -> Response {
+    use tokio_stream::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let (mut bytes, mut crc) = (0u64, flate2::Crc::new());
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return fail(StatusCode::BAD_REQUEST, "unreadable body");
+        };
+        bytes += chunk.len() as u64;
+        crc.update(&chunk);
+    }
+    Json(json!({"bytes": bytes, "crc32": crc.sum()})).into_response()
+}
+
+/// Query parameters of the fixtures that take some.
+#[derive(Deserialize)]
+struct FixtureQuery {
+    #[serde(default)]
+    bytes: u64,
+    #[serde(default)]
+    layers: u32,
+    #[serde(default)]
+    n: usize,
+    #[serde(default)]
+    size: usize,
+}
+
+/// `bytes` bytes of JSON-ish text (an array of digits, never closed),
+/// generated as they are sent.
+async fn fixture_stream(axum::extract::Query(q): axum::extract::Query<FixtureQuery>) -> Response {
+    const CHUNK: usize = 64 << 10;
+    let block = Bytes::from(
+        std::iter::once(b'[')
+            .chain((1..CHUNK).map(|i| {
+                if i % 2 == 1 {
+                    b'0' + (i % 10) as u8
+                } else {
+                    b','
+                }
+            }))
+            .collect::<Vec<u8>>(),
+    );
+    let total = q.bytes;
+    let stream = tokio_stream::iter((0..total.div_ceil(CHUNK as u64)).map(move |i| {
+        let n = (total - i * CHUNK as u64).min(CHUNK as u64) as usize;
+        Ok::<_, std::io::Error>(block.slice(..n))
+    }));
+    (
+        [
+            ("content-type", "application/json".to_string()),
+            ("content-length", total.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// A gzip bomb: under 1 MiB that expands to about 1 GiB of zeros
+/// (`layers=1`, gzip members end to end), or about 64 KiB compressed
+/// twice that expands to 4 GiB (`layers=2`, `Content-Encoding: gzip, gzip`).
+async fn fixture_gzip_bomb(
+    axum::extract::Query(q): axum::extract::Query<FixtureQuery>,
+) -> Response {
+    static BOMBS: std::sync::OnceLock<(Bytes, Bytes)> = std::sync::OnceLock::new();
+    let (one, two) = BOMBS.get_or_init(|| {
+        let gzip = |data: &[u8]| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            let _ = gz.write_all(data);
+            gz.finish().unwrap_or_default()
+        };
+        // One member: 1 MiB of zeros, about 1 KiB.
+        let member = gzip(&vec![0u8; 1 << 20]);
+        let members = |n: usize| member.repeat(n);
+        let one = members(((1 << 20) - 4096) / member.len());
+        let two = gzip(&members(4096));
+        (Bytes::from(one), Bytes::from(two))
+    });
+    let (body, encoding) = match q.layers {
+        2 => (two.clone(), "gzip, gzip"),
+        _ => (one.clone(), "gzip"),
+    };
+    (
+        [
+            ("content-type", "application/json"),
+            ("content-encoding", encoding),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `n` response headers `x-fixture-<i>` of `size` bytes each, and one
+/// whose value is not UTF-8.
+async fn fixture_headers(axum::extract::Query(q): axum::extract::Query<FixtureQuery>) -> Response {
+    let mut resp = Json(json!({"headers": q.n})).into_response();
+    let value = axum::http::HeaderValue::from_str(&"v".repeat(q.size.min(1 << 20))).ok();
+    let headers = resp.headers_mut();
+    for i in 0..q.n.min(10_000) {
+        if let (Ok(name), Some(v)) = (
+            axum::http::HeaderName::try_from(format!("x-fixture-{i}")),
+            value.clone(),
+        ) {
+            headers.insert(name, v);
+        }
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_bytes(b"caf\xe9 \xff\xfe") {
+        headers.insert("x-not-utf8", v);
+    }
+    resp
 }
 
 /// Dromo headless: create an import; it waits for its file.

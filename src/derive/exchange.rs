@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -20,6 +20,8 @@ use serde_json::{Map, Value};
 pub struct Budget {
     used: AtomicUsize,
     limit: usize,
+    /// Follows `used`, for `/metrics`.
+    gauge: Option<prometheus::IntGauge>,
 }
 
 impl Budget {
@@ -27,6 +29,16 @@ impl Budget {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             limit,
+            gauge: None,
+        })
+    }
+
+    /// A budget whose use `gauge` shows.
+    pub fn with_gauge(limit: usize, gauge: prometheus::IntGauge) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+            gauge: Some(gauge),
         })
     }
 
@@ -41,26 +53,35 @@ impl Budget {
             self.used.fetch_sub(n, Ordering::AcqRel);
             false
         } else {
+            if let Some(g) = &self.gauge {
+                g.add(n as i64);
+            }
             true
         }
     }
 
     fn give(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
+        if let Some(g) = &self.gauge {
+            g.sub(n as i64);
+        }
     }
 }
 
-/// A bounded copy of one body. Bytes are charged to a [`Budget`] (if any)
-/// and given back when the copy is dropped.
+/// A bounded copy of one body: at most `cap` bytes, charged to a
+/// [`Budget`] (if any), for at most until a deadline (if any). A copy
+/// cut short by any of them is dropped at once (a cut body is never
+/// parsed): its bytes go back to the budget, and only `truncated` stays.
 #[derive(Debug, Default)]
 pub struct Captured {
     pub bytes: Vec<u8>,
-    /// The body was longer than the cap (or the budget ran out); `bytes`
-    /// holds only its start.
+    /// The body was longer than the cap, the budget ran out, or it took
+    /// longer than the deadline; `bytes` is then empty.
     pub truncated: bool,
     /// The cap that applied (also bounds decompression).
     pub cap: usize,
     budget: Option<Arc<Budget>>,
+    deadline: Option<Instant>,
 }
 
 impl Captured {
@@ -70,33 +91,46 @@ impl Captured {
             truncated: false,
             cap,
             budget: None,
+            deadline: None,
         }
     }
 
     pub fn with_budget(cap: usize, budget: Arc<Budget>) -> Self {
-        Self {
-            bytes: Vec::new(),
-            truncated: false,
-            cap,
-            budget: Some(budget),
-        }
+        let mut copy = Self::new(cap);
+        copy.budget = Some(budget);
+        copy
     }
 
-    /// Appends what fits under the cap and the budget.
+    /// Stops copying at `deadline`: a body still arriving then (a client
+    /// trickling it) is not copied, and what was copied is given back.
+    pub fn until(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Appends `chunk`, unless the body outgrows the cap or the budget, or
+    /// the deadline has passed: then the copy is dropped.
     pub fn push(&mut self, chunk: &[u8]) {
         if self.truncated {
             return;
         }
-        let room = self.cap.saturating_sub(self.bytes.len());
-        let n = chunk.len().min(room);
-        if let Some(budget) = &self.budget {
-            if !budget.take(n) {
-                self.truncated = true;
-                return;
-            }
+        if chunk.len() > self.cap.saturating_sub(self.bytes.len())
+            || self.deadline.is_some_and(|d| Instant::now() > d)
+            || !self.budget.as_ref().is_none_or(|b| b.take(chunk.len()))
+        {
+            self.truncate();
+            return;
         }
-        self.bytes.extend_from_slice(&chunk[..n]);
-        self.truncated = n < chunk.len();
+        self.bytes.extend_from_slice(chunk);
+    }
+
+    /// Marks the copy cut short and gives its bytes back.
+    pub fn truncate(&mut self) {
+        self.truncated = true;
+        if let Some(budget) = &self.budget {
+            budget.give(self.bytes.len());
+        }
+        self.bytes = Vec::new();
     }
 }
 
@@ -258,13 +292,22 @@ fn body_value(headers: &Headers, body: Option<&Captured>) -> (Value, bool) {
     (value, false)
 }
 
+/// Codings undone at most for one body. Each layer's output is bounded
+/// by the cap, but a body wrapped in many layers would cost as many
+/// passes; real traffic uses one.
+pub const MAX_CODINGS: usize = 4;
+
 /// Undoes `content-encoding` (applied in order, so undone in reverse).
-/// `None` when the result would exceed `cap` or the data is corrupt.
+/// `None` when the result would exceed `cap`, the data is corrupt, or it
+/// names more than [`MAX_CODINGS`] codings.
 pub fn decode(encoding: Option<&str>, bytes: &[u8], cap: usize) -> Option<Vec<u8>> {
-    let mut data = bytes.to_vec();
     let Some(encoding) = encoding else {
-        return Some(data);
+        return Some(bytes.to_vec());
     };
+    if encoding.split(',').nth(MAX_CODINGS).is_some() {
+        return None;
+    }
+    let mut data = bytes.to_vec();
     for coding in encoding.rsplit(',').map(|c| c.trim().to_ascii_lowercase()) {
         data = match coding.as_str() {
             "" | "identity" => data,
@@ -352,6 +395,23 @@ mod tests {
     }
 
     #[test]
+    fn layers_of_codings_are_bounded() {
+        let mut data = b"{}".to_vec();
+        for _ in 0..MAX_CODINGS + 1 {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&data).unwrap();
+            data = gz.finish().unwrap();
+        }
+        let layers = |n: usize| vec!["gzip"; n].join(", ");
+        let inner = decode(Some(&layers(1)), &data, 1 << 20).unwrap();
+        assert_eq!(
+            decode(Some(&layers(MAX_CODINGS)), &inner, 1 << 20).unwrap(),
+            b"{}"
+        );
+        assert!(decode(Some(&layers(MAX_CODINGS + 1)), &data, 1 << 20).is_none());
+    }
+
+    #[test]
     fn the_budget_bounds_all_captures_and_is_given_back() {
         let budget = Budget::new(10);
         let mut a = Captured::with_budget(100, budget.clone());
@@ -368,11 +428,28 @@ mod tests {
     }
 
     #[test]
-    fn captured_stops_at_the_cap() {
-        let mut c = Captured::new(4);
+    fn captured_stops_at_the_cap_and_lets_go() {
+        let budget = Budget::new(100);
+        let mut c = Captured::with_budget(4, budget.clone());
         c.push(b"abc");
+        assert_eq!((c.bytes.as_slice(), budget.used()), (b"abc".as_slice(), 3));
         c.push(b"def");
-        assert_eq!(c.bytes, b"abcd");
-        assert!(c.truncated);
+        assert!(c.truncated && c.bytes.is_empty());
+        assert_eq!(budget.used(), 0, "a cut copy holds nothing");
+    }
+
+    #[test]
+    fn captured_lets_go_at_its_deadline() {
+        let budget = Budget::new(100);
+        let mut c = Captured::with_budget(64, budget.clone())
+            .until(Instant::now() + std::time::Duration::from_millis(50));
+        c.push(b"a");
+        assert_eq!(budget.used(), 1);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        c.push(b"b");
+        assert!(c.truncated && c.bytes.is_empty());
+        assert_eq!(budget.used(), 0);
+        c.push(b"c");
+        assert_eq!(budget.used(), 0);
     }
 }

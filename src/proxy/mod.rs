@@ -9,11 +9,11 @@ pub mod multipart;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::ErrorSource;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -47,6 +47,17 @@ impl Tap {
             upstream,
             budget,
             dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// A new body copy: under the cap, charged to the budget, and for at
+    /// most `capture.max_duration` from now.
+    fn capture(&self, cap: usize) -> Captured {
+        let copy = Captured::with_budget(cap, self.budget.clone());
+        // A duration too long to add is no deadline.
+        match Instant::now().checked_add(self.shared.config.max_capture_duration) {
+            Some(deadline) => copy.until(deadline),
+            None => copy,
         }
     }
 
@@ -152,13 +163,29 @@ impl ProxyHttp for Tap {
         ctx.method = req.method.as_str().to_string();
         ctx.path = req.uri.path().to_string();
         ctx.query = req.uri.query().map(str::to_string);
-        ctx.request_headers = copy_headers(&req.headers);
-        let ct = content_type(&req.headers);
-        ctx.multipart = ct.and_then(MultipartScanner::for_content_type);
-        if ctx.multipart.is_none() && capturable(ct) {
-            ctx.request_body = Some(Captured::with_budget(ctx.cap, self.budget.clone()));
-        }
         Ok(false)
+    }
+
+    /// The tap reads the request's headers as the upstream gets them:
+    /// after Pingora removed the hop-by-hop ones and those the request's
+    /// `Connection` header names. A header the upstream never saw (an
+    /// `Authorization` named in `Connection`) must not feed an event.
+    /// Runs again if Pingora retries the upstream, so copies start over.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut TapCtx,
+    ) -> Result<()> {
+        if ctx.route.is_none() {
+            return Ok(());
+        }
+        ctx.request_headers = copy_headers(&upstream_request.headers);
+        let ct = content_type(&upstream_request.headers);
+        ctx.multipart = ct.and_then(MultipartScanner::for_content_type);
+        ctx.request_body =
+            (ctx.multipart.is_none() && capturable(ct)).then(|| self.capture(ctx.cap));
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -197,7 +224,7 @@ impl ProxyHttp for Tap {
             ctx.status = resp.status.as_u16();
             ctx.response_headers = copy_headers(&resp.headers);
             if capturable(content_type(&resp.headers)) {
-                ctx.response_body = Some(Captured::with_budget(ctx.cap, self.budget.clone()));
+                ctx.response_body = Some(self.capture(ctx.cap));
             }
         }
         Ok(())
@@ -240,7 +267,7 @@ impl ProxyHttp for Tap {
         let mut response_body = ctx.response_body.take();
         if let Some(body) = response_body.as_mut().filter(|_| !ctx.response_complete) {
             // The client left before the body ended: what we have is partial.
-            body.truncated = true;
+            body.truncate();
         }
         let files = ctx
             .multipart

@@ -16,6 +16,9 @@ const MAX_FILES: usize = 100;
 const MAX_FIELD_CHARS: usize = 1024;
 /// Bytes of transport padding allowed after a delimiter.
 const MAX_PADDING: usize = 256;
+/// The most bytes a scanner keeps between chunks: a part's header block,
+/// or a delimiter (boundary of at most 200 bytes) with its padding.
+pub const MAX_BUFFERED: usize = MAX_HEADER_BYTES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -73,6 +76,17 @@ impl MultipartScanner {
         self.files
     }
 
+    /// The parts with a filename found so far, in order.
+    pub fn files(&self) -> &[FilePart] {
+        &self.files
+    }
+
+    /// Bytes held between two chunks: at most [`MAX_BUFFERED`], however
+    /// the body is written or cut.
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
+    }
+
     /// One step of the state machine; false when it needs more input.
     fn step(&mut self) -> bool {
         match self.state {
@@ -102,17 +116,33 @@ impl MultipartScanner {
             self.pending.clear();
             return false;
         }
-        match memmem::find(&rest[..rest.len().min(MAX_PADDING + 2)], b"\r\n") {
-            Some(nl) => {
-                self.pending.drain(..after + nl + 2);
+        // A delimiter line is the boundary, transport padding (spaces and
+        // tabs) and CRLF (RFC 2046 5.1.1): `--ab` is content when the
+        // boundary is `a`.
+        let pad = rest
+            .iter()
+            .take(MAX_PADDING + 1)
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        if pad > MAX_PADDING {
+            return self.fail();
+        }
+        match &rest[pad..] {
+            [b'\r', b'\n', ..] => {
+                self.pending.drain(..after + pad + 2);
                 self.state = State::Headers;
                 true
             }
-            None if rest.len() <= MAX_PADDING => {
+            // The line may still end well: wait for more.
+            [] | [b'\r'] => {
                 self.pending.drain(..pos);
                 false
             }
-            None => self.fail(),
+            // Not a delimiter: look on, past its CRLF.
+            _ => {
+                self.pending.drain(..pos + 2);
+                true
+            }
         }
     }
 
@@ -226,6 +256,39 @@ mod tests {
             assert!(s.pending.len() <= 4096 + 16);
         }
         assert_eq!(s.into_files().len(), 1);
+    }
+
+    #[test]
+    fn padding_up_to_the_limit_is_read_however_it_is_cut() {
+        // A delimiter, 256 bytes of padding, then the part's headers.
+        let mut body = b"--XyZ".to_vec();
+        body.extend_from_slice(&[b' '; MAX_PADDING]);
+        body.extend_from_slice(
+            b"\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.csv\"\r\n\r\nx\r\n--XyZ--\r\n",
+        );
+        for cut in [1, 5 + MAX_PADDING - 1, 5 + MAX_PADDING, 5 + MAX_PADDING + 1] {
+            let mut s =
+                MultipartScanner::for_content_type("multipart/form-data; boundary=XyZ").unwrap();
+            s.feed(&body[..cut]);
+            s.feed(&body[cut..]);
+            assert_eq!(s.into_files().len(), 1, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn only_a_delimiter_line_is_a_delimiter() {
+        // `--XyZa` and `--XyZ x` are content when the boundary is `XyZ`.
+        let body = b"--XyZa\r\nContent-Disposition: form-data; name=\"x\"; filename=\"no.csv\"\r\n\r\n\r\n--XyZ x\r\nContent-Disposition: form-data; name=\"y\"; filename=\"no2.csv\"\r\n\r\n\r\n--XyZ \t\r\nContent-Disposition: form-data; name=\"file\"; filename=\"yes.csv\"\r\n\r\nx\r\n--XyZ--\r\n";
+        for size in 1..body.len() {
+            let mut s =
+                MultipartScanner::for_content_type("multipart/form-data; boundary=XyZ").unwrap();
+            for chunk in body.chunks(size) {
+                s.feed(chunk);
+            }
+            let files = s.into_files();
+            assert_eq!(files.len(), 1, "chunk size {size}: {files:?}");
+            assert_eq!(files[0].filename, "yes.csv");
+        }
     }
 
     #[test]

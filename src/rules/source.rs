@@ -48,6 +48,16 @@ impl Document {
                 "a file holds one YAML document".into(),
             ));
         }
+        // A node at the very end (an empty value, `key:` on the last line)
+        // starts past the last line: it is shown on the last line that
+        // holds something, as syntax errors are.
+        let last = last_line(text);
+        for line in builder.lines.values_mut() {
+            *line = (*line).clamp(1, last);
+        }
+        for p in &mut builder.problems {
+            p.line = p.line.clamp(1, last);
+        }
         // A key written twice both as `1` and `"1"` is found by both checks.
         builder.problems.sort_by_key(|p| p.line);
         builder.problems.dedup();
@@ -84,19 +94,25 @@ impl Document {
 /// (an unclosed `[`, `{` or quote) is put on the file's last line that
 /// holds something, rather than on a line past the end.
 fn syntax_error(path: &Path, text: &str, e: &saphyr::ScanError) -> Problem {
-    let last = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, _)| i + 1)
-        .last()
-        .unwrap_or(1);
+    let last = last_line(text);
     let line = e.marker().line();
     if line > last {
         Problem::new(path, last, format!("{} (at the end of the file)", e.info()))
     } else {
         Problem::new(path, line.max(1), e.info().to_string())
     }
+}
+
+/// The number of the file's last line that holds something (at least 1).
+/// Lines end at LF, CRLF or a lone CR, as YAML has them.
+fn last_line(text: &str) -> usize {
+    text.split('\n')
+        .flat_map(|l| l.strip_suffix('\r').unwrap_or(l).split('\r'))
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, _)| i + 1)
+        .last()
+        .unwrap_or(1)
 }
 
 /// Keys written twice in one mapping, and aliases. The YAML loader keeps
@@ -333,6 +349,22 @@ mod tests {
         assert_eq!(doc.line("/routes/1/name"), 4);
         assert_eq!(doc.line("/routes/1/missing"), 4);
         assert_eq!(doc.value["routes"][0]["when"]["=="][1], 1);
+    }
+
+    #[test]
+    fn a_node_at_the_end_is_on_the_last_line() {
+        // An anchored empty value ends the file (found by fuzzing): its
+        // node starts past the last line.
+        for text in ["&e#", "routes:\n  - name: a\n    when:", "a: 1\r\rb:"] {
+            let doc = Document::parse(Path::new("r.yaml"), text, &env).unwrap();
+            let last = last_line(text);
+            assert!(
+                doc.lines.values().all(|&l| (1..=last).contains(&l)),
+                "{text:?}"
+            );
+        }
+        assert_eq!(last_line("a\rb\r\nc\n\n"), 3);
+        assert_eq!(last_line(""), 1);
     }
 
     #[test]
