@@ -25,16 +25,6 @@ fn ping_rules(key: &str, extra: &str) -> Vec<(&'static str, String)> {
     )]
 }
 
-async fn ping(stack: &Stack, i: usize) {
-    let r = stack
-        .client
-        .get(stack.url(&format!("/_fixtures/empty?i={i}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-}
-
 fn pings(received: &[taphook::demo::receiver::Recorded]) -> Vec<String> {
     received
         .iter()
@@ -182,7 +172,7 @@ async fn the_retry_schedule_survives_a_restart() {
     })
     .await;
     stack.receiver.script("/hooks/later", &[Reply::Status(429)]);
-    ping(&stack, 1).await;
+    stack.ping(1).await;
     let first = stack
         .receiver
         .wait_for("/hooks/later", 1, Duration::from_secs(10))
@@ -224,7 +214,7 @@ async fn gone_disables_the_webhook_until_it_is_enabled() {
     })
     .await;
     stack.receiver.script("/hooks/gone", &[Reply::Status(410)]);
-    ping(&stack, 1).await;
+    stack.ping(1).await;
     stack
         .receiver
         .wait_for("/hooks/gone", 1, Duration::from_secs(10))
@@ -235,8 +225,8 @@ async fn gone_disables_the_webhook_until_it_is_enabled() {
             .await,
         1.0
     );
-    ping(&stack, 2).await;
-    ping(&stack, 3).await;
+    stack.ping(2).await;
+    stack.ping(3).await;
     settle(Duration::from_millis(1500)).await;
     assert_eq!(
         stack.receiver.received_on("/hooks/gone").len(),
@@ -276,7 +266,7 @@ async fn a_dead_letter_is_kept_and_retried_through_the_api() {
     })
     .await;
     stack.receiver.script("/hooks/dl", &[Reply::Status(500)]);
-    ping(&stack, 1).await;
+    stack.ping(1).await;
     assert_eq!(
         stack
             .wait_metric(
@@ -341,8 +331,8 @@ async fn replay_requeues_dead_letters_since_a_time() {
     stack
         .receiver
         .default_reply("/hooks/rp", Reply::Status(500));
-    ping(&stack, 1).await;
-    ping(&stack, 2).await;
+    stack.ping(1).await;
+    stack.ping(2).await;
     assert_eq!(
         stack
             .wait_metric(
@@ -354,8 +344,8 @@ async fn replay_requeues_dead_letters_since_a_time() {
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-    ping(&stack, 3).await;
-    ping(&stack, 4).await;
+    stack.ping(3).await;
+    stack.ping(4).await;
     assert_eq!(
         stack
             .wait_metric(
@@ -405,7 +395,7 @@ async fn sigterm_lets_in_flight_deliveries_finish_and_keeps_the_rest() {
         .receiver
         .default_reply("/hooks/slow", Reply::Slow(1000, 200));
     for i in 0..6 {
-        ping(&stack, i).await;
+        stack.ping(i).await;
     }
     stack
         .receiver
@@ -448,7 +438,7 @@ async fn a_webhook_failing_continuously_is_paused_and_probed() {
     stack
         .receiver
         .default_reply("/hooks/flaky", Reply::Status(503));
-    ping(&stack, 1).await;
+    stack.ping(1).await;
     assert_eq!(
         stack
             .wait_metric("taphook_webhook_paused{webhook=\"flaky\"}", 1.0)

@@ -27,16 +27,6 @@ fn ping_rules(hooks: &[(&str, &str)]) -> Vec<(&'static str, String)> {
     vec![("ping.yaml", text)]
 }
 
-async fn ping(stack: &Stack, i: usize) {
-    let r = stack
-        .client
-        .get(stack.url(&format!("/_fixtures/empty?i={i}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-}
-
 async fn start(hooks: &[(&str, &str)], allow: &str) -> Stack {
     Stack::start(Setup {
         rules: ping_rules(hooks),
@@ -149,7 +139,7 @@ async fn assert_refused(stack: &Stack, key: &str, why: &str) {
 async fn a_loopback_receiver_is_refused_by_default_and_kept_for_later() {
     let url = format!("http://hook:{PASSWORD}@{{receiver_addr}}/hooks/a?token={QUERY_TOKEN}");
     let mut stack = start(&[("a", &url)], "[]").await;
-    ping(&stack, 1).await;
+    stack.ping(1).await;
     assert_refused(
         &stack,
         "a",
@@ -209,7 +199,7 @@ async fn the_allow_list_lets_a_loopback_receiver_through() {
         "[127.0.0.0/8]",
     )
     .await;
-    ping(&stack, 1).await;
+    stack.ping(1).await;
     for path in ["/hooks/literal", "/hooks/named"] {
         let got = stack
             .receiver
@@ -243,7 +233,7 @@ async fn a_name_resolving_to_loopback_is_refused() {
         "[]",
     )
     .await;
-    ping(&stack, 1).await;
+    stack.ping(1).await;
     assert_refused(
         &stack,
         "named",
@@ -271,7 +261,7 @@ async fn an_ipv4_mapped_loopback_literal_is_refused() {
         "[]",
     )
     .await;
-    ping(&stack, 1).await;
+    stack.ping(1).await;
     assert_refused(
         &stack,
         "mapped",

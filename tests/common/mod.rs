@@ -54,6 +54,18 @@ pub const ALLOW_LOOPBACK: &str = "[127.0.0.0/8, \"::1/128\"]";
 const LOG_FILTER: &str = "info,taphook=debug";
 
 impl Stack {
+    /// `GET /_fixtures/empty?i={i}` through taphook (204): with a `ping`
+    /// route on that path, one event per `i`.
+    pub async fn ping(&self, i: usize) {
+        let r = self
+            .client
+            .get(self.url(&format!("/_fixtures/empty?i={i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
     /// A stack with these rules files and everything else by default.
     pub async fn with_rules(rules: Vec<(&str, String)>) -> Stack {
         Stack::start(Setup {
