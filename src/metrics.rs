@@ -8,6 +8,8 @@ use prometheus::{
 /// Every metric taphook exports.
 pub struct Metrics {
     pub registry: Registry,
+    /// Every registered family's name, sorted.
+    names: Vec<String>,
     pub proxy_requests: IntCounterVec,
     pub events_derived: IntCounterVec,
     pub events_duplicate: IntCounter,
@@ -26,7 +28,21 @@ pub struct Metrics {
     pub rules_reloads: IntCounterVec,
     /// Bytes the tap's body copies hold now.
     pub capture_bytes: IntGauge,
+    pub proxy_request_duration: HistogramVec,
+    pub funnel_sessions: IntCounterVec,
+    pub funnel_stage_duration: HistogramVec,
+    pub funnel_open_sessions: IntGauge,
+    pub sessions_stalled: IntCounterVec,
 }
+
+const PROXY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Time between funnel stages: people take seconds to hours.
+const STAGE_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
+];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -35,11 +51,16 @@ const LATENCY_BUCKETS: &[f64] = &[
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        let names = std::cell::RefCell::new(Vec::new());
+        let register = |c: Box<dyn prometheus::core::Collector>| {
+            names
+                .borrow_mut()
+                .extend(c.desc().into_iter().map(|d| d.fq_name.clone()));
+            registry.register(c).expect("unique metric");
+        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            register(Box::new(c.clone()));
             c
         };
         let proxy_requests = counter(
@@ -87,9 +108,7 @@ impl Metrics {
             "Events dropped as duplicates of an event UUID seen before.",
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(events_duplicate.clone()))
-            .expect("unique metric");
+        register(Box::new(events_duplicate.clone()));
         let delivery_duration = HistogramVec::new(
             HistogramOpts::new(
                 "taphook_delivery_duration_seconds",
@@ -99,9 +118,7 @@ impl Metrics {
             &["webhook"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(delivery_duration.clone()))
-            .expect("unique metric");
+        register(Box::new(delivery_duration.clone()));
         let event_delivery_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "taphook_event_delivery_latency_seconds",
@@ -110,9 +127,7 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(event_delivery_latency.clone()))
-            .expect("unique metric");
+        register(Box::new(event_delivery_latency.clone()));
         let outbox_pending = IntGaugeVec::new(
             Opts::new(
                 "taphook_outbox_pending",
@@ -121,14 +136,10 @@ impl Metrics {
             &["webhook"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(outbox_pending.clone()))
-            .expect("unique metric");
+        register(Box::new(outbox_pending.clone()));
         let gauge = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["webhook"]).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            register(Box::new(g.clone()));
             g
         };
         let outbox_dead = gauge(
@@ -148,19 +159,60 @@ impl Metrics {
             "Deliveries committed to the outbox.",
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(outbox_accepted.clone()))
-            .expect("unique metric");
+        register(Box::new(outbox_accepted.clone()));
         let capture_bytes = IntGauge::new(
             "taphook_capture_bytes",
             "Bytes the tap's body copies hold now (requests in flight and exchanges waiting), under capture.max_total_bytes.",
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(capture_bytes.clone()))
-            .expect("unique metric");
+        register(Box::new(capture_bytes.clone()));
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            register(Box::new(h.clone()));
+            h
+        };
+        let proxy_request_duration = histogram(
+            "taphook_proxy_request_duration_seconds",
+            "Time from a request's headers to the end of its response, by first matching route (none: no route).",
+            &["route"],
+            PROXY_BUCKETS,
+        );
+        let funnel_sessions = counter(
+            "taphook_funnel_sessions_total",
+            "Importer sessions that reached a funnel stage (initialized, uploaded, header_selected, mapped, submitted, closed), counted once per session, by template key (past funnel.max_template_keys: other).",
+            &["template_key", "stage"],
+        );
+        let funnel_stage_duration = histogram(
+            "taphook_funnel_stage_duration_seconds",
+            "Time a session took to reach a funnel stage from the last earlier stage it reached, by template key and stage reached.",
+            &["template_key", "stage"],
+            STAGE_BUCKETS,
+        );
+        let sessions_stalled = counter(
+            "taphook_sessions_stalled_total",
+            "session_stalled events: sessions idle for funnel.stall_after before submitting or closing, by template key and the last stage reached (none: no stage).",
+            &["template_key", "stage"],
+        );
+        let funnel_open_sessions = IntGauge::new(
+            "taphook_funnel_open_sessions",
+            "Sessions not yet submitted, closed or stalled: those watched for stalls.",
+        )
+        .expect("valid metric");
+        register(Box::new(funnel_open_sessions.clone()));
+        let mut names = names.into_inner();
+        names.sort();
         Self {
+            names,
             registry,
+            proxy_request_duration,
+            funnel_sessions,
+            funnel_stage_duration,
+            funnel_open_sessions,
+            sessions_stalled,
             proxy_requests,
             events_derived,
             events_duplicate,
@@ -203,6 +255,13 @@ impl Metrics {
             self.webhook_disabled.with_label_values(&[key]);
             self.webhook_paused.with_label_values(&[key]);
         }
+    }
+
+    /// The name of every metric family taphook exports, as scraped (a
+    /// histogram's `_bucket`, `_sum` and `_count` series belong to its
+    /// family name). Dashboards and alert rules are checked against it.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The Prometheus text exposition of every metric.
