@@ -35,6 +35,7 @@ fn event(i: usize) -> StoredEvent {
             .unwrap(),
         ),
         registered: None,
+        request_id: None,
     }
 }
 

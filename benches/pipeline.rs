@@ -29,6 +29,7 @@ fn captured(body: &[u8]) -> Option<Captured> {
 fn exchange(method: &str, path: &str, request: &[u8], response: &[u8]) -> Exchange {
     let json = |v: &str| (v.to_string(), Bytes::from_static(b"application/json"));
     Exchange {
+        request_id: "bench".into(),
         method: method.into(),
         path: path.into(),
         query: None,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::event::{DerivedEvent, Event};
 use crate::filter::{fan_out, Verdict};
 use crate::rules::{self, source::process_env, Rules};
@@ -74,8 +74,10 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging(LogFormat::Text);
+    }
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check {
@@ -119,7 +121,11 @@ const TRAFFIC_CRATES: &[&str] = &[
     "tower_http",
 ];
 
-fn init_logging() {
+/// Logs to stderr, as text or (`log.format: json`) one JSON object per
+/// line: the line's fields at the top level, and under `span` the context
+/// it was written in (an event's `event` UUID and `request_id`, a
+/// delivery's `webhook` and `delivery`).
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
@@ -130,13 +136,20 @@ fn init_logging() {
         tracing_subscriber::filter::Targets::new().with_default(tracing::Level::TRACE),
         |t, name| t.with_target(*name, tracing::Level::INFO),
     );
+    let layer = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
     let _ = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(cap)
-                .with_filter(filter),
-        )
+        .with(layer.with_filter(cap).with_filter(filter))
         .try_init();
 }
 
@@ -150,6 +163,7 @@ fn load_config(path: &Path) -> anyhow::Result<(Config, Rules)> {
 fn run(path: &Path) -> anyhow::Result<()> {
     let (config, rules) =
         load_config(path).with_context(|| format!("cannot start with {}", path.display()))?;
+    init_logging(config.log);
     crate::app::run(config, rules, crate::app::Stop::Signals)
 }
 
@@ -262,6 +276,7 @@ fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {
         session,
         derived_at: std::time::Instant::now(),
         registered: None,
+        request_id: None,
     };
     for d in fan_out(&derived, &rules) {
         let why = match &d.verdict {

@@ -2,6 +2,7 @@
 //! carry lines and `${NAME}` works), then lowered into [`Config`].
 //! Relative paths are taken from the config file's directory.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::deliver::guard::Cidr;
+use crate::funnel::{FunnelConfig, Stage};
 use crate::rules::error::{Problem, Problems};
 use crate::rules::source::Document;
 use crate::rules::units::{Dur, Size};
@@ -38,6 +40,19 @@ pub struct Config {
     pub threads: usize,
     /// On SIGTERM, how long proxied requests in flight may finish.
     pub shutdown_grace: Duration,
+    pub funnel: FunnelConfig,
+    pub log: LogFormat,
+}
+
+/// How log lines are written (`log.format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The importer service taphook forwards to.
@@ -100,6 +115,27 @@ struct RawConfig {
     threads: Option<usize>,
     #[serde(default)]
     shutdown_grace: Option<Dur>,
+    #[serde(default)]
+    funnel: RawFunnel,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunnel {
+    /// `0s` turns stall detection off.
+    stall_after: Option<Dur>,
+    max_template_keys: Option<usize>,
+    #[serde(default)]
+    stages: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: LogFormat,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +256,7 @@ impl Config {
                 )),
             }
         }
+        let funnel = lower_funnel(&raw.funnel, doc, &mut problems);
         let concurrency = raw.delivery.concurrency_per_webhook.unwrap_or(16);
         if concurrency == 0 {
             problems.push(doc.problem("/delivery/concurrency_per_webhook", "must be at least 1"));
@@ -284,6 +321,8 @@ impl Config {
             },
             jwt_hs256_secret: raw.jwt.hs256_secret.filter(|s| !s.expose().is_empty()),
             shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(1), |d| d.0),
+            funnel,
+            log: raw.log.format,
             threads: raw
                 .threads
                 .unwrap_or_else(|| {
@@ -294,6 +333,42 @@ impl Config {
                 .max(1),
         })
     }
+}
+
+/// The funnel section: stage names checked, an event type in one stage only.
+fn lower_funnel(raw: &RawFunnel, doc: &Document, problems: &mut Vec<Problem>) -> FunnelConfig {
+    let mut stages = BTreeMap::new();
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, events) in &raw.stages {
+        let Some(stage) = Stage::parse(name) else {
+            let known: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+            problems.push(doc.problem(
+                &format!("/funnel/stages/{name}"),
+                format!(
+                    "`funnel.stages`: unknown stage `{name}` (stages: {})",
+                    known.join(", ")
+                ),
+            ));
+            continue;
+        };
+        for event in events {
+            if let Some(other) = seen.insert(event.as_str(), name.as_str()) {
+                problems.push(doc.problem(
+                    &format!("/funnel/stages/{name}"),
+                    format!(
+                        "`funnel.stages`: event type `{event}` is in both `{other}` and `{name}`"
+                    ),
+                ));
+            }
+        }
+        stages.insert(stage, events.clone());
+    }
+    let stall_after = raw
+        .stall_after
+        .map_or(Some(Duration::from_secs(30 * 60)), |d| {
+            Some(d.0).filter(|d| !d.is_zero())
+        });
+    FunnelConfig::new(&stages, stall_after, raw.max_template_keys.unwrap_or(50))
 }
 
 /// An IP network in CIDR notation (`10.0.0.0/8`, `fd00::/8`) or one

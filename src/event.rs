@@ -40,6 +40,8 @@ pub struct DerivedEvent {
     /// For a delivery through a registered event (OS1): its name, topic,
     /// app and filled-in `get_api_path`.
     pub registered: Option<Value>,
+    /// The id of the request the event was derived from, for logs.
+    pub request_id: Option<String>,
 }
 
 impl DerivedEvent {

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod derive;
 pub mod event;
 pub mod filter;
+pub mod funnel;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

@@ -1,8 +1,9 @@
-//! The pipeline behind the tap, run as a Pingora background service:
-//! exchange → derive → dedup → fan-out (filter) → outbox. Exchanges are
-//! processed one at a time, in arrival order, so a session's steps are
-//! seen in order. Deliveries are written to the outbox (group-committed
-//! by the store); the deliver stage takes them from there.
+//! The pipeline behind the tap: exchange → derive → dedup → event log and
+//! funnel → fan-out (filter) → outbox. Exchanges are processed one at a
+//! time, in arrival order, so a session's steps are seen in order; the
+//! funnel's stall checks run between them, on the same task. Deliveries
+//! are written to the outbox (group-committed by the store); the deliver
+//! stage takes them from there.
 
 use std::sync::Arc;
 
@@ -13,15 +14,17 @@ use crate::dedup::Dedup;
 use crate::derive::{Deriver, Exchange};
 use crate::event::DerivedEvent;
 use crate::filter::{fan_out, Verdict};
+use crate::funnel::Funnel;
 use crate::rules::Rules;
 use crate::store::session_key;
-use crate::store::sqlite::{Store, StoredEvent};
+use crate::store::sqlite::{now_ms, Store, StoredEvent};
 
 pub struct Pipeline {
     shared: Arc<Shared>,
     deriver: Deriver,
     dedup: Dedup,
     store: Arc<Store>,
+    funnel: Funnel,
 }
 
 impl Pipeline {
@@ -37,6 +40,11 @@ impl Pipeline {
             },
             dedup: Dedup::new(config.dedup_capacity, config.dedup_ttl),
             store: shared.store.clone(),
+            funnel: Funnel::new(
+                config.funnel.clone(),
+                shared.metrics.clone(),
+                shared.store.clone(),
+            ),
             shared,
         }
     }
@@ -53,7 +61,15 @@ impl Pipeline {
     }
 
     /// Dedups one event and hands it to every webhook that should get it.
+    /// Every log line about it carries its UUID and its request's id.
     pub fn accept(&self, event: DerivedEvent, rules: &Rules) {
+        let span = tracing::info_span!(
+            "event",
+            event = %event.event.uuid,
+            event_type = %event.event.event_type,
+            request_id = event.request_id.as_deref(),
+        );
+        let _entered = span.enter();
         let metrics = &self.shared.metrics;
         metrics
             .events_derived
@@ -61,13 +77,14 @@ impl Pipeline {
             .inc();
         if !self.dedup.first_seen(&event.event.uuid) {
             metrics.events_duplicate.inc();
-            tracing::debug!(event = %event.event.uuid, "duplicate event dropped");
+            tracing::debug!("duplicate event dropped");
             return;
         }
-        tracing::debug!(event = %event.event.uuid, event_type = %event.event.event_type, "event derived");
+        tracing::debug!("event derived");
         if let Some(key) = session_key(&event.event.embed_id) {
             self.shared.events.append(&key, &event.event);
         }
+        self.funnel.observe(&event.event);
         for decision in fan_out(&event, rules) {
             match decision.verdict {
                 Verdict::Deliver => {
@@ -80,13 +97,14 @@ impl Pipeline {
                         event: event.event.clone(),
                         session: event.session.clone(),
                         registered,
+                        request_id: event.request_id.clone(),
                     };
                     if let Err(e) = self.store.insert_delivery(&decision.webhook.key, &stored) {
                         metrics
                             .events_dropped
                             .with_label_values(&["store_unavailable"])
                             .inc();
-                        tracing::error!(webhook = %decision.webhook.key, event = %event.event.uuid, error = %e, "delivery not accepted");
+                        tracing::error!(webhook = %decision.webhook.key, error = %e, "delivery not accepted");
                     }
                 }
                 Verdict::FilterRejected => metrics
@@ -111,11 +129,47 @@ impl Pipeline {
 
 impl Pipeline {
     /// Processes exchanges until every sender (the tap) is gone, so an
-    /// exchange the proxy finished during shutdown is still derived.
+    /// exchange the proxy finished during shutdown is still derived; looks
+    /// for stalled sessions in between.
     pub async fn run(self, mut receiver: mpsc::Receiver<Exchange>) {
-        while let Some(exchange) = receiver.recv().await {
-            self.process(&exchange);
+        let every = self.shared.config.funnel.check_interval();
+        let mut ticks =
+            tokio::time::interval(every.unwrap_or(std::time::Duration::from_secs(3600)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                exchange = receiver.recv() => match exchange {
+                    Some(exchange) => self.process(&exchange),
+                    None => break,
+                },
+                _ = ticks.tick(), if every.is_some() => self.report_stalls().await,
+            }
         }
         tracing::debug!("pipeline drained");
+    }
+
+    /// Accepts a `session_stalled` event for every session idle past
+    /// `funnel.stall_after`, and waits until they are committed, so the
+    /// next look does not find them again.
+    async fn report_stalls(&self) {
+        let shared = &self.shared;
+        let stalls =
+            self.funnel
+                .stalls(now_ms(), &shared.config.environment_name, &*shared.sessions);
+        match stalls {
+            Ok(events) if !events.is_empty() => {
+                let rules = shared.rules.load_full();
+                for event in events {
+                    tracing::info!(session = %event.event.embed_id, "session stalled");
+                    self.accept(event, &rules);
+                }
+                if let Err(e) = self.store.committed_now().await {
+                    tracing::error!(error = %e, "stalls not committed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot look for stalled sessions"),
+        }
+        self.funnel.count_open();
     }
 }

@@ -300,6 +300,7 @@ proptest! {
             c
         };
         let exchange = Exchange {
+            request_id: "prop".into(),
             method,
             path,
             query,

@@ -180,6 +180,7 @@ fuzz_target!(|data: &[u8]| {
         None => (req.first[1].clone(), None),
     };
     let exchange = Exchange {
+        request_id: "fuzz".into(),
         method: req.first[0].clone(),
         path,
         query,

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use pingora::server::ShutdownWatch;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument as _;
 
 use crate::app::Shared;
 use crate::event::DerivedEvent;
@@ -247,14 +248,18 @@ impl Dispatcher {
                                 let (this, webhook, tx) =
                                     (self.clone(), webhook.clone(), done_tx.clone());
                                 let (probe, failing) = (state.paused, failing.clone());
-                                tokio::spawn(async move {
-                                    let outcome = this.attempt(&webhook, &d).await;
-                                    this.record(&webhook, &d, outcome, probe, &failing);
-                                    if let Err(e) = this.store.committed_now().await {
-                                        tracing::error!(error = %e, "outcome not committed");
+                                let span = delivery_span(&key, &d);
+                                tokio::spawn(
+                                    async move {
+                                        let outcome = this.attempt(&webhook, &d).await;
+                                        this.record(&webhook, &d, outcome, probe, &failing);
+                                        if let Err(e) = this.store.committed_now().await {
+                                            tracing::error!(error = %e, "outcome not committed");
+                                        }
+                                        let _ = tx.send(d.id);
                                     }
-                                    let _ = tx.send(d.id);
-                                });
+                                    .instrument(span),
+                                );
                             }
                         }
                         Err(e) => {
@@ -304,6 +309,7 @@ impl Dispatcher {
             session: due.event.session.clone(),
             derived_at: Instant::now(),
             registered: due.event.registered.clone(),
+            request_id: due.event.request_id.clone(),
         };
         let requests = formats::requests(webhook, &event);
         let Some(request) = requests.get(due.part as usize) else {
@@ -431,6 +437,7 @@ impl Dispatcher {
                     .deliveries
                     .with_label_values(&[key, "delivered"])
                     .inc();
+                tracing::debug!(status = %label, "delivered");
                 let latency = now as f64 / 1000.0 - due.event.event.created_at;
                 metrics.event_delivery_latency.observe(latency.max(0.0));
                 store.update_delivery(
@@ -471,7 +478,7 @@ impl Dispatcher {
                     Some(delay) => {
                         let jitter = fastrand::u64(0..=(delay.as_millis() as u64 / 10));
                         let next = now + delay.as_millis() as i64 + jitter as i64;
-                        tracing::debug!(webhook = %key, delivery = due.id, attempt = ?outcome.attempt, ?delay, "attempt failed; retrying");
+                        tracing::debug!(attempt = ?outcome.attempt, ?delay, "attempt failed; retrying");
                         store.update_delivery(
                             due.id,
                             State::Pending,
@@ -482,7 +489,7 @@ impl Dispatcher {
                         )
                     }
                     None => {
-                        tracing::warn!(webhook = %key, delivery = due.id, event = %due.event.event.uuid, attempt = ?outcome.attempt, "delivery failed; dead letter");
+                        tracing::warn!(attempt = ?outcome.attempt, "delivery failed; dead letter");
                         metrics.deliveries.with_label_values(&[key, "dead"]).inc();
                         store.update_delivery(
                             due.id,
@@ -497,9 +504,21 @@ impl Dispatcher {
             }
         };
         if let Err(e) = result {
-            tracing::error!(webhook = %key, delivery = due.id, error = %e, "cannot record the delivery's outcome; it will be sent again");
+            tracing::error!(error = %e, "cannot record the delivery's outcome; it will be sent again");
         }
     }
+}
+
+/// The context of every log line about one delivery: the webhook, the
+/// delivery, its event's UUID and the id of the request the event came from.
+fn delivery_span(webhook: &str, due: &Due) -> tracing::Span {
+    tracing::info_span!(
+        "delivery",
+        webhook = %webhook,
+        delivery = due.id,
+        event = %due.event.event.uuid,
+        request_id = due.event.request_id.as_deref(),
+    )
 }
 
 /// The start of a response body, for the attempt log; the rest (up to a

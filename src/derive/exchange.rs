@@ -156,6 +156,9 @@ pub type Headers = Vec<(String, Bytes)>;
 /// One finished request/response pair, as copied by the proxy.
 #[derive(Debug)]
 pub struct Exchange {
+    /// The client's `X-Request-Id`, or one the tap made up: logs about
+    /// the exchange's events carry it.
+    pub request_id: String,
     pub method: String,
     pub path: String,
     pub query: Option<String>,
@@ -336,6 +339,7 @@ mod tests {
         let mut captured = Captured::new(1024);
         captured.push(body);
         Exchange {
+            request_id: "test".into(),
             method: "POST".into(),
             path: "/v1/embeds".into(),
             query: Some("sheet=1&sheet=2&x=%20y".into()),

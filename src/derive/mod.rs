@@ -170,6 +170,7 @@ impl Deriver {
             session: session.map(|s| s.fields),
             derived_at: Instant::now(),
             registered: None,
+            request_id: Some(exchange.request_id.clone()),
         })
     }
 }

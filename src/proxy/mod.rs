@@ -100,6 +100,20 @@ pub struct TapCtx {
     response_body: Option<Captured>,
     /// The upstream's response body ended.
     response_complete: bool,
+    /// When the request's headers were read.
+    started: Option<Instant>,
+}
+
+/// The id lines about this exchange's events carry: the client's
+/// `X-Request-Id` when it is short printable ASCII, else a new one.
+fn request_id(headers: &Headers) -> String {
+    headers
+        .iter()
+        .find(|(name, _)| name == "x-request-id")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 fn copy_headers(map: &http::HeaderMap) -> Headers {
@@ -153,6 +167,7 @@ impl ProxyHttp for Tap {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut TapCtx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
         let req = session.req_header();
         let rules = self.shared.rules.load();
         let Some((route, cap)) = rules.routes.tap_plan(req.method.as_str(), req.uri.path()) else {
@@ -255,11 +270,17 @@ impl ProxyHttp for Tap {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let route = ctx.route.as_deref().unwrap_or("none");
-        self.shared
-            .metrics
+        let metrics = &self.shared.metrics;
+        metrics
             .proxy_requests
             .with_label_values(&[route, status_class(status)])
             .inc();
+        if let Some(started) = ctx.started {
+            metrics
+                .proxy_request_duration
+                .with_label_values(&[route])
+                .observe(started.elapsed().as_secs_f64());
+        }
         // Events come only from responses the upstream gave.
         if ctx.route.is_none() || !upstream_answered(error, ctx) {
             return;
@@ -274,7 +295,9 @@ impl ProxyHttp for Tap {
             .take()
             .map(MultipartScanner::into_files)
             .unwrap_or_default();
+        let request_id = request_id(&ctx.request_headers);
         self.hand_off(Exchange {
+            request_id,
             method: std::mem::take(&mut ctx.method),
             path: std::mem::take(&mut ctx.path),
             query: ctx.query.take(),

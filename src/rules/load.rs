@@ -541,7 +541,11 @@ impl Loader {
 
     /// Cross-file checks, then the route index.
     fn finish(mut self, files: Vec<PathBuf>, problems: &mut Vec<Problem>) -> Option<Rules> {
-        let event_types: BTreeSet<String> = self.routes.iter().map(|r| r.event.clone()).collect();
+        // The funnel derives `session_stalled` itself, without a route.
+        self.declared.insert(crate::funnel::STALLED.to_string());
+        let mut event_types: BTreeSet<String> =
+            self.routes.iter().map(|r| r.event.clone()).collect();
+        event_types.insert(crate::funnel::STALLED.to_string());
         let registered: HashMap<&str, &RegisteredEvent> = self
             .registered
             .iter()

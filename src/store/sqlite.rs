@@ -61,6 +61,13 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (session, seq)
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (created_at);
+CREATE TABLE IF NOT EXISTS session_progress (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    last_event_at INTEGER NOT NULL,
+    watched INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS session_progress_idle ON session_progress (last_event_at) WHERE watched = 1;
 CREATE TABLE IF NOT EXISTS webhook_state (
     webhook TEXT PRIMARY KEY,
     disabled TEXT,
@@ -107,6 +114,9 @@ pub struct StoredEvent {
     /// Set when delivered through a registered event (OS1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered: Option<Value>,
+    /// The id of the request the event came from, for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// A delivery's state.
@@ -227,6 +237,12 @@ enum Op {
         key: String,
         value: String,
         at: i64,
+    },
+    PutProgress {
+        key: String,
+        value: String,
+        last_event_at: i64,
+        watched: bool,
     },
     AppendEvent {
         session: String,
@@ -631,6 +647,55 @@ impl Store {
         })
     }
 
+    pub fn get_progress(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT value FROM session_progress WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Keeps a session's funnel progress; `watched` sessions are those
+    /// [`Store::idle_sessions`] looks at.
+    pub fn put_progress(
+        &self,
+        key: &str,
+        value: String,
+        last_event_at: i64,
+        watched: bool,
+    ) -> Result<(), StoreError> {
+        self.send(Op::PutProgress {
+            key: key.into(),
+            value,
+            last_event_at,
+            watched,
+        })
+    }
+
+    /// Watched sessions whose last event is at or before `cutoff`, oldest
+    /// first.
+    pub fn idle_sessions(
+        &self,
+        cutoff: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT key, value FROM session_progress WHERE watched = 1 AND last_event_at <= ?1 ORDER BY last_event_at LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![cutoff, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// How many sessions are watched.
+    pub fn watched_sessions(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT COUNT(*) FROM session_progress WHERE watched = 1")?
+                .query_row([], |r| r.get(0))
+        })
+    }
+
     pub fn append_event(&self, session: &str, event: &Event) -> Result<(), StoreError> {
         let at = (event.created_at * 1000.0) as i64;
         self.send(Op::AppendEvent {
@@ -913,6 +978,15 @@ fn apply(
             tx.prepare_cached("INSERT INTO sessions (key, value, updated_at) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO UPDATE SET value = ?2, updated_at = ?3")?
                 .execute(params![key, value, at])?;
         }
+        Op::PutProgress {
+            key,
+            value,
+            last_event_at,
+            watched,
+        } => {
+            tx.prepare_cached("INSERT INTO session_progress (key, value, last_event_at, watched) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET value = ?2, last_event_at = ?3, watched = ?4")?
+                .execute(params![key, value, last_event_at, *watched as i64])?;
+        }
         Op::AppendEvent { session, at, event } => {
             tx.prepare_cached(
                 "INSERT INTO events (session, seq, created_at, event) VALUES (?1, ?2, ?3, ?4)",
@@ -996,6 +1070,10 @@ fn apply(
         Op::Sweep { cutoff } => {
             tx.execute("DELETE FROM events WHERE created_at < ?1", [cutoff])?;
             tx.execute("DELETE FROM sessions WHERE updated_at < ?1", [cutoff])?;
+            tx.execute(
+                "DELETE FROM session_progress WHERE last_event_at < ?1",
+                [cutoff],
+            )?;
             for state in ["delivered", "dead"] {
                 tx.execute(
                     "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE state = ?1 AND updated_at < ?2)",
@@ -1030,6 +1108,7 @@ mod tests {
                 created_at: now_ms() as f64 / 1000.0,
             },
             session: None,
+            request_id: None,
             registered: None,
         }
     }
