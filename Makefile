@@ -5,7 +5,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: demo test prereqs test-prereqs build lint bench check-rules fuzz
+.PHONY: demo test prereqs test-prereqs build lint bench check-rules check-alerts fuzz
 
 ## Install build prerequisites: cmake (Pingora builds zlib-ng with it).
 prereqs:
@@ -14,7 +14,7 @@ prereqs:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake >/dev/null; }
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup)"; exit 1; }
 
-## Test tools: promtool (checks the /metrics exposition).
+## Test tools: promtool (checks the /metrics exposition and the alert rules).
 test-prereqs:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing prometheus (for promtool)"; \
@@ -28,7 +28,7 @@ demo: prereqs
 	$(CARGO) run --quiet -- demo
 
 ## Lint, build and run every test (unit, integration, JSON-logic suite).
-test: prereqs test-prereqs lint
+test: prereqs test-prereqs lint check-alerts
 	$(CARGO) test --all-targets
 	$(CARGO) run --quiet -- check rules/
 
@@ -67,6 +67,12 @@ fuzz: prereqs
 	    -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=2048 \
 	    -print_final_stats=1 || exit 1; \
 	done
+
+## Prometheus rules: syntax (promtool check rules) and unit tests
+## (promtool test rules: every alert fires and stays quiet where it should).
+check-alerts: test-prereqs
+	promtool check rules deploy/prometheus/*.yml
+	promtool test rules deploy/prometheus/tests/*.yml
 
 check-rules: build
 	$(CARGO) run --quiet -- check rules/
