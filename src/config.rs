@@ -127,8 +127,10 @@ struct RawFunnel {
     /// `0s` turns stall detection off.
     stall_after: Option<Dur>,
     max_template_keys: Option<usize>,
+    /// In file order (serde_json's map keeps it), so problems come in
+    /// line order.
     #[serde(default)]
-    stages: BTreeMap<String, Vec<String>>,
+    stages: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -339,6 +341,7 @@ impl Config {
 fn lower_funnel(raw: &RawFunnel, doc: &Document, problems: &mut Vec<Problem>) -> FunnelConfig {
     let mut stages = BTreeMap::new();
     let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    // (an event type, the first stage that lists it)
     for (name, events) in &raw.stages {
         let Some(stage) = Stage::parse(name) else {
             let known: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
@@ -351,17 +354,27 @@ fn lower_funnel(raw: &RawFunnel, doc: &Document, problems: &mut Vec<Problem>) ->
             ));
             continue;
         };
-        for event in events {
-            if let Some(other) = seen.insert(event.as_str(), name.as_str()) {
+        let Some(events) = events
+            .as_array()
+            .and_then(|a| a.iter().map(|e| e.as_str()).collect::<Option<Vec<&str>>>())
+        else {
+            problems.push(doc.problem(
+                &format!("/funnel/stages/{name}"),
+                format!("`funnel.stages.{name}`: expected a list of event types"),
+            ));
+            continue;
+        };
+        for (i, event) in events.iter().enumerate() {
+            if let Some(other) = seen.insert(event, name.as_str()) {
                 problems.push(doc.problem(
-                    &format!("/funnel/stages/{name}"),
+                    &format!("/funnel/stages/{name}/{i}"),
                     format!(
                         "`funnel.stages`: event type `{event}` is in both `{other}` and `{name}`"
                     ),
                 ));
             }
         }
-        stages.insert(stage, events.clone());
+        stages.insert(stage, events.iter().map(|e| e.to_string()).collect());
     }
     let stall_after = raw
         .stall_after

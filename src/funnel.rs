@@ -368,3 +368,42 @@ fn stalled_event(
         request_id: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_replace_a_stages_defaults_only() {
+        let overrides = BTreeMap::from([(Stage::Uploaded, vec!["files_added".to_string()])]);
+        let config = FunnelConfig::new(&overrides, None, 5);
+        assert_eq!(config.stages.get("files_added"), Some(&Stage::Uploaded));
+        assert_eq!(config.stages.get("file_uploaded"), None);
+        assert_eq!(config.stages.get("columns_mapped"), Some(&Stage::Mapped));
+        assert_eq!(config.check_interval(), None);
+    }
+
+    #[test]
+    fn stalls_are_looked_for_within_a_tenth_of_the_idle_time() {
+        let every = |secs| {
+            FunnelConfig::new(&BTreeMap::new(), Some(Duration::from_secs(secs)), 5)
+                .check_interval()
+                .unwrap()
+        };
+        assert_eq!(every(2), Duration::from_secs(1));
+        assert_eq!(every(300), Duration::from_secs(30));
+        assert_eq!(every(86_400), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_stage_is_the_furthest_reached() {
+        let mut p = Progress::default();
+        assert_eq!(p.stage(), None);
+        p.reached.insert(Stage::Mapped, 3);
+        p.reached.insert(Stage::Uploaded, 9);
+        assert_eq!(p.stage(), Some(Stage::Mapped));
+        assert!(p.watched());
+        p.finished = true;
+        assert!(!p.watched());
+    }
+}

@@ -138,6 +138,43 @@ fn check_reads_a_config_and_its_rules() {
         .contains("taphook.yaml:1: `upstream`: scheme `ftp` is not supported"));
 }
 
+/// The `funnel` and `log` sections: every problem with its line.
+#[test]
+fn check_names_bad_funnel_and_log_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    let config = dir.path().join("taphook.yaml");
+    let run_check = |text: &str| {
+        write(dir.path(), "taphook.yaml", text);
+        let out = taphook(&["check", "--config", config.to_str().unwrap()], &[]);
+        let text =
+            String::from_utf8_lossy(&out.stdout).replace(&format!("{}/", dir.path().display()), "");
+        (out.status.code(), text)
+    };
+    let (code, out) = run_check(
+        "upstream: http://127.0.0.1:9000\nfunnel:\n  stages:\n    uploaded: [file_uploaded]\n    mapped: [columns_mapped, file_uploaded]\n    reviewed: [x]\n",
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "taphook.yaml:5: `funnel.stages`: event type `file_uploaded` is in both `uploaded` and `mapped`",
+            "taphook.yaml:6: `funnel.stages`: unknown stage `reviewed` (stages: initialized, uploaded, header_selected, mapped, submitted, closed)",
+        ],
+        "{out}"
+    );
+    let (code, out) = run_check("upstream: http://127.0.0.1:9000\nlog:\n  format: xml\n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with(
+            "taphook.yaml:3: `log.format`: unknown variant `xml`, expected `text` or `json`"
+        ),
+        "{out}"
+    );
+    let (code, out) = run_check("upstream: http://127.0.0.1:9000\nfunnel:\n  stall_after: 10m\n  max_template_keys: 5\nlog: {format: json}\n");
+    assert_eq!(code, Some(0), "{out}");
+}
+
 #[test]
 fn eval_explains_each_webhook() {
     let dir = tempfile::tempdir().unwrap();
