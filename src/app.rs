@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::deliver::Dispatcher;
 use crate::derive::exchange::Budget;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Pushed};
 use crate::proxy::Tap;
 use crate::rules::{self, Rules};
 use crate::store::{DurableEventLog, DurableSessions, EventLog, SessionStore, Store};
@@ -36,7 +36,12 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Serialises changes made through the admin API.
     pub admin_writes: tokio::sync::Mutex<()>,
+    /// Events pushed through the admin API, to the pipeline.
+    pub pushed: mpsc::Sender<Pushed>,
 }
+
+/// Events pushed through the admin API waiting for the pipeline.
+const PUSHED_QUEUE: usize = 1024;
 
 /// Bytes of sessions cached in memory at most (all are on disk).
 const SESSION_CACHE_BYTES: u64 = 64 << 20;
@@ -99,6 +104,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     );
     let listen = config.listen.to_string();
     let (tx, rx) = mpsc::channel(config.tap_queue);
+    let (pushed, pushed_rx) = mpsc::channel(PUSHED_QUEUE);
     let store =
         Store::open(&config.data_dir).context("cannot open the data directory (data_dir)")?;
     {
@@ -118,6 +124,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         store: store.clone(),
         ready: AtomicBool::new(false),
         admin_writes: tokio::sync::Mutex::new(()),
+        pushed,
         config,
     });
 
@@ -142,7 +149,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         }
     };
     let delivering = deliver_rt.spawn(dispatcher.supervise(deliveries_stopped, drain));
-    let deriving = deliver_rt.spawn(Pipeline::new(shared.clone()).run(rx));
+    let deriving = deliver_rt.spawn(Pipeline::new(shared.clone()).run(rx, pushed_rx));
     let stop_watch = StopWatch {
         stop_deliveries,
         fast: fast_stop,

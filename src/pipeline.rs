@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::app::Shared;
 use crate::dedup::Dedup;
@@ -18,6 +18,13 @@ use crate::funnel::Funnel;
 use crate::rules::Rules;
 use crate::store::session_key;
 use crate::store::sqlite::{now_ms, Store, StoredEvent};
+
+/// An event pushed through the admin API (`POST /v1/events`), and where
+/// to answer whether it was new (`false`: a duplicate of its UUID).
+pub struct Pushed {
+    pub event: DerivedEvent,
+    pub reply: oneshot::Sender<bool>,
+}
 
 pub struct Pipeline {
     shared: Arc<Shared>,
@@ -56,13 +63,14 @@ impl Pipeline {
             .deriver
             .derive(exchange, &rules, &*self.shared.sessions)
         {
-            self.accept(event, &rules);
+            let _ = self.accept(event, &rules);
         }
     }
 
-    /// Dedups one event and hands it to every webhook that should get it.
-    /// Every log line about it carries its UUID and its request's id.
-    pub fn accept(&self, event: DerivedEvent, rules: &Rules) {
+    /// Dedups one event and hands it to every webhook that should get it;
+    /// `false` when it was a duplicate. Every log line about it carries its
+    /// UUID and its request's id.
+    pub fn accept(&self, event: DerivedEvent, rules: &Rules) -> bool {
         let span = tracing::info_span!(
             "event",
             event = %event.event.uuid,
@@ -78,7 +86,7 @@ impl Pipeline {
         if !self.dedup.first_seen(&event.event.uuid) {
             metrics.events_duplicate.inc();
             tracing::debug!("duplicate event dropped");
-            return;
+            return false;
         }
         tracing::debug!("event derived");
         if let Some(key) = session_key(&event.event.embed_id) {
@@ -124,6 +132,7 @@ impl Pipeline {
                 | Verdict::OtherImportIdentifier => {}
             }
         }
+        true
     }
 }
 
@@ -131,7 +140,11 @@ impl Pipeline {
     /// Processes exchanges until every sender (the tap) is gone, so an
     /// exchange the proxy finished during shutdown is still derived; looks
     /// for stalled sessions in between.
-    pub async fn run(self, mut receiver: mpsc::Receiver<Exchange>) {
+    pub async fn run(
+        self,
+        mut receiver: mpsc::Receiver<Exchange>,
+        mut pushed: mpsc::Receiver<Pushed>,
+    ) {
         let every = self.shared.config.funnel.check_interval();
         let mut ticks =
             tokio::time::interval(every.unwrap_or(std::time::Duration::from_secs(3600)));
@@ -142,6 +155,10 @@ impl Pipeline {
                     Some(exchange) => self.process(&exchange),
                     None => break,
                 },
+                Some(p) = pushed.recv() => {
+                    let rules = self.shared.rules.load_full();
+                    let _ = p.reply.send(self.accept(p.event, &rules));
+                }
                 _ = ticks.tick(), if every.is_some() => self.report_stalls().await,
             }
         }
@@ -161,7 +178,7 @@ impl Pipeline {
                 let rules = shared.rules.load_full();
                 for event in events {
                     tracing::info!(session = %event.event.embed_id, "session stalled");
-                    self.accept(event, &rules);
+                    let _ = self.accept(event, &rules);
                 }
                 if let Err(e) = self.store.committed_now().await {
                     tracing::error!(error = %e, "stalls not committed");

@@ -377,3 +377,147 @@ async fn only_a_webhooks_own_file_is_managed_by_the_api() {
     );
     assert_eq!(a["managed_by_api"], false);
 }
+
+/// `POST /v1/events`: a pushed event goes the way of derived ones (session
+/// fields, assignment, filters, event log, delivery) and is idempotent by
+/// its UUID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_events_are_delivered_once_per_uuid() {
+    let hooks = [
+        webhook(
+            "assigned",
+            "/assigned",
+            "    events: [import_submitted]\n    assignment: session\n",
+        ),
+        webhook(
+            "filtered",
+            "/filtered",
+            "    events: [\"*\"]\n    filter: {\">\": [\"$data.rows\", 10]}\n",
+        ),
+    ];
+    let stack = Stack::start(Setup {
+        rules: vec![("hooks.yaml", format!("webhooks:\n{}", hooks.join("")))],
+        config: &config(""),
+        ..Default::default()
+    })
+    .await;
+    let id = stack
+        .create_embed(
+            json!({"template_key": "contacts", "embed_user_jwt": "a.b.c", "event_webhook_keys": ["assigned"]}),
+            false,
+        )
+        .await;
+    // The session is known once its first event is derived.
+    stack
+        .wait_metric(
+            "taphook_events_derived_total{event_type=\"embed_initialized\"}",
+            1.0,
+        )
+        .await;
+    let created_at = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()) as f64
+        + 0.5;
+    let pushed = json!({
+        "uuid": "event-0e7b6a44-7d5c-4f0e-9a57-5b1b7c1f0a01",
+        "embed_id": id.to_string(),
+        "event_type": "import_submitted",
+        "data": {"rows": 42},
+        "created_at": created_at,
+    });
+    let (status, body) = api(&stack, "POST", "/v1/events", Some(pushed.clone())).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        body,
+        json!({"data": {"uuid": "event-0e7b6a44-7d5c-4f0e-9a57-5b1b7c1f0a01", "duplicate": false}})
+    );
+    let (status, body) = api(&stack, "POST", "/v1/events", Some(pushed)).await;
+    assert_eq!(
+        (status, &body["data"]["duplicate"]),
+        (200, &json!(true)),
+        "{body}"
+    );
+
+    let got = stack
+        .receiver
+        .wait_for("/assigned", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(got.len(), 1, "{}", stack.log());
+    assert_eq!(
+        got[0].json(),
+        json!({
+            "uuid": "event-0e7b6a44-7d5c-4f0e-9a57-5b1b7c1f0a01",
+            "embed_id": id,
+            "embed_jwt": "a.b.c",
+            "environment_name": "Production",
+            "template_key": "contacts",
+            "event_type": "import_submitted",
+            "trigger_type": "api",
+            "data": {"rows": 42},
+            "created_at": created_at,
+        })
+    );
+    // The filter saw it too; the derived embed_initialized (no rows) not.
+    let filtered = stack
+        .receiver
+        .wait_for("/filtered", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0].json()["event_type"], "import_submitted");
+    // In the session's event log, after the derived one.
+    let (status, page) = api(&stack, "GET", &format!("/v1/embeds/{id}/events"), None).await;
+    assert_eq!(status, 200);
+    let types: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["embed_initialized", "import_submitted"]);
+    settle(Duration::from_millis(300)).await;
+    assert_eq!(stack.receiver.received_on("/assigned").len(), 1);
+    assert_eq!(stack.metric("taphook_events_duplicate_total").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_events_are_checked() {
+    let stack = Stack::start(Setup {
+        config: &config(""),
+        ..Default::default()
+    })
+    .await;
+    let cases = [
+        (json!([1]), "the body must be a JSON object (an event envelope)"),
+        (json!({"embed_id": 1}), "`event_type` is required"),
+        (
+            json!({"event_type": "x"}),
+            "`embed_id` is required (a string or a number)",
+        ),
+        (
+            json!({"event_type": "x", "embed_id": 1, "trigger_type": "cron"}),
+            "`trigger_type` must be `user`, `api` or `automation`",
+        ),
+        (
+            json!({"event_type": "x", "embed_id": 1, "created_at": "yesterday"}),
+            "`created_at` must be seconds since the epoch",
+        ),
+        (
+            json!({"event_type": "x", "embed_id": 1, "eventtype": "x"}),
+            "unknown field `eventtype` (fields: uuid, embed_id, embed_jwt, environment_name, template_key, event_type, trigger_type, data, created_at)",
+        ),
+    ];
+    for (body, message) in cases {
+        let (status, answer) = api(&stack, "POST", "/v1/events", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(answer["error"]["code"], "invalid_event", "{body}");
+        assert_eq!(answer["error"]["message"], message, "{body}");
+    }
+    // Without a UUID, each push is a new event.
+    let body = json!({"event_type": "x", "embed_id": "s-1"});
+    let (s1, a) = api(&stack, "POST", "/v1/events", Some(body.clone())).await;
+    let (s2, b) = api(&stack, "POST", "/v1/events", Some(body)).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_ne!(a["data"]["uuid"], b["data"]["uuid"]);
+    assert!(a["data"]["uuid"].as_str().unwrap().starts_with("event-"));
+}

@@ -54,6 +54,7 @@ impl Admin {
 pub fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/v1/embeds/{embed_id}/events", get(events::list))
+        .route("/v1/events", axum::routing::post(events::push))
         .route(
             "/v1/event-webhooks",
             get(webhooks::list).post(webhooks::create),
