@@ -5,7 +5,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: demo test prereqs test-prereqs build lint bench check-rules check-alerts fuzz
+.PHONY: demo test prereqs test-prereqs build lint bench check-rules check-alerts check-deploy fuzz
 
 ## Install build prerequisites: cmake (Pingora builds zlib-ng with it).
 prereqs:
@@ -28,9 +28,16 @@ demo: prereqs
 	$(CARGO) run --quiet -- demo
 
 ## Lint, build and run every test (unit, integration, JSON-logic suite).
-test: prereqs test-prereqs lint check-alerts
+test: prereqs test-prereqs lint check-alerts check-deploy
 	$(CARGO) test --all-targets
 	$(CARGO) run --quiet -- check rules/
+
+## Offline checks of deploy/: Kubernetes manifests (strict schemas, the
+## kustomize output, the ServiceMonitor's CRD schema), the configs with
+## `taphook check`, the systemd unit (systemd-analyze), the Dockerfile
+## (hadolint), and a self-test that broken copies fail. See deploy/check.sh.
+check-deploy: prereqs
+	bash deploy/check.sh
 
 lint: prereqs
 	$(CARGO) fmt --check

