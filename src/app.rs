@@ -15,14 +15,15 @@ use pingora::services::background::{background_service, BackgroundService};
 use tokio::sync::mpsc;
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::deliver::Dispatcher;
 use crate::derive::exchange::Budget;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Pushed};
 use crate::proxy::Tap;
 use crate::rules::{self, Rules};
-use crate::store::{DurableEventLog, DurableSessions, EventLog, SessionStore, Store};
+use crate::store::jetstream::JetStream;
+use crate::store::{DurableEventLog, DurableSessions, EventLog, Outbox, SessionStore, Store};
 
 /// State every service shares.
 pub struct Shared {
@@ -38,6 +39,10 @@ pub struct Shared {
     pub admin_writes: tokio::sync::Mutex<()>,
     /// Events pushed through the admin API, to the pipeline.
     pub pushed: mpsc::Sender<Pushed>,
+    /// Where the pipeline hands deliveries over: `store`, or JetStream.
+    pub outbox: Arc<dyn Outbox>,
+    /// The JetStream backend, when configured.
+    pub jetstream: Option<Arc<JetStream>>,
 }
 
 /// Events pushed through the admin API waiting for the pipeline.
@@ -105,6 +110,14 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     let listen = config.listen.to_string();
     let (tx, rx) = mpsc::channel(config.tap_queue);
     let (pushed, pushed_rx) = mpsc::channel(PUSHED_QUEUE);
+    // The deliver stage runs on a runtime of its own, so in-flight
+    // deliveries can finish after Pingora's services have stopped.
+    let deliver_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads.clamp(1, 4))
+        .thread_name("taphook-deliver")
+        .enable_all()
+        .build()?;
+    let mut config = config;
     let store =
         Store::open(&config.data_dir).context("cannot open the data directory (data_dir)")?;
     {
@@ -112,31 +125,52 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         *store.on_accept.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Box::new(move |n| accepted.inc_by(n)));
     }
+    let jetstream = match &config.store {
+        StoreBackend::Embedded => None,
+        StoreBackend::JetStream(js) => {
+            let js = deliver_rt
+                .block_on(JetStream::connect(
+                    js,
+                    config.dedup_ttl,
+                    config.events_retention,
+                    metrics.clone(),
+                ))
+                .context("cannot start the JetStream store (store.url)")?;
+            if config.funnel.stall_after.take().is_some() {
+                tracing::info!("stalled sessions are not reported with the jetstream store (each instance sees part of a session's traffic)");
+            }
+            Some(js)
+        }
+    };
+    let (sessions, events, outbox): (Arc<dyn SessionStore>, Arc<dyn EventLog>, Arc<dyn Outbox>) =
+        match &jetstream {
+            Some(js) => (js.clone(), js.clone(), js.clone()),
+            None => (
+                Arc::new(DurableSessions::new(
+                    store.clone(),
+                    SESSION_CACHE_BYTES,
+                    config.events_retention,
+                )),
+                Arc::new(DurableEventLog::new(store.clone(), config.events_retention)),
+                store.clone(),
+            ),
+        };
     let shared = Arc::new(Shared {
         rules: ArcSwap::from_pointee(rules),
         metrics,
-        sessions: Arc::new(DurableSessions::new(
-            store.clone(),
-            SESSION_CACHE_BYTES,
-            config.events_retention,
-        )),
-        events: Arc::new(DurableEventLog::new(store.clone(), config.events_retention)),
+        sessions,
+        events,
         store: store.clone(),
         ready: AtomicBool::new(false),
         admin_writes: tokio::sync::Mutex::new(()),
         pushed,
+        outbox,
+        jetstream: jetstream.clone(),
         config,
     });
 
-    // The deliver stage runs on a runtime of its own, so in-flight
-    // deliveries can finish after Pingora's services have stopped.
     let (stop_deliveries, deliveries_stopped) = tokio::sync::watch::channel(false);
     let fast_stop = Arc::new(AtomicBool::new(false));
-    let deliver_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(shared.config.threads.clamp(1, 4))
-        .thread_name("taphook-deliver")
-        .enable_all()
-        .build()?;
     let dispatcher = Arc::new(Dispatcher::new(shared.clone())?);
     let drain = {
         let (fast, timeout) = (fast_stop.clone(), shared.config.delivery.shutdown_timeout);
@@ -148,7 +182,15 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
             }
         }
     };
-    let delivering = deliver_rt.spawn(dispatcher.supervise(deliveries_stopped, drain));
+    let delivering = match &jetstream {
+        Some(js) => deliver_rt.spawn(crate::deliver::jetstream::supervise(
+            dispatcher,
+            js.clone(),
+            deliveries_stopped,
+            drain,
+        )),
+        None => deliver_rt.spawn(dispatcher.supervise(deliveries_stopped, drain)),
+    };
     let deriving = deliver_rt.spawn(Pipeline::new(shared.clone()).run(rx, pushed_rx));
     let stop_watch = StopWatch {
         stop_deliveries,
@@ -203,6 +245,9 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     let _ = deliver_rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(30), deriving).await });
     let _ = deliver_rt.block_on(delivering);
+    if let Some(js) = &jetstream {
+        deliver_rt.block_on(js.flush(Duration::from_secs(5)));
+    }
     deliver_rt.shutdown_timeout(Duration::from_secs(1));
     store.close();
     Ok(())

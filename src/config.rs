@@ -42,6 +42,32 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub funnel: FunnelConfig,
     pub log: LogFormat,
+    /// Where deliveries, sessions and the event log live.
+    pub store: StoreBackend,
+}
+
+/// `store.backend`: the embedded store (one instance), or NATS JetStream
+/// shared by several instances.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreBackend {
+    Embedded,
+    JetStream(JetStreamConfig),
+}
+
+/// `store` with `backend: jetstream`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JetStreamConfig {
+    /// `nats://host:port`, several separated by commas.
+    pub url: String,
+    /// Prefix of every stream, subject, consumer and bucket name, so
+    /// several deployments can share one NATS account.
+    pub prefix: String,
+    /// Copies of every stream and bucket in a NATS cluster.
+    pub replicas: usize,
+    /// Writes held locally while NATS is unreachable; past it, dropped
+    /// (counted).
+    pub buffer: usize,
+    pub connect_timeout: Duration,
 }
 
 /// How log lines are written (`log.format`).
@@ -119,6 +145,28 @@ struct RawConfig {
     funnel: RawFunnel,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default)]
+    backend: RawBackend,
+    url: Option<String>,
+    prefix: Option<String>,
+    replicas: Option<usize>,
+    buffer: Option<usize>,
+    connect_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum RawBackend {
+    #[default]
+    Embedded,
+    JetStream,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +307,7 @@ impl Config {
             }
         }
         let funnel = lower_funnel(&raw.funnel, doc, &mut problems);
+        let store = lower_store(&raw.store, doc, &mut problems);
         let concurrency = raw.delivery.concurrency_per_webhook.unwrap_or(16);
         if concurrency == 0 {
             problems.push(doc.problem("/delivery/concurrency_per_webhook", "must be at least 1"));
@@ -325,6 +374,7 @@ impl Config {
             shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(1), |d| d.0),
             funnel,
             log: raw.log.format,
+            store,
             threads: raw
                 .threads
                 .unwrap_or_else(|| {
@@ -335,6 +385,69 @@ impl Config {
                 .max(1),
         })
     }
+}
+
+/// The store section: a JetStream backend needs a `nats://` URL and a
+/// prefix NATS accepts in names.
+fn lower_store(raw: &RawStore, doc: &Document, problems: &mut Vec<Problem>) -> StoreBackend {
+    if raw.backend == RawBackend::Embedded {
+        for (key, set) in [
+            ("url", raw.url.is_some()),
+            ("prefix", raw.prefix.is_some()),
+            ("replicas", raw.replicas.is_some()),
+            ("buffer", raw.buffer.is_some()),
+            ("connect_timeout", raw.connect_timeout.is_some()),
+        ] {
+            if set {
+                problems.push(doc.problem(
+                    &format!("/store/{key}"),
+                    format!("`store.{key}` is for `backend: jetstream`; the embedded store keeps everything in `data_dir`"),
+                ));
+            }
+        }
+        return StoreBackend::Embedded;
+    }
+    let url = raw.url.clone().unwrap_or_default();
+    if url.is_empty() {
+        problems.push(doc.problem(
+            "/store",
+            "`store.url` is required with `backend: jetstream` (nats://host:4222)",
+        ));
+    } else if let Some(bad) = url
+        .split(',')
+        .map(str::trim)
+        .find(|u| !(u.starts_with("nats://") || u.starts_with("tls://")))
+    {
+        problems.push(doc.problem(
+            "/store/url",
+            format!("`store.url`: `{bad}` is not a nats:// URL"),
+        ));
+    }
+    let prefix = raw.prefix.clone().unwrap_or_else(|| "taphook".into());
+    if prefix.is_empty()
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        problems.push(doc.problem(
+            "/store/prefix",
+            format!("`store.prefix`: `{prefix}` must be letters, digits, `_` or `-`"),
+        ));
+    }
+    let replicas = raw.replicas.unwrap_or(1);
+    if !(1..=5).contains(&replicas) {
+        problems.push(doc.problem(
+            "/store/replicas",
+            "`store.replicas` must be 1 to 5 (NATS stream replicas)",
+        ));
+    }
+    StoreBackend::JetStream(JetStreamConfig {
+        url,
+        prefix,
+        replicas,
+        buffer: raw.buffer.unwrap_or(100_000).max(1),
+        connect_timeout: raw.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
+    })
 }
 
 /// The funnel section: stage names checked, an event type in one stage only.

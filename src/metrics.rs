@@ -33,6 +33,12 @@ pub struct Metrics {
     pub funnel_stage_duration: HistogramVec,
     pub funnel_open_sessions: IntGauge,
     pub sessions_stalled: IntCounterVec,
+    /// JetStream backend: 1 while connected to NATS.
+    pub store_connected: IntGauge,
+    /// JetStream backend: writes waiting in the local buffer.
+    pub store_buffered: IntGauge,
+    /// JetStream backend: writes dropped because the local buffer was full.
+    pub store_buffer_dropped: IntCounterVec,
 }
 
 const PROXY_BUCKETS: &[f64] = &[
@@ -203,11 +209,32 @@ impl Metrics {
         )
         .expect("valid metric");
         register(Box::new(funnel_open_sessions.clone()));
+        let store_buffer_dropped = counter(
+            "taphook_store_buffer_dropped_total",
+            "JetStream backend: writes dropped because the local buffer (store.buffer) was full while NATS was unreachable, by kind (delivery, event, session).",
+            &["kind"],
+        );
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            register(Box::new(g.clone()));
+            g
+        };
+        let store_connected = plain_gauge(
+            "taphook_store_connected",
+            "JetStream backend: 1 while connected to NATS, 0 while not (writes wait in the local buffer).",
+        );
+        let store_buffered = plain_gauge(
+            "taphook_store_buffered",
+            "JetStream backend: writes (deliveries, events, sessions) waiting in the local buffer for NATS.",
+        );
         let mut names = names.into_inner();
         names.sort();
         Self {
             names,
             registry,
+            store_connected,
+            store_buffered,
+            store_buffer_dropped,
             proxy_request_duration,
             funnel_sessions,
             funnel_stage_duration,

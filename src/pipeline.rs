@@ -107,7 +107,7 @@ impl Pipeline {
                         registered,
                         request_id: event.request_id.clone(),
                     };
-                    if let Err(e) = self.store.insert_delivery(&decision.webhook.key, &stored) {
+                    if let Err(e) = self.shared.outbox.enqueue(&decision.webhook.key, &stored) {
                         metrics
                             .events_dropped
                             .with_label_values(&["store_unavailable"])

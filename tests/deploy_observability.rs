@@ -137,6 +137,9 @@ fn families() -> BTreeMap<String, Family> {
     add(&mut out, &m.funnel_stage_duration);
     add(&mut out, &m.funnel_open_sessions);
     add(&mut out, &m.sessions_stalled);
+    add(&mut out, &m.store_connected);
+    add(&mut out, &m.store_buffered);
+    add(&mut out, &m.store_buffer_dropped);
     let listed: Vec<&String> = out.keys().collect();
     let names: Vec<&String> = m.names().iter().collect();
     assert_eq!(

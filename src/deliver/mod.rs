@@ -17,6 +17,7 @@
 
 pub mod formats;
 pub mod guard;
+pub mod jetstream;
 pub mod retry;
 pub mod signing;
 
@@ -420,11 +421,7 @@ impl Dispatcher {
         failing: &Failing,
     ) {
         let key = webhook.key.as_str();
-        let label = match &outcome.attempt {
-            Attempt::Status { status, .. } => status.to_string(),
-            Attempt::Timeout => "timeout".into(),
-            Attempt::Error(e) => format!("error: {e}"),
-        };
+        let label = outcome.attempt.label();
         let (store, metrics) = (&self.store, &self.shared.metrics);
         let _ = store.record_attempt(due.id, due.part, &label, outcome.duration, outcome.response);
         let now = now_ms();

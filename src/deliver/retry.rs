@@ -26,6 +26,15 @@ impl Attempt {
         }
     }
 
+    /// How the attempt log and the dead letters name the outcome.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Status { status, .. } => status.to_string(),
+            Self::Timeout => "timeout".into(),
+            Self::Error(e) => format!("error: {e}"),
+        }
+    }
+
     pub fn succeeded(&self) -> bool {
         matches!(
             self,

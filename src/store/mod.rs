@@ -3,6 +3,7 @@
 //! front of sessions.
 
 pub mod events;
+pub mod jetstream;
 pub mod sqlite;
 
 pub use events::{DurableEventLog, EventLog, Logged};
@@ -20,6 +21,24 @@ use serde_json::{Map, Value};
 pub struct Session {
     pub key: Value,
     pub fields: Map<String, Value>,
+}
+
+/// Where the pipeline hands deliveries to the deliver stage.
+pub trait Outbox: Send + Sync {
+    /// Accepts a delivery of `event` to `webhook`: durable (embedded) or
+    /// on its way to NATS (JetStream) when it returns `Ok`.
+    fn enqueue(&self, webhook: &str, event: &sqlite::StoredEvent)
+        -> Result<(), sqlite::StoreError>;
+}
+
+impl Outbox for sqlite::Store {
+    fn enqueue(
+        &self,
+        webhook: &str,
+        event: &sqlite::StoredEvent,
+    ) -> Result<(), sqlite::StoreError> {
+        self.insert_delivery(webhook, event)
+    }
 }
 
 /// Where sessions live.
@@ -60,6 +79,12 @@ fn approx_size(v: &Value) -> usize {
                 .sum::<usize>()
         }
         _ => 16,
+    }
+}
+
+impl MemorySessions {
+    pub fn forget(&self, key: &str) {
+        self.cache.invalidate(key);
     }
 }
 

@@ -94,6 +94,8 @@ pub enum StoreError {
     Query(#[from] rusqlite::Error),
     #[error("the store's writer has stopped")]
     Closed,
+    #[error("{0}")]
+    Nats(String),
 }
 
 /// Milliseconds since the Unix epoch.

@@ -387,7 +387,7 @@ async fn exited(child: &mut Child) {
 /// Starts `taphook run` on `dir/taphook.yaml`, its stdout and stderr
 /// going to `dir/taphook.log`, and waits until it is ready; on failure,
 /// returns the log.
-async fn launch(
+pub async fn launch(
     dir: &Path,
     admin: SocketAddr,
     proxy: SocketAddr,

@@ -1,0 +1,574 @@
+//! The JetStream backend: what the pipeline keeps, on NATS JetStream, so
+//! several taphook instances share it. No clustering code of our own:
+//!
+//! - `<P>_EVENTS` (subjects `<p>.events.<session>`): the event log, and the
+//!   cluster-wide dedup of events: each is published with `Nats-Msg-Id` =
+//!   its UUID, so the same event seen by two instances is stored once
+//!   within the duplicate window (`dedup.ttl`).
+//! - `<P>_DELIVERIES`, a work queue (`<p>.deliveries.<webhook>`, and
+//!   `<p>.retry.<webhook>` for retries waiting their turn): the outbox.
+//!   A delivery's `Nats-Msg-Id` is `<webhook>:<uuid>`, so a webhook gets an
+//!   event once however many instances saw it. One durable pull consumer
+//!   per webhook, shared by every instance, hands each delivery to one of
+//!   them ([`crate::deliver::jetstream`]).
+//! - `<P>_DEAD` (`<p>.dead.<webhook>`): deliveries out of retries.
+//! - KV bucket `<p>_sessions`: sessions, with a local cache in front that
+//!   a watch keeps current.
+//!
+//! Writes never wait for NATS: they go, in order, through a bounded local
+//! buffer that one task publishes from, each write retried until NATS has
+//! acknowledged it (the message ids make a retry harmless). While NATS is
+//! unreachable they wait there; a write that finds the buffer full is
+//! dropped and counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::HeaderMap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+
+use super::events::{EventLog, Logged};
+use super::sqlite::{StoreError, StoredEvent};
+use super::{MemorySessions, Outbox, Session, SessionStore};
+use crate::config::JetStreamConfig;
+use crate::event::Event;
+use crate::metrics::Metrics;
+
+/// Headers a delivery message carries besides `Nats-Msg-Id`.
+pub const ATTEMPTS: &str = "Taphook-Attempts";
+pub const PART: &str = "Taphook-Part";
+/// A parked retry's due time (ms since the epoch).
+pub const DUE: &str = "Taphook-Due";
+pub const LAST_STATUS: &str = "Taphook-Last-Status";
+
+/// How long a read (a session, the event log) waits for NATS. While NATS
+/// is unreachable, reads do not wait: the pipeline must keep up.
+const READ_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a publish waits for NATS's acknowledgement before it is retried.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A name NATS accepts in subjects, consumer names and KV keys, for any
+/// text (session keys, webhook keys).
+pub fn token(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && !text.starts_with('_')
+    {
+        return text.to_string();
+    }
+    format!("_{}", URL_SAFE_NO_PAD.encode(text))
+}
+
+/// Stream, subject and bucket names under the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.prefix)
+    }
+    pub fn deliveries_stream(&self) -> String {
+        format!("{}_DELIVERIES", self.prefix)
+    }
+    pub fn dead_stream(&self) -> String {
+        format!("{}_DEAD", self.prefix)
+    }
+    pub fn sessions_bucket(&self) -> String {
+        format!("{}_sessions", self.prefix)
+    }
+    pub fn event_subject(&self, session: &str) -> String {
+        format!("{}.events.{}", self.prefix, token(session))
+    }
+    pub fn delivery_subject(&self, webhook: &str) -> String {
+        format!("{}.deliveries.{}", self.prefix, token(webhook))
+    }
+    pub fn retry_subject(&self, webhook: &str) -> String {
+        format!("{}.retry.{}", self.prefix, token(webhook))
+    }
+    pub fn retry_filter(&self) -> String {
+        format!("{}.retry.>", self.prefix)
+    }
+    pub fn dead_subject(&self, webhook: &str) -> String {
+        format!("{}.dead.{}", self.prefix, token(webhook))
+    }
+    pub fn webhook_consumer(&self, webhook: &str) -> String {
+        format!("{}_wh_{}", self.prefix, token(webhook))
+    }
+    pub fn retry_consumer(&self) -> String {
+        format!("{}_retry", self.prefix)
+    }
+}
+
+/// One write waiting for NATS.
+enum Write {
+    Publish {
+        subject: String,
+        headers: HeaderMap,
+        body: Bytes,
+        kind: &'static str,
+    },
+    Session {
+        key: String,
+        body: Bytes,
+    },
+}
+
+impl Write {
+    fn kind(&self) -> &'static str {
+        match self {
+            Write::Publish { kind, .. } => kind,
+            Write::Session { .. } => "session",
+        }
+    }
+}
+
+/// The connection, the streams and the local buffer.
+pub struct JetStream {
+    pub names: Names,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    buffer: mpsc::Sender<Write>,
+    metrics: Arc<Metrics>,
+    sessions: kv::Store,
+    cache: MemorySessions,
+    /// The runtime reads block on (sync callers: derive, the admin API).
+    runtime: tokio::runtime::Handle,
+}
+
+impl JetStream {
+    /// Connects and creates (or updates) the streams and the bucket.
+    /// NATS unreachable is an error naming the URL.
+    pub async fn connect(
+        config: &JetStreamConfig,
+        dedup_window: Duration,
+        retention: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            StoreError::Nats(format!("cannot reach NATS at {}: {e}", config.url))
+        };
+        let connected = metrics.store_connected.clone();
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(config.connect_timeout)
+            // Back within half a second of NATS (the default waits up to 4 s).
+            .reconnect_delay_callback(|n: usize| {
+                Duration::from_millis((50u64 << n.min(4)).min(500))
+            })
+            .event_callback(move |event| {
+                let connected = connected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to NATS");
+                            connected.set(1);
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("NATS connection lost; writes wait in the local buffer");
+                            connected.set(0);
+                        }
+                        other => tracing::debug!(event = %other, "NATS"),
+                    }
+                }
+            })
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| unreachable(&e))?;
+        metrics.store_connected.set(1);
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .ack_timeout(ACK_TIMEOUT)
+            .build(client.clone());
+        let names = Names {
+            prefix: config.prefix.clone(),
+        };
+        let replicas = config.replicas;
+        // The server keeps every message id of the window in memory.
+        let window = dedup_window.min(Duration::from_secs(24 * 3600));
+        let limits = |name: String, subjects: Vec<String>| stream::Config {
+            name,
+            subjects,
+            max_age: retention,
+            duplicate_window: window,
+            allow_direct: true,
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let p = &names.prefix;
+        let streams = [
+            limits(names.events_stream(), vec![format!("{p}.events.>")]),
+            stream::Config {
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..limits(
+                    names.deliveries_stream(),
+                    vec![format!("{p}.deliveries.>"), format!("{p}.retry.>")],
+                )
+            },
+            limits(names.dead_stream(), vec![format!("{p}.dead.>")]),
+            // A KV bucket, made as its stream: `create_key_value` reads
+            // account fields NATS 2.9 does not send.
+            stream::Config {
+                subjects: vec![format!("$KV.{}.>", names.sessions_bucket())],
+                max_messages_per_subject: 1,
+                allow_rollup: true,
+                deny_delete: true,
+                discard: stream::DiscardPolicy::New,
+                duplicate_window: Duration::from_secs(120),
+                ..limits(format!("KV_{}", names.sessions_bucket()), vec![])
+            },
+        ];
+        for config in streams {
+            let name = config.name.clone();
+            js.get_or_create_stream(config)
+                .await
+                .map_err(|e| StoreError::Nats(format!("cannot create stream {name}: {e}")))?;
+        }
+        let sessions = js
+            .get_key_value(names.sessions_bucket())
+            .await
+            .map_err(|e| StoreError::Nats(format!("cannot open the sessions bucket: {e}")))?;
+        let (buffer, writes) = mpsc::channel(config.buffer);
+        let this = Arc::new(Self {
+            names,
+            client,
+            js,
+            buffer,
+            metrics,
+            sessions,
+            cache: MemorySessions::new(64 << 20, retention),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        tokio::spawn(this.clone().publish(writes));
+        tokio::spawn(this.clone().watch_sessions());
+        Ok(this)
+    }
+
+    /// Queues a write; a full buffer drops it (counted).
+    fn write(&self, write: Write) -> Result<(), StoreError> {
+        let kind = write.kind();
+        match self.buffer.try_send(write) {
+            Ok(()) => {
+                self.metrics.store_buffered.inc();
+                Ok(())
+            }
+            Err(_) => {
+                self.metrics
+                    .store_buffer_dropped
+                    .with_label_values(&[kind])
+                    .inc();
+                Err(StoreError::Nats(
+                    "the local buffer is full (NATS unreachable?)".into(),
+                ))
+            }
+        }
+    }
+
+    /// Publishes the buffer's writes in order, each until NATS acknowledged it.
+    async fn publish(self: Arc<Self>, mut writes: mpsc::Receiver<Write>) {
+        while let Some(write) = writes.recv().await {
+            let mut failures = 0u32;
+            loop {
+                match self.try_write(&write).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(error = %e, kind = write.kind(), "NATS write failed; retrying until it succeeds");
+                        }
+                        tokio::time::sleep(Duration::from_millis(
+                            100 * u64::from(failures.min(10)),
+                        ))
+                        .await;
+                    }
+                }
+            }
+            self.metrics.store_buffered.dec();
+            if write.kind() == "delivery" {
+                self.metrics.outbox_accepted.inc();
+            }
+        }
+    }
+
+    async fn try_write(&self, write: &Write) -> Result<(), String> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err("not connected".into());
+        }
+        match write {
+            Write::Publish {
+                subject,
+                headers,
+                body,
+                ..
+            } => {
+                let ack = self
+                    .js
+                    .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ack.await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Write::Session { key, body } => self
+                .sessions
+                .put(key, body.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Keeps the session cache current with what other instances write.
+    async fn watch_sessions(self: Arc<Self>) {
+        loop {
+            match self.sessions.watch_all().await {
+                Ok(mut changes) => {
+                    while let Some(change) = changes.next().await {
+                        let Ok(entry) = change else { break };
+                        let key = entry.key.clone();
+                        match serde_json::from_slice::<Session>(&entry.value) {
+                            Ok(session) if entry.operation == kv::Operation::Put => {
+                                self.cache.put(&key, session)
+                            }
+                            _ => self.cache.forget(&key),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot watch the sessions bucket"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Waits until the buffer is empty (everything written reached NATS),
+    /// for at most `limit`; what is left is lost with the process.
+    pub async fn flush(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.metrics.store_buffered.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.metrics.store_buffered.get();
+        if left > 0 {
+            tracing::error!(
+                writes = left,
+                "NATS unreachable at shutdown; buffered writes lost"
+            );
+        }
+    }
+
+    /// Runs a read on the runtime from sync code; `None` at once while
+    /// NATS is unreachable.
+    fn block_on<T>(&self, read: impl std::future::Future<Output = T>) -> Option<T> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return None;
+        }
+        let read = async { tokio::time::timeout(READ_TIMEOUT, read).await.ok() };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.runtime.block_on(read))
+            }
+            Ok(_) => None,
+            Err(_) => self.runtime.block_on(read),
+        }
+    }
+
+    /// A delivery's message: the stored event as JSON, its id making the
+    /// same event one delivery per webhook.
+    pub fn delivery_message(
+        webhook: &str,
+        event: &StoredEvent,
+        part: u32,
+        attempts: u32,
+    ) -> (HeaderMap, Bytes) {
+        let mut headers = HeaderMap::new();
+        let id = if part == 0 && attempts == 0 {
+            format!("{webhook}:{}", event.event.uuid)
+        } else {
+            format!("{webhook}:{}:p{part}:a{attempts}", event.event.uuid)
+        };
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert(ATTEMPTS, attempts.to_string().as_str());
+        headers.insert(PART, part.to_string().as_str());
+        let body = serde_json::to_vec(event).unwrap_or_default();
+        (headers, Bytes::from(body))
+    }
+
+    /// Creates or updates a webhook's consumer: at most `concurrency`
+    /// deliveries in flight across every instance, and a delivery comes
+    /// back to another instance when one holds it past `ack_wait`.
+    pub async fn webhook_consumer(
+        &self,
+        webhook: &str,
+        concurrency: usize,
+        ack_wait: Duration,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, StoreError> {
+        let name = self.names.webhook_consumer(webhook);
+        self.consumer(consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: self.names.delivery_subject(webhook),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_ack_pending: concurrency as i64,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// The consumer of parked retries, shared by every instance.
+    pub async fn retry_consumer(
+        &self,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, StoreError> {
+        self.consumer(consumer::pull::Config {
+            durable_name: Some(self.names.retry_consumer()),
+            filter_subject: self.names.retry_filter(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 100_000,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn consumer(
+        &self,
+        config: consumer::pull::Config,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, StoreError> {
+        let name = config.durable_name.clone().unwrap_or_default();
+        let stream = self
+            .js
+            .get_stream(self.names.deliveries_stream())
+            .await
+            .map_err(|e| StoreError::Nats(format!("cannot open the deliveries stream: {e}")))?;
+        // create_consumer updates an existing one (limits follow the rules).
+        stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| StoreError::Nats(format!("cannot create consumer {name}: {e}")))
+    }
+
+    /// Publishes now (not through the buffer) and waits for the ack: the
+    /// deliverer's moves of a message it holds.
+    pub async fn publish_now(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, body)
+            .await
+            .map_err(|e| StoreError::Nats(e.to_string()))?;
+        ack.await
+            .map(|_| ())
+            .map_err(|e| StoreError::Nats(e.to_string()))
+    }
+}
+
+impl Outbox for JetStream {
+    fn enqueue(&self, webhook: &str, event: &StoredEvent) -> Result<(), StoreError> {
+        let (headers, body) = Self::delivery_message(webhook, event, 0, 0);
+        self.write(Write::Publish {
+            subject: self.names.delivery_subject(webhook),
+            headers,
+            body,
+            kind: "delivery",
+        })
+    }
+}
+
+impl SessionStore for JetStream {
+    fn get(&self, key: &str) -> Option<Session> {
+        if let Some(s) = self.cache.get(&token(key)) {
+            return Some(s);
+        }
+        let kv_key = token(key);
+        let value = self.block_on(self.sessions.get(kv_key.clone()))?.ok()??;
+        let session: Session = serde_json::from_slice(&value).ok()?;
+        self.cache.put(&kv_key, session.clone());
+        Some(session)
+    }
+
+    fn put(&self, key: &str, session: Session) {
+        let kv_key = token(key);
+        let body = Bytes::from(serde_json::to_vec(&session).unwrap_or_default());
+        self.cache.put(&kv_key, session);
+        if let Err(e) = self.write(Write::Session { key: kv_key, body }) {
+            tracing::error!(error = %e, "session not stored");
+        }
+    }
+}
+
+impl EventLog for JetStream {
+    fn append(&self, session: &str, event: &Event) {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.uuid.as_str());
+        let body = Bytes::from(serde_json::to_vec(event).unwrap_or_default());
+        let write = Write::Publish {
+            subject: self.names.event_subject(session),
+            headers,
+            body,
+            kind: "event",
+        };
+        if let Err(e) = self.write(write) {
+            tracing::error!(error = %e, "event not logged");
+        }
+    }
+
+    /// The session's events from stream sequence `from` on.
+    fn list(&self, session: &str, from: u64, limit: usize) -> Option<Vec<Logged>> {
+        let subject = self.names.event_subject(session);
+        let read = async {
+            let stream = self.js.get_stream(self.names.events_stream()).await.ok()?;
+            let mut out = Vec::new();
+            let mut next = from.max(1);
+            while out.len() < limit {
+                let Ok(m) = stream
+                    .direct_get_next_for_subject(subject.as_str(), Some(next))
+                    .await
+                else {
+                    break;
+                };
+                next = m.sequence + 1;
+                if let Ok(event) = serde_json::from_slice::<Event>(&m.payload) {
+                    out.push(Logged {
+                        seq: m.sequence,
+                        event,
+                    });
+                }
+            }
+            Some(out)
+        };
+        let page = self.block_on(read)??;
+        if page.is_empty() && from > 0 {
+            return self.list(session, 0, 1).map(|_| Vec::new());
+        }
+        (!page.is_empty()).then_some(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_valid_nats_names_and_distinct() {
+        assert_eq!(token("event_webhook"), "event_webhook");
+        assert_eq!(token("42"), "42");
+        for tricky in ["a.b", "a b", "*", ">", "", "_x", "ü", "a/b"] {
+            let t = token(tricky);
+            assert!(t.starts_with('_'), "{tricky} -> {t}");
+            assert!(t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        }
+        assert_ne!(token("_x"), token("x"));
+    }
+}

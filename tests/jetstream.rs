@@ -1,0 +1,605 @@
+//! The JetStream backend: three taphook instances (real processes) in
+//! front of one reference importer, sharing one delivery pipeline on a
+//! real `nats-server` with JetStream (loopback, a free port, its own store
+//! directory), delivering to one recording receiver.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use taphook::demo::importer::ReferenceImporter;
+use taphook::demo::receiver::Receiver;
+use taphook::demo::{free_port, multipart_file, PROFILES};
+
+/// `nats-server -js` on a free loopback port, with its own store.
+struct Nats {
+    port: u16,
+    store: tempfile::TempDir,
+    child: Child,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let store = tempfile::tempdir().unwrap();
+        let port = free_port().unwrap();
+        let child = Self::spawn(port, store.path());
+        Nats { port, store, child }
+    }
+
+    fn spawn(port: u16, store: &Path) -> Child {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server (make test installs it: apt-get install nats-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.child = Self::spawn(self.port, self.store.path());
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One taphook instance.
+struct Replica {
+    dir: PathBuf,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    child: Child,
+}
+
+impl Replica {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("taphook.log")).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The importer, the receiver, NATS, and `n` instances.
+struct Cluster {
+    importer: ReferenceImporter,
+    receiver: Receiver,
+    nats: Nats,
+    replicas: Vec<Replica>,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// Webhooks: `a` and `b` get everything; `slow` only columns_mapped.
+const HOOKS: &str = "webhooks:
+  - key: a
+    url: {receiver}/a
+    events: [\"*\"]
+  - key: b
+    url: {receiver}/b
+    events: [\"*\"]
+    format: oneschema
+";
+
+impl Cluster {
+    async fn start(n: usize, hooks: &str) -> Cluster {
+        let importer = ReferenceImporter::start().await.unwrap();
+        let receiver = Receiver::start().await.unwrap();
+        let nats = Nats::start();
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules");
+        std::fs::create_dir_all(&rules).unwrap();
+        for (name, text) in PROFILES {
+            std::fs::write(rules.join(name), text).unwrap();
+        }
+        let base = format!("http://{}", receiver.addr);
+        std::fs::write(rules.join("hooks.yaml"), hooks.replace("{receiver}", &base)).unwrap();
+        let mut cluster = Cluster {
+            importer,
+            receiver,
+            nats,
+            replicas: Vec::new(),
+            client: client(),
+            _dir: dir,
+        };
+        for i in 0..n {
+            let r = cluster.launch(i).await;
+            cluster.replicas.push(r);
+        }
+        cluster
+    }
+
+    async fn launch(&self, i: usize) -> Replica {
+        let dir = self._dir.path().join(format!("replica-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for _attempt in 0..3 {
+            let (proxy_port, admin_port) = (free_port().unwrap(), free_port().unwrap());
+            let config = format!(
+                "listen: 127.0.0.1:{proxy_port}\nupstream: {}\nadmin_listen: 127.0.0.1:{admin_port}\nadmin_token: t0k\nrules_dir: ../rules\ndata_dir: data\nthreads: 1\ndelivery:\n  timeout: 1s\n  allow_private_networks: [127.0.0.0/8]\nstore:\n  backend: jetstream\n  url: {}\n",
+                self.importer.url(),
+                self.nats.url()
+            );
+            std::fs::write(dir.join("taphook.yaml"), config).unwrap();
+            let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+            match launch(&dir, admin, proxy, "info,taphook=debug").await {
+                Ok(child) => {
+                    return Replica {
+                        dir,
+                        proxy,
+                        admin,
+                        child,
+                    }
+                }
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("replica {i} did not start:\n{log}"),
+            }
+        }
+        panic!("no free ports");
+    }
+
+    async fn create_embed(&self, via: usize, template: &str) -> u64 {
+        let r = self
+            .client
+            .post(self.replicas[via].url("/v1/embeds"))
+            .json(&json!({"template_key": template}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()["id"].as_u64().unwrap()
+    }
+
+    async fn post(&self, via: usize, path: &str, body: Value, headers: &[(&str, &str)]) {
+        let mut req = self.client.post(self.replicas[via].url(path)).json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+
+    /// Events received on `path`, by UUID, with how often each arrived.
+    fn arrivals(&self, path: &str) -> BTreeMap<String, (usize, Value)> {
+        let mut out: BTreeMap<String, (usize, Value)> = BTreeMap::new();
+        for r in self.receiver.received_on(path) {
+            let event = r.json();
+            let uuid = event["uuid"].as_str().unwrap().to_string();
+            out.entry(uuid).or_insert((0, event)).0 += 1;
+        }
+        out
+    }
+
+    /// Waits until `path` has `n` distinct events (up to `limit`).
+    async fn wait_distinct(
+        &self,
+        path: &str,
+        n: usize,
+        limit: Duration,
+    ) -> BTreeMap<String, (usize, Value)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.arrivals(path);
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("--- replica {i}\n{}", r.log()))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_spread_over_three_replicas_arrives_once_per_webhook() {
+    let cluster = Cluster::start(3, HOOKS).await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(cluster.create_embed(i % 3, "contacts").await);
+    }
+    // The next step comes later, through another replica (as a user's
+    // would, seconds later: the session is known by then).
+    cluster
+        .wait_distinct("/a", 30, Duration::from_secs(20))
+        .await;
+    for (i, id) in ids.iter().enumerate() {
+        cluster
+            .post(
+                (i + 1) % 3,
+                &format!("/v1/embeds/{id}/set-header"),
+                json!({"index": 0}),
+                &[],
+            )
+            .await;
+    }
+    for hook in ["/a", "/b"] {
+        let got = cluster
+            .wait_distinct(hook, 60, Duration::from_secs(20))
+            .await;
+        assert_eq!(got.len(), 60, "{hook}\n{}", cluster.logs());
+        settle(Duration::from_millis(500)).await;
+        let got = cluster.arrivals(hook);
+        let twice: Vec<_> = got.iter().filter(|(_, (n, _))| *n != 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{hook}: delivered more than once: {twice:?}"
+        );
+    }
+    // Each replica delivered some: one pipeline, shared.
+    let mut delivered = Vec::new();
+    for r in &cluster.replicas {
+        let text = cluster
+            .client
+            .get(format!("http://{}/metrics", r.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        delivered.push(
+            metric_value(
+                &text,
+                "taphook_deliveries_total{outcome=\"delivered\",webhook=\"a\"}",
+            ) + metric_value(
+                &text,
+                "taphook_deliveries_total{outcome=\"delivered\",webhook=\"b\"}",
+            ),
+        );
+    }
+    assert_eq!(delivered.iter().sum::<f64>(), 120.0, "{delivered:?}");
+    // The header step derived through another replica than the session's
+    // creation still carries the session's template_key.
+    let headers: Vec<Value> = cluster
+        .arrivals("/a")
+        .into_values()
+        .map(|(_, e)| e)
+        .filter(|e| e["event_type"] == "header_selected")
+        .collect();
+    assert_eq!(headers.len(), 30);
+    assert!(
+        headers.iter().all(|e| e["template_key"] == "contacts"),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_through_two_replicas_is_one_event() {
+    let cluster = Cluster::start(3, HOOKS).await;
+    let id = cluster.create_embed(0, "orders").await;
+    // A client retry that lands on another replica.
+    for via in [1, 2] {
+        cluster
+            .post(
+                via,
+                &format!("/v1/embeds/{id}/resume"),
+                json!({}),
+                &[("idempotency-key", "retry-1")],
+            )
+            .await;
+    }
+    let got = cluster
+        .wait_distinct("/a", 2, Duration::from_secs(10))
+        .await;
+    settle(Duration::from_secs(1)).await;
+    let got_b = cluster.arrivals("/b");
+    let resumed: Vec<_> = cluster
+        .arrivals("/a")
+        .into_values()
+        .filter(|(_, e)| e["event_type"] == "embed_resumed")
+        .collect();
+    assert_eq!(resumed.len(), 1, "{got:?}");
+    assert_eq!(resumed[0].0, 1);
+    assert_eq!(resumed[0].1["template_key"], "orders");
+    assert_eq!(got_b.len(), 2);
+    // The event log (one stream) holds it once, whichever replica answers.
+    let (status, page) = {
+        let r = cluster
+            .client
+            .get(format!(
+                "http://{}/v1/embeds/{id}/events",
+                cluster.replicas[2].admin
+            ))
+            .bearer_auth("t0k")
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 200, "{page}");
+    let types: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["embed_initialized", "embed_resumed"]);
+}
+
+/// `a` answers slowly and has a 4 s timeout: ack_wait is 9 s.
+const SLOW_HOOKS: &str = "webhooks:
+  - key: a
+    url: {receiver}/a
+    events: [embed_initialized]
+    timeout: 4s
+  - key: b
+    url: {receiver}/b
+    events: [embed_initialized]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_delivery_loses_nothing() {
+    let mut cluster = Cluster::start(1, SLOW_HOOKS).await;
+    // Replica 0 alone takes the deliveries, and holds them: the receiver
+    // answers `a` after 3 s.
+    cluster.receiver.default_reply("/a", Reply::Slow(3000, 200));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(cluster.create_embed(0, "contacts").await);
+    }
+    assert_eq!(
+        cluster
+            .receiver
+            .wait_for("/a", 3, Duration::from_secs(10))
+            .await
+            .len(),
+        3
+    );
+    assert_eq!(
+        cluster
+            .wait_distinct("/b", 3, Duration::from_secs(10))
+            .await
+            .len(),
+        3
+    );
+    let r1 = cluster.launch(1).await;
+    let r2 = cluster.launch(2).await;
+    cluster.replicas.push(r1);
+    cluster.replicas.push(r2);
+    let killed_at = Instant::now();
+    cluster.replicas[0].kill9();
+    cluster.receiver.default_reply("/a", Reply::Status(200));
+    // What replica 0 held comes again, from another replica, after ack_wait.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = cluster.arrivals("/a");
+        if got.values().all(|(n, _)| *n >= 2) && got.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got:?}\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(4),
+        "redelivered before ack_wait"
+    );
+    let got = cluster.arrivals("/a");
+    let embeds: Vec<u64> = got
+        .values()
+        .map(|(_, e)| e["embed_id"].as_u64().unwrap())
+        .collect();
+    for id in &ids {
+        assert!(embeds.contains(id), "{id} lost");
+    }
+    // `b` was acked before the kill: not sent again.
+    assert!(cluster.arrivals("/b").values().all(|(n, _)| *n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_loses_nothing_and_the_proxy_keeps_serving() {
+    let mut cluster = Cluster::start(2, HOOKS).await;
+    let before = cluster.create_embed(0, "contacts").await;
+    assert_eq!(
+        cluster
+            .wait_distinct("/a", 1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+    cluster.nats.kill9();
+    // NATS down: requests are served as ever; events wait in the buffer.
+    let mut during = Vec::new();
+    for i in 0..6 {
+        during.push(cluster.create_embed(i % 2, "contacts").await);
+    }
+    // Each replica holds its writes until NATS is back.
+    for r in &cluster.replicas {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = cluster
+                .client
+                .get(format!("http://{}/metrics", r.admin))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let buffered = metric_value(&text, "taphook_store_buffered");
+            // 3 sessions, 3 events, 6 deliveries (some may be in flight).
+            if buffered >= 10.0 && metric_value(&text, "taphook_store_connected") == 0.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    settle(Duration::from_secs(1)).await;
+    cluster.nats.restart();
+    for hook in ["/a", "/b"] {
+        let got = cluster
+            .wait_distinct(hook, 7, Duration::from_secs(30))
+            .await;
+        assert_eq!(got.len(), 7, "{hook}\n{}", cluster.logs());
+        let embeds: Vec<u64> = got
+            .values()
+            .map(|(_, e)| e["embed_id"].as_u64().unwrap())
+            .collect();
+        for id in during.iter().chain([&before]) {
+            assert!(embeds.contains(id), "{hook}: {id} lost");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_unreachable_at_start_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("taphook.yaml"),
+        format!("upstream: http://127.0.0.1:9\nlisten: 127.0.0.1:{}\nadmin_listen: 127.0.0.1:{}\nstore:\n  backend: jetstream\n  url: nats://127.0.0.1:{port}\n  connect_timeout: 2s\n", free_port().unwrap(), free_port().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
+        .args(["run", "--config"])
+        .arg(dir.path().join("taphook.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot reach NATS at nats://127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_created_through_one_replica_is_known_to_another() {
+    let cluster = Cluster::start(2, HOOKS).await;
+    let id = cluster.create_embed(0, "invoices").await;
+    cluster
+        .wait_distinct("/a", 1, Duration::from_secs(10))
+        .await;
+    let (ct, body) = multipart_file("a.csv", "name\nAda\n");
+    let r = cluster
+        .client
+        .post(cluster.replicas[1].url(&format!("/v1/embeds/{id}/upload")))
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let got = cluster
+        .wait_distinct("/a", 2, Duration::from_secs(10))
+        .await;
+    let uploaded = got
+        .values()
+        .map(|(_, e)| e)
+        .find(|e| e["event_type"] == "file_uploaded")
+        .expect("file_uploaded");
+    assert_eq!(uploaded["template_key"], "invoices");
+    assert_eq!(uploaded["embed_id"], id);
+}
+
+/// Retries wait parked (holding no slot), in order; out of retries, a
+/// delivery is a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_policy_and_end_in_dead_letters() {
+    let hooks = "webhooks:
+  - key: a
+    url: {receiver}/a
+    events: [embed_initialized]
+    retry: { on: [500], max_retries: 2, backoff: [300ms, 300ms] }
+  - key: b
+    url: {receiver}/b
+    events: [embed_initialized]
+    retry: { on: [500], max_retries: 1, backoff: [300ms] }
+";
+    let cluster = Cluster::start(2, hooks).await;
+    cluster
+        .receiver
+        .script("/a", &[Reply::Status(500), Reply::Status(500)]);
+    cluster.receiver.default_reply("/b", Reply::Status(500));
+    let started = Instant::now();
+    cluster.create_embed(1, "contacts").await;
+    let got = cluster
+        .receiver
+        .wait_for("/a", 3, Duration::from_secs(10))
+        .await;
+    assert_eq!(got.len(), 3, "{}", cluster.logs());
+    // Two backoffs of 300 ms (plus up to 10% jitter) between the attempts.
+    assert!(got[2].at - got[0].at >= Duration::from_millis(600));
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(
+        cluster
+            .receiver
+            .wait_for("/b", 2, Duration::from_secs(10))
+            .await
+            .len(),
+        2
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut delivered, mut dead) = (0.0, 0.0);
+    while Instant::now() < deadline && (delivered, dead) != (1.0, 1.0) {
+        (delivered, dead) = (0.0, 0.0);
+        for r in &cluster.replicas {
+            let text = cluster
+                .client
+                .get(format!("http://{}/metrics", r.admin))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            delivered += metric_value(
+                &text,
+                "taphook_deliveries_total{outcome=\"delivered\",webhook=\"a\"}",
+            );
+            dead += metric_value(
+                &text,
+                "taphook_deliveries_total{outcome=\"dead\",webhook=\"b\"}",
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!((delivered, dead), (1.0, 1.0));
+    settle(Duration::from_secs(1)).await;
+    assert_eq!(cluster.receiver.received_on("/a").len(), 3);
+    assert_eq!(cluster.receiver.received_on("/b").len(), 2);
+}
