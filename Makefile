@@ -14,11 +14,17 @@ prereqs:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake >/dev/null; }
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup)"; exit 1; }
 
-## Test tools: promtool (checks the /metrics exposition and the alert rules).
+## Test tools: promtool (checks the /metrics exposition and the alert
+## rules) and nats-server (the JetStream backend's tests start their own,
+## on loopback; Debian's package also enables a service, which we stop).
 test-prereqs:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing prometheus (for promtool)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v nats-server >/dev/null 2>&1 || { \
+	  echo "installing nats-server (for the JetStream backend's tests)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends nats-server >/dev/null; \
+	  $(SUDO) systemctl disable --now nats-server >/dev/null 2>&1 || true; }
 
 build: prereqs
 	$(CARGO) build
