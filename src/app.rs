@@ -182,6 +182,9 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
             }
         }
     };
+    if let Some(js) = &jetstream {
+        deliver_rt.spawn(crate::rules::replicate::follow(shared.clone(), js.clone()));
+    }
     let delivering = match &jetstream {
         Some(js) => deliver_rt.spawn(crate::deliver::jetstream::supervise(
             dispatcher,

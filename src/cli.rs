@@ -329,9 +329,31 @@ fn replay(
         Some(text) => crate::admin::parse_since_text(text)
             .with_context(|| format!("--since `{text}`: expected RFC 3339, seconds since the epoch, or a duration like 2h"))?,
     };
-    let store = crate::store::Store::open(&config.data_dir)?;
-    let n = store.replay(webhook, since, include_delivered)?;
-    store.close();
+    let n = match &config.store {
+        crate::config::StoreBackend::JetStream(js) => {
+            if include_delivered {
+                bail!("--include-delivered needs the embedded store: the JetStream work queue does not keep delivered deliveries");
+            }
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+                let js = crate::store::jetstream::JetStream::connect(
+                    js,
+                    config.dedup_ttl,
+                    config.events_retention,
+                    metrics,
+                )
+                .await?;
+                anyhow::Ok(js.replay(webhook, since).await?)
+            })?
+        }
+        crate::config::StoreBackend::Embedded => {
+            let store = crate::store::Store::open(&config.data_dir)?;
+            let n = store.replay(webhook, since, include_delivered)?;
+            store.close();
+            n
+        }
+    };
     println!("re-queued {n} deliveries for webhook `{webhook}`");
     Ok(())
 }

@@ -602,4 +602,159 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
     settle(Duration::from_secs(1)).await;
     assert_eq!(cluster.receiver.received_on("/a").len(), 3);
     assert_eq!(cluster.receiver.received_on("/b").len(), 2);
+
+    // The dead letter, through any replica's admin API, and sent again.
+    let api = |i: usize, method: &str, path: &str, body: Option<Value>| {
+        let mut req = cluster
+            .client
+            .request(
+                method.parse().unwrap(),
+                format!("http://{}{}", cluster.replicas[i].admin, path),
+            )
+            .bearer_auth("t0k");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, page) = api(0, "GET", "/v1/deliveries?state=dead&webhook=b", None).await;
+    assert_eq!(status, 200, "{page}");
+    let dead = page["deliveries"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{page}");
+    assert_eq!(dead[0]["state"], "dead");
+    assert_eq!(dead[0]["webhook"], "b");
+    assert_eq!(dead[0]["attempts"], 2);
+    assert_eq!(dead[0]["last_status"], "500");
+    assert_eq!(dead[0]["event_type"], "embed_initialized");
+    let id = dead[0]["id"].as_i64().unwrap();
+    let (status, one) = api(1, "GET", &format!("/v1/deliveries/{id}"), None).await;
+    assert_eq!(
+        (status, &one["delivery"]["event_uuid"]),
+        (200, &dead[0]["event_uuid"])
+    );
+    cluster.receiver.default_reply("/b", Reply::Status(200));
+    let (status, _) = api(1, "POST", &format!("/v1/deliveries/{id}/retry"), None).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        cluster
+            .receiver
+            .wait_for("/b", 3, Duration::from_secs(10))
+            .await
+            .len(),
+        3
+    );
+    let (_, page) = api(0, "GET", "/v1/deliveries?state=dead", None).await;
+    assert_eq!(page["deliveries"], json!([]));
+    let (status, _) = api(0, "POST", &format!("/v1/deliveries/{id}/retry"), None).await;
+    assert_eq!(status, 404);
+
+    // Replay: every dead letter of a webhook since a time.
+    cluster.receiver.default_reply("/b", Reply::Status(500));
+    cluster.create_embed(0, "contacts").await;
+    cluster.create_embed(1, "contacts").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, page) = api(0, "GET", "/v1/deliveries?state=dead&webhook=b", None).await;
+        if page["deliveries"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.receiver.default_reply("/b", Reply::Status(200));
+    let (status, body) = api(
+        2 % cluster.replicas.len(),
+        "POST",
+        "/v1/deliveries/replay",
+        Some(json!({"webhook": "b", "since": "1h"})),
+    )
+    .await;
+    assert_eq!((status, &body["requeued"]), (200, &json!(2)), "{body}");
+    assert_eq!(
+        cluster
+            .receiver
+            .wait_for("/b", 3 + 4 + 2, Duration::from_secs(10))
+            .await
+            .len(),
+        9
+    );
+}
+
+/// A webhook created through one replica's admin API reaches every
+/// replica, also one started later; a deletion too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_changes_reach_every_replica() {
+    let mut cluster = Cluster::start(2, HOOKS).await;
+    let api = |admin: SocketAddr, method: &str, path: &str, body: Option<Value>| {
+        let mut req = cluster
+            .client
+            .request(method.parse().unwrap(), format!("http://{admin}{path}"))
+            .bearer_auth("t0k");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let url = format!("http://{}/c", cluster.receiver.addr);
+    let (status, body) = api(
+        cluster.replicas[0].admin,
+        "POST",
+        "/v1/event-webhooks",
+        Some(json!({"webhook_key": "c", "url": url, "events": ["embed_initialized"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let wait_for = |admin: SocketAddr, expected: u16| {
+        let api = &api;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (status, _) = api(admin, "GET", "/v1/event-webhooks/c", None).await;
+                if status == expected {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{admin}: {status}, not {expected}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(cluster.replicas[1].admin, 200).await;
+    // Events derived by the other replica reach the new webhook.
+    cluster.create_embed(1, "contacts").await;
+    assert_eq!(
+        cluster
+            .wait_distinct("/c", 1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+    // A replica started later catches up.
+    let late = cluster.launch(2).await;
+    wait_for(late.admin, 200).await;
+    cluster.replicas.push(late);
+    let (status, _) = api(
+        cluster.replicas[2].admin,
+        "DELETE",
+        "/v1/event-webhooks/c",
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    wait_for(cluster.replicas[0].admin, 404).await;
+    wait_for(cluster.replicas[1].admin, 404).await;
 }

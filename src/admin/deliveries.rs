@@ -57,14 +57,22 @@ pub async fn list(
         Some(c) => decode_cursor(c)
             .ok_or_else(|| bad("invalid_cursor", "cursor is not one this API returned"))?,
     };
-    let store = shared.store.clone();
-    let webhook = q.webhook.clone();
-    let mut rows = tokio::task::spawn_blocking(move || {
-        store.list_deliveries(filter, webhook.as_deref(), after, limit + 1)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut rows = match &shared.jetstream {
+        Some(js) => js
+            .list_deliveries(filter, q.webhook.as_deref(), after, limit + 1)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?,
+        None => {
+            let store = shared.store.clone();
+            let webhook = q.webhook.clone();
+            tokio::task::spawn_blocking(move || {
+                store.list_deliveries(filter, webhook.as_deref(), after, limit + 1)
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.to_string()))?
+        }
+    };
     let has_next = rows.len() > limit;
     rows.truncate(limit);
     let next = has_next
@@ -80,6 +88,14 @@ pub async fn show(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
+    if let Some(js) = &shared.jetstream {
+        let delivery = js
+            .delivery(id)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .ok_or_else(|| not_found(id))?;
+        return Ok(Json(json!({"delivery": delivery, "attempts": []})).into_response());
+    }
     let store = shared.store.clone();
     let found = tokio::task::spawn_blocking(move || store.delivery(id))
         .await
@@ -93,11 +109,19 @@ pub async fn retry(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let store = shared.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.requeue(id))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let found = match &shared.jetstream {
+        Some(js) => js
+            .requeue(id)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?,
+        None => {
+            let store = shared.store.clone();
+            tokio::task::spawn_blocking(move || store.requeue(id))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        }
+    };
     if !found {
         return Err(not_found(id));
     }
@@ -132,13 +156,27 @@ pub async fn replay(
             )
         })?,
     };
-    let store = shared.store.clone();
-    let n = tokio::task::spawn_blocking(move || {
-        store.replay(&body.webhook, since, body.include_delivered)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let n = match &shared.jetstream {
+        Some(_) if body.include_delivered => {
+            return Err(bad(
+                "unsupported",
+                "include_delivered needs the embedded store: the JetStream work queue does not keep delivered deliveries",
+            ))
+        }
+        Some(js) => js
+            .replay(&body.webhook, since)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?,
+        None => {
+            let store = shared.store.clone();
+            tokio::task::spawn_blocking(move || {
+                store.replay(&body.webhook, since, body.include_delivered)
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.to_string()))?
+        }
+    };
     Ok(Json(json!({"requeued": n})).into_response())
 }
 

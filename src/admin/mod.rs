@@ -304,15 +304,35 @@ where
     let _one_at_a_time = shared.admin_writes.lock().await;
     let current = shared.rules.load_full();
     let dir = shared.config.rules_dir.clone();
-    let outcome = tokio::task::spawn_blocking(move || -> Result<Rules, ApiError> {
-        let changes = plan(&current, &dir)?;
-        let rules = write::validate(&dir, &changes).map_err(invalid)?;
-        write::apply(&changes).map_err(|e| ApiError::internal(WriteError::Io(e).to_string()))?;
-        Ok(rules)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the change was interrupted: {e}")))??;
-    let rules = Arc::new(outcome);
+    let planned = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<(Vec<Change>, Rules), ApiError> {
+            let changes = plan(&current, &dir)?;
+            let rules = write::validate(&dir, &changes).map_err(invalid)?;
+            Ok((changes, rules))
+        })
+    };
+    let (changes, rules) = planned
+        .await
+        .map_err(|e| ApiError::internal(format!("the change was interrupted: {e}")))??;
+    // Shared first (JetStream): every instance, this one included, makes
+    // what the bucket holds.
+    if let Some(js) = &shared.jetstream {
+        crate::rules::replicate::publish(js, &dir, &changes)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                )
+            })?;
+    }
+    tokio::task::spawn_blocking(move || write::apply(&changes))
+        .await
+        .map_err(|e| ApiError::internal(format!("the change was interrupted: {e}")))?
+        .map_err(|e| ApiError::internal(WriteError::Io(e).to_string()))?;
+    let rules = Arc::new(rules);
     shared
         .metrics
         .init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));

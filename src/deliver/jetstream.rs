@@ -40,7 +40,15 @@ pub async fn supervise(
     let mut loops: std::collections::HashMap<String, tokio::task::JoinHandle<()>> =
         std::collections::HashMap::new();
     let mover = tokio::spawn(move_retries(js.clone(), stop_rx.clone()));
+    let mut last_gauges = tokio::time::Instant::now() - Duration::from_secs(3600);
     loop {
+        // Every instance reports the same counts: aggregate them with max.
+        if last_gauges.elapsed() >= Duration::from_secs(2) {
+            last_gauges = tokio::time::Instant::now();
+            if let Ok(counts) = js.counts().await {
+                dispatcher.set_outbox_gauges(&counts);
+            }
+        }
         loops.retain(|_, h| !h.is_finished());
         for w in dispatcher.shared.rules.load().webhooks.iter() {
             if !loops.contains_key(&w.key) {

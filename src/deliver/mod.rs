@@ -167,23 +167,10 @@ impl Dispatcher {
         let Ok(counts) = self.store.counts() else {
             return;
         };
+        self.set_outbox_gauges(&counts);
         let metrics = &self.shared.metrics;
         let rules = self.shared.rules.load();
         for w in rules.webhooks.iter() {
-            let count = |state: &str| {
-                counts
-                    .iter()
-                    .find(|(k, s, _)| *k == w.key && s == state)
-                    .map_or(0, |c| c.2)
-            };
-            metrics
-                .outbox_pending
-                .with_label_values(&[&w.key])
-                .set(count("pending"));
-            metrics
-                .outbox_dead
-                .with_label_values(&[&w.key])
-                .set(count("dead"));
             if let Ok(state) = self.store.webhook_state(&w.key) {
                 metrics
                     .webhook_disabled
@@ -301,6 +288,28 @@ impl Dispatcher {
             _ => return MAX_IDLE,
         };
         Duration::from_millis(next.saturating_sub(now).max(1) as u64).min(MAX_IDLE)
+    }
+
+    /// `taphook_outbox_pending` and `taphook_outbox_dead` of every webhook
+    /// from (webhook, state, count) rows.
+    fn set_outbox_gauges(&self, counts: &[(String, String, i64)]) {
+        let metrics = &self.shared.metrics;
+        for w in self.shared.rules.load().webhooks.iter() {
+            let count = |state: &str| {
+                counts
+                    .iter()
+                    .find(|(k, s, _)| *k == w.key && s == state)
+                    .map_or(0, |c| c.2)
+            };
+            metrics
+                .outbox_pending
+                .with_label_values(&[&w.key])
+                .set(count("pending"));
+            metrics
+                .outbox_dead
+                .with_label_values(&[&w.key])
+                .set(count("dead"));
+        }
     }
 
     /// Sends the delivery's current part once.

@@ -4,6 +4,7 @@ pub mod error;
 pub mod load;
 pub mod model;
 pub mod raw;
+pub mod replicate;
 pub mod source;
 pub mod units;
 pub mod write;

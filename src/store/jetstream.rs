@@ -33,7 +33,7 @@ use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::events::{EventLog, Logged};
-use super::sqlite::{StoreError, StoredEvent};
+use super::sqlite::{DeliveryInfo, Filter, State, StoreError, StoredEvent};
 use super::{MemorySessions, Outbox, Session, SessionStore};
 use crate::config::JetStreamConfig;
 use crate::event::Event;
@@ -66,6 +66,18 @@ pub fn token(text: &str) -> String {
     format!("_{}", URL_SAFE_NO_PAD.encode(text))
 }
 
+/// The text a [`token`] stands for.
+pub fn untoken(token: &str) -> String {
+    match token.strip_prefix('_') {
+        Some(encoded) => URL_SAFE_NO_PAD
+            .decode(encoded)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_else(|| token.to_string()),
+        None => token.to_string(),
+    }
+}
+
 /// Stream, subject and bucket names under the configured prefix.
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -84,6 +96,9 @@ impl Names {
     }
     pub fn sessions_bucket(&self) -> String {
         format!("{}_sessions", self.prefix)
+    }
+    pub fn rules_bucket(&self) -> String {
+        format!("{}_rules", self.prefix)
     }
     pub fn event_subject(&self, session: &str) -> String {
         format!("{}.events.{}", self.prefix, token(session))
@@ -139,6 +154,8 @@ pub struct JetStream {
     buffer: mpsc::Sender<Write>,
     metrics: Arc<Metrics>,
     sessions: kv::Store,
+    /// The rules files the admin API wrote: every instance follows them.
+    pub rules: kv::Store,
     cache: MemorySessions,
     /// The runtime reads block on (sync callers: derive, the admin API).
     runtime: tokio::runtime::Handle,
@@ -203,6 +220,16 @@ impl JetStream {
             storage: stream::StorageType::File,
             ..Default::default()
         };
+        let bucket = |name: String, max_age: Duration| stream::Config {
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            allow_rollup: true,
+            deny_delete: true,
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: Duration::from_secs(120),
+            ..limits(format!("KV_{name}"), vec![])
+        };
         let p = &names.prefix;
         let streams = [
             limits(names.events_stream(), vec![format!("{p}.events.>")]),
@@ -214,17 +241,11 @@ impl JetStream {
                 )
             },
             limits(names.dead_stream(), vec![format!("{p}.dead.>")]),
-            // A KV bucket, made as its stream: `create_key_value` reads
+            // KV buckets, made as their streams: `create_key_value` reads
             // account fields NATS 2.9 does not send.
-            stream::Config {
-                subjects: vec![format!("$KV.{}.>", names.sessions_bucket())],
-                max_messages_per_subject: 1,
-                allow_rollup: true,
-                deny_delete: true,
-                discard: stream::DiscardPolicy::New,
-                duplicate_window: Duration::from_secs(120),
-                ..limits(format!("KV_{}", names.sessions_bucket()), vec![])
-            },
+            bucket(names.sessions_bucket(), retention),
+            // What the admin API wrote stays until it is changed.
+            bucket(names.rules_bucket(), Duration::ZERO),
         ];
         for config in streams {
             let name = config.name.clone();
@@ -236,6 +257,10 @@ impl JetStream {
             .get_key_value(names.sessions_bucket())
             .await
             .map_err(|e| StoreError::Nats(format!("cannot open the sessions bucket: {e}")))?;
+        let rules = js
+            .get_key_value(names.rules_bucket())
+            .await
+            .map_err(|e| StoreError::Nats(format!("cannot open the rules bucket: {e}")))?;
         let (buffer, writes) = mpsc::channel(config.buffer);
         let this = Arc::new(Self {
             names,
@@ -244,6 +269,7 @@ impl JetStream {
             buffer,
             metrics,
             sessions,
+            rules,
             cache: MemorySessions::new(64 << 20, retention),
             runtime: tokio::runtime::Handle::current(),
         });
@@ -470,6 +496,184 @@ impl JetStream {
             .map(|_| ())
             .map_err(|e| StoreError::Nats(e.to_string()))
     }
+}
+
+/// The deliveries admin API and `taphook replay` on the streams. Ids are
+/// stream sequences: of the work queue for pending and failed (parked)
+/// deliveries, of the dead-letter stream for dead ones. Delivered
+/// deliveries are not kept (the work queue forgets them), and neither are
+/// attempts beyond the last status.
+impl JetStream {
+    fn stream_and_filter(&self, filter: Filter, webhook: Option<&str>) -> Option<(String, String)> {
+        let p = &self.names.prefix;
+        let w = webhook.map_or("*".to_string(), token);
+        match filter {
+            Filter::State(State::Pending) => {
+                Some((self.names.deliveries_stream(), format!("{p}.*.{w}")))
+            }
+            Filter::Failed => Some((self.names.deliveries_stream(), format!("{p}.retry.{w}"))),
+            Filter::State(State::Dead) => Some((self.names.dead_stream(), format!("{p}.dead.{w}"))),
+            Filter::State(State::Delivered) => None,
+        }
+    }
+
+    pub async fn list_deliveries(
+        &self,
+        filter: Filter,
+        webhook: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryInfo>, StoreError> {
+        let Some((stream, subjects)) = self.stream_and_filter(filter, webhook) else {
+            return Ok(Vec::new());
+        };
+        let stream = self.stream(&stream).await?;
+        let mut out = Vec::new();
+        let mut next = (after.max(0) as u64) + 1;
+        while out.len() < limit {
+            let Ok(m) = stream
+                .direct_get_next_for_subject(subjects.as_str(), Some(next))
+                .await
+            else {
+                break;
+            };
+            next = m.sequence + 1;
+            if let Some(info) = delivery_info(&m) {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A delivery by id: a dead letter if there is one with that id, else
+    /// one in the work queue.
+    pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryInfo>, StoreError> {
+        for name in [self.names.dead_stream(), self.names.deliveries_stream()] {
+            let stream = self.stream(&name).await?;
+            if let Ok(m) = stream.get_raw_message(id.max(0) as u64).await {
+                return Ok(delivery_info(&m));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sends dead letter `id` again from its first attempt.
+    pub async fn requeue(&self, id: i64) -> Result<bool, StoreError> {
+        let dead = self.stream(&self.names.dead_stream()).await?;
+        let Ok(m) = dead.get_raw_message(id.max(0) as u64).await else {
+            return Ok(false);
+        };
+        let Some(webhook) = m.subject.as_str().rsplit('.').next().map(untoken) else {
+            return Ok(false);
+        };
+        let mut headers = HeaderMap::new();
+        let msg_id = format!("requeue:{}:{}", self.names.dead_stream(), m.sequence);
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        headers.insert(ATTEMPTS, "0");
+        let part = m.headers.get(PART).map_or("0", |v| v.as_str());
+        headers.insert(PART, part);
+        self.publish_now(
+            self.names.delivery_subject(&webhook),
+            headers,
+            m.payload.clone(),
+        )
+        .await?;
+        dead.delete_message(m.sequence).await.map_err(|e| {
+            StoreError::Nats(format!(
+                "requeued, but not removed from the dead letters: {e}"
+            ))
+        })?;
+        Ok(true)
+    }
+
+    /// Sends again the dead letters of `webhook` since `since` (ms).
+    pub async fn replay(&self, webhook: &str, since: i64) -> Result<usize, StoreError> {
+        let dead = self.stream(&self.names.dead_stream()).await?;
+        let subject = self.names.dead_subject(webhook);
+        let mut next = 1;
+        let mut ids = Vec::new();
+        while let Ok(m) = dead
+            .direct_get_next_for_subject(subject.as_str(), Some(next))
+            .await
+        {
+            next = m.sequence + 1;
+            if unix_ms(&m) >= since {
+                ids.push(m.sequence as i64);
+            }
+        }
+        let mut n = 0;
+        for id in ids {
+            n += usize::from(self.requeue(id).await?);
+        }
+        Ok(n)
+    }
+
+    /// (webhook, state, count) as the embedded store's `counts` gives
+    /// them: pending (due, in flight or parked) and dead.
+    pub async fn counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let p = &self.names.prefix;
+        let mut out: Vec<(String, String, i64)> = Vec::new();
+        for (stream, filter, state) in [
+            (
+                self.names.deliveries_stream(),
+                format!("{p}.*.*"),
+                "pending",
+            ),
+            (self.names.dead_stream(), format!("{p}.dead.*"), "dead"),
+        ] {
+            let stream = self.stream(&stream).await?;
+            let mut subjects = stream
+                .info_with_subjects(filter)
+                .await
+                .map_err(|e| StoreError::Nats(e.to_string()))?;
+            while let Some(Ok((subject, count))) = subjects.next().await {
+                let webhook = subject.rsplit('.').next().map(untoken).unwrap_or_default();
+                match out.iter_mut().find(|(w, s, _)| *w == webhook && s == state) {
+                    Some(row) => row.2 += count as i64,
+                    None => out.push((webhook, state.to_string(), count as i64)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stream(&self, name: &str) -> Result<stream::Stream, StoreError> {
+        self.js
+            .get_stream(name)
+            .await
+            .map_err(|e| StoreError::Nats(format!("cannot open stream {name}: {e}")))
+    }
+}
+
+fn unix_ms(m: &async_nats::jetstream::message::StreamMessage) -> i64 {
+    (m.time.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A delivery message as the admin API shows it.
+fn delivery_info(m: &async_nats::jetstream::message::StreamMessage) -> Option<DeliveryInfo> {
+    let event: StoredEvent = serde_json::from_slice(&m.payload).ok()?;
+    let mut tokens = m.subject.as_str().rsplit('.');
+    let webhook = untoken(tokens.next()?);
+    let kind = tokens.next()?;
+    let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_string());
+    let at = unix_ms(m);
+    Some(DeliveryInfo {
+        id: m.sequence as i64,
+        webhook,
+        event_uuid: event.event.uuid,
+        event_type: event.event.event_type,
+        state: if kind == "dead" { "dead" } else { "pending" }.into(),
+        attempts: header(ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
+        part: header(PART).and_then(|v| v.parse().ok()).unwrap_or(0),
+        next_attempt_at: match kind {
+            "dead" => None,
+            "retry" => header(DUE).and_then(|v| v.parse().ok()),
+            _ => Some(at),
+        },
+        last_status: header(LAST_STATUS),
+        created_at: at,
+        updated_at: at,
+    })
 }
 
 impl Outbox for JetStream {
