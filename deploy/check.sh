@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Offline checks of deploy/: the Kubernetes manifests (raw and as kustomize
-# renders them) against the Kubernetes OpenAPI schemas, strict; the
-# ServiceMonitor against the prometheus-operator CRD schema; what the schemas
-# cannot see (replicas, hardening, probes, references, config vs
-# Deployment); every shipped config and rules directory with `taphook check`;
+# renders them), of both layouts (deploy/kubernetes: one replica on the
+# embedded store; deploy/kubernetes/jetstream: several on NATS JetStream)
+# against the Kubernetes OpenAPI schemas, strict; the ServiceMonitor against
+# the prometheus-operator CRD schema; what the schemas cannot see (replicas,
+# strategy, PVC or not, PodDisruptionBudget, spread, hardening, probes,
+# references, config vs Deployment, the jetstream copy against the base);
+# every shipped config and rules directory with `taphook check`;
 # the systemd unit with systemd-analyze; the Dockerfile with hadolint. Then a
 # self-test: broken copies must fail each check.
 #
@@ -29,6 +32,7 @@ HADOLINT=2.15.1
 PROMETHEUS_OPERATOR_MODELS=6.0.0
 
 K8S=deploy/kubernetes
+K8S_JS=deploy/kubernetes/jetstream
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
@@ -100,15 +104,34 @@ check_schemas() { # DIR
   fi
 }
 
-# What the schemas cannot see, and the config as the pod sees it.
-check_policy() { # RENDERED SERVICEMONITOR
-  local out=$WORK/pod-$RANDOM
+# What the schemas cannot see, and the config as the pod sees it. VARIANT:
+# embedded (deploy/kubernetes) or jetstream (deploy/kubernetes/jetstream).
+# `taphook check` validates the config and rules only: it does not connect
+# to NATS.
+check_policy() { # RENDERED SERVICEMONITOR [VARIANT]
+  local out=$WORK/pod-$RANDOM variant=${3:-embedded}
   [ -n "$1" ] || return 0
-  $KV policy "$1" "$2" "$out" || return 1
+  $KV policy --variant "$variant" "$1" "$2" "$out" || return 1
   TAPHOOK_UPSTREAM=$(cat "$out/upstream") TAPHOOK_ADMIN_TOKEN=check \
     "$TAPHOOK" check --config "$out/taphook.yaml" >"$out/check.txt" 2>&1 ||
     { cat "$out/check.txt"; echo "taphook check failed on the config and rules the pod would get"; return 1; }
-  echo "ok    taphook check: the rendered ConfigMaps (config + rules), as mounted in the pod"
+  echo "ok    taphook check: the rendered ConfigMaps (config + rules), as mounted in the pod ($variant)"
+}
+
+# deploy/kubernetes/jetstream is a kustomization of its own (kustomize
+# refuses an overlay inside its base, and reads no file outside its
+# directory), so it carries copies: they must not drift from the base.
+check_copies() { # BASE-DIR BASE-RENDERED VARIANT-DIR VARIANT-RENDERED
+  local rc=0 f
+  for f in services.yaml rules/oneschema.yaml rules/webhooks.yaml; do
+    cmp -s "$1/$f" "$3/$f" ||
+      { echo "$3/$f differs from $1/$f: copy it again"; rc=1; }
+  done
+  [ "$(cd "$1/rules" && ls)" = "$(cd "$3/rules" && ls)" ] ||
+    { echo "$3/rules/ and $1/rules/ hold different files"; rc=1; }
+  [ -n "$2" ] && [ -n "$4" ] || return $rc
+  $KV drift "$2" "$4" || rc=1
+  return $rc
 }
 
 # A config with absolute rules_dir/data_dir, checked against RULES.
@@ -154,8 +177,16 @@ check_dockerfile() { # DOCKERFILE
 # ---- run them -------------------------------------------------------------------
 step "Kubernetes: schemas (strict), ServiceMonitor (CRD schema)"
 check_schemas "$K8S" || fail "Kubernetes schemas"
+BASE_RENDERED=$RENDERED
 step "Kubernetes: policy and the pod's config"
-check_policy "$RENDERED" "$K8S/servicemonitor.yaml" || fail "Kubernetes policy"
+check_policy "$BASE_RENDERED" "$K8S/servicemonitor.yaml" || fail "Kubernetes policy"
+
+step "Kubernetes, several replicas on NATS JetStream ($K8S_JS): schemas (strict)"
+check_schemas "$K8S_JS" || fail "Kubernetes schemas ($K8S_JS)"
+JS_RENDERED=$RENDERED
+step "Kubernetes, several replicas on NATS JetStream: policy, the pod's config, the copies of the base"
+check_policy "$JS_RENDERED" "$K8S/servicemonitor.yaml" jetstream || fail "Kubernetes policy ($K8S_JS)"
+check_copies "$K8S" "$BASE_RENDERED" "$K8S_JS" "$JS_RENDERED" || fail "$K8S_JS has drifted from $K8S"
 cmp -s "$K8S/rules/oneschema.yaml" rules/oneschema.yaml ||
   fail "$K8S/rules/oneschema.yaml differs from rules/oneschema.yaml: copy it again (kustomize cannot read outside its directory)"
 
@@ -184,6 +215,21 @@ mutate() { # NAME SED-EXPR FILE: a copy of deploy/kubernetes with FILE edited
   local dir=$WORK/k8s-$1
   rm -rf "$dir" && cp -r "$K8S" "$dir" && sed -i "$2" "$dir/$3" && echo "$dir"
 }
+mutate_js() { # NAME SED-EXPR FILE: a copy of deploy/kubernetes/jetstream with FILE edited
+  local dir=$WORK/k8s-js-$1
+  rm -rf "$dir" && cp -r "$K8S_JS" "$dir" && sed -i "$2" "$dir/$3" && echo "$dir"
+}
+# Renders DIR into $RENDERED, no schema check (the policy self-tests need
+# only the output; the schemas take a few seconds a copy).
+render() { # DIR
+  RENDERED=$WORK/rendered-$RANDOM.yaml
+  kubectl kustomize "$1" >"$RENDERED" 2>&1
+}
+# A broken copy of the jetstream variant must fail its policy.
+expect_js_policy_fail() { # NAME PATTERN DIR
+  render "$3" || { fail "self-test: $1: the broken copy does not even render"; cat "$RENDERED"; return; }
+  expect_fail "jetstream: $1" "$2" check_policy "$RENDERED" "$K8S/servicemonitor.yaml" jetstream
+}
 if [ "${SKIP_SELF_TEST:-}" != 1 ]; then
   step "Self-test: broken copies must fail"
   d=$(mutate unknown-field 's/imagePullPolicy: IfNotPresent/imagePullPolcy: IfNotPresent/' deployment.yaml)
@@ -209,6 +255,36 @@ if [ "${SKIP_SELF_TEST:-}" != 1 ]; then
     d=$(mutate bad-rule 's/events: \["\*"\]/events: [no_such_event]/' rules/webhooks.yaml)
     check_schemas "$d" >/dev/null 2>&1
     expect_fail "a rules file taphook refuses" "webhooks.yaml:[0-9]+: .*no_such_event" check_policy "$RENDERED" "$d/servicemonitor.yaml"
+    d=$(mutate js-backend 's/^environment_name:/store: { backend: jetstream, url: "nats:\/\/nats.nats.svc:4222" }\nenvironment_name:/' taphook.yaml)
+    check_schemas "$d" >/dev/null 2>&1
+    expect_fail "the one-replica layout with store.backend jetstream" "store.backend: jetstream: this layout .* is for the embedded store" check_policy "$RENDERED" "$d/servicemonitor.yaml"
+
+    # The jetstream variant.
+    d=$(mutate_js pdb-field 's/minAvailable: 2/minAvailabel: 2/' pdb.yaml)
+    expect_fail "jetstream: unknown field in the PodDisruptionBudget" "poddisruptionbudget/taphook .*Additional properties are not allowed \(.minAvailabel. was unexpected" check_schemas "$d"
+    d=$(mutate_js pvc 's/^  - pdb.yaml/  - pdb.yaml\n  - pvc.yaml/' kustomization.yaml)
+    cp "$K8S/pvc.yaml" "$d/pvc.yaml"
+    perl -0pi -e 's/          emptyDir:\n            sizeLimit: 512Mi\n/          persistentVolumeClaim:\n            claimName: taphook-data\n/' "$d/deployment.yaml"
+    expect_js_policy_fail "a PVC for data_dir" "persistentvolumeclaim/taphook-data: no PVC in the jetstream variant" "$d"
+    d=$(mutate_js embedded 's/backend: jetstream/backend: embedded/' taphook.yaml)
+    expect_js_policy_fail "store.backend embedded" "config store.backend: must be jetstream with several replicas, is embedded" "$d"
+    d=$(mutate_js one-replica 's/^  replicas: 3$/  replicas: 1/' deployment.yaml)
+    expect_js_policy_fail "one replica" "replicas must be 2 or more" "$d"
+    d=$(mutate_js recreate 's/type: RollingUpdate/type: Recreate/' deployment.yaml)
+    expect_js_policy_fail "strategy Recreate" "strategy.type must be RollingUpdate" "$d"
+    d=$(mutate_js surge-down 's/maxUnavailable: 0/maxUnavailable: 1/' deployment.yaml)
+    expect_js_policy_fail "a rollout that takes a replica away first" "maxUnavailable must be 0" "$d"
+    d=$(mutate_js pdb-selector 's/^      app.kubernetes.io\/name: taphook$/      app.kubernetes.io\/name: taphook-other/' pdb.yaml)
+    expect_js_policy_fail "a PodDisruptionBudget selecting other pods" "no PodDisruptionBudget selects the taphook pods" "$d"
+    d=$(mutate_js pdb-all 's/minAvailable: 2/minAvailable: 3/' pdb.yaml)
+    expect_js_policy_fail "a PodDisruptionBudget that blocks drains" "minAvailable 3 with 3 replicas blocks every node drain" "$d"
+    d=$(mutate_js no-spread 's#topologyKey: kubernetes.io/hostname#topologyKey: example.com/rack#' deployment.yaml)
+    expect_js_policy_fail "no spread across nodes" "no topologySpreadConstraints or podAntiAffinity on kubernetes.io/hostname" "$d"
+    d=$(mutate_js drift 's/memory: 1Gi/memory: 2Gi/' deployment.yaml)
+    render "$d"
+    expect_fail "jetstream: a Deployment drifted from the base's" "deployment/taphook differs from the base's .*limits.memory: base \"1Gi\", jetstream \"2Gi\"" check_copies "$K8S" "$BASE_RENDERED" "$d" "$RENDERED"
+    d=$(mutate_js rules-copy 's/events: \["\*"\]/events: [import_submitted]/' rules/webhooks.yaml)
+    expect_fail "jetstream: rules differing from the base's" "rules/webhooks.yaml differs from $K8S/rules/webhooks.yaml" check_copies "$K8S" "" "$d" ""
   fi
   sed 's/^ProtectClock=true/ProtectClok=true/' deploy/systemd/taphook.service >"$WORK/typo.service"
   expect_fail "unit with an unknown key" "Unknown key .ProtectClok." check_unit "$WORK/typo.service"

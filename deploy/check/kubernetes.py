@@ -7,17 +7,29 @@
         to servicemonitor.mjs (the prometheus-operator CRD schema, npm). A
         kind with no schema is an error, not a warning.
 
-    python kubernetes.py policy RENDERED SERVICEMONITOR OUTDIR
-        What the schemas cannot see, on the kustomize output: one replica and
-        Recreate, the hardening, probes, resources, scrape annotations, every
-        name a manifest refers to (ConfigMaps, PVC, ports, labels), and the
-        config's ports and paths against the Deployment's. Writes the
-        rendered ConfigMaps' files into OUTDIR/config and OUTDIR/rules for
-        `taphook check`, and prints the Deployment's TAPHOOK_UPSTREAM.
+    python kubernetes.py policy [--variant embedded|jetstream] RENDERED SERVICEMONITOR OUTDIR
+        What the schemas cannot see, on the kustomize output: the hardening,
+        probes, resources, scrape annotations, every name a manifest refers
+        to (ConfigMaps, PVC, ports, labels), and the config's ports and paths
+        against the Deployment's. Per variant: embedded (deploy/kubernetes,
+        the default) one replica, Recreate, the store on a ReadWriteOnce
+        PVC; jetstream (deploy/kubernetes/jetstream) two replicas or more,
+        RollingUpdate that never goes below them, no PVC (data_dir an
+        emptyDir), a PodDisruptionBudget selecting the pods that still lets
+        one go, a spread across nodes, and `store.backend: jetstream` with a
+        nats:// URL in the config. Writes the rendered ConfigMaps' files into
+        OUTDIR/config and OUTDIR/rules for `taphook check`, and the
+        Deployment's TAPHOOK_UPSTREAM into OUTDIR/upstream.
+
+    python kubernetes.py drift BASE_RENDERED VARIANT_RENDERED
+        The jetstream variant's Deployment against the base's: equal but for
+        replicas, strategy, topologySpreadConstraints/affinity, the data
+        volume and the config ConfigMap's generated name; its Services equal.
 
 Exits 1 with one line per problem.
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -25,7 +37,6 @@ import sys
 import tempfile
 
 import yaml
-from kubernetes_validate import utils as kv
 
 # Oldest and newest Kubernetes the manifests are checked against.
 K8S_VERSIONS = ["1.28.0", "1.37.0"]
@@ -42,6 +53,7 @@ def name(d):
 
 
 def schema(files, crd_node):
+    from kubernetes_validate import utils as kv  # slow to import: only here
     problems, crds = [], []
     for path in files:
         for d in docs(path):
@@ -81,22 +93,130 @@ def schema(files, crd_node):
     return problems
 
 
-def policy(rendered, servicemonitor, outdir):
-    problems = []
-    p = problems.append
-    all_docs = docs(rendered)
+def by_kind_of(all_docs):
     by_kind = {}
     for d in all_docs:
         by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    return by_kind
+
+
+def selects(selector, labels):
+    """Whether a LabelSelector (matchLabels; matchExpressions In, NotIn,
+    Exists, DoesNotExist) selects a pod with these labels. An empty selector
+    selects nothing here: in a PDB it would select every pod of the
+    namespace, which is never what is meant."""
+    selector = selector or {}
+    ml, me = selector.get("matchLabels") or {}, selector.get("matchExpressions") or []
+    if not ml and not me:
+        return False
+    if not all(labels.get(k) == v for k, v in ml.items()):
+        return False
+    for e in me:
+        k, op, vals = e.get("key"), e.get("operator"), e.get("values") or []
+        if (op == "In" and labels.get(k) not in vals) or (op == "NotIn" and labels.get(k) in vals) \
+                or (op == "Exists" and k not in labels) or (op == "DoesNotExist" and k in labels):
+            return False
+    return True
+
+
+def variant_embedded(spec, volumes, by_kind, config, p):
+    if spec.get("replicas") != 1:
+        p(f"deployment/taphook: replicas must be 1 (the store's volume is ReadWriteOnce), is {spec.get('replicas')}")
+    if (spec.get("strategy") or {}).get("type") != "Recreate":
+        p("deployment/taphook: strategy.type must be Recreate (two pods must never share the store)")
+    if "persistentVolumeClaim" not in (volumes.get("data") or {}):
+        p("volume data: must be the PersistentVolumeClaim (the embedded store lives in data_dir)")
+    backend = ((config or {}).get("store") or {}).get("backend", "embedded")
+    if backend != "embedded":
+        p(f"config store.backend: {backend}: this layout (one replica, a PVC) is for the embedded store; "
+          "several replicas on NATS are deploy/kubernetes/jetstream")
+    return "replicas 1, Recreate, the store on the PVC"
+
+
+def variant_jetstream(spec, volumes, by_kind, config, p):
+    pod = spec["template"]["spec"]
+    labels = spec["template"]["metadata"].get("labels") or {}
+    replicas = spec.get("replicas")
+    if not isinstance(replicas, int) or replicas < 2:
+        p(f"deployment/taphook: replicas must be 2 or more (the point of the jetstream store), is {replicas}")
+        replicas = 2
+    strategy = spec.get("strategy") or {}
+    if strategy.get("type") != "RollingUpdate":
+        p(f"deployment/taphook: strategy.type must be RollingUpdate (replicas share NATS, not a volume; "
+          f"Recreate stops them all), is {strategy.get('type')}")
+    elif str((strategy.get("rollingUpdate") or {}).get("maxUnavailable")) not in ("0", "0%"):
+        p("deployment/taphook: strategy.rollingUpdate.maxUnavailable must be 0 "
+          "(a rollout never takes a replica away before its successor is ready)")
+    for name in by_kind.get("PersistentVolumeClaim", {}):
+        p(f"persistentvolumeclaim/{name}: no PVC in the jetstream variant "
+          "(shared state is in NATS; data_dir is an emptyDir, and a ReadWriteOnce claim would pin the replicas to one node)")
+    for v in volumes.values():
+        if "persistentVolumeClaim" in v:
+            p(f"volume {v['name']}: a PersistentVolumeClaim ({v['persistentVolumeClaim'].get('claimName')}) "
+              "in the jetstream variant: data_dir must be an emptyDir")
+    if "emptyDir" not in (volumes.get("data") or {}):
+        p("volume data: must be an emptyDir (data_dir holds only this replica's funnel metrics)")
+
+    # A PodDisruptionBudget that selects the pods and lets one go.
+    pdbs = [d for d in by_kind.get("PodDisruptionBudget", {}).values()
+            if selects(d["spec"].get("selector"), labels)]
+    if not pdbs:
+        found = sorted(by_kind.get("PodDisruptionBudget", {}))
+        p(f"no PodDisruptionBudget selects the taphook pods (labels {labels}); found {found or 'none'}")
+    for d in pdbs:
+        s = d["spec"]
+        n = d["metadata"]["name"]
+        if "minAvailable" in s:
+            m = s["minAvailable"]
+            if not isinstance(m, int) or m < 1:
+                p(f"poddisruptionbudget/{n}: minAvailable must be a number of pods, at least 1, is {m!r}")
+            elif m >= replicas:
+                p(f"poddisruptionbudget/{n}: minAvailable {m} with {replicas} replicas blocks every node drain; "
+                  f"at most {replicas - 1}")
+        elif "maxUnavailable" in s:
+            if s["maxUnavailable"] in (0, "0", "0%"):
+                p(f"poddisruptionbudget/{n}: maxUnavailable 0 blocks every node drain")
+        else:
+            p(f"poddisruptionbudget/{n}: neither minAvailable nor maxUnavailable")
+
+    # Spread over nodes: a hard topology spread on the hostname, or a pod
+    # anti-affinity on it, selecting the pods.
+    host = "kubernetes.io/hostname"
+    spread = [c for c in pod.get("topologySpreadConstraints") or []
+              if c.get("topologyKey") == host and selects(c.get("labelSelector"), labels)]
+    anti = (pod.get("affinity") or {}).get("podAntiAffinity") or {}
+    anti_terms = list(anti.get("requiredDuringSchedulingIgnoredDuringExecution") or []) + \
+        [t.get("podAffinityTerm") or {} for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution") or []]
+    anti_hits = [t for t in anti_terms if t.get("topologyKey") == host and selects(t.get("labelSelector"), labels)]
+    if not spread and not anti_hits:
+        p(f"deployment/taphook: no topologySpreadConstraints or podAntiAffinity on {host} selecting the pods "
+          "(the replicas could all land on one node)")
+
+    store = (config or {}).get("store") or {}
+    backend = store.get("backend", "embedded")
+    if backend != "jetstream":
+        p(f"config store.backend: must be jetstream with several replicas, is {backend} "
+          f"(each replica would have a store of its own and deliver every event it sees)")
+    else:
+        urls = [u.strip() for u in str(store.get("url") or "").split(",") if u.strip()]
+        if not urls or not all(u.startswith(("nats://", "tls://")) for u in urls):
+            p(f"config store.url: nats:// URL(s) expected, is {store.get('url')!r}")
+    return f"replicas {spec.get('replicas')}, RollingUpdate (maxUnavailable 0), no PVC, PodDisruptionBudget, spread over nodes, store jetstream"
+
+
+VARIANTS = {"embedded": variant_embedded, "jetstream": variant_jetstream}
+
+
+def policy(rendered, servicemonitor, outdir, variant="embedded"):
+    problems = []
+    p = problems.append
+    all_docs = docs(rendered)
+    by_kind = by_kind_of(all_docs)
     deps = by_kind.get("Deployment", {})
     if list(deps) != ["taphook"]:
         return [f"expected one Deployment named taphook, found {sorted(deps)}"]
     dep = deps["taphook"]
     spec = dep["spec"]
-    if spec.get("replicas") != 1:
-        p(f"deployment/taphook: replicas must be 1 (the store's volume is ReadWriteOnce), is {spec.get('replicas')}")
-    if (spec.get("strategy") or {}).get("type") != "Recreate":
-        p("deployment/taphook: strategy.type must be Recreate (two pods must never share the store)")
     tpl = spec["template"]
     pod = tpl["spec"]
     labels = tpl["metadata"].get("labels") or {}
@@ -194,6 +314,7 @@ def policy(rendered, servicemonitor, outdir):
     if cfg_text is None:
         return problems + ["the config ConfigMap has no taphook.yaml"]
     config = yaml.safe_load(cfg_text)
+    summary = VARIANTS[variant](spec, volumes, by_kind, config, p)
     args = c.get("args") or []
     cfg_path = args[args.index("--config") + 1] if "--config" in args else None
     mount_at = {m["name"]: m["mountPath"] for m in mounts.values()}
@@ -228,7 +349,49 @@ def policy(rendered, servicemonitor, outdir):
     with open(os.path.join(outdir, "upstream"), "w") as f:
         f.write(upstream or "")
     if not problems:
-        print(f"ok    {rendered}: replicas 1, Recreate, hardening, probes, resources, scrape annotations, references, config vs Deployment")
+        print(f"ok    {rendered}: {summary}, hardening, probes, resources, scrape annotations, references, config vs Deployment")
+    return problems
+
+
+def drift(base_rendered, variant_rendered):
+    """The variant's Deployment and Services against the base's, apart from
+    what the variant is for."""
+    problems = []
+    base, var = by_kind_of(docs(base_rendered)), by_kind_of(docs(variant_rendered))
+
+    def pod_of(by_kind):
+        dep = copy.deepcopy((by_kind.get("Deployment") or {}).get("taphook") or {})
+        spec = dep.get("spec") or {}
+        for key in ("replicas", "strategy"):
+            spec.pop(key, None)
+        pod = ((spec.get("template") or {}).get("spec")) or {}
+        for key in ("topologySpreadConstraints", "affinity"):
+            pod.pop(key, None)
+        for v in pod.get("volumes") or []:
+            if v.get("name") == "data":
+                v.clear()
+                v["name"] = "data"
+            elif v.get("name") == "config":
+                v["configMap"]["name"] = "taphook-config-<hash>"
+        return dep
+
+    def diff(a, b, where=""):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                yield from diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{where}.{k}" if where else k)
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                yield from diff(x, y, f"{where}.{i}")
+        elif a != b:
+            yield f"{where}: base {json.dumps(a)[:80]}, jetstream {json.dumps(b)[:80]}"
+
+    for d in diff(pod_of(base), pod_of(var)):
+        problems.append(f"deployment/taphook differs from the base's (only replicas, strategy, spread and the data volume may): {d}")
+    for name in sorted(set(base.get("Service", {})) | set(var.get("Service", {}))):
+        for d in diff(base.get("Service", {}).get(name, {}), var.get("Service", {}).get(name, {})):
+            problems.append(f"service/{name} differs from the base's: {d}")
+    if not problems:
+        print(f"ok    {variant_rendered}: Deployment and Services as the base's, but for replicas, strategy, spread and the data volume")
     return problems
 
 
@@ -238,8 +401,12 @@ def main(argv):
         if argv[1] == "--crd-node":
             crd_node, argv = argv[2], argv[2:]
         problems = schema(argv[1:], crd_node)
+    elif argv and argv[0] == "policy" and len(argv) == 6 and argv[1] == "--variant" and argv[2] in VARIANTS:
+        problems = policy(*argv[3:], variant=argv[2])
     elif len(argv) == 4 and argv[0] == "policy":
         problems = policy(*argv[1:])
+    elif len(argv) == 3 and argv[0] == "drift":
+        problems = drift(*argv[1:])
     else:
         print(__doc__)
         return 2
