@@ -85,7 +85,7 @@ fn every_problem_is_reported_with_file_and_line() {
             "a.yaml:9: path `/v1/embeds/{id/upload`: a parameter must be a whole segment, like `{id}`",
             "a.yaml:10: duplicate route `create` (first defined at a.yaml:2)",
             "b.yml:3: environment variable `TAPHOOK_UNSET_FOR_TEST` is not set",
-            "b.yml:6: unknown event type `embed_exploded` (no route derives it; known: embed_closed, embed_initialized, file_uploaded)",
+            "b.yml:6: unknown event type `embed_exploded` (no route derives it; known: embed_closed, embed_initialized, file_uploaded, session_stalled)",
             "b.yml:7: duplicate webhook `hook` (first defined at b.yml:2)",
             "b.yml:10: unknown format `carrier-pigeon` (expected oneschema, dromo, dromo-basic or flatfile)",
             "b.yml:11: invalid status `teapot`: expected e.g. 2xx or 200, `timeout` or `error`",
