@@ -104,6 +104,8 @@ struct Cluster {
     nats: Nats,
     replicas: Vec<Replica>,
     client: reqwest::Client,
+    /// More `delivery:` settings, each line indented by two spaces.
+    delivery: String,
     _dir: tempfile::TempDir,
 }
 
@@ -120,6 +122,10 @@ const HOOKS: &str = "webhooks:
 
 impl Cluster {
     async fn start(n: usize, hooks: &str) -> Cluster {
+        Self::start_with(n, hooks, "").await
+    }
+
+    async fn start_with(n: usize, hooks: &str, delivery: &str) -> Cluster {
         let importer = ReferenceImporter::start().await.unwrap();
         let receiver = Receiver::start().await.unwrap();
         let nats = Nats::start();
@@ -137,6 +143,7 @@ impl Cluster {
             nats,
             replicas: Vec::new(),
             client: client(),
+            delivery: delivery.to_string(),
             _dir: dir,
         };
         for i in 0..n {
@@ -152,8 +159,9 @@ impl Cluster {
         for _attempt in 0..3 {
             let (proxy_port, admin_port) = (free_port().unwrap(), free_port().unwrap());
             let config = format!(
-                "listen: 127.0.0.1:{proxy_port}\nupstream: {}\nadmin_listen: 127.0.0.1:{admin_port}\nadmin_token: t0k\nrules_dir: ../rules\ndata_dir: data\nthreads: 1\ndelivery:\n  timeout: 1s\n  allow_private_networks: [127.0.0.0/8]\nstore:\n  backend: jetstream\n  url: {}\n",
+                "listen: 127.0.0.1:{proxy_port}\nupstream: {}\nadmin_listen: 127.0.0.1:{admin_port}\nadmin_token: t0k\nrules_dir: ../rules\ndata_dir: data\nthreads: 1\ndelivery:\n  timeout: 1s\n  allow_private_networks: [127.0.0.0/8]\n{}store:\n  backend: jetstream\n  url: {}\n",
                 self.importer.url(),
+                self.delivery,
                 self.nats.url()
             );
             std::fs::write(dir.join("taphook.yaml"), config).unwrap();
@@ -757,4 +765,127 @@ async fn admin_api_changes_reach_every_replica() {
     assert_eq!(status, 204);
     wait_for(cluster.replicas[0].admin, 404).await;
     wait_for(cluster.replicas[1].admin, 404).await;
+}
+
+async fn gauge(cluster: &Cluster, i: usize, sample: &str) -> f64 {
+    let text = cluster
+        .client
+        .get(format!("http://{}/metrics", cluster.replicas[i].admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_value(&text, sample)
+}
+
+async fn wait_gauge(cluster: &Cluster, i: usize, sample: &str, expected: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(cluster, i, sample).await != expected {
+        assert!(
+            Instant::now() < deadline,
+            "replica {i}: {sample} is not {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A 410 disables the webhook on every replica; its deliveries wait until
+/// it is enabled again (through any replica), then go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_disables_the_webhook_cluster_wide_until_enabled() {
+    let cluster = Cluster::start(2, HOOKS).await;
+    cluster.receiver.default_reply("/a", Reply::Status(410));
+    cluster.create_embed(0, "contacts").await;
+    assert_eq!(
+        cluster
+            .receiver
+            .wait_for("/a", 1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+    for i in 0..2 {
+        wait_gauge(&cluster, i, "taphook_webhook_disabled{webhook=\"a\"}", 1.0).await;
+    }
+    for i in 0..4 {
+        cluster.create_embed(i % 2, "contacts").await;
+    }
+    assert_eq!(
+        cluster
+            .wait_distinct("/b", 5, Duration::from_secs(10))
+            .await
+            .len(),
+        5
+    );
+    settle(Duration::from_secs(1)).await;
+    assert_eq!(
+        cluster.receiver.received_on("/a").len(),
+        1,
+        "sent while disabled"
+    );
+    cluster.receiver.default_reply("/a", Reply::Status(200));
+    let r = cluster
+        .client
+        .post(format!(
+            "http://{}/v1/event-webhooks/a/enable",
+            cluster.replicas[1].admin
+        ))
+        .bearer_auth("t0k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = cluster
+        .wait_distinct("/a", 5, Duration::from_secs(10))
+        .await;
+    assert_eq!(got.len(), 5, "{}", cluster.logs());
+    wait_gauge(&cluster, 0, "taphook_webhook_disabled{webhook=\"a\"}", 0.0).await;
+}
+
+/// A webhook failing for `pause_after` is paused on every replica: one
+/// probe per `probe_interval` across the cluster, without spending the
+/// deliveries' retries; the first success resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_webhook_is_paused_and_probed_cluster_wide() {
+    let hooks = "webhooks:
+  - key: a
+    url: {receiver}/a
+    events: [embed_initialized]
+    retry: { on: [500], max_retries: 100, backoff: [100ms] }
+";
+    let cluster = Cluster::start_with(2, hooks, "  pause_after: 1s\n  probe_interval: 1s\n").await;
+    cluster.receiver.default_reply("/a", Reply::Status(500));
+    for i in 0..4 {
+        cluster.create_embed(i % 2, "contacts").await;
+    }
+    for i in 0..2 {
+        wait_gauge(&cluster, i, "taphook_webhook_paused{webhook=\"a\"}", 1.0).await;
+    }
+    // Paused: about one probe a second, whichever replica claims it.
+    settle(Duration::from_millis(500)).await;
+    let before = cluster.receiver.received_on("/a").len();
+    settle(Duration::from_secs(3)).await;
+    let probes = cluster.receiver.received_on("/a").len() - before;
+    assert!(
+        (1..=5).contains(&probes),
+        "{probes} requests in 3 s while paused"
+    );
+    cluster.receiver.default_reply("/a", Reply::Status(200));
+    let got = cluster
+        .wait_distinct("/a", 4, Duration::from_secs(15))
+        .await;
+    assert_eq!(got.len(), 4, "{}", cluster.logs());
+    wait_gauge(&cluster, 0, "taphook_webhook_paused{webhook=\"a\"}", 0.0).await;
+    // Nothing went dead: probes do not spend retries.
+    assert_eq!(
+        gauge(
+            &cluster,
+            0,
+            "taphook_deliveries_total{outcome=\"dead\",webhook=\"a\"}"
+        )
+        .await,
+        0.0
+    );
 }

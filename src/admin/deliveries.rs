@@ -191,10 +191,21 @@ pub async fn enable(
             format!("no webhook `{key}`"),
         ));
     }
-    shared
-        .store
-        .webhook_change(&key, WebhookChange::Enable)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    match &shared.jetstream {
+        Some(js) => {
+            js.change_webhook(&key, |s| {
+                let was = s.clone();
+                *s = Default::default();
+                *s != was
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        None => shared
+            .store
+            .webhook_change(&key, WebhookChange::Enable)
+            .map_err(|e| ApiError::internal(e.to_string()))?,
+    }
     shared
         .metrics
         .webhook_disabled

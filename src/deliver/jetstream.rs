@@ -20,6 +20,7 @@ use pingora::server::ShutdownWatch;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument as _;
 
+use super::retry::Attempt;
 use super::{delivery_span, Dispatcher};
 use crate::store::jetstream::{JetStream, ATTEMPTS, DUE, LAST_STATUS, PART};
 use crate::store::sqlite::{now_ms, Due, StoredEvent};
@@ -27,6 +28,10 @@ use crate::store::sqlite::{now_ms, Due, StoredEvent};
 /// Added to a webhook's timeout for `ack_wait`: an attempt's timeout
 /// covers connecting and sending, the margin the rest.
 const ACK_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a delivery handed back while its webhook is disabled or paused
+/// waits before it is offered again (to whoever pulls then).
+const HOLD: Duration = Duration::from_secs(1);
 
 /// Until `shutdown`: one consumer loop per webhook of the current rules,
 /// and the retry mover. Then in-flight deliveries finish, up to `drain`.
@@ -47,6 +52,18 @@ pub async fn supervise(
             last_gauges = tokio::time::Instant::now();
             if let Ok(counts) = js.counts().await {
                 dispatcher.set_outbox_gauges(&counts);
+            }
+            let metrics = &dispatcher.shared.metrics;
+            for w in dispatcher.shared.rules.load().webhooks.iter() {
+                let health = js.webhook_health(&w.key);
+                metrics
+                    .webhook_disabled
+                    .with_label_values(&[&w.key])
+                    .set(health.disabled.is_some() as i64);
+                metrics
+                    .webhook_paused
+                    .with_label_values(&[&w.key])
+                    .set(health.paused as i64);
             }
         }
         loops.retain(|_, h| !h.is_finished());
@@ -79,28 +96,27 @@ pub async fn supervise(
 }
 
 /// One webhook's loop: (re)creates its consumer when the webhook's
-/// settings change, and attempts what it hands over.
+/// settings change, pulls as many deliveries as it has free slots (none
+/// while the webhook is disabled; one probe at a time, cluster-wide, while
+/// it is paused), and attempts them.
 async fn consume(
     d: Arc<Dispatcher>,
     js: Arc<JetStream>,
     key: String,
     mut stop: watch::Receiver<bool>,
 ) {
+    let concurrency = d.shared.config.delivery.concurrency_per_webhook;
+    let slots = Arc::new(Semaphore::new(concurrency));
     loop {
         let Some(webhook) = d.webhook(&key) else {
             return;
         };
-        let concurrency = d.shared.config.delivery.concurrency_per_webhook;
         let timeout = webhook.timeout.unwrap_or(d.shared.config.delivery.timeout);
-        let messages = match js
+        let consumer = match js
             .webhook_consumer(&key, concurrency, timeout + ACK_MARGIN)
             .await
         {
-            Ok(c) => c.messages().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let mut messages = match messages {
-            Ok(m) => m,
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(webhook = %key, error = %e, "cannot consume deliveries; retrying");
                 tokio::select! {
@@ -109,35 +125,61 @@ async fn consume(
                 }
             }
         };
-        let slots = Arc::new(Semaphore::new(concurrency));
-        let mut check = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tokio::select! {
-                next = messages.next() => match next {
-                    Some(Ok(msg)) => {
-                        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-                        let (d, js, key) = (d.clone(), js.clone(), key.clone());
-                        tokio::spawn(async move {
-                            deliver(&d, &js, &key, msg).await;
-                            drop(slot);
-                        });
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(webhook = %key, error = %e, "pulling deliveries");
-                    }
-                    None => break,
-                },
-                _ = check.tick() => {
-                    // New settings (timeout, concurrency) or gone: start over.
-                    if !d.webhook(&key).is_some_and(|w| Arc::ptr_eq(&w, &webhook)) {
-                        break;
-                    }
+            if *stop.borrow() {
+                // In flight: let them finish (the caller bounds the wait).
+                let _ = slots.acquire_many(concurrency as u32).await;
+                return;
+            }
+            // New settings (timeout, concurrency) or gone: start over.
+            if !d.webhook(&key).is_some_and(|w| Arc::ptr_eq(&w, &webhook)) {
+                break;
+            }
+            let health = js.webhook_health(&key);
+            let free = slots.available_permits();
+            let (want, probe) = if health.disabled.is_some() {
+                (0, false)
+            } else if health.paused {
+                let idle = free == concurrency;
+                let probe = idle
+                    && js
+                        .claim_probe(&key, d.shared.config.delivery.probe_interval)
+                        .await;
+                (usize::from(probe), true)
+            } else {
+                (free, false)
+            };
+            if want == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stop.changed() => {}
                 }
-                _ = stop.changed() => {
-                    // In flight: let them finish (the caller bounds the wait).
-                    let _ = slots.acquire_many(concurrency as u32).await;
+                continue;
+            }
+            let batch = consumer
+                .fetch()
+                .max_messages(want)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(webhook = %key, error = %e, "pulling deliveries");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            while let Some(next) = batch.next().await {
+                let Ok(msg) = next else { continue };
+                let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
-                }
+                };
+                let (d, js, key) = (d.clone(), js.clone(), key.clone());
+                tokio::spawn(async move {
+                    deliver(&d, &js, &key, msg, probe).await;
+                    drop(slot);
+                });
             }
         }
     }
@@ -148,7 +190,7 @@ fn header<T: std::str::FromStr>(headers: Option<&HeaderMap>, name: &str) -> Opti
 }
 
 /// One attempt of the delivery `msg` holds, and what follows from it.
-async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message) {
+async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe: bool) {
     let Ok(event) = serde_json::from_slice::<StoredEvent>(&msg.payload) else {
         tracing::error!(webhook = %key, "unreadable delivery message; terminated");
         let _ = msg.ack_with(AckKind::Term).await;
@@ -167,9 +209,64 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message) {
             let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(60)))).await;
             return;
         };
+        // Pulled just before the webhook was disabled or paused (by this
+        // instance or another): back to the queue, nothing spent.
+        let before = js.webhook_health(key);
+        if before.disabled.is_some() || (before.paused && !probe) {
+            let _ = msg.ack_with(AckKind::Nak(Some(HOLD))).await;
+            return;
+        }
         let outcome = d.attempt(&webhook, &due).await;
         let label = outcome.attempt.label();
         let metrics = &d.shared.metrics;
+        let now = now_ms();
+        let health = js.webhook_health(key);
+        let gone = matches!(outcome.attempt, Attempt::Status { status: 410, .. });
+        let state = if outcome.attempt.succeeded() {
+            // Only a failing webhook's state is written on success.
+            if health.failing_since.is_some() || health.paused {
+                js.change_webhook(key, |s| {
+                    let was = s.clone();
+                    s.failing_since = None;
+                    s.last_failure = None;
+                    s.paused = false;
+                    *s != was
+                })
+                .await
+            } else {
+                Ok(false)
+            }
+        } else if gone {
+            tracing::warn!("receiver answered 410 Gone; webhook disabled until enabled again");
+            let reason = format!(
+                "410 Gone at {}",
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            );
+            js.change_webhook(key, |s| {
+                let first = s.disabled.is_none();
+                if first {
+                    s.disabled = Some(reason.clone());
+                }
+                first
+            })
+            .await
+        } else {
+            let pause_after = d.shared.config.delivery.pause_after.as_millis() as i64;
+            js.change_webhook(key, |s| {
+                s.failed(now, pause_after);
+                true
+            })
+            .await
+        };
+        if let Err(e) = state {
+            tracing::warn!(error = %e, "webhook state not shared");
+        }
+        if gone || (probe && !outcome.attempt.succeeded()) {
+            // Waits in the queue: neither a 410 nor a failed probe spends
+            // the delivery's retries.
+            let _ = msg.ack_with(AckKind::Nak(Some(HOLD))).await;
+            return;
+        }
         let settled = if outcome.attempt.succeeded() {
             if (due.part as usize) + 1 < outcome.parts {
                 let (headers, body) =

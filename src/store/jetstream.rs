@@ -100,6 +100,9 @@ impl Names {
     pub fn rules_bucket(&self) -> String {
         format!("{}_rules", self.prefix)
     }
+    pub fn webhooks_bucket(&self) -> String {
+        format!("{}_webhooks", self.prefix)
+    }
     pub fn event_subject(&self, session: &str) -> String {
         format!("{}.events.{}", self.prefix, token(session))
     }
@@ -156,6 +159,10 @@ pub struct JetStream {
     sessions: kv::Store,
     /// The rules files the admin API wrote: every instance follows them.
     pub rules: kv::Store,
+    /// Each webhook's delivery state (failing, paused, disabled), shared.
+    webhooks: kv::Store,
+    /// The last state of each webhook seen in `webhooks` (watched).
+    states: std::sync::Mutex<std::collections::HashMap<String, WebhookHealth>>,
     cache: MemorySessions,
     /// The runtime reads block on (sync callers: derive, the admin API).
     runtime: tokio::runtime::Handle,
@@ -246,6 +253,7 @@ impl JetStream {
             bucket(names.sessions_bucket(), retention),
             // What the admin API wrote stays until it is changed.
             bucket(names.rules_bucket(), Duration::ZERO),
+            bucket(names.webhooks_bucket(), Duration::ZERO),
         ];
         for config in streams {
             let name = config.name.clone();
@@ -261,6 +269,10 @@ impl JetStream {
             .get_key_value(names.rules_bucket())
             .await
             .map_err(|e| StoreError::Nats(format!("cannot open the rules bucket: {e}")))?;
+        let webhooks = js
+            .get_key_value(names.webhooks_bucket())
+            .await
+            .map_err(|e| StoreError::Nats(format!("cannot open the webhooks bucket: {e}")))?;
         let (buffer, writes) = mpsc::channel(config.buffer);
         let this = Arc::new(Self {
             names,
@@ -270,11 +282,14 @@ impl JetStream {
             metrics,
             sessions,
             rules,
+            webhooks,
+            states: std::sync::Mutex::new(std::collections::HashMap::new()),
             cache: MemorySessions::new(64 << 20, retention),
             runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(this.clone().publish(writes));
         tokio::spawn(this.clone().watch_sessions());
+        tokio::spawn(this.clone().watch_webhooks());
         Ok(this)
     }
 
@@ -495,6 +510,149 @@ impl JetStream {
         ack.await
             .map(|_| ())
             .map_err(|e| StoreError::Nats(e.to_string()))
+    }
+}
+
+/// A webhook's delivery state, shared by every instance: failing since
+/// when, paused (probed by one instance at a time), disabled (410).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WebhookHealth {
+    #[serde(default)]
+    pub disabled: Option<String>,
+    #[serde(default)]
+    pub failing_since: Option<i64>,
+    #[serde(default)]
+    pub last_failure: Option<i64>,
+    #[serde(default)]
+    pub paused: bool,
+    /// When the next probe of a paused webhook may start (ms).
+    #[serde(default)]
+    pub probe_at: i64,
+}
+
+impl WebhookHealth {
+    /// A failed attempt at `now`: failing since the first failure of an
+    /// unbroken run, paused once that run is `pause_after` long.
+    pub fn failed(&mut self, now: i64, pause_after: i64) {
+        let broken = self
+            .last_failure
+            .is_none_or(|last| now - last > pause_after);
+        if self.failing_since.is_none() || broken {
+            self.failing_since = Some(now);
+        }
+        self.last_failure = Some(now);
+        if self
+            .failing_since
+            .is_some_and(|since| now - since >= pause_after)
+        {
+            self.paused = true;
+        }
+    }
+}
+
+/// Cluster-wide webhook state: changed by compare-and-set on the bucket,
+/// read from the local copy a watch keeps current.
+impl JetStream {
+    /// The state last seen; the default (healthy) when there is none.
+    pub fn webhook_health(&self, webhook: &str) -> WebhookHealth {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.get(webhook).cloned().unwrap_or_default()
+    }
+
+    /// Applies `change` to the webhook's shared state atomically: `change`
+    /// says whether it changed anything (nothing is written when not).
+    /// Returns whether this call wrote it.
+    pub async fn change_webhook(
+        &self,
+        webhook: &str,
+        change: impl Fn(&mut WebhookHealth) -> bool,
+    ) -> Result<bool, StoreError> {
+        let key = token(webhook);
+        for _ in 0..20 {
+            let entry = self
+                .webhooks
+                .entry(key.clone())
+                .await
+                .map_err(|e| StoreError::Nats(e.to_string()))?;
+            let (mut state, revision) = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => (
+                    serde_json::from_slice(&e.value).unwrap_or_default(),
+                    Some(e.revision),
+                ),
+                Some(e) => (WebhookHealth::default(), Some(e.revision)),
+                None => (WebhookHealth::default(), None),
+            };
+            if !change(&mut state) {
+                return Ok(false);
+            }
+            let body = Bytes::from(serde_json::to_vec(&state).unwrap_or_default());
+            let written = match revision {
+                Some(rev) => self
+                    .webhooks
+                    .update(&key, body, rev)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .webhooks
+                    .create(&key, body)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(()) => {
+                    let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+                    states.insert(webhook.to_string(), state);
+                    return Ok(true);
+                }
+                // Another instance changed it first: read it again.
+                Err(e) => {
+                    tracing::debug!(webhook, error = %e, "webhook state changed meanwhile; again")
+                }
+            }
+        }
+        Err(StoreError::Nats(format!(
+            "cannot change webhook `{webhook}`'s state: too much contention"
+        )))
+    }
+
+    /// May this instance probe the paused webhook now? One instance wins
+    /// each `interval`.
+    pub async fn claim_probe(&self, webhook: &str, interval: Duration) -> bool {
+        let now = crate::store::sqlite::now_ms();
+        self.change_webhook(webhook, |s| {
+            if s.paused && s.disabled.is_none() && now >= s.probe_at {
+                s.probe_at = now + interval.as_millis() as i64;
+                true
+            } else {
+                false
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    async fn watch_webhooks(self: Arc<Self>) {
+        loop {
+            match self.webhooks.watch_with_history(">").await {
+                Ok(mut changes) => {
+                    while let Some(change) = changes.next().await {
+                        let Ok(entry) = change else { break };
+                        let state = match entry.operation {
+                            kv::Operation::Put => {
+                                serde_json::from_slice(&entry.value).unwrap_or_default()
+                            }
+                            _ => WebhookHealth::default(),
+                        };
+                        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+                        states.insert(untoken(&entry.key), state);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot watch the webhooks bucket"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 
