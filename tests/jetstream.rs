@@ -232,6 +232,30 @@ impl Cluster {
         }
     }
 
+    /// Replica `i`'s /metrics.
+    async fn metrics(&self, i: usize) -> String {
+        let url = format!("http://{}/metrics", self.replicas[i].admin);
+        let r = self.client.get(url).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
+    /// An admin API call to replica `i`: the status and the JSON body.
+    async fn api(&self, i: usize, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("http://{}{path}", self.replicas[i].admin);
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), url)
+            .bearer_auth("t0k");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    }
+
     fn logs(&self) -> String {
         self.replicas
             .iter()
@@ -278,16 +302,8 @@ async fn traffic_spread_over_three_replicas_arrives_once_per_webhook() {
     }
     // Each replica delivered some: one pipeline, shared.
     let mut delivered = Vec::new();
-    for r in &cluster.replicas {
-        let text = cluster
-            .client
-            .get(format!("http://{}/metrics", r.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+    for i in 0..cluster.replicas.len() {
+        let text = cluster.metrics(i).await;
         delivered.push(
             metric_value(
                 &text,
@@ -344,19 +360,9 @@ async fn one_idempotency_key_through_two_replicas_is_one_event() {
     assert_eq!(resumed[0].1["template_key"], "orders");
     assert_eq!(got_b.len(), 2);
     // The event log (one stream) holds it once, whichever replica answers.
-    let (status, page) = {
-        let r = cluster
-            .client
-            .get(format!(
-                "http://{}/v1/embeds/{id}/events",
-                cluster.replicas[2].admin
-            ))
-            .bearer_auth("t0k")
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json::<Value>().await.unwrap())
-    };
+    let (status, page) = cluster
+        .api(2, "GET", &format!("/v1/embeds/{id}/events"), None)
+        .await;
     assert_eq!(status, 200, "{page}");
     let types: Vec<&str> = page["events"]
         .as_array()
@@ -454,18 +460,10 @@ async fn a_nats_restart_loses_nothing_and_the_proxy_keeps_serving() {
         during.push(cluster.create_embed(i % 2, "contacts").await);
     }
     // Each replica holds its writes until NATS is back.
-    for r in &cluster.replicas {
+    for i in 0..cluster.replicas.len() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let text = cluster
-                .client
-                .get(format!("http://{}/metrics", r.admin))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = cluster.metrics(i).await;
             let buffered = metric_value(&text, "taphook_store_buffered");
             // 3 sessions, 3 events, 6 deliveries (some may be in flight).
             if buffered >= 10.0 && metric_value(&text, "taphook_store_connected") == 0.0 {
@@ -585,16 +583,8 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
     let (mut delivered, mut dead) = (0.0, 0.0);
     while Instant::now() < deadline && (delivered, dead) != (1.0, 1.0) {
         (delivered, dead) = (0.0, 0.0);
-        for r in &cluster.replicas {
-            let text = cluster
-                .client
-                .get(format!("http://{}/metrics", r.admin))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+        for i in 0..cluster.replicas.len() {
+            let text = cluster.metrics(i).await;
             delivered += metric_value(
                 &text,
                 "taphook_deliveries_total{outcome=\"delivered\",webhook=\"a\"}",
@@ -612,26 +602,9 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
     assert_eq!(cluster.receiver.received_on("/b").len(), 2);
 
     // The dead letter, through any replica's admin API, and sent again.
-    let api = |i: usize, method: &str, path: &str, body: Option<Value>| {
-        let mut req = cluster
-            .client
-            .request(
-                method.parse().unwrap(),
-                format!("http://{}{}", cluster.replicas[i].admin, path),
-            )
-            .bearer_auth("t0k");
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        async move {
-            let r = req.send().await.unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        }
-    };
-    let (status, page) = api(0, "GET", "/v1/deliveries?state=dead&webhook=b", None).await;
+    let (status, page) = cluster
+        .api(0, "GET", "/v1/deliveries?state=dead&webhook=b", None)
+        .await;
     assert_eq!(status, 200, "{page}");
     let dead = page["deliveries"].as_array().unwrap();
     assert_eq!(dead.len(), 1, "{page}");
@@ -641,13 +614,17 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
     assert_eq!(dead[0]["last_status"], "500");
     assert_eq!(dead[0]["event_type"], "embed_initialized");
     let id = dead[0]["id"].as_i64().unwrap();
-    let (status, one) = api(1, "GET", &format!("/v1/deliveries/{id}"), None).await;
+    let (status, one) = cluster
+        .api(1, "GET", &format!("/v1/deliveries/{id}"), None)
+        .await;
     assert_eq!(
         (status, &one["delivery"]["event_uuid"]),
         (200, &dead[0]["event_uuid"])
     );
     cluster.receiver.default_reply("/b", Reply::Status(200));
-    let (status, _) = api(1, "POST", &format!("/v1/deliveries/{id}/retry"), None).await;
+    let (status, _) = cluster
+        .api(1, "POST", &format!("/v1/deliveries/{id}/retry"), None)
+        .await;
     assert_eq!(status, 202);
     assert_eq!(
         cluster
@@ -657,9 +634,13 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
             .len(),
         3
     );
-    let (_, page) = api(0, "GET", "/v1/deliveries?state=dead", None).await;
+    let (_, page) = cluster
+        .api(0, "GET", "/v1/deliveries?state=dead", None)
+        .await;
     assert_eq!(page["deliveries"], json!([]));
-    let (status, _) = api(0, "POST", &format!("/v1/deliveries/{id}/retry"), None).await;
+    let (status, _) = cluster
+        .api(0, "POST", &format!("/v1/deliveries/{id}/retry"), None)
+        .await;
     assert_eq!(status, 404);
 
     // Replay: every dead letter of a webhook since a time.
@@ -668,7 +649,9 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
     cluster.create_embed(1, "contacts").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, page) = api(0, "GET", "/v1/deliveries?state=dead&webhook=b", None).await;
+        let (_, page) = cluster
+            .api(0, "GET", "/v1/deliveries?state=dead&webhook=b", None)
+            .await;
         if page["deliveries"].as_array().unwrap().len() == 2 {
             break;
         }
@@ -676,13 +659,14 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.receiver.default_reply("/b", Reply::Status(200));
-    let (status, body) = api(
-        2 % cluster.replicas.len(),
-        "POST",
-        "/v1/deliveries/replay",
-        Some(json!({"webhook": "b", "since": "1h"})),
-    )
-    .await;
+    let (status, body) = cluster
+        .api(
+            1,
+            "POST",
+            "/v1/deliveries/replay",
+            Some(json!({"webhook": "b", "since": "1h"})),
+        )
+        .await;
     assert_eq!((status, &body["requeued"]), (200, &json!(2)), "{body}");
     assert_eq!(
         cluster
@@ -699,49 +683,17 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_changes_reach_every_replica() {
     let mut cluster = Cluster::start(2, HOOKS).await;
-    let api = |admin: SocketAddr, method: &str, path: &str, body: Option<Value>| {
-        let mut req = cluster
-            .client
-            .request(method.parse().unwrap(), format!("http://{admin}{path}"))
-            .bearer_auth("t0k");
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        async move {
-            let r = req.send().await.unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        }
-    };
     let url = format!("http://{}/c", cluster.receiver.addr);
-    let (status, body) = api(
-        cluster.replicas[0].admin,
-        "POST",
-        "/v1/event-webhooks",
-        Some(json!({"webhook_key": "c", "url": url, "events": ["embed_initialized"]})),
-    )
-    .await;
+    let (status, body) = cluster
+        .api(
+            0,
+            "POST",
+            "/v1/event-webhooks",
+            Some(json!({"webhook_key": "c", "url": url, "events": ["embed_initialized"]})),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
-    let wait_for = |admin: SocketAddr, expected: u16| {
-        let api = &api;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let (status, _) = api(admin, "GET", "/v1/event-webhooks/c", None).await;
-                if status == expected {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{admin}: {status}, not {expected}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    wait_for(cluster.replicas[1].admin, 200).await;
+    wait_webhook(&cluster, 1, 200).await;
     // Events derived by the other replica reach the new webhook.
     cluster.create_embed(1, "contacts").await;
     assert_eq!(
@@ -753,31 +705,32 @@ async fn admin_api_changes_reach_every_replica() {
     );
     // A replica started later catches up.
     let late = cluster.launch(2).await;
-    wait_for(late.admin, 200).await;
     cluster.replicas.push(late);
-    let (status, _) = api(
-        cluster.replicas[2].admin,
-        "DELETE",
-        "/v1/event-webhooks/c",
-        None,
-    )
-    .await;
+    wait_webhook(&cluster, 2, 200).await;
+    let (status, _) = cluster.api(2, "DELETE", "/v1/event-webhooks/c", None).await;
     assert_eq!(status, 204);
-    wait_for(cluster.replicas[0].admin, 404).await;
-    wait_for(cluster.replicas[1].admin, 404).await;
+    wait_webhook(&cluster, 0, 404).await;
+    wait_webhook(&cluster, 1, 404).await;
+}
+
+/// Waits until replica `i` answers `expected` for webhook `c`.
+async fn wait_webhook(cluster: &Cluster, i: usize, expected: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = cluster.api(i, "GET", "/v1/event-webhooks/c", None).await;
+        if status == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {i}: {status}, not {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn gauge(cluster: &Cluster, i: usize, sample: &str) -> f64 {
-    let text = cluster
-        .client
-        .get(format!("http://{}/metrics", cluster.replicas[i].admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric_value(&text, sample)
+    metric_value(&cluster.metrics(i).await, sample)
 }
 
 async fn wait_gauge(cluster: &Cluster, i: usize, sample: &str, expected: f64) {
@@ -826,17 +779,10 @@ async fn a_410_disables_the_webhook_cluster_wide_until_enabled() {
         "sent while disabled"
     );
     cluster.receiver.default_reply("/a", Reply::Status(200));
-    let r = cluster
-        .client
-        .post(format!(
-            "http://{}/v1/event-webhooks/a/enable",
-            cluster.replicas[1].admin
-        ))
-        .bearer_auth("t0k")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (status, _) = cluster
+        .api(1, "POST", "/v1/event-webhooks/a/enable", None)
+        .await;
+    assert_eq!(status, 200);
     let got = cluster
         .wait_distinct("/a", 5, Duration::from_secs(10))
         .await;

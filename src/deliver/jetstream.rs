@@ -84,14 +84,7 @@ pub async fn supervise(
         }
     }
     let _ = stop_tx.send(true);
-    let deadline = tokio::time::sleep(drain());
-    tokio::pin!(deadline);
-    for (_, h) in loops {
-        tokio::select! {
-            _ = h => {}
-            _ = &mut deadline => break,
-        }
-    }
+    super::join_until(loops.into_values(), drain()).await;
     mover.abort();
 }
 

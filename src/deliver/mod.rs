@@ -151,14 +151,7 @@ impl Dispatcher {
         }
         // Finish what is in flight, up to the deadline; the rest stays pending.
         let _ = stop_tx.send(true);
-        let deadline = tokio::time::sleep(drain());
-        tokio::pin!(deadline);
-        for (_, h) in schedulers {
-            tokio::select! {
-                _ = h => {}
-                _ = &mut deadline => break,
-            }
-        }
+        join_until(schedulers.into_values(), drain()).await;
         self.refresh_gauges();
     }
 
@@ -511,6 +504,18 @@ impl Dispatcher {
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot record the delivery's outcome; it will be sent again");
+        }
+    }
+}
+
+/// Waits for `tasks` to end, for at most `limit` in all.
+async fn join_until(tasks: impl IntoIterator<Item = tokio::task::JoinHandle<()>>, limit: Duration) {
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    for task in tasks {
+        tokio::select! {
+            _ = task => {}
+            _ = &mut deadline => break,
         }
     }
 }
