@@ -1,8 +1,9 @@
 //! Per-exchange costs on the hot parts of the pipeline (criterion):
 //! deriving each route of the shipped OneSchema profile, fan-out of one
 //! event to 1, 100 and 1,000 filtered webhooks, dedup lookups, and building
-//! each format's request body. `exchange_document` (building the JSON
-//! document alone) is the baseline the derive figures are read against.
+//! each format's request body, and the funnel's bookkeeping per event (a
+//! session's next step, a new session). `exchange_document` (building the
+//! JSON document alone) is the baseline the derive figures are read against.
 //!
 //! Run: `cargo bench --bench pipeline`
 
@@ -16,6 +17,7 @@ use taphook::dedup::Dedup;
 use taphook::deliver::formats;
 use taphook::derive::{Captured, Deriver, Exchange, FilePart};
 use taphook::filter::fan_out;
+use taphook::funnel::{Funnel, FunnelConfig};
 use taphook::rules::source::Document;
 use taphook::rules::{load_dir, load_documents};
 use taphook::store::MemorySessions;
@@ -166,6 +168,32 @@ fn bench(c: &mut Criterion) {
         });
     }
     fmt.finish();
+
+    // The funnel: one event of a known session (cached progress, one store
+    // write queued), and of a new one (the store read that misses too).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = taphook::store::Store::open(dir.path()).expect("store");
+    let metrics = std::sync::Arc::new(taphook::metrics::Metrics::new());
+    let funnel = Funnel::new(FunnelConfig::default(), metrics, store.clone());
+    let mut step = event.event.clone();
+    funnel.observe(&step);
+    let mut group = c.benchmark_group("funnel");
+    group.bench_function("observe/known_session", |b| {
+        b.iter(|| {
+            step.created_at += 0.001;
+            funnel.observe(black_box(&step))
+        })
+    });
+    let mut n = 0u64;
+    group.bench_function("observe/new_session", |b| {
+        b.iter(|| {
+            n += 1;
+            step.embed_id = json!(1_000_000 + n);
+            funnel.observe(black_box(&step))
+        })
+    });
+    group.finish();
+    store.close();
 }
 
 criterion_group!(benches, bench);

@@ -336,7 +336,9 @@ async fn one_idempotency_key_through_two_replicas_is_one_event() {
     let id = cluster.create_embed(0, "orders").await;
     // The next step comes once the creation is in (a user's would come
     // seconds later): then the log's order is the session's.
-    cluster.wait_distinct("/a", 1, Duration::from_secs(10)).await;
+    cluster
+        .wait_distinct("/a", 1, Duration::from_secs(10))
+        .await;
     // A client retry that lands on another replica.
     for via in [1, 2] {
         cluster
