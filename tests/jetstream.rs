@@ -626,7 +626,9 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
         (status, &one["delivery"]["event_uuid"]),
         (200, &dead[0]["event_uuid"])
     );
-    cluster.receiver.default_reply("/b", Reply::Status(200));
+    assert!(id < 0, "dead letters have negative ids: {id}");
+    // Sent again while the receiver still fails: it runs its retries
+    // afresh and is a dead letter again, with a new id.
     let (status, _) = cluster
         .api(1, "POST", &format!("/v1/deliveries/{id}/retry"), None)
         .await;
@@ -634,17 +636,39 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
     assert_eq!(
         cluster
             .receiver
-            .wait_for("/b", 3, Duration::from_secs(10))
+            .wait_for("/b", 4, Duration::from_secs(10))
             .await
             .len(),
-        3
+        4
     );
-    let (_, page) = cluster
-        .api(0, "GET", "/v1/deliveries?state=dead", None)
-        .await;
-    assert_eq!(page["deliveries"], json!([]));
+    let again = wait_dead(&cluster, "b", 1).await;
+    let id2 = again[0]["id"].as_i64().unwrap();
+    assert_ne!(id2, id);
+    assert_eq!(again[0]["event_uuid"], dead[0]["event_uuid"]);
+    // A pending delivery is not "retried": it is on its way.
+    assert_eq!(
+        cluster
+            .api(0, "POST", "/v1/deliveries/1/retry", None)
+            .await
+            .0,
+        409
+    );
+    cluster.receiver.default_reply("/b", Reply::Status(200));
     let (status, _) = cluster
-        .api(0, "POST", &format!("/v1/deliveries/{id}/retry"), None)
+        .api(1, "POST", &format!("/v1/deliveries/{id2}/retry"), None)
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        cluster
+            .receiver
+            .wait_for("/b", 5, Duration::from_secs(10))
+            .await
+            .len(),
+        5
+    );
+    assert!(wait_dead(&cluster, "b", 0).await.is_empty());
+    let (status, _) = cluster
+        .api(0, "POST", &format!("/v1/deliveries/{id2}/retry"), None)
         .await;
     assert_eq!(status, 404);
 
@@ -652,17 +676,7 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
     cluster.receiver.default_reply("/b", Reply::Status(500));
     cluster.create_embed(0, "contacts").await;
     cluster.create_embed(1, "contacts").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, page) = cluster
-            .api(0, "GET", "/v1/deliveries?state=dead&webhook=b", None)
-            .await;
-        if page["deliveries"].as_array().unwrap().len() == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{page}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_eq!(wait_dead(&cluster, "b", 2).await.len(), 2);
     cluster.receiver.default_reply("/b", Reply::Status(200));
     let (status, body) = cluster
         .api(
@@ -676,10 +690,10 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
     assert_eq!(
         cluster
             .receiver
-            .wait_for("/b", 3 + 4 + 2, Duration::from_secs(10))
+            .wait_for("/b", 5 + 4 + 2, Duration::from_secs(10))
             .await
             .len(),
-        9
+        11
     );
 }
 
@@ -839,4 +853,19 @@ async fn a_failing_webhook_is_paused_and_probed_cluster_wide() {
         .await,
         0.0
     );
+}
+
+/// Waits until webhook `hook` has `n` dead letters; returns them.
+async fn wait_dead(cluster: &Cluster, hook: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let path = format!("/v1/deliveries?state=dead&webhook={hook}");
+        let (_, page) = cluster.api(0, "GET", &path, None).await;
+        let dead = page["deliveries"].as_array().cloned().unwrap_or_default();
+        if dead.len() == n {
+            return dead;
+        }
+        assert!(Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -110,6 +110,13 @@ pub async fn retry(
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
     let found = match &shared.jetstream {
+        Some(_) if id >= 0 => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_dead",
+                format!("delivery {id} is pending (on its way); with the jetstream store only dead letters (negative ids) are sent again"),
+            ))
+        }
         Some(js) => js
             .requeue(id)
             .await

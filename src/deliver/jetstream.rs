@@ -262,8 +262,9 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
         }
         let settled = if outcome.attempt.succeeded() {
             if (due.part as usize) + 1 < outcome.parts {
+                let id = JetStream::move_id("part", due.id as u64);
                 let (headers, body) =
-                    JetStream::delivery_message(key, &due.event, due.part + 1, 0);
+                    JetStream::delivery_message(&id, &due.event, due.part + 1, 0);
                 js.publish_now(js.names.delivery_subject(key), headers, body)
                     .await
             } else {
@@ -279,8 +280,9 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
                     let jitter = fastrand::u64(0..=(delay.as_millis() as u64 / 10));
                     let at = now_ms() + delay.as_millis() as i64 + jitter as i64;
                     tracing::debug!(attempt = ?outcome.attempt, ?delay, "attempt failed; retrying");
+                    let id = JetStream::move_id("retry", due.id as u64);
                     let (mut headers, body) =
-                        JetStream::delivery_message(key, &due.event, due.part, due.attempts + 1);
+                        JetStream::delivery_message(&id, &due.event, due.part, due.attempts + 1);
                     headers.insert(DUE, at.to_string().as_str());
                     headers.insert(LAST_STATUS, label.as_str());
                     js.publish_now(js.names.retry_subject(key), headers, body).await
@@ -288,10 +290,9 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
                 None => {
                     tracing::warn!(attempt = ?outcome.attempt, "delivery failed; dead letter");
                     metrics.deliveries.with_label_values(&[key, "dead"]).inc();
+                    let id = JetStream::move_id("dead", due.id as u64);
                     let (mut headers, body) =
-                        JetStream::delivery_message(key, &due.event, due.part, due.attempts + 1);
-                    let id = format!("dead:{key}:{}:p{}", due.event.event.uuid, due.part);
-                    headers.insert("Nats-Msg-Id", id.as_str());
+                        JetStream::delivery_message(&id, &due.event, due.part, due.attempts + 1);
                     headers.insert(LAST_STATUS, label.as_str());
                     js.publish_now(js.names.dead_subject(key), headers, body).await
                 }
@@ -345,14 +346,8 @@ async fn move_retries(js: Arc<JetStream>, mut stop: watch::Receiver<bool>) {
                 continue;
             }
             let mut headers = msg.headers.clone().unwrap_or_default();
-            let id = format!(
-                "{}:due",
-                headers
-                    .get("Nats-Msg-Id")
-                    .map(|v| v.as_str())
-                    .unwrap_or_default()
-            );
-            headers.insert("Nats-Msg-Id", id.as_str());
+            let sequence = msg.info().map_or(0, |i| i.stream_sequence);
+            headers.insert("Nats-Msg-Id", JetStream::move_id("due", sequence).as_str());
             let subject = msg.subject.as_str().replacen(".retry.", ".deliveries.", 1);
             match js.publish_now(subject, headers, msg.payload.clone()).await {
                 Ok(()) => {

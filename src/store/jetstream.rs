@@ -420,25 +420,34 @@ impl JetStream {
         }
     }
 
-    /// A delivery's message: the stored event as JSON, its id making the
-    /// same event one delivery per webhook.
+    /// A delivery's message: the stored event as JSON, with its id.
     pub fn delivery_message(
-        webhook: &str,
+        id: &str,
         event: &StoredEvent,
         part: u32,
         attempts: u32,
     ) -> (HeaderMap, Bytes) {
         let mut headers = HeaderMap::new();
-        let id = if part == 0 && attempts == 0 {
-            format!("{webhook}:{}", event.event.uuid)
-        } else {
-            format!("{webhook}:{}:p{part}:a{attempts}", event.event.uuid)
-        };
-        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Nats-Msg-Id", id);
         headers.insert(ATTEMPTS, attempts.to_string().as_str());
         headers.insert(PART, part.to_string().as_str());
         let body = serde_json::to_vec(event).unwrap_or_default();
         (headers, Bytes::from(body))
+    }
+
+    /// The id of a delivery's first message: the same event is one
+    /// delivery per webhook, however many instances saw it.
+    pub fn delivery_id(webhook: &str, event: &StoredEvent) -> String {
+        format!("{webhook}:{}", event.event.uuid)
+    }
+
+    /// The id of a message that moves a delivery on (`kind`: part, retry,
+    /// dead, due), named by the stream sequence of the message it comes
+    /// from: the same across that message's redeliveries (a move made
+    /// twice after a crash is stored once), new for every copy (a delivery
+    /// requeued from the dead letters moves on afresh).
+    pub fn move_id(kind: &str, from_sequence: u64) -> String {
+        format!("{kind}:{from_sequence}")
     }
 
     /// Creates or updates a webhook's consumer: at most `concurrency`
@@ -658,7 +667,8 @@ impl JetStream {
 
 /// The deliveries admin API and `taphook replay` on the streams. Ids are
 /// stream sequences: of the work queue for pending and failed (parked)
-/// deliveries, of the dead-letter stream for dead ones. Delivered
+/// deliveries, and negated, of the dead-letter stream for dead ones (so
+/// the two never collide). Delivered
 /// deliveries are not kept (the work queue forgets them), and neither are
 /// attempts beyond the last status.
 impl JetStream {
@@ -685,8 +695,10 @@ impl JetStream {
         let Some((stream, subjects)) = self.stream_and_filter(filter, webhook) else {
             return Ok(Vec::new());
         };
+        let dead = stream == self.names.dead_stream();
         let stream = self.stream(&stream).await?;
         let mut out = Vec::new();
+        let after = if dead { -after } else { after };
         let mut next = (after.max(0) as u64) + 1;
         while out.len() < limit {
             let Ok(m) = stream
@@ -703,22 +715,26 @@ impl JetStream {
         Ok(out)
     }
 
-    /// A delivery by id: a dead letter if there is one with that id, else
-    /// one in the work queue.
+    /// A delivery by id: a dead letter (negative), else one in the work queue.
     pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryInfo>, StoreError> {
-        for name in [self.names.dead_stream(), self.names.deliveries_stream()] {
-            let stream = self.stream(&name).await?;
-            if let Ok(m) = stream.get_raw_message(id.max(0) as u64).await {
-                return Ok(delivery_info(&m));
-            }
-        }
-        Ok(None)
+        let (name, sequence) = match id {
+            ..0 => (self.names.dead_stream(), id.unsigned_abs()),
+            _ => (self.names.deliveries_stream(), id as u64),
+        };
+        let stream = self.stream(&name).await?;
+        Ok(match stream.get_raw_message(sequence).await {
+            Ok(m) => delivery_info(&m),
+            Err(_) => None,
+        })
     }
 
-    /// Sends dead letter `id` again from its first attempt.
+    /// Sends dead letter `id` (negative) again from its first attempt.
     pub async fn requeue(&self, id: i64) -> Result<bool, StoreError> {
+        if id >= 0 {
+            return Ok(false);
+        }
         let dead = self.stream(&self.names.dead_stream()).await?;
-        let Ok(m) = dead.get_raw_message(id.max(0) as u64).await else {
+        let Ok(m) = dead.get_raw_message(id.unsigned_abs()).await else {
             return Ok(false);
         };
         let Some(webhook) = m.subject.as_str().rsplit('.').next().map(untoken) else {
@@ -756,7 +772,7 @@ impl JetStream {
         {
             next = m.sequence + 1;
             if unix_ms(&m) >= since {
-                ids.push(m.sequence as i64);
+                ids.push(-(m.sequence as i64));
             }
         }
         let mut n = 0;
@@ -815,12 +831,17 @@ fn delivery_info(m: &async_nats::jetstream::message::StreamMessage) -> Option<De
     let kind = tokens.next()?;
     let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_string());
     let at = unix_ms(m);
+    let dead = kind == "dead";
     Some(DeliveryInfo {
-        id: m.sequence as i64,
+        id: if dead {
+            -(m.sequence as i64)
+        } else {
+            m.sequence as i64
+        },
         webhook,
         event_uuid: event.event.uuid,
         event_type: event.event.event_type,
-        state: if kind == "dead" { "dead" } else { "pending" }.into(),
+        state: if dead { "dead" } else { "pending" }.into(),
         attempts: header(ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
         part: header(PART).and_then(|v| v.parse().ok()).unwrap_or(0),
         next_attempt_at: match kind {
@@ -836,7 +857,8 @@ fn delivery_info(m: &async_nats::jetstream::message::StreamMessage) -> Option<De
 
 impl Outbox for JetStream {
     fn enqueue(&self, webhook: &str, event: &StoredEvent) -> Result<(), StoreError> {
-        let (headers, body) = Self::delivery_message(webhook, event, 0, 0);
+        let (headers, body) =
+            Self::delivery_message(&Self::delivery_id(webhook, event), event, 0, 0);
         self.write(Write::Publish {
             subject: self.names.delivery_subject(webhook),
             headers,
