@@ -10,6 +10,7 @@
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -26,8 +27,17 @@ use crate::store::sqlite::WebhookChange;
 
 /// What the API shows of a webhook: the secret masked, the URL without
 /// credentials or query.
-fn view(w: &Webhook, rules_dir: &FsPath, store: &crate::store::Store) -> Value {
-    let state = store.webhook_state(&w.key).unwrap_or_default();
+fn view(w: &Webhook, rules_dir: &FsPath, shared: &Shared) -> Value {
+    let (disabled, paused) = match &shared.jetstream {
+        Some(js) => {
+            let health = js.webhook_health(&w.key);
+            (health.disabled, health.paused)
+        }
+        None => {
+            let state = shared.store.webhook_state(&w.key).unwrap_or_default();
+            (state.disabled, state.paused)
+        }
+    };
     let events: Vec<String> = match &w.events {
         EventSelector::All => vec!["*".into()],
         EventSelector::Some(s) => s.iter().cloned().collect(),
@@ -44,8 +54,8 @@ fn view(w: &Webhook, rules_dir: &FsPath, store: &crate::store::Store) -> Value {
         "signed": !w.signing.is_empty(),
         "managed_by_api": write::is_managed(rules_dir, &w.key, &w.origin.file),
         "defined_at": w.origin.to_string(),
-        "disabled": state.disabled,
-        "paused": state.paused,
+        "disabled": disabled,
+        "paused": paused,
     })
 }
 
@@ -54,7 +64,7 @@ pub async fn list(State(shared): State<Arc<Shared>>) -> Response {
     let hooks: Vec<Value> = rules
         .webhooks
         .iter()
-        .map(|w| view(w, &shared.config.rules_dir, &shared.store))
+        .map(|w| view(w, &shared.config.rules_dir, &shared))
         .collect();
     Json(json!({"event_webhooks": hooks})).into_response()
 }
@@ -65,7 +75,7 @@ pub async fn show(
 ) -> Result<Response, ApiError> {
     let rules = shared.rules.load();
     let w = rules.webhook(&key).ok_or_else(|| not_found(&key))?;
-    Ok(Json(view(w, &shared.config.rules_dir, &shared.store)).into_response())
+    Ok(Json(view(w, &shared.config.rules_dir, &shared)).into_response())
 }
 
 pub async fn create(
@@ -163,7 +173,23 @@ pub async fn update(
     .await?;
     if shown != old_key {
         // The backlog and the delivery state follow the new key.
-        store_change(&shared, &old_key, WebhookChange::Rename(shown.clone()));
+        match &shared.jetstream {
+            Some(js) => {
+                // Now, and again once attempts in flight under the old
+                // key have parked their retries there.
+                let (js, from, to) = (js.clone(), old_key.clone(), shown.clone());
+                let settle = settle_time(&shared);
+                tokio::spawn(async move {
+                    for wait in [Duration::ZERO, settle] {
+                        tokio::time::sleep(wait).await;
+                        if let Err(e) = js.rename_webhook(&from, &to).await {
+                            tracing::error!(webhook = %from, error = %e, "backlog not moved to the new key");
+                        }
+                    }
+                });
+            }
+            None => store_change(&shared, &old_key, WebhookChange::Rename(shown.clone())),
+        }
     }
     shown_as(&rules, &shown, &shared, StatusCode::OK)
 }
@@ -179,8 +205,37 @@ pub async fn delete(
     })
     .await?;
     // What was still waiting for it becomes dead letters (replayable).
-    store_change(&shared, &deleted, WebhookChange::Delete);
+    match &shared.jetstream {
+        Some(js) => {
+            if let Err(e) = js.delete_webhook(&deleted).await {
+                tracing::error!(webhook = %deleted, error = %e, "backlog not moved to the dead letters");
+            }
+            let (js, settle) = (js.clone(), settle_time(&shared));
+            tokio::spawn(async move {
+                tokio::time::sleep(settle).await;
+                if let Err(e) = js.delete_webhook(&deleted).await {
+                    tracing::error!(webhook = %deleted, error = %e, "backlog not moved to the dead letters");
+                }
+            });
+        }
+        None => store_change(&shared, &deleted, WebhookChange::Delete),
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// How long attempts in flight may still take (the longest timeout plus
+/// the ack margin): after it, nothing more lands under a changed key.
+fn settle_time(shared: &Shared) -> Duration {
+    let longest = shared
+        .rules
+        .load()
+        .webhooks
+        .iter()
+        .filter_map(|w| w.timeout)
+        .max()
+        .unwrap_or_default()
+        .max(shared.config.delivery.timeout);
+    longest + Duration::from_secs(5)
 }
 
 fn store_change(shared: &Shared, key: &str, change: WebhookChange) {
@@ -204,11 +259,7 @@ fn shown_as(
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let w = rules.webhook(key).ok_or_else(|| not_found(key))?;
-    Ok((
-        status,
-        Json(view(w, &shared.config.rules_dir, &shared.store)),
-    )
-        .into_response())
+    Ok((status, Json(view(w, &shared.config.rules_dir, shared))).into_response())
 }
 
 /// The API's names to the rules' names: `webhook_key` is `key`,

@@ -22,12 +22,30 @@ use tracing::Instrument as _;
 
 use super::retry::Attempt;
 use super::{delivery_span, Dispatcher};
-use crate::store::jetstream::{JetStream, ATTEMPTS, DUE, LAST_STATUS, PART};
+use crate::store::jetstream::{JetStream, WebhookHealth, ATTEMPTS, DUE, LAST_STATUS, PART};
 use crate::store::sqlite::{now_ms, Due, StoredEvent};
 
 /// Added to a webhook's timeout for `ack_wait`: an attempt's timeout
 /// covers connecting and sending, the margin the rest.
 const ACK_MARGIN: Duration = Duration::from_secs(5);
+
+/// A failing webhook's shared state is written at most this often (ms)
+/// while nothing else about it changes (and 4 times per `pause_after` at
+/// least, so a run of failures is never taken for separate ones).
+const FAILURE_WRITE_EVERY: i64 = 1000;
+
+/// Failing already, its last failure recorded moments ago, and not due to
+/// pause: a new failure need not be written (every instance's failures
+/// would contend for the one key).
+fn recorded_lately(health: &WebhookHealth, now: i64, pause_after: Duration) -> bool {
+    let pause_after = pause_after.as_millis() as i64;
+    let every = FAILURE_WRITE_EVERY.min(pause_after / 4);
+    !health.paused
+        && health.last_failure.is_some_and(|at| now - at < every)
+        && health
+            .failing_since
+            .is_some_and(|since| now - since < pause_after)
+}
 
 /// How long a delivery handed back while its webhook is disabled or paused
 /// waits before it is offered again (to whoever pulls then).
@@ -118,6 +136,7 @@ async fn consume(
                 }
             }
         };
+        let mut failed_pulls = 0u32;
         loop {
             if *stop.borrow() {
                 // In flight: let them finish (the caller bounds the wait).
@@ -156,10 +175,19 @@ async fn consume(
                 .messages()
                 .await;
             let mut batch = match batch {
-                Ok(b) => b,
+                Ok(b) => {
+                    failed_pulls = 0;
+                    b
+                }
                 Err(e) => {
-                    tracing::debug!(webhook = %key, error = %e, "pulling deliveries");
+                    failed_pulls += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                    if failed_pulls >= 10 {
+                        // The consumer may be gone (NATS lost its state):
+                        // create it again.
+                        tracing::warn!(webhook = %key, error = %e, "cannot pull deliveries; creating the consumer again");
+                        break;
+                    }
                     continue;
                 }
             };
@@ -210,6 +238,8 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
             return;
         }
         let outcome = d.attempt(&webhook, &due).await;
+        // What follows (state, moves) gets a fresh ack_wait.
+        let _ = msg.ack_with(AckKind::Progress).await;
         let label = outcome.attempt.label();
         let metrics = &d.shared.metrics;
         let now = now_ms();
@@ -243,6 +273,10 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
                 first
             })
             .await
+        } else if recorded_lately(&health, now, d.shared.config.delivery.pause_after) {
+            // Failing already, recorded moments ago, not due to pause:
+            // no write (every instance's failures would contend for it).
+            Ok(false)
         } else {
             let pause_after = d.shared.config.delivery.pause_after.as_millis() as i64;
             js.change_webhook(key, |s| {

@@ -49,6 +49,8 @@ pub const LAST_STATUS: &str = "Taphook-Last-Status";
 /// How long a read (a session, the event log) waits for NATS. While NATS
 /// is unreachable, reads do not wait: the pipeline must keep up.
 const READ_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a page of the events API may take (up to 1,001 reads).
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a publish waits for NATS's acknowledgement before it is retried.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -137,6 +139,9 @@ enum Write {
     Session {
         key: String,
         body: Bytes,
+        /// Written only if the bucket has no session of that key: this
+        /// instance could not read it before building this one.
+        only_if_absent: bool,
     },
 }
 
@@ -157,6 +162,11 @@ pub struct JetStream {
     buffer: mpsc::Sender<Write>,
     metrics: Arc<Metrics>,
     sessions: kv::Store,
+    /// Session keys with puts of this instance on their way: the watch's
+    /// echo of an older put must not replace the cached newer one.
+    pending_sessions: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Session keys whose last read failed (NATS unreachable or slow).
+    unread_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The rules files the admin API wrote: every instance follows them.
     pub rules: kv::Store,
     /// Each webhook's delivery state (failing, paused, disabled), shared.
@@ -183,6 +193,8 @@ impl JetStream {
         let connected = metrics.store_connected.clone();
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(config.connect_timeout)
+            // A half-open connection is noticed within seconds, not a minute.
+            .ping_interval(Duration::from_secs(5))
             // Back within half a second of NATS (the default waits up to 4 s).
             .reconnect_delay_callback(|n: usize| {
                 Duration::from_millis((50u64 << n.min(4)).min(500))
@@ -216,7 +228,10 @@ impl JetStream {
         };
         let replicas = config.replicas;
         // The server keeps every message id of the window in memory.
-        let window = dedup_window.min(Duration::from_secs(24 * 3600));
+        // NATS wants the window within the stream's max_age.
+        let window = dedup_window
+            .min(Duration::from_secs(24 * 3600))
+            .min(retention);
         let limits = |name: String, subjects: Vec<String>| stream::Config {
             name,
             subjects,
@@ -234,7 +249,10 @@ impl JetStream {
             allow_rollup: true,
             deny_delete: true,
             discard: stream::DiscardPolicy::New,
-            duplicate_window: Duration::from_secs(120),
+            duplicate_window: match max_age {
+                Duration::ZERO => Duration::from_secs(120),
+                age => age.min(Duration::from_secs(120)),
+            },
             ..limits(format!("KV_{name}"), vec![])
         };
         let p = &names.prefix;
@@ -257,9 +275,14 @@ impl JetStream {
         ];
         for config in streams {
             let name = config.name.clone();
-            js.get_or_create_stream(config)
+            js.get_or_create_stream(config.clone())
                 .await
                 .map_err(|e| StoreError::Nats(format!("cannot create stream {name}: {e}")))?;
+            // An existing stream takes the configured retention, window
+            // and replicas (what NATS can change in place).
+            if let Err(e) = js.update_stream(config).await {
+                tracing::warn!(stream = %name, error = %e, "stream settings not updated");
+            }
         }
         let sessions = js
             .get_key_value(names.sessions_bucket())
@@ -281,6 +304,8 @@ impl JetStream {
             buffer,
             metrics,
             sessions,
+            pending_sessions: Default::default(),
+            unread_sessions: Default::default(),
             rules,
             webhooks,
             states: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -296,12 +321,11 @@ impl JetStream {
     /// Queues a write; a full buffer drops it (counted).
     fn write(&self, write: Write) -> Result<(), StoreError> {
         let kind = write.kind();
+        self.metrics.store_buffered.inc();
         match self.buffer.try_send(write) {
-            Ok(()) => {
-                self.metrics.store_buffered.inc();
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(_) => {
+                self.metrics.store_buffered.dec();
                 self.metrics
                     .store_buffer_dropped
                     .with_label_values(&[kind])
@@ -320,6 +344,16 @@ impl JetStream {
             loop {
                 match self.try_write(&write).await {
                     Ok(()) => break,
+                    // A write NATS will never take (over max_payload):
+                    // retrying it would hold up every write behind it.
+                    Err(e) if e.contains("maximum payload") => {
+                        tracing::error!(error = %e, kind = write.kind(), "NATS refuses this write; dropped");
+                        self.metrics
+                            .store_buffer_dropped
+                            .with_label_values(&[write.kind()])
+                            .inc();
+                        break;
+                    }
                     Err(e) => {
                         failures += 1;
                         if failures == 1 {
@@ -333,8 +367,12 @@ impl JetStream {
                 }
             }
             self.metrics.store_buffered.dec();
-            if write.kind() == "delivery" {
-                self.metrics.outbox_accepted.inc();
+            match &write {
+                Write::Session { key, .. } => self.session_written(key),
+                Write::Publish {
+                    kind: "delivery", ..
+                } => self.metrics.outbox_accepted.inc(),
+                Write::Publish { .. } => {}
             }
         }
     }
@@ -357,12 +395,41 @@ impl JetStream {
                     .map_err(|e| e.to_string())?;
                 ack.await.map(|_| ()).map_err(|e| e.to_string())
             }
-            Write::Session { key, body } => self
+            Write::Session {
+                key,
+                body,
+                only_if_absent: false,
+            } => self
                 .sessions
                 .put(key, body.clone())
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
+            Write::Session { key, body, .. } => match self.sessions.create(key, body.clone()).await
+            {
+                Ok(_) => Ok(()),
+                // The session was there: keep it, not the one built
+                // without it; read it again next time.
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    self.cache.forget(key);
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+
+    /// One put of session `key` is no longer on its way.
+    fn session_written(&self, key: &str) {
+        let mut pending = self
+            .pending_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = pending.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(key);
+            }
         }
     }
 
@@ -374,6 +441,15 @@ impl JetStream {
                     while let Some(change) = changes.next().await {
                         let Ok(entry) = change else { break };
                         let key = entry.key.clone();
+                        let mine_pending = self
+                            .pending_sessions
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains_key(&key);
+                        if mine_pending {
+                            // The cache holds this instance's newer write.
+                            continue;
+                        }
                         match serde_json::from_slice::<Session>(&entry.value) {
                             Ok(session) if entry.operation == kv::Operation::Put => {
                                 self.cache.put(&key, session)
@@ -407,10 +483,18 @@ impl JetStream {
     /// Runs a read on the runtime from sync code; `None` at once while
     /// NATS is unreachable.
     fn block_on<T>(&self, read: impl std::future::Future<Output = T>) -> Option<T> {
+        self.block_on_for(read, READ_TIMEOUT)
+    }
+
+    fn block_on_for<T>(
+        &self,
+        read: impl std::future::Future<Output = T>,
+        limit: Duration,
+    ) -> Option<T> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return None;
         }
-        let read = async { tokio::time::timeout(READ_TIMEOUT, read).await.ok() };
+        let read = async { tokio::time::timeout(limit, read).await.ok() };
         match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(|| self.runtime.block_on(read))
@@ -617,7 +701,8 @@ impl JetStream {
                 }
                 // Another instance changed it first: read it again.
                 Err(e) => {
-                    tracing::debug!(webhook, error = %e, "webhook state changed meanwhile; again")
+                    tracing::debug!(webhook, error = %e, "webhook state changed meanwhile; again");
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=20))).await;
                 }
             }
         }
@@ -782,6 +867,75 @@ impl JetStream {
         Ok(n)
     }
 
+    /// A webhook renamed through the admin API: its waiting and parked
+    /// deliveries, and its state, move to the new key. A delivery being
+    /// attempted meanwhile may be sent twice (at least once).
+    pub async fn rename_webhook(&self, from: &str, to: &str) -> Result<usize, StoreError> {
+        let health = self.webhook_health(from);
+        if health != WebhookHealth::default() {
+            let _ = self
+                .change_webhook(to, |s| {
+                    *s = health.clone();
+                    true
+                })
+                .await;
+        }
+        let _ = self.webhooks.delete(token(from)).await;
+        self.move_backlog(from, "rename", |kind| match kind {
+            "retry" => (self.names.retry_subject(to), None),
+            _ => (self.names.delivery_subject(to), None),
+        })
+        .await
+    }
+
+    /// A webhook deleted through the admin API: what was waiting for it
+    /// becomes dead letters (replayable), as with the embedded store.
+    pub async fn delete_webhook(&self, webhook: &str) -> Result<usize, StoreError> {
+        let _ = self.webhooks.delete(token(webhook)).await;
+        self.move_backlog(webhook, "deleted", |_| {
+            (self.names.dead_subject(webhook), Some("webhook deleted"))
+        })
+        .await
+    }
+
+    /// Moves every waiting and parked delivery of `webhook` to the subject
+    /// `to` gives for its kind (`deliveries`, `retry`), then removes the
+    /// original; and removes the webhook's consumer.
+    async fn move_backlog(
+        &self,
+        webhook: &str,
+        why: &str,
+        to: impl Fn(&str) -> (String, Option<&'static str>),
+    ) -> Result<usize, StoreError> {
+        let stream = self.stream(&self.names.deliveries_stream()).await?;
+        let _ = stream
+            .delete_consumer(&self.names.webhook_consumer(webhook))
+            .await;
+        let mut moved = 0;
+        for (kind, subject) in [
+            ("deliveries", self.names.delivery_subject(webhook)),
+            ("retry", self.names.retry_subject(webhook)),
+        ] {
+            let mut next = 1;
+            while let Ok(m) = stream
+                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .await
+            {
+                next = m.sequence + 1;
+                let (target, status) = to(kind);
+                let mut headers = m.headers.clone();
+                headers.insert("Nats-Msg-Id", Self::move_id(why, m.sequence).as_str());
+                if let Some(status) = status {
+                    headers.insert(LAST_STATUS, status);
+                }
+                self.publish_now(target, headers, m.payload.clone()).await?;
+                let _ = stream.delete_message(m.sequence).await;
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
     /// (webhook, state, count) as the embedded store's `counts` gives
     /// them: pending (due, in flight or parked) and dead.
     pub async fn counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
@@ -874,8 +1028,20 @@ impl SessionStore for JetStream {
             return Some(s);
         }
         let kv_key = token(key);
-        let value = self.block_on(self.sessions.get(kv_key.clone()))?.ok()??;
-        let session: Session = serde_json::from_slice(&value).ok()?;
+        let read = self.block_on(self.sessions.get(kv_key.clone()));
+        let Some(Ok(value)) = read else {
+            // Unknown, not absent: a session built now must not replace it.
+            self.unread_sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(kv_key);
+            return None;
+        };
+        self.unread_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&kv_key);
+        let session: Session = serde_json::from_slice(&value?).ok()?;
         self.cache.put(&kv_key, session.clone());
         Some(session)
     }
@@ -883,9 +1049,26 @@ impl SessionStore for JetStream {
     fn put(&self, key: &str, session: Session) {
         let kv_key = token(key);
         let body = Bytes::from(serde_json::to_vec(&session).unwrap_or_default());
+        let only_if_absent = self
+            .unread_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&kv_key);
         self.cache.put(&kv_key, session);
-        if let Err(e) = self.write(Write::Session { key: kv_key, body }) {
+        *self
+            .pending_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kv_key.clone())
+            .or_default() += 1;
+        let write = Write::Session {
+            key: kv_key.clone(),
+            body,
+            only_if_absent,
+        };
+        if let Err(e) = self.write(write) {
             tracing::error!(error = %e, "session not stored");
+            self.session_written(&kv_key);
         }
     }
 }
@@ -930,7 +1113,7 @@ impl EventLog for JetStream {
             }
             Some(out)
         };
-        let page = self.block_on(read)??;
+        let page = self.block_on_for(read, LIST_TIMEOUT)??;
         if page.is_empty() && from > 0 {
             return self.list(session, 0, 1).map(|_| Vec::new());
         }
@@ -941,6 +1124,30 @@ impl EventLog for JetStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unbroken_run_of_failures_pauses_after_pause_after() {
+        let mut h = WebhookHealth::default();
+        h.failed(0, 1000);
+        h.failed(600, 1000);
+        assert!(!h.paused);
+        assert_eq!(h.failing_since, Some(0));
+        h.failed(1000, 1000);
+        assert!(h.paused);
+        // A gap longer than pause_after starts a new run.
+        let mut h = WebhookHealth::default();
+        h.failed(0, 1000);
+        h.failed(1500, 1000);
+        assert_eq!(h.failing_since, Some(1500));
+        assert!(!h.paused);
+    }
+
+    #[test]
+    fn untoken_reverses_token() {
+        for text in ["event_webhook", "a.b c", "ü", "_x", ""] {
+            assert_eq!(untoken(&token(text)), text);
+        }
+    }
 
     #[test]
     fn tokens_are_valid_nats_names_and_distinct() {
