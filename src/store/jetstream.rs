@@ -24,6 +24,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use async_nats::HeaderMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -782,22 +783,9 @@ impl JetStream {
         };
         let dead = stream == self.names.dead_stream();
         let stream = self.stream(&stream).await?;
-        let mut out = Vec::new();
         let after = if dead { -after } else { after };
-        let mut next = (after.max(0) as u64) + 1;
-        while out.len() < limit {
-            let Ok(m) = stream
-                .direct_get_next_for_subject(subjects.as_str(), Some(next))
-                .await
-            else {
-                break;
-            };
-            next = m.sequence + 1;
-            if let Some(info) = delivery_info(&m) {
-                out.push(info);
-            }
-        }
-        Ok(out)
+        let from = (after.max(0) as u64) + 1;
+        Ok(read_subject(&stream, &subjects, from, limit, |m| delivery_info(&m)).await)
     }
 
     /// A delivery by id: a dead letter (negative), else one in the work queue.
@@ -849,17 +837,10 @@ impl JetStream {
     pub async fn replay(&self, webhook: &str, since: i64) -> Result<usize, StoreError> {
         let dead = self.stream(&self.names.dead_stream()).await?;
         let subject = self.names.dead_subject(webhook);
-        let mut next = 1;
-        let mut ids = Vec::new();
-        while let Ok(m) = dead
-            .direct_get_next_for_subject(subject.as_str(), Some(next))
-            .await
-        {
-            next = m.sequence + 1;
-            if unix_ms(&m) >= since {
-                ids.push(-(m.sequence as i64));
-            }
-        }
+        let ids = read_subject(&dead, &subject, 1, usize::MAX, |m| {
+            (unix_ms(&m) >= since).then(|| -(m.sequence as i64))
+        })
+        .await;
         let mut n = 0;
         for id in ids {
             n += usize::from(self.requeue(id).await?);
@@ -916,12 +897,7 @@ impl JetStream {
             ("deliveries", self.names.delivery_subject(webhook)),
             ("retry", self.names.retry_subject(webhook)),
         ] {
-            let mut next = 1;
-            while let Ok(m) = stream
-                .direct_get_next_for_subject(subject.as_str(), Some(next))
-                .await
-            {
-                next = m.sequence + 1;
+            for m in read_subject(&stream, &subject, 1, usize::MAX, Some).await {
                 let (target, status) = to(kind);
                 let mut headers = m.headers.clone();
                 headers.insert("Nats-Msg-Id", Self::move_id(why, m.sequence).as_str());
@@ -973,12 +949,36 @@ impl JetStream {
     }
 }
 
-fn unix_ms(m: &async_nats::jetstream::message::StreamMessage) -> i64 {
+/// The messages on `subject` from stream sequence `from` on, in order,
+/// through `keep`, until `limit` are kept or there are no more.
+async fn read_subject<T>(
+    stream: &stream::Stream,
+    subject: &str,
+    from: u64,
+    limit: usize,
+    mut keep: impl FnMut(StreamMessage) -> Option<T>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut next = from;
+    while out.len() < limit {
+        let Ok(m) = stream
+            .direct_get_next_for_subject(subject, Some(next))
+            .await
+        else {
+            break;
+        };
+        next = m.sequence + 1;
+        out.extend(keep(m));
+    }
+    out
+}
+
+fn unix_ms(m: &StreamMessage) -> i64 {
     (m.time.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// A delivery message as the admin API shows it.
-fn delivery_info(m: &async_nats::jetstream::message::StreamMessage) -> Option<DeliveryInfo> {
+fn delivery_info(m: &StreamMessage) -> Option<DeliveryInfo> {
     let event: StoredEvent = serde_json::from_slice(&m.payload).ok()?;
     let mut tokens = m.subject.as_str().rsplit('.');
     let webhook = untoken(tokens.next()?);
@@ -1094,24 +1094,15 @@ impl EventLog for JetStream {
         let subject = self.names.event_subject(session);
         let read = async {
             let stream = self.js.get_stream(self.names.events_stream()).await.ok()?;
-            let mut out = Vec::new();
-            let mut next = from.max(1);
-            while out.len() < limit {
-                let Ok(m) = stream
-                    .direct_get_next_for_subject(subject.as_str(), Some(next))
-                    .await
-                else {
-                    break;
-                };
-                next = m.sequence + 1;
-                if let Ok(event) = serde_json::from_slice::<Event>(&m.payload) {
-                    out.push(Logged {
-                        seq: m.sequence,
-                        event,
-                    });
-                }
-            }
-            Some(out)
+            let page = read_subject(&stream, &subject, from.max(1), limit, |m| {
+                let event = serde_json::from_slice::<Event>(&m.payload).ok()?;
+                Some(Logged {
+                    seq: m.sequence,
+                    event,
+                })
+            })
+            .await;
+            Some(page)
         };
         let page = self.block_on_for(read, LIST_TIMEOUT)??;
         if page.is_empty() && from > 0 {
