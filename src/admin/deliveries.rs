@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::{page_limit, parse_json, ApiError, JsonBody};
 use crate::app::Shared;
-use crate::store::sqlite::{Filter, State as DeliveryState, WebhookChange};
+use crate::store::sqlite::{Filter, State as DeliveryState, Store, StoreError, WebhookChange};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -58,19 +58,16 @@ pub async fn list(
             .ok_or_else(|| bad("invalid_cursor", "cursor is not one this API returned"))?,
     };
     let mut rows = match &shared.jetstream {
-        Some(js) => js
-            .list_deliveries(filter, q.webhook.as_deref(), after, limit + 1)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?,
+        Some(js) => internal(
+            js.list_deliveries(filter, q.webhook.as_deref(), after, limit + 1)
+                .await,
+        )?,
         None => {
-            let store = shared.store.clone();
             let webhook = q.webhook.clone();
-            tokio::task::spawn_blocking(move || {
+            on_store(&shared, move |store| {
                 store.list_deliveries(filter, webhook.as_deref(), after, limit + 1)
             })
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(e.to_string()))?
+            .await?
         }
     };
     let has_next = rows.len() > limit;
@@ -89,18 +86,10 @@ pub async fn show(
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
     if let Some(js) = &shared.jetstream {
-        let delivery = js
-            .delivery(id)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .ok_or_else(|| not_found(id))?;
+        let delivery = internal(js.delivery(id).await)?.ok_or_else(|| not_found(id))?;
         return Ok(Json(json!({"delivery": delivery, "attempts": []})).into_response());
     }
-    let store = shared.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.delivery(id))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let found = on_store(&shared, move |store| store.delivery(id)).await?;
     let (delivery, attempts) = found.ok_or_else(|| not_found(id))?;
     Ok(Json(json!({"delivery": delivery, "attempts": attempts})).into_response())
 }
@@ -117,17 +106,8 @@ pub async fn retry(
                 format!("delivery {id} is pending (on its way); with the jetstream store only dead letters (negative ids) are sent again"),
             ))
         }
-        Some(js) => js
-            .requeue(id)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?,
-        None => {
-            let store = shared.store.clone();
-            tokio::task::spawn_blocking(move || store.requeue(id))
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .map_err(|e| ApiError::internal(e.to_string()))?
-        }
+        Some(js) => internal(js.requeue(id).await)?,
+        None => on_store(&shared, move |store| store.requeue(id)).await?,
     };
     if !found {
         return Err(not_found(id));
@@ -170,18 +150,12 @@ pub async fn replay(
                 "include_delivered needs the embedded store: the JetStream work queue does not keep delivered deliveries",
             ))
         }
-        Some(js) => js
-            .replay(&body.webhook, since)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?,
+        Some(js) => internal(js.replay(&body.webhook, since).await)?,
         None => {
-            let store = shared.store.clone();
-            tokio::task::spawn_blocking(move || {
+            on_store(&shared, move |store| {
                 store.replay(&body.webhook, since, body.include_delivered)
             })
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(e.to_string()))?
+            .await?
         }
     };
     Ok(Json(json!({"requeued": n})).into_response())
@@ -200,18 +174,16 @@ pub async fn enable(
     }
     match &shared.jetstream {
         Some(js) => {
-            js.change_webhook(&key, |s| {
-                let was = s.clone();
-                *s = Default::default();
-                *s != was
-            })
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            internal(
+                js.change_webhook(&key, |s| {
+                    let was = s.clone();
+                    *s = Default::default();
+                    *s != was
+                })
+                .await,
+            )?;
         }
-        None => shared
-            .store
-            .webhook_change(&key, WebhookChange::Enable)
-            .map_err(|e| ApiError::internal(e.to_string()))?,
+        None => internal(shared.store.webhook_change(&key, WebhookChange::Enable))?,
     }
     shared
         .metrics
@@ -249,6 +221,23 @@ pub fn parse_since_text(s: &str) -> Option<i64> {
     }
     let ago = humantime::parse_duration(s).ok()?;
     Some(crate::store::sqlite::now_ms() - ago.as_millis() as i64)
+}
+
+/// A store's failure as the API's 500.
+fn internal<T>(result: Result<T, StoreError>) -> Result<T, ApiError> {
+    result.map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Runs `call` on the embedded store off the async workers.
+async fn on_store<T: Send + 'static>(
+    shared: &Shared,
+    call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = shared.store.clone();
+    let done = tokio::task::spawn_blocking(move || call(&store))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    internal(done)
 }
 
 fn not_found(id: i64) -> ApiError {
