@@ -38,16 +38,7 @@ async fn the_api_needs_the_token() {
     }
     assert_eq!(api(&stack, "GET", "/v1/event-webhooks", None).await.0, 200);
     // Health and metrics stay open.
-    assert_eq!(
-        stack
-            .client
-            .get(format!("http://{}/healthz", stack.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(stack.admin_status("/healthz").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -404,13 +404,7 @@ async fn still_healthy(stack: &mut Stack) {
     assert!(stack.alive(), "taphook exited:\n{}", stack.log());
     let log = stack.log();
     assert!(!log.contains("panicked"), "{log}");
-    let health = stack
-        .client
-        .get(format!("http://{}/healthz", stack.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(stack.admin_status("/healthz").await, 200);
     assert_eq!(
         stack.wait_metric("taphook_capture_bytes", 0.0).await,
         0.0,

@@ -332,13 +332,7 @@ async fn hostile_input_is_proxied_unchanged_and_never_breaks_the_tap() {
     // A panic in a Pingora task would not end the process: read the log.
     assert!(!stack.log().contains("panicked"), "{}", stack.log());
     assert!(stack.alive());
-    let health = stack
-        .client
-        .get(format!("http://{}/healthz", stack.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(stack.admin_status("/healthz").await, 200);
     assert_eq!(
         stack
             .wait_metric(

@@ -196,6 +196,12 @@ impl Stack {
         self.dir.path().join("rules")
     }
 
+    /// The status of an unauthenticated admin GET (`/healthz`, `/readyz`).
+    pub async fn admin_status(&self, path: &str) -> u16 {
+        let url = format!("http://{}{path}", self.admin);
+        self.client.get(url).send().await.unwrap().status().as_u16()
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(format!("http://{}/metrics", self.admin))
