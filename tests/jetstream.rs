@@ -499,6 +499,42 @@ async fn a_nats_restart_loses_nothing_and_the_proxy_keeps_serving() {
     }
 }
 
+/// NATS dies while writes are on the wire (up to a window of them wait for
+/// their acks at once) and comes back while traffic goes on: the writes it
+/// never acknowledged are sent again, and every event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_the_wire_when_nats_dies_are_sent_again() {
+    let mut cluster = Cluster::start(1, HOOKS).await;
+    // 100 sessions at once (4 writes each), and NATS killed among them.
+    let nats = cluster.nats.child.id().to_string();
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let killed = Command::new("kill").args(["-9", &nats]).status();
+        assert!(killed.unwrap().success());
+    };
+    let creates = (0..100).map(|_| cluster.create_embed(0, "contacts"));
+    let (mut embeds, ()) = tokio::join!(futures::future::join_all(creates), kill);
+    cluster.nats.kill9();
+    cluster.nats.restart();
+    for _ in 0..50 {
+        embeds.push(cluster.create_embed(0, "contacts").await);
+    }
+    for hook in ["/a", "/b"] {
+        let got = cluster
+            .wait_distinct(hook, embeds.len(), Duration::from_secs(60))
+            .await;
+        let arrived: std::collections::BTreeSet<u64> = got
+            .values()
+            .map(|(_, e)| e["embed_id"].as_u64().unwrap())
+            .collect();
+        let lost: Vec<&u64> = embeds.iter().filter(|id| !arrived.contains(id)).collect();
+        assert!(lost.is_empty(), "{hook}: lost {lost:?}\n{}", cluster.logs());
+        assert_eq!(got.len(), embeds.len(), "{hook}");
+    }
+    let text = cluster.metrics(0).await;
+    assert_eq!(metric_value(&text, "taphook_store_buffered"), 0.0, "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_unreachable_at_start_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

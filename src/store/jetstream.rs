@@ -17,14 +17,20 @@
 //!
 //! Writes never wait for NATS: they go, in order, through a bounded local
 //! buffer that one task publishes from, each write retried until NATS has
-//! acknowledged it (the message ids make a retry harmless). While NATS is
-//! unreachable they wait there; a write that finds the buffer full is
-//! dropped and counted.
+//! acknowledged it (the message ids make a retry harmless). Up to
+//! [`WINDOW`] writes are on the wire at once, acknowledged in the order
+//! they were sent. While NATS is unreachable they wait there; a write that
+//! finds the buffer full is dropped and counted.
 
+use std::collections::VecDeque;
+use std::future::{Future, IntoFuture as _};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use async_nats::HeaderMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -54,6 +60,14 @@ const READ_TIMEOUT: Duration = Duration::from_millis(500);
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a publish waits for NATS's acknowledgement before it is retried.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many buffered writes may wait for their acknowledgement at once.
+/// NATS keeps one connection's messages in order, so the window keeps the
+/// order of writes; one write at a time, an instance wrote ~1,000 events/s
+/// (three writes each), bounded by the round trip (docs/BENCHMARKS.md).
+pub const WINDOW: usize = 64;
+
+/// A sent write's acknowledgement, to come.
+type Ack = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 
 /// A name NATS accepts in subjects, consumer names and KV keys, for any
 /// text (session keys, webhook keys).
@@ -338,12 +352,69 @@ impl JetStream {
         }
     }
 
-    /// Publishes the buffer's writes in order, each until NATS acknowledged it.
+    /// Publishes the buffer's writes in order, each until NATS acknowledged
+    /// it: up to [`WINDOW`] on the wire, their acks awaited oldest first.
+    /// A write that fails sends itself and every write sent after it again,
+    /// one at a time and in order, before the window opens again.
     async fn publish(self: Arc<Self>, mut writes: mpsc::Receiver<Write>) {
-        while let Some(write) = writes.recv().await {
+        let mut sent: VecDeque<(Write, Ack)> = VecDeque::with_capacity(WINDOW);
+        // The oldest sent write, whose ack is awaited.
+        let mut oldest: Option<(Write, Ack)> = None;
+        // No more writes will come (the buffer's sender is gone).
+        let mut closed = false;
+        loop {
+            if oldest.is_none() {
+                oldest = sent.pop_front();
+            }
+            let room = sent.len() + 1 < WINDOW && !closed;
+            let outcome = match &mut oldest {
+                Some((_, ack)) => tokio::select! {
+                    biased;
+                    acked = ack => Err(acked),
+                    write = writes.recv(), if room => Ok(write),
+                },
+                None if closed => break,
+                None => Ok(writes.recv().await),
+            };
+            match outcome {
+                Ok(None) => closed = true,
+                Ok(Some(write)) => match self.send(&write).await {
+                    Ok(ack) => sent.push_back((write, ack)),
+                    Err(e) => {
+                        let again = oldest.take().into_iter().chain(sent.drain(..));
+                        let again: Vec<Write> = again.map(|(w, _)| w).chain([write]).collect();
+                        self.write_in_order(again, e).await;
+                    }
+                },
+                Err(acked) => {
+                    let Some((write, _)) = oldest.take() else {
+                        continue;
+                    };
+                    match self.settle(&write, acked) {
+                        Ok(()) => self.written(&write),
+                        Err(e) => {
+                            let again =
+                                std::iter::once(write).chain(sent.drain(..).map(|(w, _)| w));
+                            self.write_in_order(again.collect(), e).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `writes` one at a time, in order, each retried until NATS
+    /// acknowledges it; `error` is why the first one needs it.
+    async fn write_in_order(&self, writes: Vec<Write>, error: String) {
+        tracing::warn!(error = %error, writes = writes.len(), "NATS write failed; retrying until it succeeds");
+        for write in writes {
             let mut failures = 0u32;
             loop {
-                match self.try_write(&write).await {
+                let outcome = match self.send(&write).await {
+                    Ok(ack) => self.settle(&write, ack.await),
+                    Err(e) => Err(e),
+                };
+                match outcome {
                     Ok(()) => break,
                     // A write NATS will never take (over max_payload):
                     // retrying it would hold up every write behind it.
@@ -357,9 +428,7 @@ impl JetStream {
                     }
                     Err(e) => {
                         failures += 1;
-                        if failures == 1 {
-                            tracing::warn!(error = %e, kind = write.kind(), "NATS write failed; retrying until it succeeds");
-                        }
+                        tracing::debug!(error = %e, kind = write.kind(), failures, "NATS write failed");
                         tokio::time::sleep(Duration::from_millis(
                             100 * u64::from(failures.min(10)),
                         ))
@@ -367,56 +436,75 @@ impl JetStream {
                     }
                 }
             }
-            self.metrics.store_buffered.dec();
-            match &write {
-                Write::Session { key, .. } => self.session_written(key),
-                Write::Publish {
-                    kind: "delivery", ..
-                } => self.metrics.outbox_accepted.inc(),
-                Write::Publish { .. } => {}
-            }
+            self.written(&write);
         }
     }
 
-    async fn try_write(&self, write: &Write) -> Result<(), String> {
+    /// A write is done with: stored, or dropped for good.
+    fn written(&self, write: &Write) {
+        self.metrics.store_buffered.dec();
+        match write {
+            Write::Session { key, .. } => self.session_written(key),
+            Write::Publish {
+                kind: "delivery", ..
+            } => self.metrics.outbox_accepted.inc(),
+            Write::Publish { .. } => {}
+        }
+    }
+
+    /// Puts the write's message on the wire; its ack comes later.
+    async fn send(&self, write: &Write) -> Result<Ack, String> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err("not connected".into());
         }
-        match write {
+        let (subject, headers, body) = match write {
             Write::Publish {
                 subject,
                 headers,
                 body,
                 ..
-            } => {
-                let ack = self
-                    .js
-                    .publish_with_headers(subject.clone(), headers.clone(), body.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                ack.await.map(|_| ()).map_err(|e| e.to_string())
-            }
+            } => (subject.clone(), headers.clone(), body.clone()),
             Write::Session {
                 key,
                 body,
-                only_if_absent: false,
-            } => self
-                .sessions
-                .put(key, body.clone())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Write::Session { key, body, .. } => match self.sessions.create(key, body.clone()).await
-            {
-                Ok(_) => Ok(()),
-                // The session was there: keep it, not the one built
-                // without it; read it again next time.
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    self.cache.forget(key);
-                    Ok(())
+                only_if_absent,
+            } => {
+                // What `kv::Store::put` and `create` send, without their
+                // wait for the ack.
+                let mut headers = HeaderMap::new();
+                if *only_if_absent {
+                    headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
                 }
-                Err(e) => Err(e.to_string()),
-            },
+                let subject = format!("$KV.{}.{key}", self.names.sessions_bucket());
+                (subject, headers, body.clone())
+            }
+        };
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, body)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ack.into_future())
+    }
+
+    /// What NATS's answer to a sent write means.
+    fn settle(&self, write: &Write, acked: Result<PublishAck, PublishError>) -> Result<(), String> {
+        match (write, acked) {
+            (_, Ok(_)) => Ok(()),
+            // A session created only if absent was there: keep it, not the
+            // one built without it; read it again next time.
+            (
+                Write::Session {
+                    key,
+                    only_if_absent: true,
+                    ..
+                },
+                Err(e),
+            ) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                self.cache.forget(key);
+                Ok(())
+            }
+            (_, Err(e)) => Err(e.to_string()),
         }
     }
 
