@@ -19,6 +19,10 @@ use crate::rules::Rules;
 use crate::store::session_key;
 use crate::store::sqlite::{now_ms, Store, StoredEvent};
 
+/// How many waiting exchanges the pipeline takes at once: their sessions
+/// are read together ([`crate::store::SessionStore::prefetch`]).
+const BATCH: usize = 64;
+
 /// An event pushed through the admin API (`POST /v1/events`), and where
 /// to answer whether it was new (`false`: a duplicate of its UUID).
 pub struct Pushed {
@@ -56,14 +60,27 @@ impl Pipeline {
         }
     }
 
-    /// Derives and accepts every event of one exchange.
-    pub fn process(&self, exchange: &Exchange) {
+    /// Derives and accepts every event of some exchanges, in order, after
+    /// reading the sessions they need all at once (a remote store answers
+    /// many reads in the time of one).
+    pub async fn process(&self, exchanges: &[Exchange]) {
         let rules = self.shared.rules.load_full();
-        for event in self
-            .deriver
-            .derive(exchange, &rules, &*self.shared.sessions)
-        {
-            let _ = self.accept(event, &rules);
+        let mut prepared: Vec<_> = exchanges
+            .iter()
+            .filter_map(|e| Some((e, self.deriver.prepare(e, &rules)?)))
+            .collect();
+        let keys = prepared
+            .iter_mut()
+            .flat_map(|(_, p)| p.session_keys())
+            .collect();
+        self.shared.sessions.prefetch(keys).await;
+        for (exchange, p) in prepared {
+            for event in self
+                .deriver
+                .derive_prepared(p, exchange, &*self.shared.sessions)
+            {
+                let _ = self.accept(event, &rules);
+            }
         }
     }
 
@@ -149,11 +166,15 @@ impl Pipeline {
         let mut ticks =
             tokio::time::interval(every.unwrap_or(std::time::Duration::from_secs(3600)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(BATCH);
         loop {
             tokio::select! {
-                exchange = receiver.recv() => match exchange {
-                    Some(exchange) => self.process(&exchange),
-                    None => break,
+                taken = receiver.recv_many(&mut batch, BATCH) => match taken {
+                    0 => break,
+                    _ => {
+                        self.process(&batch).await;
+                        batch.clear();
+                    }
                 },
                 Some(p) = pushed.recv() => {
                     let rules = self.shared.rules.load_full();

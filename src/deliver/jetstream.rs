@@ -161,6 +161,16 @@ async fn consume(
             } else {
                 (free, false)
             };
+            if want == 0 && free == 0 && !probe && health.disabled.is_none() {
+                // Every slot busy (a backlog): pull again as soon as one
+                // is free, not after a nap (which capped a backlog's drain
+                // at a few slots' worth every 200 ms).
+                tokio::select! {
+                    slot = slots.acquire() => drop(slot),
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
             if want == 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}

@@ -21,6 +21,7 @@ use crate::rules::model::{Route, Template, TRIGGER_TYPES};
 use crate::rules::Rules;
 use crate::store::{session_key, Session, SessionStore};
 pub use exchange::{Captured, Exchange, FilePart};
+use routes::PathMatch;
 
 /// The namespace of taphook's name-based (v5) event UUIDs.
 pub const UUID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b6e_8d0a_4c55_9a7e_3d2f_5b1e_7c40);
@@ -32,6 +33,45 @@ pub struct Deriver {
     pub jwt_hs256_secret: Option<Vec<u8>>,
 }
 
+/// An exchange's matching routes and its document, before any session is
+/// read: what the pipeline needs to read the sessions ahead, all at once.
+pub struct Prepared<'r> {
+    matches: Vec<PathMatch<'r>>,
+    doc: Value,
+    bearer: Option<Value>,
+}
+
+impl Prepared<'_> {
+    /// The keys of the sessions the routes will read.
+    pub fn session_keys(&mut self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for m in &self.matches {
+            if let Some(expr) = &m.route.session {
+                enter(&mut self.doc, m, &self.bearer);
+                keys.extend(session_key(&eval(expr, &self.doc, m.route)));
+            }
+        }
+        keys
+    }
+}
+
+/// Sets the document up for route `m`: its path parameters, no session
+/// yet, and the bearer token's claims.
+fn enter(doc: &mut Value, m: &PathMatch<'_>, bearer: &Option<Value>) {
+    let params = m
+        .params
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
+        .collect();
+    set(doc, "params", Value::Object(params));
+    set(doc, "session", Value::Object(Map::new()));
+    set(
+        doc,
+        "jwt",
+        bearer.clone().unwrap_or_else(|| Value::Object(Map::new())),
+    );
+}
+
 impl Deriver {
     /// Every event `exchange` yields under `rules`. Sessions are read and
     /// updated in `sessions`.
@@ -41,32 +81,50 @@ impl Deriver {
         rules: &Rules,
         sessions: &dyn SessionStore,
     ) -> Vec<DerivedEvent> {
-        let matches = rules.routes.lookup(&exchange.method, &exchange.path);
-        let matches: Vec<_> = matches
+        match self.prepare(exchange, rules) {
+            Some(prepared) => self.derive_prepared(prepared, exchange, sessions),
+            None => Vec::new(),
+        }
+    }
+
+    /// The routes `exchange` matches, and its document; `None` when no
+    /// route matches (the common case, and cheap).
+    pub fn prepare<'r>(&self, exchange: &Exchange, rules: &'r Rules) -> Option<Prepared<'r>> {
+        let matches: Vec<_> = rules
+            .routes
+            .lookup(&exchange.method, &exchange.path)
             .into_iter()
             .filter(|m| m.route.status.matches(exchange.status))
             .collect();
         if matches.is_empty() {
-            return Vec::new();
+            return None;
         }
-        let mut doc = exchange.document(&self.environment_name);
+        let doc = exchange.document(&self.environment_name);
         let bearer = exchange.request_header("authorization").and_then(|a| {
             jwt::bearer(&a).and_then(|t| jwt::claims(t, self.jwt_hs256_secret.as_deref()))
         });
+        Some(Prepared {
+            matches,
+            doc,
+            bearer,
+        })
+    }
+
+    /// The events of a prepared exchange.
+    pub fn derive_prepared(
+        &self,
+        prepared: Prepared<'_>,
+        exchange: &Exchange,
+        sessions: &dyn SessionStore,
+    ) -> Vec<DerivedEvent> {
+        let Prepared {
+            matches,
+            mut doc,
+            bearer,
+        } = prepared;
         let mut events = Vec::new();
-        for m in matches {
-            let params = m
-                .params
-                .iter()
-                .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
-                .collect();
-            set(&mut doc, "params", Value::Object(params));
-            set(&mut doc, "session", Value::Object(Map::new()));
-            set(
-                &mut doc,
-                "jwt",
-                bearer.clone().unwrap_or_else(|| Value::Object(Map::new())),
-            );
+        for m in &matches {
+            enter(&mut doc, m, &bearer);
             if let Some(event) = self.route(m.route, exchange, &mut doc, bearer.is_some(), sessions)
             {
                 events.push(event);

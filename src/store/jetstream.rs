@@ -40,7 +40,7 @@ use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::events::{EventLog, Logged};
-use super::sqlite::{DeliveryInfo, Filter, State, StoreError, StoredEvent};
+use super::sqlite::{lock, DeliveryInfo, Filter, State, StoreError, StoredEvent};
 use super::{MemorySessions, Outbox, Session, SessionStore};
 use crate::config::JetStreamConfig;
 use crate::event::Event;
@@ -182,6 +182,9 @@ pub struct JetStream {
     pending_sessions: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Session keys whose last read failed (NATS unreachable or slow).
     unread_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Session keys the last prefetch found absent: their `get` needs no
+    /// read of its own.
+    absent_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The rules files the admin API wrote: every instance follows them.
     pub rules: kv::Store,
     /// Each webhook's delivery state (failing, paused, disabled), shared.
@@ -321,6 +324,7 @@ impl JetStream {
             sessions,
             pending_sessions: Default::default(),
             unread_sessions: Default::default(),
+            absent_sessions: Default::default(),
             rules,
             webhooks,
             states: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -510,10 +514,7 @@ impl JetStream {
 
     /// One put of session `key` is no longer on its way.
     fn session_written(&self, key: &str) {
-        let mut pending = self
-            .pending_sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut pending = lock(&self.pending_sessions);
         if let Some(n) = pending.get_mut(key) {
             *n -= 1;
             if *n == 0 {
@@ -530,11 +531,7 @@ impl JetStream {
                     while let Some(change) = changes.next().await {
                         let Ok(entry) = change else { break };
                         let key = entry.key.clone();
-                        let mine_pending = self
-                            .pending_sessions
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .contains_key(&key);
+                        let mine_pending = lock(&self.pending_sessions).contains_key(&key);
                         if mine_pending {
                             // The cache holds this instance's newer write.
                             continue;
@@ -737,7 +734,7 @@ impl WebhookHealth {
 impl JetStream {
     /// The state last seen; the default (healthy) when there is none.
     pub fn webhook_health(&self, webhook: &str) -> WebhookHealth {
-        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let states = lock(&self.states);
         states.get(webhook).cloned().unwrap_or_default()
     }
 
@@ -784,7 +781,7 @@ impl JetStream {
             };
             match written {
                 Ok(()) => {
-                    let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut states = lock(&self.states);
                     states.insert(webhook.to_string(), state);
                     return Ok(true);
                 }
@@ -828,7 +825,7 @@ impl JetStream {
                             }
                             _ => WebhookHealth::default(),
                         };
-                        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut states = lock(&self.states);
                         states.insert(untoken(&entry.key), state);
                     }
                 }
@@ -1116,37 +1113,70 @@ impl SessionStore for JetStream {
             return Some(s);
         }
         let kv_key = token(key);
+        if lock(&self.absent_sessions).remove(&kv_key) {
+            return None;
+        }
         let read = self.block_on(self.sessions.get(kv_key.clone()));
         let Some(Ok(value)) = read else {
             // Unknown, not absent: a session built now must not replace it.
-            self.unread_sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(kv_key);
+            lock(&self.unread_sessions).insert(kv_key);
             return None;
         };
-        self.unread_sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&kv_key);
+        lock(&self.unread_sessions).remove(&kv_key);
         let session: Session = serde_json::from_slice(&value?).ok()?;
         self.cache.put(&kv_key, session.clone());
         Some(session)
     }
 
+    /// Up to [`WINDOW`] reads at once, each bounded by the read timeout; a
+    /// key whose read failed is left to `get`, which tries again.
+    fn prefetch(&self, keys: Vec<String>) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            lock(&self.absent_sessions).clear();
+            if self.client.connection_state() != async_nats::connection::State::Connected {
+                return;
+            }
+            let mut keys: Vec<String> = keys
+                .iter()
+                .map(|k| token(k))
+                .filter(|k| self.cache.get(k).is_none())
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let reads = keys.into_iter().map(|key| async move {
+                let read = tokio::time::timeout(READ_TIMEOUT, self.sessions.get(&key)).await;
+                (key, read)
+            });
+            let read: Vec<_> = futures::stream::iter(reads)
+                .buffer_unordered(WINDOW)
+                .collect()
+                .await;
+            let mut absent = lock(&self.absent_sessions);
+            for (key, read) in read {
+                match read {
+                    Ok(Ok(Some(value))) => match serde_json::from_slice::<Session>(&value) {
+                        Ok(session) => {
+                            lock(&self.unread_sessions).remove(&key);
+                            self.cache.put(&key, session);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "a stored session is not valid JSON"),
+                    },
+                    Ok(Ok(None)) => {
+                        lock(&self.unread_sessions).remove(&key);
+                        absent.insert(key);
+                    }
+                    Ok(Err(_)) | Err(_) => {}
+                }
+            }
+        })
+    }
+
     fn put(&self, key: &str, session: Session) {
         let kv_key = token(key);
         let body = Bytes::from(serde_json::to_vec(&session).unwrap_or_default());
-        let only_if_absent = self
-            .unread_sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&kv_key);
+        let only_if_absent = lock(&self.unread_sessions).remove(&kv_key);
         self.cache.put(&kv_key, session);
-        *self
-            .pending_sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *lock(&self.pending_sessions)
             .entry(kv_key.clone())
             .or_default() += 1;
         let write = Write::Session {

@@ -45,6 +45,12 @@ impl Outbox for sqlite::Store {
 pub trait SessionStore: Send + Sync {
     fn get(&self, key: &str) -> Option<Session>;
     fn put(&self, key: &str, session: Session);
+    /// Reads `keys` ahead, all at once, so the `get`s that follow answer
+    /// from memory instead of waiting for a read each. A store whose reads
+    /// are local has nothing to do.
+    fn prefetch(&self, _keys: Vec<String>) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Sessions in a cache bounded in bytes (approximately: keys, strings and

@@ -760,7 +760,7 @@ fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
