@@ -113,6 +113,11 @@ async fn funnel_counts_each_session_once_per_stage_and_stalls_once_per_idle_peri
             "contacts {stage}"
         );
     }
+    // The last request: wait for its event before reading the others.
+    assert_eq!(
+        stack.wait_metric(&sample("other", "closed"), 1.0).await,
+        1.0
+    );
     assert_eq!(stack.metric(&sample("orders", "initialized")).await, 1.0);
     assert_eq!(stack.metric(&sample("orders", "uploaded")).await, 1.0);
     assert_eq!(
@@ -120,7 +125,6 @@ async fn funnel_counts_each_session_once_per_stage_and_stalls_once_per_idle_peri
         0.0
     );
     assert_eq!(stack.metric(&sample("other", "initialized")).await, 1.0);
-    assert_eq!(stack.metric(&sample("other", "closed")).await, 1.0);
     assert_eq!(stack.metric(&sample("invoices", "initialized")).await, 0.0);
     // One time-to-stage observation per stage reached after the first.
     assert_eq!(
