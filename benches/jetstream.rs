@@ -28,6 +28,8 @@
 //! instance, absorbs the burst; a longer one at more than the pipeline's
 //! rate is dropped at the tap, counted, and fails the exactly-once check), `CLIENTS` (32), `RATE` (500), `SECONDS` (10), `RUNS`
 //! (3), `SETUPS` (e.g. `embedded,js1,js3`; all four by default),
+//! `BASELINE_BIN` (another build's `taphook`: adds setup `base-js1`, that
+//! binary on JetStream with 1 replica, to compare two builds in one run),
 //! `CONCURRENCY` (taphook's `delivery.concurrency_per_webhook`). Without
 //! `--bench` (`cargo test --all-targets`): a smoke run of a few events per
 //! setup that asserts exactly-once delivery, and fails if `nats-server` is
@@ -50,6 +52,9 @@ enum Backend {
     Embedded,
     /// JetStream with this many replicas.
     JetStream(usize),
+    /// JetStream, 1 replica, with the binary `BASELINE_BIN` names (an
+    /// earlier build, measured in the same run as this one).
+    Baseline,
 }
 
 impl Backend {
@@ -57,6 +62,7 @@ impl Backend {
         match self {
             Backend::Embedded => "embedded".into(),
             Backend::JetStream(n) => format!("js{n}"),
+            Backend::Baseline => "base-js1".into(),
         }
     }
 
@@ -65,6 +71,7 @@ impl Backend {
             Backend::Embedded => "embedded (SQLite), 1 instance".into(),
             Backend::JetStream(1) => "JetStream, 1 replica".into(),
             Backend::JetStream(n) => format!("JetStream, {n} replicas"),
+            Backend::Baseline => "JetStream, 1 replica, BASELINE_BIN".into(),
         }
     }
 }
@@ -130,6 +137,11 @@ fn start(
     let (n, nats) = match backend {
         Backend::Embedded => (1, None),
         Backend::JetStream(n) => (n, Some(Nats::start())),
+        Backend::Baseline => (1, Some(Nats::start())),
+    };
+    let bin = match backend {
+        Backend::Baseline => std::env::var("BASELINE_BIN").expect("BASELINE_BIN"),
+        _ => env!("CARGO_BIN_EXE_taphook").to_string(),
     };
     let store = nats.as_ref().map_or(String::new(), |nats| {
         format!(
@@ -158,9 +170,10 @@ fn start(
             &home.join("data"),
             &store,
         );
-        running
-            .replicas
-            .push(spawn(&["run", "--config", config.to_str().unwrap()]));
+        running.replicas.push(spawn_bin(
+            &bin,
+            &["run", "--config", config.to_str().unwrap()],
+        ));
         running.proxies.push(format!("http://127.0.0.1:{proxy}"));
         running.admins.push(format!("http://127.0.0.1:{admin}"));
     }
@@ -453,15 +466,18 @@ fn main() {
         Backend::JetStream(1),
         Backend::JetStream(2),
         Backend::JetStream(3),
+        Backend::Baseline,
     ];
     let wanted = std::env::var("SETUPS").unwrap_or_default();
+    let baseline = std::env::var_os("BASELINE_BIN").is_some();
     let setups: Vec<Backend> = all
         .into_iter()
+        .filter(|b| *b != Backend::Baseline || baseline)
         .filter(|b| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == b.key()))
         .collect();
     assert!(
         !setups.is_empty(),
-        "SETUPS={wanted}: none of embedded, js1, js2, js3"
+        "SETUPS={wanted}: none of embedded, js1, js2, js3 (base-js1 with BASELINE_BIN)"
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -588,7 +604,7 @@ fn main() {
                 backend.label()
             ));
         }
-        let is_js = matches!(backend, Backend::JetStream(_));
+        let is_js = matches!(backend, Backend::JetStream(_) | Backend::Baseline);
         lines.push(format!(
             "| {} | {:.0} | {} | {} | {} | {}, {} | {lost} / {dup} of {delivered} |",
             backend.label(),
@@ -615,7 +631,7 @@ fn main() {
         json_setups.push(json!({
             "setup": key,
             "label": backend.label(),
-            "replicas": match backend { Backend::Embedded => 1, Backend::JetStream(n) => *n },
+            "replicas": match backend { Backend::Embedded | Backend::Baseline => 1, Backend::JetStream(n) => *n },
             "median": {
                 "delivered_per_s": rate_m,
                 "accepted_per_s": med(&key, &|m| m.accepted_per_s),

@@ -130,8 +130,13 @@ impl Drop for Killed {
 
 /// The `taphook` binary with these arguments (`RUST_LOG=warn`).
 pub fn spawn(args: &[&str]) -> Killed {
+    spawn_bin(env!("CARGO_BIN_EXE_taphook"), args)
+}
+
+/// A `taphook` binary (another build: a baseline) with these arguments.
+pub fn spawn_bin(bin: &str, args: &[&str]) -> Killed {
     Killed(
-        Command::new(env!("CARGO_BIN_EXE_taphook"))
+        Command::new(bin)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
