@@ -23,6 +23,7 @@ use crate::pipeline::{Pipeline, Pushed};
 use crate::proxy::Tap;
 use crate::rules::{self, Rules};
 use crate::store::jetstream::JetStream;
+use crate::store::sqlite::Durability;
 use crate::store::{DurableEventLog, DurableSessions, EventLog, Outbox, SessionStore, Store};
 
 /// State every service shares.
@@ -118,8 +119,13 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut config = config;
-    let store =
-        Store::open(&config.data_dir).context("cannot open the data directory (data_dir)")?;
+    // With JetStream, the local file holds only the funnel's progress.
+    let durability = match config.store {
+        StoreBackend::Embedded => Durability::Full,
+        StoreBackend::JetStream(_) => Durability::Normal,
+    };
+    let store = Store::open_with(&config.data_dir, durability)
+        .context("cannot open the data directory (data_dir)")?;
     {
         let accepted = metrics.outbox_accepted.clone();
         *store.on_accept.lock().unwrap_or_else(|e| e.into_inner()) =

@@ -278,6 +278,18 @@ const QUEUE_BOUND: usize = 65_536;
 /// Called after a commit with the number of deliveries it accepted.
 pub type AcceptHook = Box<dyn Fn(u64) + Send + Sync>;
 
+/// How much a commit survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A power loss (`synchronous=FULL`: an fsync per commit group): the
+    /// embedded store, whose outbox lives here.
+    Full,
+    /// A crash of taphook, not of the machine (`synchronous=NORMAL` in WAL
+    /// mode): with the JetStream backend only the funnel's progress lives
+    /// here, derived from events NATS keeps.
+    Normal,
+}
+
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
     path: PathBuf,
@@ -293,8 +305,19 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) `dir/taphook.db`.
+    /// Opens (or creates) `dir/taphook.db`, every commit durable.
     pub fn open(dir: &Path) -> Result<Arc<Self>, StoreError> {
+        Self::open_with(dir, Durability::Full)
+    }
+
+    /// Opens (or creates) `dir/taphook.db`, commits as durable as asked.
+    pub fn open_with(dir: &Path, durability: Durability) -> Result<Arc<Self>, StoreError> {
+        let pragmas = match durability {
+            // 16 MiB of page cache (the default is 2 MiB): the outbox's
+            // indexes stay in memory instead of being read back per commit.
+            Durability::Full => "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-16384;",
+            Durability::Normal => "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-16384;",
+        };
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.to_path_buf(),
             source,
@@ -305,11 +328,7 @@ impl Store {
             c.busy_timeout(Duration::from_secs(10))?;
             // Room for every statement the writer (or the reader) uses.
             c.set_prepared_statement_cache_capacity(64);
-            c.execute_batch(
-                // 16 MiB of page cache (the default is 2 MiB): the outbox's
-                // indexes stay in memory instead of being read back per commit.
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-16384;",
-            )?;
+            c.execute_batch(pragmas)?;
             Ok(c)
         };
         let err = |source| StoreError::Open {
