@@ -512,6 +512,21 @@ impl JetStream {
         }
     }
 
+    /// What a read of session `key` found (`None`: no such session): the
+    /// key is known again, and a session found is cached.
+    fn session_read(&self, key: &str, value: Option<Bytes>) -> Option<Session> {
+        lock(&self.unread_sessions).remove(key);
+        let session: Session = match serde_json::from_slice(&value?) {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::warn!(error = %e, "a stored session is not valid JSON");
+                return None;
+            }
+        };
+        self.cache.put(key, session.clone());
+        Some(session)
+    }
+
     /// One put of session `key` is no longer on its way.
     fn session_written(&self, key: &str) {
         let mut pending = lock(&self.pending_sessions);
@@ -1109,10 +1124,10 @@ impl Outbox for JetStream {
 
 impl SessionStore for JetStream {
     fn get(&self, key: &str) -> Option<Session> {
-        if let Some(s) = self.cache.get(&token(key)) {
+        let kv_key = token(key);
+        if let Some(s) = self.cache.get(&kv_key) {
             return Some(s);
         }
-        let kv_key = token(key);
         if lock(&self.absent_sessions).remove(&kv_key) {
             return None;
         }
@@ -1122,10 +1137,7 @@ impl SessionStore for JetStream {
             lock(&self.unread_sessions).insert(kv_key);
             return None;
         };
-        lock(&self.unread_sessions).remove(&kv_key);
-        let session: Session = serde_json::from_slice(&value?).ok()?;
-        self.cache.put(&kv_key, session.clone());
-        Some(session)
+        self.session_read(&kv_key, value)
     }
 
     /// Up to [`WINDOW`] reads at once, each bounded by the read timeout; a
@@ -1153,19 +1165,12 @@ impl SessionStore for JetStream {
                 .await;
             let mut absent = lock(&self.absent_sessions);
             for (key, read) in read {
-                match read {
-                    Ok(Ok(Some(value))) => match serde_json::from_slice::<Session>(&value) {
-                        Ok(session) => {
-                            lock(&self.unread_sessions).remove(&key);
-                            self.cache.put(&key, session);
-                        }
-                        Err(e) => tracing::warn!(error = %e, "a stored session is not valid JSON"),
-                    },
-                    Ok(Ok(None)) => {
-                        lock(&self.unread_sessions).remove(&key);
+                if let Ok(Ok(value)) = read {
+                    let found = value.is_some();
+                    self.session_read(&key, value);
+                    if !found {
                         absent.insert(key);
                     }
-                    Ok(Err(_)) | Err(_) => {}
                 }
             }
         })
