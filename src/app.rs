@@ -49,8 +49,10 @@ pub struct Shared {
 /// Events pushed through the admin API waiting for the pipeline.
 const PUSHED_QUEUE: usize = 1024;
 
-/// Bytes of sessions cached in memory at most (all are on disk).
-const SESSION_CACHE_BYTES: u64 = 64 << 20;
+/// Bytes of sessions cached in memory at most (all are on disk). A
+/// session is read back from disk only after its importer went quiet
+/// for long enough to be evicted; 16 MiB holds ~30,000 typical sessions.
+const SESSION_CACHE_BYTES: u64 = 16 << 20;
 
 impl Shared {
     /// Reloads the rules directory; a failing load keeps the current

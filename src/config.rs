@@ -35,6 +35,8 @@ pub struct Config {
     /// How long one body may take to arrive and still be copied.
     pub max_capture_duration: Duration,
     pub tap_queue: usize,
+    /// What the tap does with a finished exchange when the queue is full.
+    pub tap_when_full: WhenFull,
     pub delivery: Delivery,
     pub jwt_hs256_secret: Option<Secret>,
     pub threads: usize,
@@ -92,6 +94,25 @@ impl Upstream {
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
+}
+
+/// `tap.when_full`: what the tap does with a finished exchange when the
+/// pipeline's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Wait up to this long for room (the client already has its
+    /// response; only the connection's next request waits), then drop.
+    Wait(Duration),
+    /// Drop the exchange at once (counted as `tap_queue_full`).
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawWhenFull {
+    #[default]
+    Wait,
+    Drop,
 }
 
 /// Delivery settings shared by every webhook.
@@ -207,6 +228,9 @@ struct RawCapture {
 #[serde(deny_unknown_fields)]
 struct RawTap {
     queue_capacity: Option<usize>,
+    #[serde(default)]
+    when_full: RawWhenFull,
+    max_wait: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -349,6 +373,12 @@ impl Config {
                 .max_duration
                 .map_or(Duration::from_secs(60), |d| d.0),
             tap_queue: raw.tap.queue_capacity.unwrap_or(10_000).max(1),
+            tap_when_full: match raw.tap.when_full {
+                RawWhenFull::Wait => {
+                    WhenFull::Wait(raw.tap.max_wait.map_or(Duration::from_secs(5), |d| d.0))
+                }
+                RawWhenFull::Drop => WhenFull::Drop,
+            },
             delivery: Delivery {
                 timeout: raw
                     .delivery

@@ -17,7 +17,7 @@ use crate::derive::name_uuid;
 use crate::event::{DerivedEvent, Event};
 use crate::metrics::Metrics;
 use crate::store::sqlite::{Store, StoreError};
-use crate::store::{session_key, SessionStore};
+use crate::store::{session_key, SessionStore, ENTRY_OVERHEAD};
 
 /// The event type of a stall.
 pub const STALLED: &str = "session_stalled";
@@ -161,9 +161,9 @@ impl Progress {
     }
 }
 
-/// Sessions' progress kept between events: a bounded cache in front of
-/// the store.
-const PROGRESS_CACHE: u64 = 100_000;
+/// Bytes of sessions' progress kept between events (approximately, as
+/// the session cache weighs them), in front of the store.
+const PROGRESS_CACHE_BYTES: u64 = 8 << 20;
 
 /// How many stalls one sweep reports at most; the rest wait for the next.
 const SWEEP_BATCH: usize = 1000;
@@ -183,7 +183,18 @@ impl Funnel {
             config,
             metrics,
             store,
-            cache: moka::sync::Cache::new(PROGRESS_CACHE),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(PROGRESS_CACHE_BYTES)
+                .weigher(|key: &String, p: &Progress| {
+                    let size = ENTRY_OVERHEAD
+                        + key.len()
+                        + p.template_key.as_ref().map_or(0, |t| 24 + t.len())
+                        + 48 * p.reached.len()
+                        + p.last_event_type.len()
+                        + 64;
+                    u32::try_from(size).unwrap_or(u32::MAX)
+                })
+                .build(),
             labelled: Mutex::new(HashSet::new()),
         }
     }

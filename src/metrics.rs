@@ -13,6 +13,8 @@ pub struct Metrics {
     pub proxy_requests: IntCounterVec,
     pub events_derived: IntCounterVec,
     pub events_duplicate: IntCounter,
+    /// Exchanges that found the tap queue full and waited for room.
+    pub tap_waits: IntCounter,
     pub events_dropped: IntCounterVec,
     pub filter_rejected: IntCounterVec,
     pub deliveries: IntCounterVec,
@@ -115,6 +117,12 @@ impl Metrics {
         )
         .expect("valid metric");
         register(Box::new(events_duplicate.clone()));
+        let tap_waits = IntCounter::new(
+            "taphook_tap_queue_waits_total",
+            "Finished exchanges that found the tap queue full and waited for room (tap.when_full: wait).",
+        )
+        .expect("valid metric");
+        register(Box::new(tap_waits.clone()));
         let delivery_duration = HistogramVec::new(
             HistogramOpts::new(
                 "taphook_delivery_duration_seconds",
@@ -243,6 +251,7 @@ impl Metrics {
             proxy_requests,
             events_derived,
             events_duplicate,
+            tap_waits,
             events_dropped,
             filter_rejected,
             deliveries,

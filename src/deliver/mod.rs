@@ -21,7 +21,7 @@ pub mod jetstream;
 pub mod retry;
 pub mod signing;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,9 @@ use tracing::Instrument as _;
 use crate::app::Shared;
 use crate::event::DerivedEvent;
 use crate::rules::model::Webhook;
-use crate::store::sqlite::{now_ms, Due, State, Store, StoreError, WebhookChange, WebhookState};
+use crate::store::sqlite::{
+    now_ms, AttemptRecord, Due, State, Store, StoreError, WebhookChange, WebhookState,
+};
 use formats::Outgoing;
 use guard::{Guard, GuardedResolver, Refused};
 use retry::{parse_retry_after, Attempt};
@@ -43,6 +45,8 @@ const RESPONSE_EXCERPT: usize = 1024;
 const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
 /// The longest a scheduler sleeps before looking at the outbox again.
 const MAX_IDLE: Duration = Duration::from_secs(1);
+/// Due deliveries read from the outbox at once.
+const PAGE: usize = 256;
 
 /// Whether a webhook is failing, as its scheduler last wrote it. A
 /// success clears the stored failure only when there is one, so a
@@ -177,31 +181,27 @@ impl Dispatcher {
         }
     }
 
-    /// One webhook's scheduler.
+    /// One webhook's scheduler. Due deliveries are read a page at a time
+    /// (`PAGE`) and started as slots free up. A slot is free again as
+    /// soon as its attempt has an answer; the delivery's id stays busy
+    /// until its outcome is committed, so it is never picked up again
+    /// while its new state is on its way to disk (and an fsync never
+    /// holds a slot).
     async fn schedule(self: Arc<Self>, key: String, mut stop: watch::Receiver<bool>) {
-        // Ids come back once their outcome is committed, so a delivery is
-        // never picked up again while its new state is on its way to disk.
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
-        let mut in_flight: HashSet<i64> = HashSet::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut lane = Lane::default();
         let mut next_probe = 0i64;
         let mut stopping = false;
+        let mut states = StateCache::default();
         let failing = {
-            let state = self.store.webhook_state(&key).unwrap_or_default();
+            let state = states.get(&self.store, &key);
             Arc::new(Failing(std::sync::Mutex::new(
                 state.failing_since.is_some() || state.paused,
             )))
         };
         loop {
-            let Some(webhook) = self.webhook(&key) else {
-                if in_flight.is_empty() {
-                    return;
-                }
-                if let Some(id) = done_rx.recv().await {
-                    in_flight.remove(&id);
-                }
-                continue;
-            };
-            if stopping && in_flight.is_empty() {
+            let webhook = self.webhook(&key);
+            if (webhook.is_none() || stopping) && lane.idle() {
                 return;
             }
             // Register for the store's wake-up before looking, so no commit is missed.
@@ -209,56 +209,82 @@ impl Dispatcher {
             let notified = committed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let state = self.store.webhook_state(&key).unwrap_or_default();
+            let state = states.get(&self.store, &key);
             let now = now_ms();
-            if !stopping && state.disabled.is_none() {
+            let mut idle = false;
+            if let Some(webhook) = webhook.filter(|_| !stopping && state.disabled.is_none()) {
                 let concurrency = self.shared.config.delivery.concurrency_per_webhook;
-                let mut free = concurrency.saturating_sub(in_flight.len());
+                let mut free = concurrency.saturating_sub(lane.attempting);
                 if state.paused {
-                    free = usize::from(in_flight.is_empty() && now >= next_probe);
+                    lane.forget_ready();
+                    free = usize::from(lane.attempting == 0 && now >= next_probe);
                 }
-                if free > 0 {
-                    match self.store.due(&key, now, free, &in_flight) {
-                        Ok(due) => {
-                            if state.paused && !due.is_empty() {
-                                next_probe = now
-                                    + self.shared.config.delivery.probe_interval.as_millis() as i64;
-                            }
-                            for d in due {
-                                in_flight.insert(d.id);
-                                let (this, webhook, tx) =
-                                    (self.clone(), webhook.clone(), done_tx.clone());
-                                let (probe, failing) = (state.paused, failing.clone());
-                                let span = delivery_span(&key, &d);
-                                tokio::spawn(
-                                    async move {
-                                        let outcome = this.attempt(&webhook, &d).await;
-                                        this.record(&webhook, &d, outcome, probe, &failing);
-                                        if let Err(e) = this.store.committed_now().await {
-                                            tracing::error!(error = %e, "outcome not committed");
-                                        }
-                                        let _ = tx.send(d.id);
-                                    }
-                                    .instrument(span),
-                                );
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(webhook = %key, error = %e, "cannot read the outbox")
-                        }
+                while free > 0 {
+                    let Some(d) = self.next_due(&key, now, &mut lane, state.paused) else {
+                        idle = true;
+                        break;
+                    };
+                    if state.paused {
+                        next_probe =
+                            now + self.shared.config.delivery.probe_interval.as_millis() as i64;
                     }
+                    free -= 1;
+                    lane.attempting += 1;
+                    let (this, webhook, tx) = (self.clone(), webhook.clone(), done_tx.clone());
+                    let (probe, failing) = (state.paused, failing.clone());
+                    let span = delivery_span(&key, &d);
+                    tokio::spawn(
+                        async move {
+                            let outcome = this.attempt(&webhook, &d).await;
+                            let committed = this.record(&webhook, &d, outcome, probe, &failing);
+                            let _ = tx.send(Done::Answered);
+                            if let Some(committed) = committed {
+                                if committed.await.is_err() {
+                                    tracing::error!("outcome not committed");
+                                }
+                            }
+                            let _ = tx.send(Done::Settled(d.id));
+                        }
+                        .instrument(span),
+                    );
                 }
             }
-            let wait = self.idle_wait(&key, &state, next_probe, &in_flight);
+            let wait = if idle {
+                self.idle_wait(&key, &state, next_probe, &lane.busy)
+            } else {
+                MAX_IDLE
+            };
             tokio::select! {
-                Some(id) = done_rx.recv() => {
-                    in_flight.remove(&id);
-                }
+                Some(done) = done_rx.recv() => lane.finished(done),
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed(), if !stopping => stopping = true,
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    lane.forget_ready();
+                }
+            }
+            // Take every answer already in, before looking again.
+            while let Ok(done) = done_rx.try_recv() {
+                lane.finished(done);
             }
         }
+    }
+
+    /// The next due delivery of `key` not busy, from the page read ahead;
+    /// the next page is read when it is empty (one delivery at a time
+    /// for a probe).
+    fn next_due(&self, key: &str, now: i64, lane: &mut Lane, probe: bool) -> Option<Due> {
+        if lane.ready.is_empty() {
+            let limit = if probe { 1 } else { PAGE };
+            match self.store.due(key, now, limit, &lane.busy) {
+                Ok(due) => {
+                    lane.busy.extend(due.iter().map(|d| d.id));
+                    lane.ready.extend(due);
+                }
+                Err(e) => tracing::error!(webhook = %key, error = %e, "cannot read the outbox"),
+            }
+        }
+        lane.ready.pop_front()
     }
 
     /// How long to sleep when nothing else wakes the scheduler.
@@ -412,8 +438,10 @@ impl Dispatcher {
         Attempt::Error(format!("refused by the SSRF guard: {refused}"))
     }
 
-    /// Writes an attempt's outcome back to the outbox. A failed probe of
-    /// a paused webhook does not spend the delivery's retries.
+    /// Writes an attempt's outcome back to the outbox: the attempt and
+    /// the delivery's new state in one write. A failed probe of a paused
+    /// webhook does not spend the delivery's retries. Returns what
+    /// answers once the write is committed.
     fn record(
         &self,
         webhook: &Webhook,
@@ -421,16 +449,16 @@ impl Dispatcher {
         outcome: Outcome,
         probe: bool,
         failing: &Failing,
-    ) {
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let key = webhook.key.as_str();
         let label = outcome.attempt.label();
         let (store, metrics) = (&self.store, &self.shared.metrics);
-        let _ = store.record_attempt(due.id, due.part, &label, outcome.duration, outcome.response);
         let now = now_ms();
-        let result = if outcome.attempt.succeeded() {
+        // (state, attempts, part, next attempt at)
+        let (state, attempts, next_part, next_at) = if outcome.attempt.succeeded() {
             failing.succeeded(|| store.webhook_change(key, WebhookChange::Success));
             if (due.part as usize) + 1 < outcome.parts {
-                store.update_delivery(due.id, State::Pending, 0, due.part + 1, now, &label)
+                (State::Pending, 0, due.part + 1, now)
             } else {
                 metrics
                     .deliveries
@@ -439,14 +467,7 @@ impl Dispatcher {
                 tracing::debug!(status = %label, "delivered");
                 let latency = now as f64 / 1000.0 - due.event.event.created_at;
                 metrics.event_delivery_latency.observe(latency.max(0.0));
-                store.update_delivery(
-                    due.id,
-                    State::Delivered,
-                    due.attempts + 1,
-                    due.part,
-                    now,
-                    &label,
-                )
+                (State::Delivered, due.attempts + 1, due.part, now)
             }
         } else if matches!(outcome.attempt, Attempt::Status { status: 410, .. }) {
             // Gone: the receiver asks us to stop. Deliveries wait.
@@ -457,7 +478,7 @@ impl Dispatcher {
                 humantime::format_rfc3339_seconds(std::time::SystemTime::now())
             );
             let _ = store.webhook_change(key, WebhookChange::Disable(reason));
-            store.update_delivery(due.id, State::Pending, due.attempts, due.part, now, &label)
+            (State::Pending, due.attempts, due.part, now)
         } else {
             let delivery = &self.shared.config.delivery;
             failing.failed(|| {
@@ -471,39 +492,107 @@ impl Dispatcher {
             });
             if probe {
                 let next = now + delivery.probe_interval.as_millis() as i64;
-                store.update_delivery(due.id, State::Pending, due.attempts, due.part, next, &label)
+                (State::Pending, due.attempts, due.part, next)
             } else {
                 match webhook.retry.next_delay(&outcome.attempt, due.attempts + 1) {
                     Some(delay) => {
                         let jitter = fastrand::u64(0..=(delay.as_millis() as u64 / 10));
                         let next = now + delay.as_millis() as i64 + jitter as i64;
                         tracing::debug!(attempt = ?outcome.attempt, ?delay, "attempt failed; retrying");
-                        store.update_delivery(
-                            due.id,
-                            State::Pending,
-                            due.attempts + 1,
-                            due.part,
-                            next,
-                            &label,
-                        )
+                        (State::Pending, due.attempts + 1, due.part, next)
                     }
                     None => {
                         tracing::warn!(attempt = ?outcome.attempt, "delivery failed; dead letter");
                         metrics.deliveries.with_label_values(&[key, "dead"]).inc();
-                        store.update_delivery(
-                            due.id,
-                            State::Dead,
-                            due.attempts + 1,
-                            due.part,
-                            now,
-                            &label,
-                        )
+                        (State::Dead, due.attempts + 1, due.part, now)
                     }
                 }
             }
         };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cannot record the delivery's outcome; it will be sent again");
+        let record = AttemptRecord {
+            id: due.id,
+            part: due.part,
+            outcome: label,
+            duration: outcome.duration,
+            response: outcome.response,
+            state,
+            attempts,
+            next_part,
+            next_at,
+        };
+        match store.record_outcome(record) {
+            Ok(committed) => Some(committed),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the delivery's outcome; it will be sent again");
+                None
+            }
+        }
+    }
+}
+
+/// What a delivery task tells its scheduler.
+enum Done {
+    /// The attempt has its answer: its slot is free.
+    Answered,
+    /// Its outcome is committed: the delivery may be read again.
+    Settled(i64),
+}
+
+/// A scheduler's deliveries: read ahead, being attempted, or waiting for
+/// their outcome's commit.
+#[derive(Default)]
+struct Lane {
+    /// Read from the outbox, not started yet.
+    ready: VecDeque<Due>,
+    /// Attempts without an answer yet (the slots in use).
+    attempting: usize,
+    /// Every id read ahead, attempting or not yet settled: never read
+    /// again until settled.
+    busy: HashSet<i64>,
+}
+
+impl Lane {
+    fn finished(&mut self, done: Done) {
+        match done {
+            Done::Answered => self.attempting = self.attempting.saturating_sub(1),
+            Done::Settled(id) => {
+                self.busy.remove(&id);
+            }
+        }
+    }
+
+    /// Drops what was read ahead (it stays pending in the outbox).
+    fn forget_ready(&mut self) {
+        for d in self.ready.drain(..) {
+            self.busy.remove(&d.id);
+        }
+    }
+
+    /// Nothing started is still on its way.
+    fn idle(&self) -> bool {
+        self.attempting == 0 && self.busy.len() == self.ready.len()
+    }
+}
+
+/// A webhook's delivery state, read again only after a commit changed
+/// some webhook's state (the store's `webhook_epoch`).
+#[derive(Default)]
+struct StateCache {
+    seen: Option<(u64, WebhookState)>,
+}
+
+impl StateCache {
+    fn get(&mut self, store: &Store, key: &str) -> WebhookState {
+        let epoch = store
+            .webhook_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        match &self.seen {
+            Some((at, state)) if *at == epoch => state.clone(),
+            _ => {
+                let state = store.webhook_state(key).unwrap_or_default();
+                self.seen = Some((epoch, state.clone()));
+                state
+            }
         }
     }
 }

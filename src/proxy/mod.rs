@@ -1,8 +1,9 @@
 //! The proxy stage: a Pingora `ProxyHttp` that forwards every request to
 //! the importer untouched and, for requests a route could match, copies
 //! bounded parts of the exchange. The finished exchange is handed to the
-//! pipeline in `logging` with `try_send`: a full queue drops the event
-//! (counted), never the request.
+//! pipeline in `logging`: a full queue makes the exchange wait for room
+//! (up to `tap.max_wait`, after the client has its response) or, with
+//! `tap.when_full: drop`, drops it (counted); never the request.
 
 pub mod multipart;
 
@@ -16,9 +17,10 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::ErrorSource;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc::{self, error::SendTimeoutError, error::TrySendError};
 
 use crate::app::Shared;
+use crate::config::WhenFull;
 use crate::derive::exchange::{Budget, Headers};
 use crate::derive::{Captured, Exchange};
 use crate::metrics::status_class;
@@ -61,12 +63,29 @@ impl Tap {
         }
     }
 
-    fn hand_off(&self, exchange: Exchange) {
-        let reason = match self.queue.try_send(exchange) {
+    /// Hands a finished exchange to the pipeline. When the queue is full
+    /// the exchange waits for room up to `tap.max_wait` (the client has
+    /// its response already: only this connection's next request waits),
+    /// or is dropped at once with `tap.when_full: drop`. A drop is
+    /// counted; the request is never affected.
+    async fn hand_off(&self, exchange: Exchange) {
+        let exchange = match self.queue.try_send(exchange) {
             Ok(()) => return,
-            Err(TrySendError::Full(_)) => "tap_queue_full",
-            Err(TrySendError::Closed(_)) => "shutting_down",
+            Err(TrySendError::Closed(_)) => return self.dropped("shutting_down"),
+            Err(TrySendError::Full(exchange)) => exchange,
         };
+        let WhenFull::Wait(max_wait) = self.shared.config.tap_when_full else {
+            return self.dropped("tap_queue_full");
+        };
+        self.shared.metrics.tap_waits.inc();
+        match self.queue.send_timeout(exchange, max_wait).await {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => self.dropped("tap_queue_full"),
+            Err(SendTimeoutError::Closed(_)) => self.dropped("shutting_down"),
+        }
+    }
+
+    fn dropped(&self, reason: &'static str) {
         self.shared
             .metrics
             .events_dropped
@@ -308,6 +327,7 @@ impl ProxyHttp for Tap {
             response_headers: std::mem::take(&mut ctx.response_headers),
             response_body,
             completed_at: SystemTime::now(),
-        });
+        })
+        .await;
     }
 }

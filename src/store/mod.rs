@@ -53,8 +53,9 @@ pub trait SessionStore: Send + Sync {
     }
 }
 
-/// Sessions in a cache bounded in bytes (approximately: keys, strings and
-/// a few bytes per value), least recently used first out.
+/// Sessions in a cache bounded in bytes (approximately: keys, strings, a
+/// few bytes per value and the cache's own bookkeeping per entry), least
+/// recently used first out.
 pub struct MemorySessions {
     cache: moka::sync::Cache<String, Arc<Session>>,
 }
@@ -65,13 +66,19 @@ impl MemorySessions {
             .max_capacity(max_bytes)
             .weigher(|key: &String, s: &Arc<Session>| {
                 let fields: usize = s.fields.iter().map(|(k, v)| k.len() + approx_size(v)).sum();
-                u32::try_from(key.len() + approx_size(&s.key) + fields).unwrap_or(u32::MAX)
+                let size = ENTRY_OVERHEAD + key.len() + approx_size(&s.key) + fields;
+                u32::try_from(size).unwrap_or(u32::MAX)
             })
             .time_to_idle(ttl)
             .build();
         Self { cache }
     }
 }
+
+/// What a cache entry costs beyond its key and value: moka's entry, its
+/// place in the eviction lists and the hash table, the `Arc` (measured
+/// with heaptrack: docs/BENCHMARKS.md, "Memory with any backlog").
+pub const ENTRY_OVERHEAD: usize = 160;
 
 /// Roughly the bytes a JSON value holds.
 fn approx_size(v: &Value) -> usize {

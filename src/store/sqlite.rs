@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -211,6 +212,23 @@ pub enum WebhookChange {
     Delete,
 }
 
+/// One attempt on a delivery and the state it leaves the delivery in.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub id: i64,
+    /// The part the attempt sent.
+    pub part: u32,
+    /// The attempt's outcome label (`200`, `timeout`...).
+    pub outcome: String,
+    pub duration: Duration,
+    pub response: Option<String>,
+    /// The delivery afterwards.
+    pub state: State,
+    pub attempts: u32,
+    pub next_part: u32,
+    pub next_at: i64,
+}
+
 /// A write, queued for the next group commit.
 enum Op {
     InsertDelivery {
@@ -254,6 +272,12 @@ enum Op {
     Webhook {
         webhook: String,
         change: WebhookChange,
+    },
+    /// An attempt and the delivery's new state, together; `reply` is
+    /// answered once both are committed.
+    Outcome {
+        record: AttemptRecord,
+        reply: tokio::sync::oneshot::Sender<()>,
     },
     Requeue {
         id: i64,
@@ -302,6 +326,9 @@ pub struct Store {
     pub committed: Arc<tokio::sync::Notify>,
     /// Deliveries accepted (committed), for the metric.
     pub on_accept: Mutex<Option<AcceptHook>>,
+    /// Bumped after each commit that changed a webhook's state, so a
+    /// reader can keep the state and read it again only when it moved.
+    pub webhook_epoch: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -346,6 +373,7 @@ impl Store {
         let reader = open().map_err(err)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE_BOUND);
         let committed = Arc::new(tokio::sync::Notify::new());
+        let webhook_epoch = Arc::new(AtomicU64::new(0));
         let store = Arc::new(Self {
             path: path.clone(),
             ops: Mutex::new(Some(tx)),
@@ -354,11 +382,12 @@ impl Store {
             checkpointer: Mutex::new(None),
             committed: committed.clone(),
             on_accept: Mutex::new(None),
+            webhook_epoch: webhook_epoch.clone(),
         });
         let weak = Arc::downgrade(&store);
         let handle = std::thread::Builder::new()
             .name("taphook-store".into())
-            .spawn(move || writer_loop(writer_conn, rx, committed, weak))
+            .spawn(move || writer_loop(writer_conn, rx, committed, webhook_epoch, weak))
             .map_err(|source| StoreError::Dir {
                 path: dir.to_path_buf(),
                 source,
@@ -436,6 +465,18 @@ impl Store {
             duration_ms: duration.as_millis() as i64,
             response,
         })
+    }
+
+    /// Records an attempt and the delivery's new state in one op; the
+    /// receiver is answered once both are committed (or dropped if the
+    /// store stopped first).
+    pub fn record_outcome(
+        &self,
+        record: AttemptRecord,
+    ) -> Result<tokio::sync::oneshot::Receiver<()>, StoreError> {
+        let (reply, committed) = tokio::sync::oneshot::channel();
+        self.send(Op::Outcome { record, reply })?;
+        Ok(committed)
     }
 
     /// Changes a webhook's delivery state, atomically in the writer.
@@ -835,6 +876,7 @@ fn writer_loop(
     mut conn: Connection,
     rx: mpsc::Receiver<Op>,
     committed: Arc<tokio::sync::Notify>,
+    webhook_epoch: Arc<AtomicU64>,
     store: std::sync::Weak<Store>,
 ) {
     let mut counters = match Counters::load(&conn) {
@@ -873,6 +915,9 @@ fn writer_loop(
                 }
             }
         }
+        if group.iter().any(|op| matches!(op, Op::Webhook { .. })) {
+            webhook_epoch.fetch_add(1, Ordering::Release);
+        }
         if results.iter().any(|r| r.wake) {
             committed.notify_waiters();
         }
@@ -882,6 +927,7 @@ fn writer_loop(
                 Op::Replay { reply, .. } => drop(reply.send(result.changed)),
                 Op::Flush(reply) => drop(reply.send(())),
                 Op::FlushAsync(reply) => drop(reply.send(())),
+                Op::Outcome { reply, .. } => drop(reply.send(())),
                 _ => {}
             }
         }
@@ -994,6 +1040,25 @@ fn apply(
                 response
             ])?;
             counters.attempt += 1;
+        }
+        Op::Outcome { record: r, .. } => {
+            let at = now_ms();
+            tx.prepare_cached(
+                "INSERT INTO attempts (delivery_id, n, at, part, outcome, duration_ms, response)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                r.id,
+                counters.attempt,
+                at,
+                r.part,
+                r.outcome,
+                r.duration.as_millis() as i64,
+                r.response
+            ])?;
+            counters.attempt += 1;
+            tx.prepare_cached("UPDATE deliveries SET state = ?2, attempts = ?3, part = ?4, next_at = ?5, last_status = ?6, updated_at = ?7 WHERE id = ?1")?
+                .execute(params![r.id, r.state.name(), r.attempts, r.next_part, r.next_at, r.outcome, at])?;
         }
         Op::PutSession { key, value, at } => {
             tx.prepare_cached("INSERT INTO sessions (key, value, updated_at) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO UPDATE SET value = ?2, updated_at = ?3")?
