@@ -50,13 +50,17 @@ lint: prereqs
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
 
 ## Benchmarks: criterion micro benchmarks, the load harness (wrk: direct,
-## nginx, taphook), delivery throughput and end-to-end latency, the
-## embedded store against NATS JetStream with 1 to 3 replicas (needs
-## nats-server: test-prereqs installs it), then the plots. Tables land in
-## target/bench/ (load.md, delivery.md, jetstream.md), plots in docs/img/.
+## nginx, taphook), the efficiency harness (the receiver gone, then back:
+## drops, RSS per pending delivery, drain rate, CPU per event; BIN and
+## BASELINE_BIN compare two builds), delivery throughput and end-to-end
+## latency, the embedded store against NATS JetStream with 1 to 3 replicas
+## (needs nats-server: test-prereqs installs it), then the plots. Tables
+## land in target/bench/ (load.md, efficiency.md, delivery.md,
+## jetstream.md), plots in docs/img/.
 bench: prereqs test-prereqs
 	$(CARGO) bench --bench pipeline
 	SUDO=$(SUDO) bash benches/load/run.sh
+	SUDO=$(SUDO) bash benches/load/efficiency.sh
 	$(CARGO) bench --bench delivery
 	$(CARGO) bench --bench jetstream
 	@python3 -c "import matplotlib" 2>/dev/null || pip install -q matplotlib || echo "matplotlib not installed: plots skipped"

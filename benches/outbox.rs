@@ -42,7 +42,7 @@ fn event(i: usize) -> StoredEvent {
 fn accept(store: &Store, from: usize, n: usize, commit_each: bool) -> f64 {
     let t = Instant::now();
     for i in from..from + n {
-        store.insert_delivery("event_webhook", &event(i)).unwrap();
+        store.insert_delivery("event_webhook", event(i)).unwrap();
         if commit_each {
             store.flush().unwrap();
         }
@@ -95,7 +95,7 @@ fn main() {
     let recovery = t.elapsed();
     assert_eq!(first.len(), 16);
     let t = Instant::now();
-    let counts = store.counts().unwrap();
+    let counts = store.counts(&["event_webhook"]).unwrap();
     let count_time = t.elapsed();
     assert_eq!(
         counts.iter().map(|c| c.2).sum::<i64>() as usize,

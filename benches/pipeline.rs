@@ -170,18 +170,18 @@ fn bench(c: &mut Criterion) {
     fmt.finish();
 
     // The funnel: one event of a known session (cached progress, one store
-    // write queued), and of a new one (the store read that misses too).
+    // write queued), and of a new one (derive found no session: no read).
     let dir = tempfile::tempdir().expect("temp dir");
     let store = taphook::store::Store::open(dir.path()).expect("store");
     let metrics = std::sync::Arc::new(taphook::metrics::Metrics::new());
     let funnel = Funnel::new(FunnelConfig::default(), metrics, store.clone());
     let mut step = event.event.clone();
-    funnel.observe(&step);
+    funnel.observe(&step, true);
     let mut group = c.benchmark_group("funnel");
     group.bench_function("observe/known_session", |b| {
         b.iter(|| {
             step.created_at += 0.001;
-            funnel.observe(black_box(&step))
+            funnel.observe(black_box(&step), false)
         })
     });
     let mut n = 0u64;
@@ -189,7 +189,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             step.embed_id = json!(1_000_000 + n);
-            funnel.observe(black_box(&step))
+            funnel.observe(black_box(&step), true)
         })
     });
     group.finish();

@@ -277,6 +277,7 @@ fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {
         derived_at: std::time::Instant::now(),
         registered: None,
         request_id: None,
+        new_session: false,
     };
     for d in fan_out(&derived, &rules) {
         let why = match &d.verdict {

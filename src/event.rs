@@ -42,6 +42,9 @@ pub struct DerivedEvent {
     pub registered: Option<Value>,
     /// The id of the request the event was derived from, for logs.
     pub request_id: Option<String>,
+    /// The event's session was not in the store before it (derive found
+    /// none): nothing kept about it needs reading back.
+    pub new_session: bool,
 }
 
 impl DerivedEvent {

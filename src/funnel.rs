@@ -200,8 +200,9 @@ impl Funnel {
     }
 
     /// Moves the event's session along: counts the stages it reaches for
-    /// the first time, and restarts its idle period.
-    pub fn observe(&self, event: &Event) {
+    /// the first time, and restarts its idle period. A `new_session` has
+    /// no progress yet: none is read back.
+    pub fn observe(&self, event: &Event, new_session: bool) {
         if event.event_type == STALLED {
             return;
         }
@@ -209,7 +210,11 @@ impl Funnel {
             return;
         };
         let at = (event.created_at * 1000.0) as i64;
-        let mut progress = self.progress(&key).unwrap_or_default();
+        let mut progress = if new_session {
+            Progress::default()
+        } else {
+            self.progress(&key).unwrap_or_default()
+        };
         if progress.template_key.is_none() {
             progress.template_key = event.template_key.as_str().map(str::to_string);
         }
@@ -377,6 +382,7 @@ fn stalled_event(
         derived_at: std::time::Instant::now(),
         registered: None,
         request_id: None,
+        new_session: false,
     }
 }
 

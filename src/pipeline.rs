@@ -109,7 +109,7 @@ impl Pipeline {
         if let Some(key) = session_key(&event.event.embed_id) {
             self.shared.events.append(&key, &event.event);
         }
-        self.funnel.observe(&event.event);
+        self.funnel.observe(&event.event, event.new_session);
         for decision in fan_out(&event, rules) {
             match decision.verdict {
                 Verdict::Deliver => {
@@ -118,13 +118,13 @@ impl Pipeline {
                         .as_ref()
                         .and_then(|name| rules.registered.iter().find(|r| &r.name == name))
                         .map(|r| r.reference(&event));
-                    let stored = StoredEvent {
+                    let stored = Arc::new(StoredEvent {
                         event: event.event.clone(),
                         session: event.session.clone(),
                         registered,
                         request_id: event.request_id.clone(),
-                    };
-                    if let Err(e) = self.shared.outbox.enqueue(&decision.webhook.key, &stored) {
+                    });
+                    if let Err(e) = self.shared.outbox.enqueue(&decision.webhook.key, stored) {
                         metrics
                             .events_dropped
                             .with_label_values(&["store_unavailable"])

@@ -469,3 +469,67 @@ async fn a_webhook_failing_continuously_is_paused_and_probed() {
         0.0
     );
 }
+
+/// More deliveries wait than the outbox's in-memory hand-off holds (a
+/// webhook disabled by a 410): once enabled, the backlog is read from the
+/// outbox and the hand-off takes over again, and every event arrives
+/// exactly once, before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_beyond_the_hand_off_arrives_once_each() {
+    use futures::StreamExt as _;
+    const WAITING: usize = 1500; // more than the hand-off's 1024 a webhook
+    let stack = Stack::start(Setup {
+        rules: ping_rules("big", ""),
+        config: &format!("admin_token: {TOKEN}\n"),
+        log_filter: Some("info"),
+        ..Default::default()
+    })
+    .await;
+    stack.receiver.script("/hooks/big", &[Reply::Status(410)]);
+    stack.ping(0).await;
+    assert_eq!(
+        stack
+            .wait_metric("taphook_webhook_disabled{webhook=\"big\"}", 1.0)
+            .await,
+        1.0
+    );
+    let stack = &stack;
+    let ping_all = |range: std::ops::RangeInclusive<usize>| {
+        futures::stream::iter(range)
+            .for_each_concurrent(16, move |i| async move { stack.ping(i).await })
+    };
+    ping_all(1..=WAITING).await;
+    assert_eq!(stack.receiver.received_on("/hooks/big").len(), 1);
+    assert_eq!(
+        api(stack, "POST", "/v1/event-webhooks/big/enable").await.0,
+        200
+    );
+    // The 410'd ping 0 again, and every other one, once.
+    let got = stack
+        .receiver
+        .wait_for("/hooks/big", WAITING + 2, Duration::from_secs(60))
+        .await;
+    let mut seen = pings(&got[1..]);
+    seen.sort_by_key(|p| p.parse::<usize>().unwrap_or(usize::MAX));
+    let want: Vec<String> = (0..=WAITING).map(|i| i.to_string()).collect();
+    assert_eq!(seen, want);
+    // Fresh deliveries after the backlog, from memory: once each too.
+    ping_all(WAITING + 1..=WAITING + 100).await;
+    stack
+        .receiver
+        .wait_for("/hooks/big", WAITING + 102, Duration::from_secs(30))
+        .await;
+    // Anything sent twice would arrive about now.
+    settle(Duration::from_millis(500)).await;
+    let got = stack.receiver.received_on("/hooks/big");
+    let mut seen = pings(&got[1..]);
+    seen.sort_by_key(|p| p.parse::<usize>().unwrap_or(usize::MAX));
+    let want: Vec<String> = (0..=WAITING + 100).map(|i| i.to_string()).collect();
+    assert_eq!(seen, want, "no event lost or sent twice");
+    assert_eq!(
+        stack
+            .metric("taphook_deliveries_total{outcome=\"delivered\",webhook=\"big\"}")
+            .await,
+        (WAITING + 101) as f64
+    );
+}

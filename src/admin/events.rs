@@ -222,5 +222,6 @@ fn envelope(shared: &Shared, body: Value) -> Result<DerivedEvent, ApiError> {
         derived_at: std::time::Instant::now(),
         registered: None,
         request_id: None,
+        new_session: false,
     })
 }

@@ -231,7 +231,7 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
         id: msg.info().map_or(0, |i| i.stream_sequence as i64),
         attempts: header(msg.headers.as_ref(), ATTEMPTS).unwrap_or(0),
         part: header(msg.headers.as_ref(), PART).unwrap_or(0),
-        event,
+        event: std::sync::Arc::new(event),
     };
     let span = delivery_span(key, &due);
     async {

@@ -1,8 +1,12 @@
-//! The deliver stage: deliveries come out of the outbox (the embedded
-//! store), never out of memory. Each webhook has a scheduler that starts
-//! attempts for its due deliveries, at most `concurrency_per_webhook` at
-//! once, and writes every outcome back: delivered, retried later (the
-//! webhook's policy, with jitter), dead, or the webhook disabled (410).
+//! The deliver stage: each webhook has a scheduler that starts attempts
+//! for its due deliveries, at most `concurrency_per_webhook` at once, and
+//! writes every outcome back (the attempt and the new state in one
+//! write): delivered, retried later (the webhook's policy, with jitter),
+//! dead, or the webhook disabled (410). A delivery is started only once
+//! it is committed to the outbox: fresh ones come from the outbox's
+//! in-memory hand-off ([`crate::store::handoff`]), a backlog (a receiver
+//! that was away, a restart) and retries from the outbox on disk, a page
+//! at a time, oldest first.
 //! A webhook failing continuously past `pause_after` is paused and
 //! probed with one delivery every `probe_interval` until it answers.
 //!
@@ -45,8 +49,13 @@ const RESPONSE_EXCERPT: usize = 1024;
 const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
 /// The longest a scheduler sleeps before looking at the outbox again.
 const MAX_IDLE: Duration = Duration::from_secs(1);
+/// How often the outbox gauges are refreshed at most.
+const GAUGES_EVERY: Duration = Duration::from_secs(2);
 /// Due deliveries read from the outbox at once.
 const PAGE: usize = 256;
+/// How often a scheduler looks at the outbox at least, whatever the
+/// hand-off says.
+const OUTBOX_LOOK: Duration = Duration::from_secs(5);
 
 /// Whether a webhook is failing, as its scheduler last wrote it. A
 /// success clears the stored failure only when there is one, so a
@@ -123,7 +132,7 @@ impl Dispatcher {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut schedulers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut last_sweep = Instant::now() - Duration::from_secs(3600);
-        let mut last_gauges = Instant::now() - Duration::from_secs(3600);
+        let mut next_gauges = Instant::now();
         loop {
             schedulers.retain(|_, h| !h.is_finished());
             for w in self.shared.rules.load().webhooks.iter() {
@@ -136,10 +145,13 @@ impl Dispatcher {
                     );
                 }
             }
-            // Counting a large outbox is not free: every 2 s is enough.
-            if last_gauges.elapsed() >= Duration::from_secs(2) {
-                last_gauges = Instant::now();
+            // Counting a large outbox is not free (a million pending rows
+            // take ~0.1 s): every 2 s, or less often, so that counting
+            // never takes more than 2% of a core.
+            if Instant::now() >= next_gauges {
+                let started = Instant::now();
                 self.refresh_gauges();
+                next_gauges = Instant::now() + (started.elapsed() * 50).max(GAUGES_EVERY);
             }
             if last_sweep.elapsed() > Duration::from_secs(60) {
                 last_sweep = Instant::now();
@@ -161,7 +173,16 @@ impl Dispatcher {
 
     /// Sets the outbox gauges from the store's counts.
     fn refresh_gauges(&self) {
-        let Ok(counts) = self.store.counts() else {
+        let keys: Vec<String> = self
+            .shared
+            .rules
+            .load()
+            .webhooks
+            .iter()
+            .map(|w| w.key.clone())
+            .collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let Ok(counts) = self.store.counts(&keys) else {
             return;
         };
         self.set_outbox_gauges(&counts);
@@ -189,7 +210,9 @@ impl Dispatcher {
     /// holds a slot).
     async fn schedule(self: Arc<Self>, key: String, mut stop: watch::Receiver<bool>) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-        let mut lane = Lane::default();
+        let mut lane = Lane::new();
+        self.store.handoff.open(&key);
+        let _close = CloseLane(&self.store, &key);
         let mut next_probe = 0i64;
         let mut stopping = false;
         let mut states = StateCache::default();
@@ -236,21 +259,23 @@ impl Dispatcher {
                     tokio::spawn(
                         async move {
                             let outcome = this.attempt(&webhook, &d).await;
-                            let committed = this.record(&webhook, &d, outcome, probe, &failing);
+                            let recorded = this.record(&webhook, &d, outcome, probe, &failing);
                             let _ = tx.send(Done::Answered);
-                            if let Some(committed) = committed {
+                            let mut retry_at = None;
+                            if let Some((committed, next)) = recorded {
                                 if committed.await.is_err() {
                                     tracing::error!("outcome not committed");
                                 }
+                                retry_at = next;
                             }
-                            let _ = tx.send(Done::Settled(d.id));
+                            let _ = tx.send(Done::Settled { id: d.id, retry_at });
                         }
                         .instrument(span),
                     );
                 }
             }
             let wait = if idle {
-                self.idle_wait(&key, &state, next_probe, &lane.busy)
+                self.idle_wait(&state, next_probe, &lane)
             } else {
                 MAX_IDLE
             };
@@ -270,43 +295,75 @@ impl Dispatcher {
         }
     }
 
-    /// The next due delivery of `key` not busy, from the page read ahead;
-    /// the next page is read when it is empty (one delivery at a time
-    /// for a probe).
+    /// The next delivery of `key` to start: from what was read ahead, else
+    /// from the hand-off (deliveries just committed, in memory) and, when
+    /// the outbox holds some that were not handed over or a retry falls
+    /// due, from the outbox (one at a time for a probe).
     fn next_due(&self, key: &str, now: i64, lane: &mut Lane, probe: bool) -> Option<Due> {
         if lane.ready.is_empty() {
-            let limit = if probe { 1 } else { PAGE };
-            match self.store.due(key, now, limit, &lane.busy) {
-                Ok(due) => {
-                    lane.busy.extend(due.iter().map(|d| d.id));
-                    lane.ready.extend(due);
-                }
-                Err(e) => tracing::error!(webhook = %key, error = %e, "cannot read the outbox"),
-            }
+            self.refill(key, now, lane, if probe { 1 } else { PAGE });
         }
         lane.ready.pop_front()
     }
 
+    fn refill(&self, key: &str, now: i64, lane: &mut Lane, limit: usize) {
+        let handoff = &self.store.handoff;
+        let mut fresh = Vec::new();
+        let taken = handoff.take(key, &mut fresh);
+        lane.take(fresh);
+        if !taken.overflowed && now < lane.read_at {
+            return;
+        }
+        let read = self.read_outbox(key, now, limit, lane, taken.upto);
+        if read >= limit || !taken.overflowed {
+            // More backlog than a page (the lane stays overflowed), or a
+            // look for due retries only.
+            return;
+        }
+        // Caught up with the backlog: the writer hands over again; what it
+        // left on disk in the meantime is read now.
+        let upto = handoff.reopen(key);
+        if upto > taken.upto && self.read_outbox(key, now, limit, lane, upto) >= limit {
+            handoff.overflow(key);
+        }
+    }
+
+    /// Reads up to `limit` due deliveries of `key` with ids up to `upto`
+    /// into `lane`, and when the outbox must be looked at next; returns
+    /// how many were read.
+    fn read_outbox(&self, key: &str, now: i64, limit: usize, lane: &mut Lane, upto: i64) -> usize {
+        let due = match self.store.due_upto(key, now, limit, &lane.busy, upto) {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(webhook = %key, error = %e, "cannot read the outbox");
+                lane.read_at = now + MAX_IDLE.as_millis() as i64;
+                return 0;
+            }
+        };
+        let read = due.len();
+        lane.take(due);
+        // The next look: when the earliest delivery left on disk is due,
+        // and every few seconds whatever happens.
+        let next = match self.store.next_due_at(key, &lane.busy, upto) {
+            Ok(Some(at)) => at.max(now + 1),
+            _ => i64::MAX,
+        };
+        lane.read_at = next.min(now + OUTBOX_LOOK.as_millis() as i64);
+        read
+    }
+
     /// How long to sleep when nothing else wakes the scheduler.
-    fn idle_wait(
-        &self,
-        key: &str,
-        state: &WebhookState,
-        next_probe: i64,
-        busy: &HashSet<i64>,
-    ) -> Duration {
-        let in_flight = busy.len();
+    fn idle_wait(&self, state: &WebhookState, next_probe: i64, lane: &Lane) -> Duration {
         let concurrency = self.shared.config.delivery.concurrency_per_webhook;
-        if state.disabled.is_some() || in_flight >= concurrency {
+        if state.disabled.is_some() || lane.attempting >= concurrency {
             return MAX_IDLE;
         }
-        let now = now_ms();
-        let next = match self.store.next_due_at(key, busy) {
-            Ok(Some(at)) if state.paused => at.max(next_probe),
-            Ok(Some(at)) => at,
-            _ => return MAX_IDLE,
+        let next = if state.paused {
+            lane.read_at.max(next_probe)
+        } else {
+            lane.read_at
         };
-        Duration::from_millis(next.saturating_sub(now).max(1) as u64).min(MAX_IDLE)
+        Duration::from_millis(next.saturating_sub(now_ms()).max(1) as u64).min(MAX_IDLE)
     }
 
     /// `taphook_outbox_pending` and `taphook_outbox_dead` of every webhook
@@ -339,6 +396,7 @@ impl Dispatcher {
             derived_at: Instant::now(),
             registered: due.event.registered.clone(),
             request_id: due.event.request_id.clone(),
+            new_session: false,
         };
         let requests = formats::requests(webhook, &event);
         let Some(request) = requests.get(due.part as usize) else {
@@ -441,7 +499,8 @@ impl Dispatcher {
     /// Writes an attempt's outcome back to the outbox: the attempt and
     /// the delivery's new state in one write. A failed probe of a paused
     /// webhook does not spend the delivery's retries. Returns what
-    /// answers once the write is committed.
+    /// answers once the write is committed, and when the delivery is due
+    /// again if it stays pending.
     fn record(
         &self,
         webhook: &Webhook,
@@ -449,7 +508,7 @@ impl Dispatcher {
         outcome: Outcome,
         probe: bool,
         failing: &Failing,
-    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    ) -> Option<(tokio::sync::oneshot::Receiver<()>, Option<i64>)> {
         let key = webhook.key.as_str();
         let label = outcome.attempt.label();
         let (store, metrics) = (&self.store, &self.shared.metrics);
@@ -520,8 +579,9 @@ impl Dispatcher {
             next_part,
             next_at,
         };
+        let retry_at = (state == State::Pending).then_some(next_at);
         match store.record_outcome(record) {
-            Ok(committed) => Some(committed),
+            Ok(committed) => Some((committed, retry_at)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot record the delivery's outcome; it will be sent again");
                 None
@@ -534,43 +594,73 @@ impl Dispatcher {
 enum Done {
     /// The attempt has its answer: its slot is free.
     Answered,
-    /// Its outcome is committed: the delivery may be read again.
-    Settled(i64),
+    /// Its outcome is committed: the delivery may be read again, from
+    /// the outbox at `retry_at` if it is to be tried again then.
+    Settled { id: i64, retry_at: Option<i64> },
 }
 
 /// A scheduler's deliveries: read ahead, being attempted, or waiting for
 /// their outcome's commit.
-#[derive(Default)]
 struct Lane {
-    /// Read from the outbox, not started yet.
+    /// Read from the outbox or taken from the hand-off, not started yet.
     ready: VecDeque<Due>,
     /// Attempts without an answer yet (the slots in use).
     attempting: usize,
     /// Every id read ahead, attempting or not yet settled: never read
     /// again until settled.
     busy: HashSet<i64>,
+    /// When the outbox must be looked at next (ms): a retry falls due.
+    read_at: i64,
 }
 
 impl Lane {
+    fn new() -> Self {
+        Self {
+            ready: VecDeque::new(),
+            attempting: 0,
+            busy: HashSet::new(),
+            read_at: 0,
+        }
+    }
+
+    fn take(&mut self, due: Vec<Due>) {
+        self.busy.extend(due.iter().map(|d| d.id));
+        self.ready.extend(due);
+    }
+
     fn finished(&mut self, done: Done) {
         match done {
             Done::Answered => self.attempting = self.attempting.saturating_sub(1),
-            Done::Settled(id) => {
+            Done::Settled { id, retry_at } => {
                 self.busy.remove(&id);
+                if let Some(at) = retry_at {
+                    self.read_at = self.read_at.min(at);
+                }
             }
         }
     }
 
-    /// Drops what was read ahead (it stays pending in the outbox).
+    /// Drops what was read ahead: it stays pending in the outbox, which
+    /// is read again next time.
     fn forget_ready(&mut self) {
         for d in self.ready.drain(..) {
             self.busy.remove(&d.id);
         }
+        self.read_at = 0;
     }
 
     /// Nothing started is still on its way.
     fn idle(&self) -> bool {
         self.attempting == 0 && self.busy.len() == self.ready.len()
+    }
+}
+
+/// Closes a scheduler's hand-off lane when the scheduler ends.
+struct CloseLane<'a>(&'a Store, &'a str);
+
+impl Drop for CloseLane<'_> {
+    fn drop(&mut self) {
+        self.0.handoff.close(self.1);
     }
 }
 

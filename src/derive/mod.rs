@@ -148,6 +148,7 @@ impl Deriver {
             .unwrap_or(Value::Null);
         let key = session_key(&key_value);
         let mut session = key.as_deref().and_then(|k| sessions.get(k));
+        let new_session = key.is_some() && session.is_none();
         if let Some(s) = &session {
             set(doc, "session", Value::Object(s.fields.clone()));
             if !has_bearer {
@@ -229,6 +230,7 @@ impl Deriver {
             derived_at: Instant::now(),
             registered: None,
             request_id: Some(exchange.request_id.clone()),
+            new_session,
         })
     }
 }

@@ -1110,9 +1110,9 @@ fn delivery_info(m: &StreamMessage) -> Option<DeliveryInfo> {
 }
 
 impl Outbox for JetStream {
-    fn enqueue(&self, webhook: &str, event: &StoredEvent) -> Result<(), StoreError> {
+    fn enqueue(&self, webhook: &str, event: Arc<StoredEvent>) -> Result<(), StoreError> {
         let (headers, body) =
-            Self::delivery_message(&Self::delivery_id(webhook, event), event, 0, 0);
+            Self::delivery_message(&Self::delivery_id(webhook, &event), &event, 0, 0);
         self.write(Write::Publish {
             subject: self.names.delivery_subject(webhook),
             headers,

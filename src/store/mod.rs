@@ -3,6 +3,7 @@
 //! front of sessions.
 
 pub mod events;
+pub mod handoff;
 pub mod jetstream;
 pub mod sqlite;
 
@@ -27,15 +28,18 @@ pub struct Session {
 pub trait Outbox: Send + Sync {
     /// Accepts a delivery of `event` to `webhook`: durable (embedded) or
     /// on its way to NATS (JetStream) when it returns `Ok`.
-    fn enqueue(&self, webhook: &str, event: &sqlite::StoredEvent)
-        -> Result<(), sqlite::StoreError>;
+    fn enqueue(
+        &self,
+        webhook: &str,
+        event: Arc<sqlite::StoredEvent>,
+    ) -> Result<(), sqlite::StoreError>;
 }
 
 impl Outbox for sqlite::Store {
     fn enqueue(
         &self,
         webhook: &str,
-        event: &sqlite::StoredEvent,
+        event: Arc<sqlite::StoredEvent>,
     ) -> Result<(), sqlite::StoreError> {
         self.insert_delivery(webhook, event)
     }

@@ -19,6 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::handoff::{Handoff, LANE_CAP};
 use crate::event::Event;
 
 /// Ops committed in one transaction at most.
@@ -144,7 +145,7 @@ impl State {
 #[derive(Debug, Clone)]
 pub struct Due {
     pub id: i64,
-    pub event: StoredEvent,
+    pub event: Arc<StoredEvent>,
     pub attempts: u32,
     pub part: u32,
 }
@@ -235,6 +236,8 @@ enum Op {
         webhook: String,
         event_uuid: String,
         event: String,
+        /// What the hand-off gives the scheduler once committed.
+        stored: Arc<StoredEvent>,
         at: i64,
     },
     UpdateDelivery {
@@ -297,7 +300,10 @@ enum Op {
 }
 
 /// Ops waiting for the writer at most; a full queue makes writers wait.
-const QUEUE_BOUND: usize = 65_536;
+/// Four groups' worth keeps the writer busy; each op holds its JSON (a
+/// delivery ~2 KiB), so the old 65,536 held ~130 MiB whenever the writer
+/// fell behind the pipeline.
+const QUEUE_BOUND: usize = 4 * MAX_GROUP;
 
 /// Called after a commit with the number of deliveries it accepted.
 pub type AcceptHook = Box<dyn Fn(u64) + Send + Sync>;
@@ -329,6 +335,8 @@ pub struct Store {
     /// Bumped after each commit that changed a webhook's state, so a
     /// reader can keep the state and read it again only when it moved.
     pub webhook_epoch: Arc<AtomicU64>,
+    /// Committed deliveries, in memory for their schedulers.
+    pub handoff: Arc<Handoff>,
 }
 
 impl Store {
@@ -371,9 +379,16 @@ impl Store {
         // nothing else writes.
         let checkpoint_conn = open().map_err(err)?;
         let reader = open().map_err(err)?;
+        // A reader's page cache is emptied whenever another connection
+        // committed (WAL), so under writes a large one only holds memory.
+        for c in [&reader, &checkpoint_conn] {
+            c.execute_batch("PRAGMA cache_size=-2048;").map_err(err)?;
+        }
         let (tx, rx) = mpsc::sync_channel(QUEUE_BOUND);
         let committed = Arc::new(tokio::sync::Notify::new());
         let webhook_epoch = Arc::new(AtomicU64::new(0));
+        let counters = Counters::load(&writer_conn).map_err(err)?;
+        let handoff = Arc::new(Handoff::new(LANE_CAP, counters.delivery - 1));
         let store = Arc::new(Self {
             path: path.clone(),
             ops: Mutex::new(Some(tx)),
@@ -383,11 +398,22 @@ impl Store {
             committed: committed.clone(),
             on_accept: Mutex::new(None),
             webhook_epoch: webhook_epoch.clone(),
+            handoff: handoff.clone(),
         });
         let weak = Arc::downgrade(&store);
         let handle = std::thread::Builder::new()
             .name("taphook-store".into())
-            .spawn(move || writer_loop(writer_conn, rx, committed, webhook_epoch, weak))
+            .spawn(move || {
+                writer_loop(
+                    writer_conn,
+                    counters,
+                    rx,
+                    committed,
+                    webhook_epoch,
+                    handoff,
+                    weak,
+                )
+            })
             .map_err(|source| StoreError::Dir {
                 path: dir.to_path_buf(),
                 source,
@@ -419,12 +445,18 @@ impl Store {
 
     /// Queues a delivery of `event` to `webhook`, due now. Idempotent per
     /// (webhook, event UUID).
-    pub fn insert_delivery(&self, webhook: &str, event: &StoredEvent) -> Result<(), StoreError> {
-        let json = serde_json::to_string(event).unwrap_or_default();
+    pub fn insert_delivery(
+        &self,
+        webhook: &str,
+        event: impl Into<Arc<StoredEvent>>,
+    ) -> Result<(), StoreError> {
+        let stored = event.into();
+        let json = serde_json::to_string(&*stored).unwrap_or_default();
         self.send(Op::InsertDelivery {
             webhook: webhook.into(),
-            event_uuid: event.event.uuid.clone(),
+            event_uuid: stored.event.uuid.clone(),
             event: json,
+            stored,
             at: now_ms(),
         })
     }
@@ -557,6 +589,19 @@ impl Store {
         limit: usize,
         busy: &HashSet<i64>,
     ) -> Result<Vec<Due>, StoreError> {
+        self.due_upto(webhook, now, limit, busy, i64::MAX)
+    }
+
+    /// [`Store::due`], leaving out ids above `upto` too (those the
+    /// hand-off holds in memory).
+    pub fn due_upto(
+        &self,
+        webhook: &str,
+        now: i64,
+        limit: usize,
+        busy: &HashSet<i64>,
+        upto: i64,
+    ) -> Result<Vec<Due>, StoreError> {
         self.read(|c| {
             // The ids come from the due-time index alone, in its order
             // (next_at, id), read only as far as needed; only the rows not
@@ -571,7 +616,7 @@ impl Store {
             )?;
             let wanted: Vec<i64> = ids
                 .query_map(params![webhook, now], |r| r.get(0))?
-                .filter(|id| !matches!(id, Ok(id) if busy.contains(id)))
+                .filter(|id| !matches!(id, Ok(id) if *id > upto || busy.contains(id)))
                 .take(limit)
                 .collect::<rusqlite::Result<_>>()?;
             let mut row = c.prepare_cached(
@@ -588,7 +633,7 @@ impl Store {
                     continue;
                 };
                 match serde_json::from_str(&event) {
-                    Ok(event) => out.push(Due { id, event, attempts, part }),
+                    Ok(event) => out.push(Due { id, event: Arc::new(event), attempts, part }),
                     Err(e) => tracing::error!(delivery = id, error = %e, "unreadable delivery in the outbox; skipped"),
                 }
             }
@@ -596,11 +641,13 @@ impl Store {
         })
     }
 
-    /// When `webhook`'s next pending delivery that is not `busy` is due.
+    /// When `webhook`'s next pending delivery that is not `busy` (nor
+    /// above `upto`) is due.
     pub fn next_due_at(
         &self,
         webhook: &str,
         busy: &HashSet<i64>,
+        upto: i64,
     ) -> Result<Option<i64>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
@@ -609,7 +656,7 @@ impl Store {
             let rows = st.query_map(params![webhook], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
             for row in rows {
                 let (id, at) = row?;
-                if !busy.contains(&id) {
+                if id <= upto && !busy.contains(&id) {
                     return Ok(Some(at));
                 }
             }
@@ -617,14 +664,22 @@ impl Store {
         })
     }
 
-    /// Pending and dead deliveries per (webhook, state).
-    pub fn counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+    /// Pending and dead deliveries of `webhooks`, per (webhook, state).
+    /// Each count reads only its own range of the due index: a webhook's
+    /// delivered rows (kept for the retention) are never scanned.
+    pub fn counts(&self, webhooks: &[&str]) -> Result<Vec<(String, String, i64)>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT webhook, state, COUNT(*) FROM deliveries WHERE state IN ('pending', 'dead') GROUP BY webhook, state",
+                "SELECT COUNT(*) FROM deliveries INDEXED BY deliveries_due WHERE webhook = ?1 AND state = ?2",
             )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect()
+            let mut out = Vec::with_capacity(webhooks.len() * 2);
+            for webhook in webhooks {
+                for state in [State::Pending, State::Dead] {
+                    let n: i64 = st.query_row(params![webhook, state.name()], |r| r.get(0))?;
+                    out.push((webhook.to_string(), state.name().to_string(), n));
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -824,14 +879,18 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The next attempt number and event sequence number. Both are global
-/// and only grow, so they order a delivery's attempts and a session's
-/// events without a `MAX()` lookup per insert (a bound-parameter subquery
-/// that SQLite keeps re-preparing: it was 7% of the store thread's time).
+/// The next attempt number, event sequence number and delivery id. All
+/// are global and only grow, so they order a delivery's attempts and a
+/// session's events without a `MAX()` lookup per insert (a bound-parameter
+/// subquery that SQLite keeps re-preparing: it was 7% of the store
+/// thread's time), and a delivery id is never given out twice in one run
+/// (SQLite would reuse the largest id once its row is deleted; the
+/// hand-off relies on ids growing).
 #[derive(Clone, Copy)]
 struct Counters {
     attempt: i64,
     event: i64,
+    delivery: i64,
 }
 
 impl Counters {
@@ -843,6 +902,11 @@ impl Counters {
             event: conn.query_row("SELECT COALESCE(MAX(seq), -1) + 1 FROM events", [], |r| {
                 r.get(0)
             })?,
+            delivery: conn.query_row(
+                "SELECT COALESCE(MAX(id), 0) + 1 FROM deliveries",
+                [],
+                |r| r.get(0),
+            )?,
         })
     }
 }
@@ -874,18 +938,13 @@ fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
 
 fn writer_loop(
     mut conn: Connection,
+    mut counters: Counters,
     rx: mpsc::Receiver<Op>,
     committed: Arc<tokio::sync::Notify>,
     webhook_epoch: Arc<AtomicU64>,
+    handoff: Arc<Handoff>,
     store: std::sync::Weak<Store>,
 ) {
-    let mut counters = match Counters::load(&conn) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the store's counters; the store is closed");
-            return;
-        }
-    };
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -918,6 +977,7 @@ fn writer_loop(
         if group.iter().any(|op| matches!(op, Op::Webhook { .. })) {
             webhook_epoch.fetch_add(1, Ordering::Release);
         }
+        hand_off(&handoff, &group, &results);
         if results.iter().any(|r| r.wake) {
             committed.notify_waiters();
         }
@@ -931,6 +991,42 @@ fn writer_loop(
                 _ => {}
             }
         }
+    }
+}
+
+/// Gives the deliveries a group inserted to the hand-off, and has every
+/// scheduler read the outbox again after an op that made deliveries
+/// pending without inserting them.
+fn hand_off(handoff: &Handoff, group: &[Op], results: &[Effect]) {
+    let mut inserted = Vec::new();
+    let mut reread = false;
+    for (op, effect) in group.iter().zip(results) {
+        match op {
+            Op::InsertDelivery {
+                webhook, stored, ..
+            } => {
+                if let Some(id) = effect.inserted {
+                    let due = Due {
+                        id,
+                        event: stored.clone(),
+                        attempts: 0,
+                        part: 0,
+                    };
+                    inserted.push((webhook.clone(), due));
+                }
+            }
+            Op::Requeue { .. } | Op::Replay { .. } => reread |= effect.changed > 0,
+            Op::Webhook { change, .. } => {
+                reread |= matches!(change, WebhookChange::Rename(_) | WebhookChange::Enable)
+            }
+            _ => {}
+        }
+    }
+    if reread {
+        handoff.reread_all();
+    }
+    if !inserted.is_empty() {
+        handoff.committed(inserted);
     }
 }
 
@@ -982,6 +1078,8 @@ struct Effect {
     wake: bool,
     accepted: u64,
     changed: usize,
+    /// The id of a delivery this op inserted.
+    inserted: Option<i64>,
 }
 
 /// Applies one op inside the group's transaction.
@@ -997,15 +1095,20 @@ fn apply(
             event_uuid,
             event,
             at,
+            ..
         } => {
             let n = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO deliveries (webhook, event_uuid, event, state, attempts, part, next_at, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'pending', 0, 0, ?4, ?4, ?4)",
+                    "INSERT OR IGNORE INTO deliveries (id, webhook, event_uuid, event, state, attempts, part, next_at, created_at, updated_at)
+                     VALUES (?5, ?1, ?2, ?3, 'pending', 0, 0, ?4, ?4, ?4)",
                 )?
-                .execute(params![webhook, event_uuid, event, at])?;
+                .execute(params![webhook, event_uuid, event, at, counters.delivery])?;
             effect.wake = n > 0;
             effect.accepted = n as u64;
+            if n > 0 {
+                effect.inserted = Some(counters.delivery);
+                counters.delivery += 1;
+            }
         }
         Op::UpdateDelivery {
             id,
@@ -1203,9 +1306,9 @@ mod tests {
     fn deliveries_survive_reopening_and_insert_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.insert_delivery("w", &event("e1")).unwrap();
-        store.insert_delivery("w", &event("e1")).unwrap();
-        store.insert_delivery("w", &event("e2")).unwrap();
+        store.insert_delivery("w", event("e1")).unwrap();
+        store.insert_delivery("w", event("e1")).unwrap();
+        store.insert_delivery("w", event("e2")).unwrap();
         store.flush().unwrap();
         store.close();
         drop(store);
@@ -1225,7 +1328,7 @@ mod tests {
     fn dead_deliveries_replay_and_requeue() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.insert_delivery("w", &event("e1")).unwrap();
+        store.insert_delivery("w", event("e1")).unwrap();
         store.flush().unwrap();
         let id = store.due("w", now_ms() + 1, 1, &HashSet::new()).unwrap()[0].id;
         store
@@ -1268,8 +1371,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for uuid in ["a", "b", "c", "d", "e"] {
-            store.insert_delivery("w", &event(uuid)).unwrap();
-            store.insert_delivery("other", &event(uuid)).unwrap();
+            store.insert_delivery("w", event(uuid)).unwrap();
+            store.insert_delivery("other", event(uuid)).unwrap();
         }
         store.flush().unwrap();
         let now = now_ms();
@@ -1296,7 +1399,7 @@ mod tests {
                 .due("w", now, limit, busy)
                 .unwrap()
                 .into_iter()
-                .map(|d| d.event.event.uuid)
+                .map(|d| d.event.event.uuid.clone())
                 .collect::<Vec<_>>()
         };
         // By due time, then id: e, then a and c (same time, a first by
@@ -1305,7 +1408,7 @@ mod tests {
         assert_eq!(order(&HashSet::new(), 2), ["e", "a"]);
         assert_eq!(order(&[id("e"), id("c")].into(), 2), ["a", "b"]);
         assert_eq!(
-            store.next_due_at("w", &[id("e")].into()).unwrap(),
+            store.next_due_at("w", &[id("e")].into(), i64::MAX).unwrap(),
             Some(now - 20)
         );
     }
@@ -1314,7 +1417,7 @@ mod tests {
     fn attempts_and_events_stay_numbered_in_order_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.insert_delivery("w", &event("e1")).unwrap();
+        store.insert_delivery("w", event("e1")).unwrap();
         store.flush().unwrap();
         let id = store.due("w", now_ms() + 1, 1, &HashSet::new()).unwrap()[0].id;
         let attempt = |store: &Store, outcome: &str| {
