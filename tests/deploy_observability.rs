@@ -118,6 +118,7 @@ fn families() -> BTreeMap<String, Family> {
     add(&mut out, &m.proxy_requests);
     add(&mut out, &m.events_derived);
     add(&mut out, &m.events_duplicate);
+    add(&mut out, &m.tap_waits);
     add(&mut out, &m.events_dropped);
     add(&mut out, &m.filter_rejected);
     add(&mut out, &m.deliveries);
