@@ -43,6 +43,7 @@ OUT=$PWD/target/bench
 mkdir -p "$OUT"
 rm -rf "$OUT"/efficiency-*
 WORK=$(mktemp -d)
+. benches/load/lib.sh
 chmod 711 "$WORK"   # nginx workers (nobody) stat $WORK/gone
 PIDS=()
 cleanup() {
@@ -50,25 +51,9 @@ cleanup() {
   [ -n "${RAWDIR:-}" ] && cp "$DIR/taphook.log" "$RAWDIR/" 2>/dev/null; rm -rf "$WORK"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); SINK=$(port)
 TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')   # the admin API's, for this run
 
-nginx_conf() { # name, server block
-  mkdir -p "$WORK/$1"
-  cat >"$WORK/$1/nginx.conf" <<NGINX
-worker_processes auto;
-pid $WORK/$1/nginx.pid;
-error_log $WORK/$1/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/$1/body; proxy_temp_path $WORK/$1/proxy;
-  fastcgi_temp_path $WORK/$1/fcgi; uwsgi_temp_path $WORK/$1/uwsgi; scgi_temp_path $WORK/$1/scgi;
-  $2
-}
-NGINX
-}
 # The importer: a fresh session id per embed; anything else is untapped.
 nginx_conf importer "server { listen 127.0.0.1:$UP;
     location /v1/embeds { default_type application/json; return 200 '{\"id\":\"\$request_id\",\"status\":\"initialized\"}'; }
@@ -85,14 +70,6 @@ wrk.body = '{"uuid":"event-6f1c2a9e-4b7d-4e21-9a53-0c8d7e5f1b2a","embed_id":"abc
 LUA
 for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$SINK/hooks" && curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
 
-# CPU ticks (user + system) of a process and its children.
-ticks() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
 rss_kib() { awk -v f="$2" '$1 == f {print $2}' "/proc/$1/status"; }
 # The sum of a metric's series whose labels include every given label="value".
 metric() {

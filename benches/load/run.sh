@@ -33,10 +33,10 @@ OUT=$PWD/target/bench
 mkdir -p "$OUT"
 rm -f "$OUT"/wrk-*.txt "$OUT"/cpu-*.txt "$OUT"/taphook-rss-samples.txt
 WORK=$(mktemp -d)
+. benches/load/lib.sh
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$WORK"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); NG=$(port); TP=$(port); ADMIN=$(port); SINK=$(port); PLAIN=$(port); PLAIN_ADMIN=$(port)
 
 "$BIN" importer --listen 127.0.0.1:$UP >"$WORK/importer.log" 2>&1 & PIDS+=($!)
@@ -44,21 +44,6 @@ IMPORTER_PID=$!
 
 # One nginx as the reverse proxy, another as the webhook receiver, so each
 # one's CPU time is its own.
-nginx_conf() { # name, server block
-  mkdir -p "$WORK/$1"
-  cat >"$WORK/$1/nginx.conf" <<NGINX
-worker_processes auto;
-pid $WORK/$1/nginx.pid;
-error_log $WORK/$1/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/$1/body; proxy_temp_path $WORK/$1/proxy;
-  fastcgi_temp_path $WORK/$1/fcgi; uwsgi_temp_path $WORK/$1/uwsgi; scgi_temp_path $WORK/$1/scgi;
-  $2
-}
-NGINX
-}
 nginx_conf proxy "upstream importer { server 127.0.0.1:$UP; keepalive 64; }
   server { listen 127.0.0.1:$NG; location / { proxy_pass http://importer; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 nginx_conf sink "server { listen 127.0.0.1:$SINK; location / { return 200; } }"
@@ -98,14 +83,6 @@ for a in "$ADMIN" "$PLAIN_ADMIN"; do
 done
 sleep 0.5
 
-# CPU ticks (user + system) of a process and its children (nginx workers).
-ticks() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
 rss_mib() { awk -v f="$2" '$1 == f {print int($2/1024)}' "/proc/$1/status"; }
 metric() { curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {printf "%d\n", s}'; }
 
