@@ -25,6 +25,7 @@
 #   DURATION=60 PENDING=1000000 MAX_LOAD_S=300 CONNS=32 DRAIN_TIMEOUT=900
 #   BIN=path          the binary (default: cargo build --release)
 #   BASELINE_BIN=path a second binary measured the same way
+#   CONCURRENCY=n     delivery.concurrency_per_webhook (taphook's default: 16)
 # Writes target/bench/efficiency.md and target/bench/efficiency.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -130,6 +131,7 @@ rules_dir: rules
 data_dir: data
 delivery:
   allow_private_networks: [127.0.0.0/8]   # the receiver is on loopback
+${CONCURRENCY:+  concurrency_per_webhook: $CONCURRENCY}
 CONF
   cat >"$DIR/rules/bench.yaml" <<RULES
 routes:

@@ -314,7 +314,9 @@ impl Dispatcher {
         if !taken.overflowed && now < lane.read_at {
             return;
         }
-        let read = self.read_outbox(key, now, limit, lane, taken.upto);
+        let Some(read) = self.read_outbox(key, now, limit, lane, taken.upto) else {
+            return;
+        };
         if read >= limit || !taken.overflowed {
             // More backlog than a page (the lane stays overflowed), or a
             // look for due retries only.
@@ -323,21 +325,32 @@ impl Dispatcher {
         // Caught up with the backlog: the writer hands over again; what it
         // left on disk in the meantime is read now.
         let upto = handoff.reopen(key);
-        if upto > taken.upto && self.read_outbox(key, now, limit, lane, upto) >= limit {
+        if upto > taken.upto
+            && self
+                .read_outbox(key, now, limit, lane, upto)
+                .is_none_or(|read| read >= limit)
+        {
             handoff.overflow(key);
         }
     }
 
     /// Reads up to `limit` due deliveries of `key` with ids up to `upto`
     /// into `lane`, and when the outbox must be looked at next; returns
-    /// how many were read.
-    fn read_outbox(&self, key: &str, now: i64, limit: usize, lane: &mut Lane, upto: i64) -> usize {
+    /// how many were read (`None`: the read failed, tried again soon).
+    fn read_outbox(
+        &self,
+        key: &str,
+        now: i64,
+        limit: usize,
+        lane: &mut Lane,
+        upto: i64,
+    ) -> Option<usize> {
         let due = match self.store.due_upto(key, now, limit, &lane.busy, upto) {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!(webhook = %key, error = %e, "cannot read the outbox");
                 lane.read_at = now + MAX_IDLE.as_millis() as i64;
-                return 0;
+                return None;
             }
         };
         let read = due.len();
@@ -349,7 +362,7 @@ impl Dispatcher {
             _ => i64::MAX,
         };
         lane.read_at = next.min(now + OUTBOX_LOOK.as_millis() as i64);
-        read
+        Some(read)
     }
 
     /// How long to sleep when nothing else wakes the scheduler.
