@@ -26,6 +26,9 @@
 #   BIN=path          the binary (default: cargo build --release)
 #   BASELINE_BIN=path a second binary measured the same way
 #   CONCURRENCY=n     delivery.concurrency_per_webhook (taphook's default: 16)
+#   DEDUP_CAPACITY=n  dedup.capacity (default 1,000,000: the dedup set fills
+#                     while the backlog grows; smaller shows the growth
+#                     beyond full caches)
 # Writes target/bench/efficiency.md and target/bench/efficiency.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -132,6 +135,8 @@ data_dir: data
 delivery:
   allow_private_networks: [127.0.0.0/8]   # the receiver is on loopback
 ${CONCURRENCY:+  concurrency_per_webhook: $CONCURRENCY}
+${DEDUP_CAPACITY:+dedup:
+  capacity: $DEDUP_CAPACITY}
 CONF
   cat >"$DIR/rules/bench.yaml" <<RULES
 routes:
