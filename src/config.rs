@@ -649,6 +649,21 @@ mod tests {
     }
 
     #[test]
+    fn the_tap_waits_by_default_and_can_drop() {
+        let c = load("upstream: http://x:1\n").unwrap();
+        assert_eq!(c.tap_when_full, WhenFull::Wait(Duration::from_secs(5)));
+        let c = load("upstream: http://x:1\ntap:\n  max_wait: 250ms\n").unwrap();
+        assert_eq!(c.tap_when_full, WhenFull::Wait(Duration::from_millis(250)));
+        let c = load("upstream: http://x:1\ntap: { when_full: drop }\n").unwrap();
+        assert_eq!(c.tap_when_full, WhenFull::Drop);
+        let err = load("upstream: http://x:1\ntap:\n  when_full: block\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("taphook.yaml:3:") && err.to_string().contains("block"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn cidrs() {
         use std::net::IpAddr;
         let ok = |t: &str| parse_cidr(t).unwrap();
