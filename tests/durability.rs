@@ -533,3 +533,56 @@ async fn a_backlog_beyond_the_hand_off_arrives_once_each() {
         (WAITING + 101) as f64
     );
 }
+
+/// A webhook renamed while its deliveries wait for the receiver: they
+/// follow the new key (read from the outbox, not lost in the hand-off)
+/// and arrive once the receiver is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_webhook_keeps_its_backlog() {
+    // The route from a file; the webhook through the API (only those can
+    // be renamed).
+    let route = "routes:\n  - name: ping\n    event: ping\n    method: GET\n    path: /_fixtures/empty\n    dedup_key: [\"ping\", \"$query.i\"]\n    data:\n      i: $query.i\n";
+    let stack = Stack::start(Setup {
+        rules: vec![("ping.yaml", route.to_string())],
+        config: &format!("admin_token: {TOKEN}\n"),
+        ..Default::default()
+    })
+    .await;
+    let url = format!("http://{}/hooks/c", stack.receiver.addr);
+    let hook = json!({"webhook_key": "c", "url": url, "events": ["ping"]});
+    let hold = json!({"retry": {"on": [503], "max_retries": 50, "backoff": ["300ms"]}});
+    for (method, path, body) in [
+        ("POST", "/v1/event-webhooks", hook),
+        ("PUT", "/v1/event-webhooks/c", hold),
+    ] {
+        let (status, answer) = stack.api(TOKEN, method, path, Some(body)).await;
+        assert!(status < 300, "{status} {answer}");
+    }
+    stack.receiver.default_reply("/hooks/c", Reply::Status(503));
+    for i in 1..=5 {
+        stack.ping(i).await;
+    }
+    let failed = stack
+        .receiver
+        .wait_for("/hooks/c", 5, Duration::from_secs(10))
+        .await;
+    assert_eq!(failed.len(), 5);
+    let renamed = json!({"new_webhook_key": "d"});
+    let (status, body) = stack
+        .api(TOKEN, "PUT", "/v1/event-webhooks/c", Some(renamed))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let before = stack.receiver.received_on("/hooks/c").len();
+    stack.receiver.default_reply("/hooks/c", Reply::Status(200));
+    let delivered = "taphook_deliveries_total{outcome=\"delivered\",webhook=\"d\"}";
+    assert_eq!(
+        stack.wait_metric(delivered, 5.0).await,
+        5.0,
+        "{}",
+        stack.log()
+    );
+    let after: BTreeSet<String> = pings(&stack.receiver.received_on("/hooks/c")[before..])
+        .into_iter()
+        .collect();
+    assert_eq!(after, (1..=5).map(|i| i.to_string()).collect());
+}

@@ -36,6 +36,7 @@ use tracing::Instrument as _;
 use crate::app::Shared;
 use crate::event::DerivedEvent;
 use crate::rules::model::Webhook;
+use crate::store::handoff::Taken;
 use crate::store::sqlite::{
     now_ms, AttemptRecord, Due, State, Store, StoreError, WebhookChange, WebhookState,
 };
@@ -217,13 +218,16 @@ impl Dispatcher {
         let mut stopping = false;
         let mut states = StateCache::default();
         let failing = {
-            let state = states.get(&self.store, &key);
+            let (state, _) = states.get(&self.store, &key);
             Arc::new(Failing(std::sync::Mutex::new(
                 state.failing_since.is_some() || state.paused,
             )))
         };
         loop {
             let webhook = self.webhook(&key);
+            if webhook.is_none() {
+                lane.forget_ready();
+            }
             if (webhook.is_none() || stopping) && lane.idle() {
                 return;
             }
@@ -232,7 +236,12 @@ impl Dispatcher {
             let notified = committed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let state = states.get(&self.store, &key);
+            let (state, changed) = states.get(&self.store, &key);
+            if changed {
+                // A webhook was renamed, deleted or changed state: what was
+                // read ahead may have changed hands; read it again.
+                lane.forget_ready();
+            }
             let now = now_ms();
             let mut idle = false;
             if let Some(webhook) = webhook.filter(|_| !stopping && state.disabled.is_none()) {
@@ -307,10 +316,19 @@ impl Dispatcher {
     }
 
     fn refill(&self, key: &str, now: i64, lane: &mut Lane, limit: usize) {
-        let handoff = &self.store.handoff;
         let mut fresh = Vec::new();
-        let taken = handoff.take(key, &mut fresh);
-        lane.take(fresh);
+        let taken = self.store.handoff.take(key, &mut fresh);
+        // Busy before the outbox is read (it holds them too), started
+        // after what the outbox gives: older ids first.
+        lane.busy.extend(fresh.iter().map(|d| d.id));
+        self.read_backlog(key, now, limit, lane, taken);
+        lane.ready.extend(fresh);
+    }
+
+    /// Reads the outbox when the hand-off says so or a retry is due; once
+    /// a backlog is read to its end, reopens the hand-off.
+    fn read_backlog(&self, key: &str, now: i64, limit: usize, lane: &mut Lane, taken: Taken) {
+        let handoff = &self.store.handoff;
         if !taken.overflowed && now < lane.read_at {
             return;
         }
@@ -685,16 +703,19 @@ struct StateCache {
 }
 
 impl StateCache {
-    fn get(&mut self, store: &Store, key: &str) -> WebhookState {
+    /// The state, and whether some webhook's state changed since the
+    /// last call.
+    fn get(&mut self, store: &Store, key: &str) -> (WebhookState, bool) {
         let epoch = store
             .webhook_epoch
             .load(std::sync::atomic::Ordering::Acquire);
         match &self.seen {
-            Some((at, state)) if *at == epoch => state.clone(),
+            Some((at, state)) if *at == epoch => (state.clone(), false),
             _ => {
                 let state = store.webhook_state(key).unwrap_or_default();
+                let changed = self.seen.is_some();
                 self.seen = Some((epoch, state.clone()));
-                state
+                (state, changed)
             }
         }
     }

@@ -82,11 +82,18 @@ impl Handoff {
         }
     }
 
-    /// The writer: deliveries became pending again (a requeue, a replay,
-    /// a rename): every lane reads the outbox again.
+    /// The writer: deliveries changed hands or became pending again (a
+    /// requeue, a replay, a webhook renamed, deleted or enabled): every
+    /// lane drops what it holds (all of it is on disk) and reads the
+    /// outbox again, up to every id committed so far (a rename moves
+    /// older ids to another webhook).
     pub(crate) fn reread_all(&self) {
-        for lane in lock(&self.inner).lanes.values_mut() {
+        let mut inner = lock(&self.inner);
+        let upto = inner.committed_max;
+        for lane in inner.lanes.values_mut() {
+            lane.fresh.clear();
             lane.overflowed = true;
+            lane.upto = lane.upto.max(upto);
         }
     }
 
@@ -229,8 +236,13 @@ mod tests {
         assert_eq!(h.take("w", &mut got).upto, 8);
         assert!(got.is_empty());
         h.reopen("w");
+        h.committed(vec![("w".into(), due(10)), ("other".into(), due(11))]);
         h.reread_all();
-        assert!(h.take("w", &mut got).overflowed);
+        got.clear();
+        let t = h.take("w", &mut got);
+        // What the lane held is dropped (it is on disk), and the outbox is
+        // read up to every id committed, whoever's it was.
+        assert_eq!((t.overflowed, t.upto, ids(&got)), (true, 11, vec![]));
         h.close("w");
         h.committed(vec![("w".into(), due(9))]);
         assert!(h.is_empty());

@@ -1017,16 +1017,19 @@ fn hand_off(handoff: &Handoff, group: &[Op], results: &[Effect]) {
             }
             Op::Requeue { .. } | Op::Replay { .. } => reread |= effect.changed > 0,
             Op::Webhook { change, .. } => {
-                reread |= matches!(change, WebhookChange::Rename(_) | WebhookChange::Enable)
+                reread |= matches!(
+                    change,
+                    WebhookChange::Rename(_) | WebhookChange::Enable | WebhookChange::Delete
+                )
             }
             _ => {}
         }
     }
-    if reread {
-        handoff.reread_all();
-    }
     if !inserted.is_empty() {
         handoff.committed(inserted);
+    }
+    if reread {
+        handoff.reread_all();
     }
 }
 
@@ -1160,7 +1163,9 @@ fn apply(
                 r.response
             ])?;
             counters.attempt += 1;
-            tx.prepare_cached("UPDATE deliveries SET state = ?2, attempts = ?3, part = ?4, next_at = ?5, last_status = ?6, updated_at = ?7 WHERE id = ?1")?
+            // Only a pending delivery: one whose webhook was deleted while
+            // the attempt ran is a dead letter and stays one.
+            tx.prepare_cached("UPDATE deliveries SET state = ?2, attempts = ?3, part = ?4, next_at = ?5, last_status = ?6, updated_at = ?7 WHERE id = ?1 AND state = 'pending'")?
                 .execute(params![r.id, r.state.name(), r.attempts, r.next_part, r.next_at, r.outcome, at])?;
         }
         Op::PutSession { key, value, at } => {
