@@ -59,16 +59,13 @@ impl Dedup {
     }
 
     /// How many UUIDs are remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .order
             .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

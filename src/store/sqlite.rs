@@ -240,22 +240,6 @@ enum Op {
         stored: Arc<StoredEvent>,
         at: i64,
     },
-    UpdateDelivery {
-        id: i64,
-        state: State,
-        attempts: u32,
-        part: u32,
-        next_at: i64,
-        last_status: String,
-    },
-    Attempt {
-        id: i64,
-        at: i64,
-        part: u32,
-        outcome: String,
-        duration_ms: i64,
-        response: Option<String>,
-    },
     PutSession {
         key: String,
         value: String,
@@ -458,44 +442,6 @@ impl Store {
             event: json,
             stored,
             at: now_ms(),
-        })
-    }
-
-    /// Records the outcome of an attempt on delivery `id`.
-    pub fn update_delivery(
-        &self,
-        id: i64,
-        state: State,
-        attempts: u32,
-        part: u32,
-        next_at: i64,
-        last_status: &str,
-    ) -> Result<(), StoreError> {
-        self.send(Op::UpdateDelivery {
-            id,
-            state,
-            attempts,
-            part,
-            next_at,
-            last_status: last_status.into(),
-        })
-    }
-
-    pub fn record_attempt(
-        &self,
-        id: i64,
-        part: u32,
-        outcome: &str,
-        duration: Duration,
-        response: Option<String>,
-    ) -> Result<(), StoreError> {
-        self.send(Op::Attempt {
-            id,
-            at: now_ms(),
-            part,
-            outcome: outcome.into(),
-            duration_ms: duration.as_millis() as i64,
-            response,
         })
     }
 
@@ -1113,40 +1059,6 @@ fn apply(
                 counters.delivery += 1;
             }
         }
-        Op::UpdateDelivery {
-            id,
-            state,
-            attempts,
-            part,
-            next_at,
-            last_status,
-        } => {
-            tx.prepare_cached("UPDATE deliveries SET state = ?2, attempts = ?3, part = ?4, next_at = ?5, last_status = ?6, updated_at = ?7 WHERE id = ?1")?
-                .execute(params![id, state.name(), attempts, part, next_at, last_status, now_ms()])?;
-        }
-        Op::Attempt {
-            id,
-            at,
-            part,
-            outcome,
-            duration_ms,
-            response,
-        } => {
-            tx.prepare_cached(
-                "INSERT INTO attempts (delivery_id, n, at, part, outcome, duration_ms, response)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                id,
-                counters.attempt,
-                at,
-                part,
-                outcome,
-                duration_ms,
-                response
-            ])?;
-            counters.attempt += 1;
-        }
         Op::Outcome { record: r, .. } => {
             let at = now_ms();
             tx.prepare_cached(
@@ -1307,6 +1219,21 @@ mod tests {
         }
     }
 
+    /// An attempt on delivery `id` (part 0) that leaves it in `state`.
+    fn outcome(id: i64, state: State, attempts: u32, next_at: i64, label: &str) -> AttemptRecord {
+        AttemptRecord {
+            id,
+            part: 0,
+            outcome: label.into(),
+            duration: Duration::ZERO,
+            response: None,
+            state,
+            attempts,
+            next_part: 0,
+            next_at,
+        }
+    }
+
     #[test]
     fn deliveries_survive_reopening_and_insert_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
@@ -1337,10 +1264,11 @@ mod tests {
         store.flush().unwrap();
         let id = store.due("w", now_ms() + 1, 1, &HashSet::new()).unwrap()[0].id;
         store
-            .update_delivery(id, State::Dead, 3, 0, 0, "500")
-            .unwrap();
-        store
-            .record_attempt(id, 0, "500", Duration::from_millis(12), Some("oops".into()))
+            .record_outcome(AttemptRecord {
+                duration: Duration::from_millis(12),
+                response: Some("oops".into()),
+                ..outcome(id, State::Dead, 3, 0, "500")
+            })
             .unwrap();
         store.flush().unwrap();
         assert!(store
@@ -1392,11 +1320,11 @@ mod tests {
         ];
         for (uuid, at) in later {
             store
-                .update_delivery(id(uuid), State::Pending, 1, 0, at, "500")
+                .record_outcome(outcome(id(uuid), State::Pending, 1, at, "500"))
                 .unwrap();
         }
         store
-            .update_delivery(id("c"), State::Pending, 1, 0, now - 20, "500")
+            .record_outcome(outcome(id("c"), State::Pending, 1, now - 20, "500"))
             .unwrap();
         store.flush().unwrap();
         let order = |busy: &HashSet<i64>, limit| {
@@ -1425,9 +1353,9 @@ mod tests {
         store.insert_delivery("w", event("e1")).unwrap();
         store.flush().unwrap();
         let id = store.due("w", now_ms() + 1, 1, &HashSet::new()).unwrap()[0].id;
-        let attempt = |store: &Store, outcome: &str| {
+        let attempt = |store: &Store, label: &str| {
             store
-                .record_attempt(id, 0, outcome, Duration::ZERO, None)
+                .record_outcome(outcome(id, State::Pending, 1, 0, label))
                 .unwrap()
         };
         attempt(&store, "500");
