@@ -10,8 +10,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, HeaderValue};
 use serde_json::json;
 use taphook::dedup::Dedup;
 use taphook::deliver::formats;
@@ -29,20 +29,23 @@ fn captured(body: &[u8]) -> Option<Captured> {
 }
 
 fn exchange(method: &str, path: &str, request: &[u8], response: &[u8]) -> Exchange {
-    let json = |v: &str| (v.to_string(), Bytes::from_static(b"application/json"));
+    let json = |name: &'static str| {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_static("application/json"));
+        h
+    };
+    let mut request_headers = json("content-type");
+    request_headers.insert("x-api-key", HeaderValue::from_static("k"));
     Exchange {
         request_id: "bench".into(),
         method: method.into(),
         path: path.into(),
         query: None,
-        request_headers: vec![
-            json("content-type"),
-            ("x-api-key".into(), Bytes::from_static(b"k")),
-        ],
+        request_headers,
         request_body: captured(request),
         files: vec![],
         status: 200,
-        response_headers: vec![json("content-type")],
+        response_headers: json("content-type"),
         response_body: captured(response),
         completed_at: SystemTime::now(),
     }

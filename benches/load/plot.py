@@ -18,13 +18,17 @@ os.makedirs(img, exist_ok=True)
 labels = {
     "direct": "direct",
     "nginx": "nginx",
-    "taphook-plain": "taphook\n(no routes)",
-    "taphook": "taphook\n(events)",
+    "new/taphook-plain": "taphook\nno routes",
+    "new/taphook-untapped": "taphook\nuntapped",
+    "nginx-tapped": "nginx\ntapped path",
+    "new/taphook-tapped": "taphook\ntapped",
 }
 load_path = os.path.join(bench, "load.json")
 if os.path.exists(load_path):
     load = json.load(open(load_path))
     targets = [t for t in labels if t in load["targets"]]
+    colors = {"direct": "#888", "nginx": "#4a7", "nginx-tapped": "#4a7",
+              "new/taphook-plain": "#69c", "new/taphook-untapped": "#69c", "new/taphook-tapped": "#c64"}
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     series = [
         ("requests/s", "rps", 1),
@@ -34,7 +38,7 @@ if os.path.exists(load_path):
     for ax, (title, key, _) in zip(axes, series):
         names = [t for t in targets if not (key == "cpu_us" and t == "direct")]
         values = [load["targets"][t][key] for t in names]
-        bars = ax.bar([labels[t] for t in names], values, color=["#888", "#4a7", "#69c", "#c64"][-len(names):])
+        bars = ax.bar([labels[t] for t in names], values, color=[colors[t] for t in names])
         ax.set_title(title)
         if key == "p99":
             ax.set_yscale("log")
@@ -43,7 +47,7 @@ if os.path.exists(load_path):
             ax.annotate(f"{v:,.0f}" if v >= 10 else f"{v:.1f}", (b.get_x() + b.get_width() / 2, v),
                         ha="center", va="bottom", fontsize=8)
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"POST /v1/embeds, wrk -t2 -c{load['connections']} -d{load['duration']}s, median of {load['runs']} runs, 2 shared cores")
+    fig.suptitle(f"wrk -t{load['wrk_threads']} -c{load['connections']} -d{load['duration']}s, median of {load['runs']} runs, 2 shared cores")
     fig.tight_layout()
     fig.savefig(os.path.join(img, "load.png"), dpi=110)
     print("wrote docs/img/load.png")

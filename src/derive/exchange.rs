@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -150,8 +149,10 @@ pub struct FilePart {
     pub content_type: Option<String>,
 }
 
-/// Headers as received: lower-case names, raw values, in order.
-pub type Headers = Vec<(String, Bytes)>;
+/// Headers as received: lower-case names, raw values. The proxy hands
+/// over the request's own map (its values share the bytes Pingora read),
+/// so a tapped exchange copies no header.
+pub type Headers = http::HeaderMap;
 
 /// One finished request/response pair, as copied by the proxy.
 #[derive(Debug)]
@@ -228,23 +229,22 @@ impl Exchange {
 
 fn first(headers: &Headers, name: &str) -> Option<String> {
     headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 /// Lower-case names; a header seen twice keeps its first value.
 fn header_map(headers: &Headers) -> Map<String, Value> {
-    let mut map = Map::new();
-    for (k, v) in headers {
-        if !map.contains_key(k) {
-            map.insert(
-                k.clone(),
-                Value::String(String::from_utf8_lossy(v).into_owned()),
-            );
-        }
-    }
-    map
+    headers
+        .keys()
+        .filter_map(|k| {
+            let v = headers.get(k)?;
+            Some((
+                k.as_str().to_string(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            ))
+        })
+        .collect()
 }
 
 fn parse_form(text: &str) -> Map<String, Value> {
@@ -345,12 +345,17 @@ mod tests {
             query: Some("sheet=1&sheet=2&x=%20y".into()),
             request_headers: req_headers
                 .iter()
-                .map(|(k, v)| (k.to_string(), Bytes::from(v.to_string())))
+                .map(|(k, v)| {
+                    (
+                        http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        http::HeaderValue::from_str(v).unwrap(),
+                    )
+                })
                 .collect(),
             request_body: Some(captured),
             files: vec![],
             status: 200,
-            response_headers: vec![],
+            response_headers: Headers::new(),
             response_body: None,
             completed_at: SystemTime::now(),
         }

@@ -17,13 +17,14 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::ErrorSource;
+use prometheus::{Histogram, IntCounter};
 use tokio::sync::mpsc::{self, error::SendTimeoutError, error::TrySendError};
 
 use crate::app::Shared;
 use crate::config::WhenFull;
 use crate::derive::exchange::{Budget, Headers};
 use crate::derive::{Captured, Exchange};
-use crate::metrics::status_class;
+use crate::metrics::{status_class, Metrics};
 use multipart::MultipartScanner;
 
 /// The tap in front of the importer.
@@ -34,6 +35,7 @@ pub struct Tap {
     upstream: SocketAddr,
     budget: Arc<Budget>,
     dropped: AtomicU64,
+    untapped: Untapped,
 }
 
 impl Tap {
@@ -44,6 +46,7 @@ impl Tap {
         budget: Arc<Budget>,
     ) -> Self {
         Self {
+            untapped: Untapped::new(&shared.metrics),
             shared,
             queue,
             upstream,
@@ -124,22 +127,55 @@ pub struct TapCtx {
 }
 
 /// The id lines about this exchange's events carry: the client's
-/// `X-Request-Id` when it is short printable ASCII, else a new one.
+/// `X-Request-Id` when it is short printable ASCII, else a new one (128
+/// random bits from the thread's generator: a v4 UUID would cost a
+/// `getrandom` system call per tapped request).
 fn request_id(headers: &Headers) -> String {
     headers
-        .iter()
-        .find(|(name, _)| name == "x-request-id")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+        .unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)))
 }
 
-fn copy_headers(map: &http::HeaderMap) -> Headers {
-    map.iter()
-        .map(|(k, v)| (k.as_str().to_string(), Bytes::copy_from_slice(v.as_bytes())))
-        .collect()
+/// The metrics of requests no route taps, looked up once: an untapped
+/// request only bumps a counter and observes a histogram.
+struct Untapped {
+    /// By status class, in [`status_class`]'s order.
+    requests: [IntCounter; 6],
+    duration: Histogram,
 }
+
+impl Untapped {
+    fn new(metrics: &Metrics) -> Self {
+        let class = |c| metrics.proxy_requests.with_label_values(&[UNTAPPED, c]);
+        Self {
+            requests: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+                class("other"),
+            ],
+            duration: metrics
+                .proxy_request_duration
+                .with_label_values(&[UNTAPPED]),
+        }
+    }
+
+    fn requests(&self, status: u16) -> &IntCounter {
+        let i = match status / 100 {
+            c @ 1..=5 => c as usize - 1,
+            _ => 5,
+        };
+        &self.requests[i]
+    }
+}
+
+/// The `route` label of requests no route taps.
+const UNTAPPED: &str = "none";
 
 fn content_type(headers: &http::HeaderMap) -> Option<&str> {
     headers
@@ -172,6 +208,12 @@ impl ProxyHttp for Tap {
     fn new_ctx(&self) -> TapCtx {
         TapCtx::default()
     }
+
+    /// No downstream modules. Pingora's default adds its response
+    /// compression module, disabled, which still built a context and ran
+    /// two filters (four allocations) on every request; taphook never
+    /// compresses: the client gets the upstream's bytes.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     /// What Pingora's own error lines show of a request: the method, the
     /// path without the query (which may carry tokens) and the host.
@@ -214,7 +256,7 @@ impl ProxyHttp for Tap {
         if ctx.route.is_none() {
             return Ok(());
         }
-        ctx.request_headers = copy_headers(&upstream_request.headers);
+        ctx.request_headers = upstream_request.headers.clone();
         let ct = content_type(&upstream_request.headers);
         ctx.multipart = ct.and_then(MultipartScanner::for_content_type);
         ctx.request_body =
@@ -256,7 +298,7 @@ impl ProxyHttp for Tap {
     ) -> Result<()> {
         if ctx.route.is_some() {
             ctx.status = resp.status.as_u16();
-            ctx.response_headers = copy_headers(&resp.headers);
+            ctx.response_headers = resp.headers.clone();
             if capturable(content_type(&resp.headers)) {
                 ctx.response_body = Some(self.capture(ctx.cap));
             }
@@ -288,20 +330,27 @@ impl ProxyHttp for Tap {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let route = ctx.route.as_deref().unwrap_or("none");
+        let elapsed = ctx.started.map(|t| t.elapsed().as_secs_f64());
+        let Some(route) = ctx.route.as_deref() else {
+            self.untapped.requests(status).inc();
+            if let Some(elapsed) = elapsed {
+                self.untapped.duration.observe(elapsed);
+            }
+            return;
+        };
         let metrics = &self.shared.metrics;
         metrics
             .proxy_requests
             .with_label_values(&[route, status_class(status)])
             .inc();
-        if let Some(started) = ctx.started {
+        if let Some(elapsed) = elapsed {
             metrics
                 .proxy_request_duration
                 .with_label_values(&[route])
-                .observe(started.elapsed().as_secs_f64());
+                .observe(elapsed);
         }
         // Events come only from responses the upstream gave.
-        if ctx.route.is_none() || !upstream_answered(error, ctx) {
+        if !upstream_answered(error, ctx) {
             return;
         }
         let mut response_body = ctx.response_body.take();
