@@ -167,21 +167,35 @@ if syscalls:
         shown = ", ".join(f"{name} {n:.2f}" for name, n in top if n >= 0.01)
         lines.append(f"| {LABELS[kind(s)]} | {build(s) or '-'} | {sum(calls.values()):.2f} | {shown} |")
 
-# Allocations per request.
-allocs = {}
-for b in ("new", "baseline"):
-    for t in ("taphook-plain", "taphook-untapped", "taphook-tapped"):
-        fl, fi = (os.path.join(raw, f"alloc-{b}-{t}-{x}") for x in ("load", "idle"))
-        if os.path.exists(fl) and os.path.exists(fi):
-            (req, calls), (_, idle) = (open(x).read().split() for x in (fl, fi))
-            allocs[f"{b}/{t}"] = (int(calls) - int(idle)) / max(int(req), 1)
-if allocs:
-    lines += ["", "Heap allocations per request (heaptrack, --features system-alloc; "
-              "a run with load minus one without; tapped includes the event's derive, store and delivery):", ""]
-    for s, n in allocs.items():
-        lines.append(f"- {LABELS[kind(s)]} ({build(s)}): {n:.1f}")
+# Allocations and instructions per request: a run with load minus one without.
+def per_request(tool):
+    found = {}
+    for b in ("new", "baseline"):
+        for t in ("taphook-plain", "taphook-untapped", "taphook-tapped"):
+            fl, fi = (os.path.join(raw, f"{tool}-{b}-{t}-{x}") for x in ("load", "idle"))
+            if os.path.exists(fl) and os.path.exists(fi):
+                (req, cost), (_, idle) = (open(x).read().split() for x in (fl, fi))
+                found[f"{b}/{t}"] = (int(cost) - int(idle)) / max(int(req), 1)
+    return found
 
-summary = dict(targets=res, goals=goals, events=events, syscalls=syscalls, allocations=allocs,
+
+allocs, insns = per_request("alloc"), per_request("insns")
+for title, found, fmt in (
+    ("Heap allocations per request (heaptrack, --features system-alloc", allocs, "{:.1f}"),
+    ("Instructions per request (callgrind, every thread", insns, "{:,.0f}"),
+):
+    if not found:
+        continue
+    lines += ["", title + "; a run with load minus one without; "
+              "tapped includes the event's derive, store and delivery):", ""]
+    for t in ("taphook-plain", "taphook-untapped", "taphook-tapped"):
+        n, o = found.get(f"new/{t}"), found.get(f"baseline/{t}")
+        if n is None:
+            continue
+        ratio = f" (baseline {fmt.format(o)}, {n / o:.2f}×)" if o else ""
+        lines.append(f"- {LABELS[t]}: {fmt.format(n)}{ratio}")
+
+summary = dict(targets=res, goals=goals, events=events, syscalls=syscalls, allocations=allocs, instructions=insns,
                duration=duration, connections=conns, runs=runs, wrk_threads=threads)
 open(os.path.join(out, "load.md"), "w").write("\n".join(lines) + "\n")
 json.dump(summary, open(os.path.join(out, "load.json"), "w"), indent=1)

@@ -22,8 +22,9 @@
 # a shared machine. With BASELINE_BIN, each taphook setup is also measured
 # with that binary (its own processes, same run), with new/baseline ratios.
 # Then, per setup, system calls per request (strace -c -f over a short
-# run) and, with ALLOCS=1, heap allocations per request (heaptrack, on a
-# build with --features system-alloc: mimalloc's calls are invisible to it).
+# run), with ALLOCS=1 heap allocations per request (heaptrack, on a build
+# with --features system-alloc: mimalloc's calls are invisible to it) and
+# with INSNS=1 instructions per request (callgrind).
 #
 # Usage: benches/load/run.sh [duration_s] [connections]   (make bench runs it)
 #   RUNS=3 WRK_THREADS=1
@@ -33,6 +34,7 @@
 #   STRACE=0           skip the system call counts
 #   ALLOCS=1           count allocations: ALLOC_BIN (default: built with
 #                      --features system-alloc) and BASELINE_ALLOC_BIN
+#   INSNS=1            count instructions per request (callgrind; slow)
 #   PERF=1             perf profile of taphook-untapped (target/bench/perf.data)
 # Writes target/bench/load.md and target/bench/load.json.
 set -euo pipefail
@@ -46,6 +48,7 @@ TARGETS=${TARGETS:-$ALL}
 tools="wrk nginx"
 [ "${STRACE:-1}" = 1 ] && tools="$tools strace"
 [ "${ALLOCS:-0}" = 1 ] && tools="$tools heaptrack"
+[ "${INSNS:-0}" = 1 ] && tools="$tools valgrind"
 for tool in $tools; do
   command -v "$tool" >/dev/null || { echo "installing $tool"; ${SUDO:-} apt-get update -qq && ${SUDO:-} apt-get install -y -qq "$tool" >/dev/null; }
 done
@@ -121,7 +124,7 @@ start_taphook() {
   rules_for "$name" "$kind"
   (cd "$WORK/$name" && RUST_LOG=warn exec "$@" "$bin" run --config taphook.yaml >taphook.log 2>&1) &
   PIDS+=($!); PORT[$name]=$listen; ADMIN[$name]=$admin
-  for _ in $(seq 300); do
+  for _ in $(seq 1200); do
     if curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null; then
       # The process that listens (under a wrapper, its child).
       PID[$name]=$(ss -ltnpH "sport = :$listen" | grep -oP 'pid=\K[0-9]+' | head -1)
@@ -229,36 +232,48 @@ if [ "${STRACE:-1}" = 1 ]; then
   done
 fi
 
-# Heap allocations per request: heaptrack over a run with load against
-# one without (same length), on fresh instances of the system-alloc builds.
-if [ "${ALLOCS:-0}" = 1 ]; then
-  ABUILDS=("new=$ALLOC_BIN")
-  [ -n "${BASELINE_ALLOC_BIN:-}" ] && ABUILDS+=("baseline=$BASELINE_ALLOC_BIN")
-  for b in "${ABUILDS[@]}"; do
-    name=${b%%=*}; bin=${b#*=}
-    for t in taphook-plain taphook-untapped taphook-tapped; do
-      kind=shipped; [ $t = taphook-plain ] && kind=plain
-      for load in idle load; do
-        inst=alloc-$name-$t-$load
-        start_taphook "$inst" "$bin" "$kind" heaptrack -o "$WORK/$inst.heaptrack"
-        path=$UNTAPPED_PATH; lua=
-        [ $t = taphook-tapped ] && { path=/; lua="-s $WORK/tapped.lua"; }
-        if [ $load = load ]; then
-          # shellcheck disable=SC2086
-          wrk -t1 -c8 -d4s $lua "http://127.0.0.1:${PORT[$inst]}$path" >/dev/null
-          [ $t = taphook-tapped ] && drained "${ADMIN[$inst]}" >/dev/null
-        else
-          sleep 4
-        fi
-        requests=$(metric taphook_proxy_requests_total "${ADMIN[$inst]}")
-        kill -TERM "${PID[$inst]}"
-        while kill -0 "${PID[$inst]}" 2>/dev/null; do sleep 0.2; done
-        sleep 1   # heaptrack writes its file after the process ends
-        calls=$(heaptrack_print "$WORK/$inst.heaptrack".* 2>/dev/null | awk '/^calls to allocation functions:/ {print $5}')
-        echo "$requests $calls" >"$RAW/alloc-$name-$t-$load"
-      done
+# Per request, a run with load minus one without (same length), on fresh
+# instances: heap allocations (heaptrack, on the system-alloc builds) and
+# instructions (callgrind: this VM has no hardware counters; every thread
+# counted, the event's derive, store and delivery included when tapped).
+# measure tool name binary: writes $RAW/<tool>-<name>-<setup>-<idle|load>.
+measure() {
+  local tool=$1 name=$2 bin=$3 t kind load inst path luaopt requests cost
+  for t in taphook-plain taphook-untapped taphook-tapped; do
+    kind=shipped; [ $t = taphook-plain ] && kind=plain
+    for load in idle load; do
+      inst=$tool-$name-$t-$load
+      case $tool in
+        alloc) start_taphook "$inst" "$bin" "$kind" heaptrack -o "$WORK/$inst.heaptrack" ;;
+        insns) start_taphook "$inst" "$bin" "$kind" valgrind --tool=callgrind --callgrind-out-file="$WORK/$inst.callgrind" ;;
+      esac
+      path=$UNTAPPED_PATH; luaopt=()
+      [ $t = taphook-tapped ] && { path=/; luaopt=(-s "$WORK/tapped.lua"); }
+      if [ $load = load ]; then
+        wrk -t1 -c4 -d4s "${luaopt[@]}" "http://127.0.0.1:${PORT[$inst]}$path" >/dev/null
+        [ $t = taphook-tapped ] && drained "${ADMIN[$inst]}" >/dev/null
+      else
+        sleep 4
+      fi
+      requests=$(metric taphook_proxy_requests_total "${ADMIN[$inst]}")
+      kill -TERM "${PID[$inst]}"
+      while kill -0 "${PID[$inst]}" 2>/dev/null; do sleep 0.2; done
+      sleep 1   # the tool writes its file after the process ends
+      case $tool in
+        alloc) cost=$(heaptrack_print "$WORK/$inst.heaptrack".* 2>/dev/null | awk '/^calls to allocation functions:/ {print $5}') ;;
+        insns) cost=$(cat "$WORK/$inst.callgrind"* | awk '/^summary:/ {s += $2} END {print s}') ;;
+      esac
+      echo "$requests $cost" >"$RAW/$tool-$name-$t-$load"
     done
   done
+}
+if [ "${ALLOCS:-0}" = 1 ]; then
+  measure alloc new "$ALLOC_BIN"
+  [ -n "${BASELINE_ALLOC_BIN:-}" ] && measure alloc baseline "$BASELINE_ALLOC_BIN"
+fi
+if [ "${INSNS:-0}" = 1 ]; then
+  measure insns new "$BIN"
+  [ -n "${BASELINE_BIN:-}" ] && measure insns baseline "$BASELINE_BIN"
 fi
 
 python3 benches/load/report.py "$RAW" "$OUT" "$RUNS" "$DURATION" "$CONNS" "$WRK_THREADS" "${SETUPS[@]}"

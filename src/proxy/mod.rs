@@ -105,11 +105,23 @@ impl Tap {
     }
 }
 
-/// Per-request state: what has been copied so far.
+/// Per-request state. Pingora keeps it inside each request's future,
+/// which it moves into a box per request: an untapped request carries
+/// two words, and only a tapped one allocates its copies.
 #[derive(Default)]
 pub struct TapCtx {
-    /// The first matching route's name; `None` when nothing is tapped.
-    route: Option<String>,
+    /// When the request's headers were read.
+    started: Option<Instant>,
+    /// What a tapped exchange has copied so far; `None` when no route
+    /// can match.
+    tapped: Option<Box<Tapped>>,
+}
+
+/// A tapped exchange's copies.
+#[derive(Default)]
+struct Tapped {
+    /// The first matching route's name.
+    route: String,
     cap: usize,
     method: String,
     path: String,
@@ -122,8 +134,6 @@ pub struct TapCtx {
     response_body: Option<Captured>,
     /// The upstream's response body ended.
     response_complete: bool,
-    /// When the request's headers were read.
-    started: Option<Instant>,
 }
 
 /// The id lines about this exchange's events carry: the client's
@@ -197,7 +207,7 @@ fn capturable(content_type: Option<&str>) -> bool {
 /// Whether an exchange that ended with `error` still carries a step the
 /// upstream completed: only when the error is the client's (it went away
 /// after the upstream answered).
-fn upstream_answered(error: Option<&pingora::Error>, ctx: &TapCtx) -> bool {
+fn upstream_answered(error: Option<&pingora::Error>, ctx: &Tapped) -> bool {
     ctx.status != 0 && error.is_none_or(|e| matches!(e.esource(), ErrorSource::Downstream))
 }
 
@@ -234,11 +244,14 @@ impl ProxyHttp for Tap {
         let Some((route, cap)) = rules.routes.tap_plan(req.method.as_str(), req.uri.path()) else {
             return Ok(false);
         };
-        ctx.route = Some(route.to_string());
-        ctx.cap = cap.unwrap_or(self.shared.config.max_body_bytes);
-        ctx.method = req.method.as_str().to_string();
-        ctx.path = req.uri.path().to_string();
-        ctx.query = req.uri.query().map(str::to_string);
+        ctx.tapped = Some(Box::new(Tapped {
+            route: route.to_string(),
+            cap: cap.unwrap_or(self.shared.config.max_body_bytes),
+            method: req.method.as_str().to_string(),
+            path: req.uri.path().to_string(),
+            query: req.uri.query().map(str::to_string),
+            ..Tapped::default()
+        }));
         Ok(false)
     }
 
@@ -253,9 +266,9 @@ impl ProxyHttp for Tap {
         upstream_request: &mut RequestHeader,
         ctx: &mut TapCtx,
     ) -> Result<()> {
-        if ctx.route.is_none() {
+        let Some(ctx) = ctx.tapped.as_deref_mut() else {
             return Ok(());
-        }
+        };
         ctx.request_headers = upstream_request.headers.clone();
         let ct = content_type(&upstream_request.headers);
         ctx.multipart = ct.and_then(MultipartScanner::for_content_type);
@@ -279,7 +292,7 @@ impl ProxyHttp for Tap {
         _end_of_stream: bool,
         ctx: &mut TapCtx,
     ) -> Result<()> {
-        if let Some(chunk) = body {
+        if let (Some(chunk), Some(ctx)) = (body, ctx.tapped.as_deref_mut()) {
             if let Some(c) = &mut ctx.request_body {
                 c.push(chunk);
             }
@@ -296,7 +309,7 @@ impl ProxyHttp for Tap {
         resp: &mut ResponseHeader,
         ctx: &mut TapCtx,
     ) -> Result<()> {
-        if ctx.route.is_some() {
+        if let Some(ctx) = ctx.tapped.as_deref_mut() {
             ctx.status = resp.status.as_u16();
             ctx.response_headers = resp.headers.clone();
             if capturable(content_type(&resp.headers)) {
@@ -313,10 +326,12 @@ impl ProxyHttp for Tap {
         end_of_stream: bool,
         ctx: &mut TapCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if let (Some(chunk), Some(c)) = (body.as_ref(), &mut ctx.response_body) {
-            c.push(chunk);
+        if let Some(ctx) = ctx.tapped.as_deref_mut() {
+            if let (Some(chunk), Some(c)) = (body.as_ref(), &mut ctx.response_body) {
+                c.push(chunk);
+            }
+            ctx.response_complete |= end_of_stream;
         }
-        ctx.response_complete |= end_of_stream;
         Ok(None)
     }
 
@@ -331,7 +346,7 @@ impl ProxyHttp for Tap {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let elapsed = ctx.started.map(|t| t.elapsed().as_secs_f64());
-        let Some(route) = ctx.route.as_deref() else {
+        let Some(mut ctx) = ctx.tapped.take() else {
             self.untapped.requests(status).inc();
             if let Some(elapsed) = elapsed {
                 self.untapped.duration.observe(elapsed);
@@ -341,16 +356,16 @@ impl ProxyHttp for Tap {
         let metrics = &self.shared.metrics;
         metrics
             .proxy_requests
-            .with_label_values(&[route, status_class(status)])
+            .with_label_values(&[&ctx.route, status_class(status)])
             .inc();
         if let Some(elapsed) = elapsed {
             metrics
                 .proxy_request_duration
-                .with_label_values(&[route])
+                .with_label_values(&[&ctx.route])
                 .observe(elapsed);
         }
         // Events come only from responses the upstream gave.
-        if !upstream_answered(error, ctx) {
+        if !upstream_answered(error, &ctx) {
             return;
         }
         let mut response_body = ctx.response_body.take();
