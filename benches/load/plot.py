@@ -20,7 +20,7 @@ labels = {
     "nginx": "nginx",
     "new/taphook-plain": "taphook\nno routes",
     "new/taphook-untapped": "taphook\nuntapped",
-    "nginx-tapped": "nginx\ntapped path",
+    "nginx-tapped": "nginx\ntapped",
     "new/taphook-tapped": "taphook\ntapped",
 }
 load_path = os.path.join(bench, "load.json")
@@ -29,7 +29,7 @@ if os.path.exists(load_path):
     targets = [t for t in labels if t in load["targets"]]
     colors = {"direct": "#888", "nginx": "#4a7", "nginx-tapped": "#4a7",
               "new/taphook-plain": "#69c", "new/taphook-untapped": "#69c", "new/taphook-tapped": "#c64"}
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     series = [
         ("requests/s", "rps", 1),
         ("p99 latency (ms)", "p99", 1),
