@@ -1,5 +1,5 @@
-//! The command line: `run`, `check`, `eval`, `demo`, and `importer` (the
-//! reference importer on its own).
+//! The command line: `run`, `check`, `eval`, `explain`, `demo`, `replay`,
+//! and `importer` (the reference importer on its own).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::config::{Config, LogFormat};
 use crate::event::{DerivedEvent, Event};
-use crate::filter::{fan_out, Verdict};
+use crate::filter::fan_out;
 use crate::rules::{self, source::process_env, Rules};
 
 #[derive(Parser)]
@@ -49,6 +49,21 @@ enum Command {
         #[arg(long)]
         event: PathBuf,
     },
+    /// Show what the rules make of recorded traffic (a HAR file): for each
+    /// exchange, the events derived and the routes that nearly fired.
+    Explain {
+        /// The HAR file (a browser's "Save all as HAR", or taphook's own).
+        #[arg(long)]
+        har: PathBuf,
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// `environment_name` in the events.
+        #[arg(long, default_value = "Production")]
+        environment: String,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a scripted import session through the proxy and print the webhooks.
     Demo,
     /// Re-queue a webhook's dead deliveries (works whether taphook runs or not).
@@ -86,6 +101,12 @@ pub fn main() -> ExitCode {
             path,
         } => return check(config, rules, path),
         Command::Eval { rules, event } => eval(&rules, &event),
+        Command::Explain {
+            har,
+            rules,
+            environment,
+            json,
+        } => explain(&har, &rules, &environment, json),
         Command::Demo => crate::demo::run(),
         Command::Replay {
             config,
@@ -280,35 +301,22 @@ fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {
         new_session: false,
     };
     for d in fan_out(&derived, &rules) {
-        let why = match &d.verdict {
-            Verdict::Deliver => match &d.registered {
-                Some(r) => format!("deliver (through registered event `{r}`)"),
-                None => "deliver".to_string(),
-            },
-            Verdict::NotSubscribed => {
-                format!("skip: not subscribed to `{}`", derived.event.event_type)
-            }
-            Verdict::OtherMode => {
-                "skip: the session's development mode is not the webhook's".to_string()
-            }
-            Verdict::OtherImportIdentifier => {
-                "skip: the import identifier is not one of the webhook's".to_string()
-            }
-            Verdict::NotAssigned => {
-                "skip: assignment is `session` and the session's webhook_keys do not hold this key"
-                    .to_string()
-            }
-            Verdict::FilterRejected => format!(
-                "skip: filter is false: {}",
-                d.webhook
-                    .filter
-                    .as_ref()
-                    .map(|f| f.source().to_string())
-                    .unwrap_or_default()
-            ),
-            Verdict::FilterError(e) => format!("skip: filter failed: {e}"),
-        };
+        let why = d.why(&derived.event.event_type);
         println!("{:<28} {why}", d.webhook.key);
+    }
+    Ok(())
+}
+
+fn explain(har: &Path, rules_dir: &Path, environment: &str, json: bool) -> anyhow::Result<()> {
+    let rules = rules::load_dir(rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let text =
+        std::fs::read_to_string(har).with_context(|| format!("cannot read {}", har.display()))?;
+    let recorded = crate::har::read(&text).with_context(|| format!("{}", har.display()))?;
+    let reports = crate::explain::explain(&rules, &recorded, environment);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", crate::explain::table(&reports));
     }
     Ok(())
 }

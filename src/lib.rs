@@ -6,7 +6,8 @@
 //! [`dedup`] drops repeats → [`filter`] picks the webhooks →
 //! [`deliver`] sends them. [`rules`] loads and lowers the rules directory
 //! that drives all of them, [`store`] keeps sessions, [`metrics`] counts
-//! every stage and [`admin`] serves them.
+//! every stage and [`admin`] serves them. [`har`] reads recorded traffic
+//! and [`explain`] shows what the rules make of it.
 
 pub mod admin;
 pub mod app;
@@ -17,8 +18,10 @@ pub mod deliver;
 pub mod demo;
 pub mod derive;
 pub mod event;
+pub mod explain;
 pub mod filter;
 pub mod funnel;
+pub mod har;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

@@ -125,12 +125,50 @@ impl Deriver {
         let mut events = Vec::new();
         for m in &matches {
             enter(&mut doc, m, &bearer);
-            if let Some(event) = self.route(m.route, exchange, &mut doc, bearer.is_some(), sessions)
-            {
+            if let Ok(event) = self.route(m.route, exchange, &mut doc, bearer.is_some(), sessions) {
                 events.push(event);
             }
         }
         events
+    }
+
+    /// What each route whose path matched `exchange` made of it: its
+    /// event, or why it did not fire. The same code as [`Self::derive`],
+    /// sessions read and updated alike (`taphook explain`).
+    pub fn explain<'r>(
+        &self,
+        exchange: &Exchange,
+        rules: &'r Rules,
+        sessions: &dyn SessionStore,
+    ) -> Vec<(&'r Route, Result<DerivedEvent, Skip>)> {
+        let mut out: Vec<_> = rules
+            .routes
+            .lookup_any_method(&exchange.path)
+            .into_iter()
+            .filter_map(|route| {
+                let skip = if !route.accepts_method(&exchange.method) {
+                    Skip::Method
+                } else if !route.status.matches(exchange.status) {
+                    Skip::Status
+                } else {
+                    return None;
+                };
+                Some((route, Err(skip)))
+            })
+            .collect();
+        if let Some(Prepared {
+            matches,
+            mut doc,
+            bearer,
+        }) = self.prepare(exchange, rules)
+        {
+            for m in &matches {
+                enter(&mut doc, m, &bearer);
+                let result = self.route(m.route, exchange, &mut doc, bearer.is_some(), sessions);
+                out.push((m.route, result));
+            }
+        }
+        out
     }
 
     fn route(
@@ -140,7 +178,7 @@ impl Deriver {
         doc: &mut Value,
         has_bearer: bool,
         sessions: &dyn SessionStore,
-    ) -> Option<DerivedEvent> {
+    ) -> Result<DerivedEvent, Skip> {
         let key_value = route
             .session
             .as_ref()
@@ -167,10 +205,10 @@ impl Deriver {
         if let Some(when) = &route.when {
             match scope.truthy(when) {
                 Ok(true) => {}
-                Ok(false) => return None,
+                Ok(false) => return Err(Skip::WhenFalse),
                 Err(e) => {
                     tracing::debug!(route = %route.name, error = %e, "route guard failed to evaluate");
-                    return None;
+                    return Err(Skip::WhenFailed(e.to_string()));
                 }
             }
         }
@@ -224,7 +262,7 @@ impl Deriver {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
         };
-        Some(DerivedEvent {
+        Ok(DerivedEvent {
             event,
             session: session.map(|s| s.fields),
             derived_at: Instant::now(),
@@ -232,6 +270,30 @@ impl Deriver {
             request_id: Some(exchange.request_id.clone()),
             new_session,
         })
+    }
+}
+
+/// Why a route whose path matched an exchange gave no event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Skip {
+    /// The route takes other methods.
+    Method,
+    /// The route takes other statuses.
+    Status,
+    /// Its `when` was false (or null).
+    WhenFalse,
+    /// Its `when` could not be evaluated.
+    WhenFailed(String),
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::Method => f.write_str("the method is not one of the route's"),
+            Skip::Status => f.write_str("the status is not one the route takes"),
+            Skip::WhenFalse => f.write_str("`when` is false"),
+            Skip::WhenFailed(e) => write!(f, "`when` failed: {e}"),
+        }
     }
 }
 

@@ -90,6 +90,15 @@ impl RouteTable {
             .collect()
     }
 
+    /// Every route whose path template matches, whatever its method, in
+    /// file order.
+    pub fn lookup_any_method(&self, path: &str) -> Vec<&Route> {
+        match self.router.at(path) {
+            Ok(found) => found.value.iter().map(|&i| &self.routes[i]).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Cheap check on the request path: `None` when no route can match
     /// (the exchange is not tapped at all), else the name of the first
     /// matching route and the largest body capture cap among them.

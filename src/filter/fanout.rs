@@ -41,6 +41,38 @@ pub struct Decision {
     pub registered: Option<String>,
 }
 
+impl Decision {
+    /// The decision in words, as `taphook eval` and `explain` print it.
+    pub fn why(&self, event_type: &str) -> String {
+        match &self.verdict {
+            Verdict::Deliver => match &self.registered {
+                Some(r) => format!("deliver (through registered event `{r}`)"),
+                None => "deliver".to_string(),
+            },
+            Verdict::NotSubscribed => format!("skip: not subscribed to `{event_type}`"),
+            Verdict::OtherMode => {
+                "skip: the session's development mode is not the webhook's".to_string()
+            }
+            Verdict::OtherImportIdentifier => {
+                "skip: the import identifier is not one of the webhook's".to_string()
+            }
+            Verdict::NotAssigned => {
+                "skip: assignment is `session` and the session's webhook_keys do not hold this key"
+                    .to_string()
+            }
+            Verdict::FilterRejected => format!(
+                "skip: filter is false: {}",
+                self.webhook
+                    .filter
+                    .as_ref()
+                    .map(|f| f.source().to_string())
+                    .unwrap_or_default()
+            ),
+            Verdict::FilterError(e) => format!("skip: filter failed: {e}"),
+        }
+    }
+}
+
 /// Decides every webhook of `rules` for `event`.
 pub fn fan_out(event: &DerivedEvent, rules: &Rules) -> Vec<Decision> {
     let doc: Value = event.event.filter_document();
