@@ -33,10 +33,12 @@ build: prereqs
 demo: prereqs
 	$(CARGO) run --quiet -- demo
 
-## Lint, build and run every test (unit, integration, JSON-logic suite).
+## Lint, build and run every test (unit, integration, JSON-logic suite),
+## then the shipped rules' own tests (taphook test rules/tests/).
 test: prereqs test-prereqs lint check-alerts check-deploy
 	$(CARGO) test --all-targets
 	$(CARGO) run --quiet -- check rules/
+	$(CARGO) run --quiet -- test --rules rules rules/tests/
 
 ## Offline checks of deploy/: Kubernetes manifests (strict schemas, the
 ## kustomize output, the ServiceMonitor's CRD schema), the configs with
@@ -95,3 +97,4 @@ check-alerts: test-prereqs
 
 check-rules: build
 	$(CARGO) run --quiet -- check rules/
+	$(CARGO) run --quiet -- test --rules rules rules/tests/

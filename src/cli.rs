@@ -64,6 +64,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run route tests: recorded or inline traffic and the events it must
+    /// give (see the README, "Testing routes").
+    Test {
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// Test files, or directories of them.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Run a scripted import session through the proxy and print the webhooks.
     Demo,
     /// Re-queue a webhook's dead deliveries (works whether taphook runs or not).
@@ -107,6 +116,7 @@ pub fn main() -> ExitCode {
             environment,
             json,
         } => explain(&har, &rules, &environment, json),
+        Command::Test { rules, files } => return test(&rules, &files),
         Command::Demo => crate::demo::run(),
         Command::Replay {
             config,
@@ -319,6 +329,44 @@ fn explain(har: &Path, rules_dir: &Path, environment: &str, json: bool) -> anyho
         print!("{}", crate::explain::table(&reports));
     }
     Ok(())
+}
+
+fn test(rules_dir: &Path, paths: &[PathBuf]) -> ExitCode {
+    let result = (|| -> anyhow::Result<crate::route_tests::Outcome> {
+        let rules = rules::load_dir(rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
+        let mut files = Vec::new();
+        for p in paths {
+            if p.is_dir() {
+                let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|f| {
+                        matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                    })
+                    .collect();
+                found.sort();
+                files.extend(found);
+            } else {
+                files.push(p.clone());
+            }
+        }
+        crate::route_tests::run(&rules, &files).map_err(anyhow::Error::msg)
+    })();
+    match result {
+        Ok(outcome) => {
+            print!("{}", outcome.report);
+            if outcome.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("taphook: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn replay(

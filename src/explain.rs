@@ -51,6 +51,8 @@ pub struct EventReport {
 #[derive(Debug, Serialize)]
 pub struct NearMiss {
     pub route: String,
+    /// The event type the route would have derived.
+    pub event: String,
     pub reason: String,
 }
 
@@ -110,6 +112,7 @@ pub fn explain(
                     }
                     Err(skip) => report.near_misses.push(NearMiss {
                         route: route.name.clone(),
+                        event: route.event.clone(),
                         reason: reason(&skip, route, x),
                     }),
                 }

@@ -25,6 +25,7 @@ pub mod har;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
+pub mod route_tests;
 pub mod rules;
 pub mod secret;
 pub mod store;

@@ -1,7 +1,7 @@
 //! `taphook explain --har`: recorded traffic through the shipped rules,
-//! exchange by exchange. The HAR in tests/data/har/oneschema-session.har
-//! was recorded from the reference importer by tests/data/har/record.py;
-//! the expected outputs sit beside it.
+//! exchange by exchange. rules/tests/reference-importer.har was recorded
+//! from the reference importer by tests/data/har/record.py; the expected
+//! outputs and the broken HARs are in tests/data/har/.
 
 use std::process::{Command, Output};
 
@@ -15,7 +15,11 @@ fn taphook(args: &[&str]) -> Output {
 }
 
 fn explain(har: &str, extra: &[&str]) -> Output {
-    let path = format!("tests/data/har/{har}");
+    let path = if har == "reference-importer.har" {
+        format!("rules/tests/{har}")
+    } else {
+        format!("tests/data/har/{har}")
+    };
     let mut args = vec!["explain", "--har", &path, "--rules", "rules"];
     args.extend_from_slice(extra);
     taphook(&args)
@@ -27,7 +31,7 @@ fn expected(name: &str) -> String {
 
 #[test]
 fn a_recorded_session_shows_every_event_and_every_near_miss() {
-    let out = explain("oneschema-session.har", &[]);
+    let out = explain("reference-importer.har", &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -35,13 +39,13 @@ fn a_recorded_session_shows_every_event_and_every_near_miss() {
     );
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        expected("oneschema-session.explain.txt")
+        expected("reference-importer.explain.txt")
     );
 }
 
 #[test]
 fn json_output_carries_events_webhooks_and_reasons() {
-    let out = explain("oneschema-session.har", &["--json"]);
+    let out = explain("reference-importer.har", &["--json"]);
     assert!(out.status.success());
     let reports: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reports.len(), 12, "one report per HAR entry");
@@ -68,7 +72,7 @@ fn json_output_carries_events_webhooks_and_reasons() {
     assert_eq!(reports[4]["status"], 422);
     assert_eq!(
         reports[4]["near_misses"][0],
-        serde_json::json!({"route": "header-selected", "reason": "status 422 (the route takes 2xx)"})
+        serde_json::json!({"route": "header-selected", "event": "header_selected", "reason": "status 422 (the route takes 2xx)"})
     );
     // The session carried from the creation: template_key came with it.
     let mapped = &reports[3]["events"][0];
@@ -149,4 +153,29 @@ fn not_a_har_is_a_clear_error() {
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .ends_with("x.har: not a HAR: no top-level `log` object\n"));
+}
+
+/// `taphook test`: the shipped rules pass their own tests; a failing test
+/// prints expected against derived and, for an event that did not come, the
+/// routes that nearly fired; a malformed test file names its line.
+#[test]
+fn route_tests_pass_fail_and_explain() {
+    let out = taphook(&["test", "--rules", "rules", "rules/tests/"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(text.ends_with(" passed, 0 failed\n"), "{text}");
+
+    let out = taphook(&["test", "tests/data/route-tests/failing.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        std::fs::read_to_string("tests/data/route-tests/failing.out").unwrap()
+    );
+
+    let out = taphook(&["test", "tests/data/route-tests/malformed.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        std::fs::read_to_string("tests/data/route-tests/malformed.err").unwrap()
+    );
 }

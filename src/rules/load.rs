@@ -90,7 +90,10 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>, Problems> {
                 continue;
             }
             if path.is_dir() {
-                stack.push(path);
+                // `tests/` holds route tests (`taphook test`), not rules.
+                if name != "tests" {
+                    stack.push(path);
+                }
             } else if matches!(
                 path.extension().and_then(|e| e.to_str()),
                 Some("yaml" | "yml" | "json")

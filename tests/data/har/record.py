@@ -5,7 +5,7 @@ browser's "Save all as HAR" writes one (request and response headers, the
 multipart upload's body as text, response bodies in content.text).
 
 Usage: record.py http://127.0.0.1:9000 out.har
-Regenerates tests/data/har/oneschema-session.har.
+Regenerates rules/tests/reference-importer.har.
 """
 import json
 import sys
