@@ -1,5 +1,5 @@
-//! The command line: `run`, `check`, `eval`, `explain`, `demo`, `replay`,
-//! and `importer` (the reference importer on its own).
+//! The command line: `run`, `check`, `eval`, `explain`, `draft`, `test`,
+//! `demo`, `replay`, and `importer` (the reference importer on its own).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,6 +64,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a starting rules file from a HAR of an importer's traffic: a
+    /// route per state-changing method and path template (a draft to edit).
+    Draft {
+        #[arg(long)]
+        har: PathBuf,
+    },
     /// Run route tests: recorded or inline traffic and the events it must
     /// give (see the README, "Testing routes").
     Test {
@@ -117,6 +123,7 @@ pub fn main() -> ExitCode {
             json,
         } => explain(&har, &rules, &environment, json),
         Command::Test { rules, files } => return test(&rules, &files),
+        Command::Draft { har } => draft(&har),
         Command::Demo => crate::demo::run(),
         Command::Replay {
             config,
@@ -328,6 +335,17 @@ fn explain(har: &Path, rules_dir: &Path, environment: &str, json: bool) -> anyho
     } else {
         print!("{}", crate::explain::table(&reports));
     }
+    Ok(())
+}
+
+fn draft(har: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(har).with_context(|| format!("cannot read {}", har.display()))?;
+    let recorded = crate::har::read(&text).with_context(|| format!("{}", har.display()))?;
+    print!(
+        "{}",
+        crate::draft::draft(&recorded, &har.display().to_string())
+    );
     Ok(())
 }
 

@@ -6,8 +6,9 @@
 //! [`dedup`] drops repeats → [`filter`] picks the webhooks →
 //! [`deliver`] sends them. [`rules`] loads and lowers the rules directory
 //! that drives all of them, [`store`] keeps sessions, [`metrics`] counts
-//! every stage and [`admin`] serves them. [`har`] reads recorded traffic
-//! and [`explain`] shows what the rules make of it.
+//! every stage and [`admin`] serves them. [`har`] reads recorded traffic,
+//! [`explain`] shows what the rules make of it, [`route_tests`] checks it
+//! against expectations and [`draft`] proposes routes for it.
 
 pub mod admin;
 pub mod app;
@@ -17,6 +18,7 @@ pub mod dedup;
 pub mod deliver;
 pub mod demo;
 pub mod derive;
+pub mod draft;
 pub mod event;
 pub mod explain;
 pub mod filter;

@@ -179,3 +179,47 @@ fn route_tests_pass_fail_and_explain() {
         std::fs::read_to_string("tests/data/route-tests/malformed.err").unwrap()
     );
 }
+
+/// `taphook draft`: a route per state-changing method and path template,
+/// ids turned into params, the session key found, OneSchema's event types
+/// where the path suggests them; `taphook check` accepts it as it is and
+/// its routes fire on the traffic it came from.
+#[test]
+fn a_draft_from_a_har_is_valid_and_fires_on_its_traffic() {
+    let out = taphook(&["draft", "--har", "rules/tests/reference-importer.har"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let draft = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(draft, expected("reference-importer.draft.yaml"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("draft.yaml"), &draft).unwrap();
+    let rules = dir.path().to_str().unwrap();
+    let out = taphook(&["check", "--rules", rules]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = taphook(&[
+        "explain",
+        "--har",
+        "rules/tests/reference-importer.har",
+        "--rules",
+        rules,
+        "--json",
+    ]);
+    let reports: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let fired: Vec<(&str, &Value)> = reports
+        .iter()
+        .flat_map(|r| r["events"].as_array().unwrap())
+        .map(|e| (e["event_type"].as_str().unwrap(), &e["embed_id"]))
+        .collect();
+    assert_eq!(fired.len(), 9, "{fired:?}");
+    assert_eq!(fired[0], ("embed_initialized", &serde_json::json!(53511)));
+    // The upload is in the session the creation handed out.
+    assert_eq!(fired[1], ("file_uploaded", &serde_json::json!(53511)));
+}
