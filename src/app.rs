@@ -202,7 +202,18 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         )),
         None => deliver_rt.spawn(dispatcher.supervise(deliveries_stopped, drain)),
     };
-    let deriving = deliver_rt.spawn(Pipeline::new(shared.clone()).run(rx, pushed_rx));
+    let recorder = match &shared.config.record {
+        Some(r) => Some(
+            crate::record::Recorder::start(r, shared.metrics.clone())
+                .with_context(|| format!("cannot record to {} (record.dir)", r.dir.display()))?,
+        ),
+        None => None,
+    };
+    let deriving = deliver_rt.spawn(
+        Pipeline::new(shared.clone())
+            .with_recorder(recorder)
+            .run(rx, pushed_rx),
+    );
     let stop_watch = StopWatch {
         stop_deliveries,
         fast: fast_stop,

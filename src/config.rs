@@ -46,6 +46,23 @@ pub struct Config {
     pub log: LogFormat,
     /// Where deliveries, sessions and the event log live.
     pub store: StoreBackend,
+    /// Recording exchanges to HAR files (`record:`); off when `None`.
+    pub record: Option<Record>,
+}
+
+/// `record`: the exchanges the proxy taps (or all of them) written to
+/// rotating HAR files, secrets redacted.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub dir: PathBuf,
+    /// The files' total size; a file is closed at a quarter of it and the
+    /// oldest deleted beyond it.
+    pub max_bytes: u64,
+    /// Every exchange, not only those a route could match.
+    pub all: bool,
+    /// Header, query parameter and JSON field names redacted besides the
+    /// built-in ones.
+    pub redact: Vec<String>,
 }
 
 /// `store.backend`: the embedded store (one instance), or NATS JetStream
@@ -168,6 +185,19 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    record: Option<RawRecord>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    dir: PathBuf,
+    max_bytes: Option<Size>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    redact: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -405,6 +435,12 @@ impl Config {
             funnel,
             log: raw.log.format,
             store,
+            record: raw.record.map(|r| Record {
+                dir: base.join(r.dir),
+                max_bytes: r.max_bytes.map_or(256 << 20, |s| s.0).max(64 << 10),
+                all: r.all,
+                redact: r.redact.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            }),
             threads: raw
                 .threads
                 .unwrap_or_else(|| {

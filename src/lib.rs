@@ -27,6 +27,7 @@ pub mod har;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
+pub mod record;
 pub mod route_tests;
 pub mod rules;
 pub mod secret;

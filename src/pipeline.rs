@@ -15,6 +15,7 @@ use crate::derive::{Deriver, Exchange};
 use crate::event::DerivedEvent;
 use crate::filter::{fan_out, Verdict};
 use crate::funnel::Funnel;
+use crate::record::Recorder;
 use crate::rules::Rules;
 use crate::store::session_key;
 use crate::store::sqlite::{now_ms, Store, StoredEvent};
@@ -36,6 +37,8 @@ pub struct Pipeline {
     dedup: Dedup,
     store: Arc<Store>,
     funnel: Funnel,
+    /// `record:` in the config: every exchange written to HAR files.
+    recorder: Option<Recorder>,
 }
 
 impl Pipeline {
@@ -56,14 +59,24 @@ impl Pipeline {
                 shared.metrics.clone(),
                 shared.store.clone(),
             ),
+            recorder: None,
             shared,
         }
+    }
+
+    /// Records every exchange the pipeline receives.
+    pub fn with_recorder(mut self, recorder: Option<Recorder>) -> Self {
+        self.recorder = recorder;
+        self
     }
 
     /// Derives and accepts every event of some exchanges, in order, after
     /// reading the sessions they need all at once (a remote store answers
     /// many reads in the time of one).
     pub async fn process(&self, exchanges: &[Exchange]) {
+        if let Some(recorder) = &self.recorder {
+            exchanges.iter().for_each(|e| recorder.record(e));
+        }
         let rules = self.shared.rules.load_full();
         let mut prepared: Vec<_> = exchanges
             .iter()

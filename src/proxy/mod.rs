@@ -36,6 +36,9 @@ pub struct Tap {
     budget: Arc<Budget>,
     dropped: AtomicU64,
     untapped: Untapped,
+    /// `record.all`: every exchange is copied (for the recording), not
+    /// only those a route could match.
+    copy_all: bool,
 }
 
 impl Tap {
@@ -47,6 +50,7 @@ impl Tap {
     ) -> Self {
         Self {
             untapped: Untapped::new(&shared.metrics),
+            copy_all: shared.config.record.as_ref().is_some_and(|r| r.all),
             shared,
             queue,
             upstream,
@@ -241,8 +245,12 @@ impl ProxyHttp for Tap {
         ctx.started = Some(Instant::now());
         let req = session.req_header();
         let rules = self.shared.rules.load();
-        let Some((route, cap)) = rules.routes.tap_plan(req.method.as_str(), req.uri.path()) else {
-            return Ok(false);
+        let plan = rules.routes.tap_plan(req.method.as_str(), req.uri.path());
+        let (route, cap) = match plan {
+            Some(plan) => plan,
+            // Recorded, not tapped: counted under `route="none"`.
+            None if self.copy_all => (UNTAPPED, None),
+            None => return Ok(false),
         };
         ctx.tapped = Some(Box::new(Tapped {
             route: route.to_string(),
