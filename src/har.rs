@@ -5,7 +5,8 @@
 //! A HAR's bodies are already decoded (`content.text` is the text the
 //! browser showed, base64 when `encoding` says so), so `Content-Encoding`
 //! is left out of the headers the routes see: the derive stage would try
-//! to decompress the body again.
+//! to decompress the body again. taphook's own recordings (`record:`,
+//! marked `_taphook`) keep bodies as copied, and the header with them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -69,12 +70,15 @@ pub fn read(text: &str) -> Result<Vec<Recorded>, HarError> {
                     at: err.path().to_string(),
                     reason: err.inner().to_string(),
                 })?;
-            exchange(i, &entry).map(|exchange| Recorded { entry: i, exchange })
+            // taphook's own recordings keep bodies as they were copied,
+            // compressed ones included, with their `Content-Encoding`.
+            let decoded = e.get("_taphook").is_none();
+            exchange(i, &entry, decoded).map(|exchange| Recorded { entry: i, exchange })
         })
         .collect()
 }
 
-fn exchange(i: usize, e: &Entries) -> Result<Exchange, HarError> {
+fn exchange(i: usize, e: &Entries, decoded: bool) -> Result<Exchange, HarError> {
     let field = |at: &str, reason: String| HarError::Field {
         entry: i,
         at: at.into(),
@@ -98,7 +102,9 @@ fn exchange(i: usize, e: &Entries) -> Result<Exchange, HarError> {
         headers(&e.request.headers).map_err(|reason| field("request.headers", reason))?;
     let mut response_headers =
         headers(&e.response.headers).map_err(|reason| field("response.headers", reason))?;
-    response_headers.remove(http::header::CONTENT_ENCODING);
+    if decoded {
+        response_headers.remove(http::header::CONTENT_ENCODING);
+    }
     let (request_body, files) = match &e.request.post_data {
         Some(post) => post_data(post).map_err(|reason| field("request.postData", reason))?,
         None => (None, Vec::new()),
