@@ -131,7 +131,7 @@ fn reason(skip: &Skip, route: &crate::rules::model::Route, x: &crate::derive::Ex
         ),
         Skip::Status => format!("status {} (the route takes {})", x.status, statuses(route)),
         Skip::WhenFalse => match &route.when {
-            Some(when) => format!("`when` is false: {}", when.source()),
+            Some(when) => format!("`when` is false: {}", when.written()),
             None => Skip::WhenFalse.to_string(),
         },
         other => other.to_string(),

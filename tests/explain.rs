@@ -103,7 +103,7 @@ fn json_output_carries_events_webhooks_and_reasons() {
     assert!(reports[10]["near_misses"][0]["reason"]
         .as_str()
         .unwrap()
-        .starts_with(r#"`when` is false: {"==":[{"var":"response.body.status"},"SUCCESSFUL"]}"#));
+        .starts_with(r#"`when` is false: {"==":["$response.body.status","SUCCESSFUL"]}"#));
 }
 
 #[test]

@@ -33,6 +33,8 @@ pub struct ExprError {
 pub struct Expr {
     logic: Arc<Logic>,
     source: Arc<Value>,
+    /// The expression as the rules file wrote it (`$` shorthand kept).
+    written: Arc<Value>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -53,7 +55,14 @@ impl Expr {
         Ok(Self {
             logic: Arc::new(logic),
             source: Arc::new(lowered),
+            written: Arc::new(rule.clone()),
         })
+    }
+
+    /// The expression as written in the rules file: what messages for the
+    /// rules' author (`taphook explain`, `taphook test`) show.
+    pub fn written(&self) -> &Value {
+        &self.written
     }
 
     /// The expression after the `$` rewrite, as JSON-logic.
