@@ -316,14 +316,18 @@ impl Default for Metrics {
     }
 }
 
+/// Every `status_class` label value, in [`status_class_index`]'s order.
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
 /// `2xx`, `4xx`, ... for a status code.
 pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+/// The position of a status code's class in [`STATUS_CLASSES`].
+pub fn status_class_index(status: u16) -> usize {
     match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        5 => "5xx",
-        _ => "other",
+        c @ 1..=5 => usize::from(c) - 1,
+        _ => 5,
     }
 }

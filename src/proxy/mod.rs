@@ -24,7 +24,7 @@ use crate::app::Shared;
 use crate::config::WhenFull;
 use crate::derive::exchange::{Budget, Headers};
 use crate::derive::{Captured, Exchange};
-use crate::metrics::{status_class, Metrics};
+use crate::metrics::{status_class, status_class_index, Metrics, STATUS_CLASSES};
 use multipart::MultipartScanner;
 
 /// The tap in front of the importer.
@@ -156,23 +156,16 @@ fn request_id(headers: &Headers) -> String {
 /// The metrics of requests no route taps, looked up once: an untapped
 /// request only bumps a counter and observes a histogram.
 struct Untapped {
-    /// By status class, in [`status_class`]'s order.
-    requests: [IntCounter; 6],
+    /// By status class, in [`STATUS_CLASSES`]' order.
+    requests: [IntCounter; STATUS_CLASSES.len()],
     duration: Histogram,
 }
 
 impl Untapped {
     fn new(metrics: &Metrics) -> Self {
-        let class = |c| metrics.proxy_requests.with_label_values(&[UNTAPPED, c]);
         Self {
-            requests: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-                class("other"),
-            ],
+            requests: STATUS_CLASSES
+                .map(|class| metrics.proxy_requests.with_label_values(&[UNTAPPED, class])),
             duration: metrics
                 .proxy_request_duration
                 .with_label_values(&[UNTAPPED]),
@@ -180,11 +173,7 @@ impl Untapped {
     }
 
     fn requests(&self, status: u16) -> &IntCounter {
-        let i = match status / 100 {
-            c @ 1..=5 => c as usize - 1,
-            _ => 5,
-        };
-        &self.requests[i]
+        &self.requests[status_class_index(status)]
     }
 }
 
