@@ -130,11 +130,11 @@ fn reason(skip: &Skip, route: &crate::rules::model::Route, x: &crate::derive::Ex
             route.methods.join(", ")
         ),
         Skip::Status => format!("status {} (the route takes {})", x.status, statuses(route)),
-        Skip::WhenFalse => match &route.when {
-            Some(when) => format!("`when` is false: {}", when.written()),
-            None => Skip::WhenFalse.to_string(),
-        },
-        other => other.to_string(),
+        Skip::WhenFalse => format!(
+            "`when` is false: {}",
+            route.when.as_ref().map_or(&Value::Null, |w| w.written())
+        ),
+        Skip::WhenFailed(e) => format!("`when` failed: {e}"),
     }
 }
 

@@ -117,19 +117,36 @@ impl Deriver {
         exchange: &Exchange,
         sessions: &dyn SessionStore,
     ) -> Vec<DerivedEvent> {
+        let mut events = Vec::new();
+        self.each_route(prepared, exchange, sessions, |_, result| {
+            if let Ok(event) = result {
+                events.push(event);
+            }
+        });
+        events
+    }
+
+    /// Runs every matching route of a prepared exchange, in order, and
+    /// hands each one's event, or why it gave none, to `f`.
+    fn each_route<'r>(
+        &self,
+        prepared: Prepared<'r>,
+        exchange: &Exchange,
+        sessions: &dyn SessionStore,
+        mut f: impl FnMut(&'r Route, Result<DerivedEvent, Skip>),
+    ) {
         let Prepared {
             matches,
             mut doc,
             bearer,
         } = prepared;
-        let mut events = Vec::new();
         for m in &matches {
             enter(&mut doc, m, &bearer);
-            if let Ok(event) = self.route(m.route, exchange, &mut doc, bearer.is_some(), sessions) {
-                events.push(event);
-            }
+            f(
+                m.route,
+                self.route(m.route, exchange, &mut doc, bearer.is_some(), sessions),
+            );
         }
-        events
     }
 
     /// What each route whose path matched `exchange` made of it: its
@@ -156,17 +173,10 @@ impl Deriver {
                 Some((route, Err(skip)))
             })
             .collect();
-        if let Some(Prepared {
-            matches,
-            mut doc,
-            bearer,
-        }) = self.prepare(exchange, rules)
-        {
-            for m in &matches {
-                enter(&mut doc, m, &bearer);
-                let result = self.route(m.route, exchange, &mut doc, bearer.is_some(), sessions);
-                out.push((m.route, result));
-            }
+        if let Some(prepared) = self.prepare(exchange, rules) {
+            self.each_route(prepared, exchange, sessions, |route, result| {
+                out.push((route, result))
+            });
         }
         out
     }
@@ -284,17 +294,6 @@ pub enum Skip {
     WhenFalse,
     /// Its `when` could not be evaluated.
     WhenFailed(String),
-}
-
-impl std::fmt::Display for Skip {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Skip::Method => f.write_str("the method is not one of the route's"),
-            Skip::Status => f.write_str("the status is not one the route takes"),
-            Skip::WhenFalse => f.write_str("`when` is false"),
-            Skip::WhenFailed(e) => write!(f, "`when` failed: {e}"),
-        }
-    }
 }
 
 /// The event's UUID: named by the route's `dedup_key` when it evaluates
