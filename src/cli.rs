@@ -324,11 +324,16 @@ fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn explain(har: &Path, rules_dir: &Path, environment: &str, json: bool) -> anyhow::Result<()> {
-    let rules = rules::load_dir(rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
+/// A HAR file's exchanges; errors name the file.
+fn read_har(har: &Path) -> anyhow::Result<Vec<crate::har::Recorded>> {
     let text =
         std::fs::read_to_string(har).with_context(|| format!("cannot read {}", har.display()))?;
-    let recorded = crate::har::read(&text).with_context(|| format!("{}", har.display()))?;
+    crate::har::read(&text).with_context(|| format!("{}", har.display()))
+}
+
+fn explain(har: &Path, rules_dir: &Path, environment: &str, json: bool) -> anyhow::Result<()> {
+    let rules = rules::load_dir(rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let recorded = read_har(har)?;
     let reports = crate::explain::explain(&rules, &recorded, environment);
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -339,9 +344,7 @@ fn explain(har: &Path, rules_dir: &Path, environment: &str, json: bool) -> anyho
 }
 
 fn draft(har: &Path) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(har).with_context(|| format!("cannot read {}", har.display()))?;
-    let recorded = crate::har::read(&text).with_context(|| format!("{}", har.display()))?;
+    let recorded = read_har(har)?;
     print!(
         "{}",
         crate::draft::draft(&recorded, &har.display().to_string())

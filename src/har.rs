@@ -133,13 +133,26 @@ fn exchange(i: usize, e: &Entries, decoded: bool) -> Result<Exchange, HarError> 
 
 /// Names lower-cased; HTTP/2 pseudo-headers (`:authority`...) left out.
 fn headers(list: &[HarHeaders]) -> Result<HeaderMap, String> {
+    header_map(
+        list.iter()
+            .filter(|h| !h.name.starts_with(':'))
+            .map(|h| (h.name.trim(), h.value.as_str())),
+    )
+}
+
+/// A header map from names and values (also `taphook test`'s inline
+/// exchanges); a name or value HTTP does not allow is named in the error.
+pub(crate) fn header_map<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::new();
-    for h in list.iter().filter(|h| !h.name.starts_with(':')) {
-        let name = HeaderName::from_bytes(h.name.trim().as_bytes())
-            .map_err(|_| format!("`{}` is not a header name", h.name))?;
-        let value = HeaderValue::from_str(&h.value)
-            .map_err(|_| format!("the value of `{}` is not a header value", h.name))?;
-        map.append(name, value);
+    for (name, value) in pairs {
+        map.append(
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("`{name}` is not a header name"))?,
+            HeaderValue::from_str(value)
+                .map_err(|_| format!("the value of `{name}` is not a header value"))?,
+        );
     }
     Ok(map)
 }
@@ -195,7 +208,8 @@ fn decode(text: &str, encoding: Option<&str>) -> Result<Vec<u8>, String> {
     }
 }
 
-fn captured(bytes: &[u8]) -> Captured {
+/// A whole body, as the proxy would have copied it under a large cap.
+pub(crate) fn captured(bytes: &[u8]) -> Captured {
     let mut c = Captured::new(MAX_BODY);
     c.push(bytes);
     c
@@ -204,14 +218,14 @@ fn captured(bytes: &[u8]) -> Captured {
 /// When the exchange completed: its start plus its duration; the Unix
 /// epoch when the start is not RFC 3339.
 fn started(at: &str, time_ms: f64) -> SystemTime {
-    let start = httpdate_rfc3339(at).unwrap_or(UNIX_EPOCH);
+    let start = rfc3339(at).unwrap_or(UNIX_EPOCH);
     let took = Duration::try_from_secs_f64(time_ms.max(0.0) / 1000.0).unwrap_or_default();
     start + took
 }
 
 /// RFC 3339 in UTC; with an offset, the local time as if UTC (close
 /// enough for an event's `created_at` in `explain`).
-fn httpdate_rfc3339(at: &str) -> Option<SystemTime> {
+fn rfc3339(at: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(at)
         .ok()
         .or_else(|| humantime::parse_rfc3339_weak(at.get(..19)?).ok())

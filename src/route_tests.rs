@@ -26,8 +26,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -232,37 +231,28 @@ fn inline(x: &Inline) -> Result<Exchange, String> {
 }
 
 fn headers(map: &Map<String, Value>) -> Result<HeaderMap, String> {
-    let mut out = HeaderMap::new();
-    for (k, v) in map {
-        let text = match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        out.append(
-            HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("`{k}` is not a header name"))?,
-            HeaderValue::from_str(&text)
-                .map_err(|_| format!("the value of `{k}` is not a header value"))?,
-        );
-    }
-    Ok(out)
+    let text: Vec<(&str, String)> = map
+        .iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => (k.as_str(), s.clone()),
+            other => (k.as_str(), other.to_string()),
+        })
+        .collect();
+    har::header_map(text.iter().map(|(k, v)| (*k, v.as_str())))
 }
 
 /// A body: text as it is, anything else as JSON (with a JSON content type
 /// unless the headers give one).
 fn body(value: Option<&Value>, headers: &mut HeaderMap) -> Option<Captured> {
-    let bytes = match value? {
-        Value::String(s) => Bytes::from(s.clone()),
+    Some(match value? {
+        Value::String(s) => har::captured(s.as_bytes()),
         v => {
             headers
                 .entry(http::header::CONTENT_TYPE)
                 .or_insert(HeaderValue::from_static("application/json"));
-            Bytes::from(v.to_string())
+            har::captured(v.to_string().as_bytes())
         }
-    };
-    let mut c = Captured::new(16 << 20);
-    c.push(&bytes);
-    Some(c)
+    })
 }
 
 /// `None` when the derived events are the expected ones; else what differs.
