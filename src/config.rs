@@ -61,7 +61,7 @@ pub struct Record {
     /// Every exchange, not only those a route could match.
     pub all: bool,
     /// Header, query parameter and JSON field names redacted besides the
-    /// built-in ones.
+    /// built-in ones (matched without regard to case).
     pub redact: Vec<String>,
 }
 
@@ -439,7 +439,7 @@ impl Config {
                 dir: base.join(r.dir),
                 max_bytes: r.max_bytes.map_or(256 << 20, |s| s.0).max(64 << 10),
                 all: r.all,
-                redact: r.redact.iter().map(|n| n.to_ascii_lowercase()).collect(),
+                redact: r.redact,
             }),
             threads: raw
                 .threads

@@ -78,6 +78,20 @@ impl Redactor {
         SECRET_WORDS.iter().any(|w| n.contains(w)) || self.extra.contains(&n)
     }
 
+    /// The fields of a query string or form body, secret values replaced.
+    fn pairs(&self, encoded: &str) -> Vec<(String, String)> {
+        form_urlencoded::parse(encoded.as_bytes())
+            .map(|(k, v)| {
+                let v = if self.field(&k) {
+                    REDACTED.into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect()
+    }
+
     /// A JSON value with every secret field's value replaced.
     fn json(&self, v: &mut Value) {
         match v {
@@ -103,21 +117,10 @@ pub fn entry(x: &Exchange, redact: &Redactor) -> Value {
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("importer");
-    let query: Vec<(String, String)> = x
+    let query = x
         .query
         .as_deref()
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| {
-                    let v = if redact.field(&k) {
-                        REDACTED.into()
-                    } else {
-                        v.into_owned()
-                    };
-                    (k.into_owned(), v)
-                })
-                .collect()
-        })
+        .map(|q| redact.pairs(q))
         .unwrap_or_default();
     let mut url = format!("http://{host}{}", x.path);
     if !query.is_empty() {
@@ -232,14 +235,7 @@ fn redact_form(text: &str, redact: &Redactor) -> String {
         return text.to_string();
     }
     form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form_urlencoded::parse(text.as_bytes()).map(|(k, v)| {
-            let v = if redact.field(&k) {
-                REDACTED.into()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        }))
+        .extend_pairs(redact.pairs(text))
         .finish()
 }
 
@@ -387,23 +383,15 @@ fn is_recording(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with("taphook-") && n.ends_with(".har"))
 }
 
-/// Exposed for the unit tests: a JSON object with its secrets redacted.
-pub fn redacted(mut v: Value, extra: &[String]) -> Value {
-    Redactor::new(extra).json(&mut v);
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn secret_fields_are_redacted_at_any_depth() {
-        let v = redacted(
-            json!({"template_key": "c", "embed_user_jwt": "a.b.c", "user": {"password": "p", "name": "n"},
-                   "items": [{"api_key": "k"}], "x-tenant": "t"}),
-            &["x-tenant".to_string()],
-        );
+        let mut v = json!({"template_key": "c", "embed_user_jwt": "a.b.c", "user": {"password": "p", "name": "n"},
+                   "items": [{"api_key": "k"}], "x-tenant": "t"});
+        Redactor::new(&["X-Tenant".to_string()]).json(&mut v);
         assert_eq!(
             v,
             json!({"template_key": "c", "embed_user_jwt": "REDACTED", "user": {"password": "REDACTED", "name": "n"},
