@@ -37,8 +37,9 @@ pub fn draft(recorded: &[Recorded], source: &str) -> String {
     let mut routes: Vec<Proposed> = Vec::new();
     for r in recorded {
         let x = &r.exchange;
+        let found = ids(x);
         if !STATE_CHANGING.contains(&x.method.as_str()) {
-            remember_ids(x, &mut handed_out);
+            remember(found, &mut handed_out);
             continue;
         }
         let (template, session_param) = template(&x.path, &handed_out);
@@ -49,7 +50,7 @@ pub fn draft(recorded: &[Recorded], source: &str) -> String {
             existing.more += 1;
             continue;
         }
-        let created = created_id(x);
+        let created = created_id(x, &found);
         let session = match (&session_param, &created) {
             (Some(param), _) => Some(format!("$params.{param}")),
             (None, Some(field)) => Some(format!("$response.body.{field}")),
@@ -67,7 +68,7 @@ pub fn draft(recorded: &[Recorded], source: &str) -> String {
             from: (r.entry, x.path.clone(), x.status),
             more: 0,
         });
-        remember_ids(x, &mut handed_out);
+        remember(found, &mut handed_out);
     }
     render(&routes, source)
 }
@@ -93,18 +94,17 @@ fn ids(x: &crate::derive::Exchange) -> Vec<(String, String)> {
         .collect()
 }
 
-fn remember_ids(x: &crate::derive::Exchange, handed_out: &mut HashMap<String, String>) {
-    for (field, value) in ids(x) {
+fn remember(ids: Vec<(String, String)>, handed_out: &mut HashMap<String, String>) {
+    for (field, value) in ids {
         handed_out.entry(value).or_insert(field);
     }
 }
 
 /// The field of a response body that handed out a new id (a creation).
-fn created_id(x: &crate::derive::Exchange) -> Option<String> {
+fn created_id(x: &crate::derive::Exchange, ids: &[(String, String)]) -> Option<String> {
     if x.method != "POST" || !(200..300).contains(&x.status) {
         return None;
     }
-    let ids = ids(x);
     ids.iter()
         .find(|(k, _)| k == "id")
         .or(ids.first())
