@@ -82,34 +82,9 @@ pub fn explain(
             };
             for (route, result) in deriver.explain(x, rules, &sessions) {
                 match result {
-                    Ok(derived) => {
-                        let (webhooks, skipped) = fan_out(&derived, rules).into_iter().fold(
-                            (Vec::new(), Vec::new()),
-                            |(mut yes, mut no), d| {
-                                if matches!(d.verdict, Verdict::Deliver) {
-                                    yes.push(d.webhook.key.clone());
-                                } else {
-                                    no.push((
-                                        d.webhook.key.clone(),
-                                        d.why(&derived.event.event_type),
-                                    ));
-                                }
-                                (yes, no)
-                            },
-                        );
-                        let e = derived.event;
-                        report.events.push(EventReport {
-                            route: route.name.clone(),
-                            duplicate: !dedup.first_seen(&e.uuid),
-                            event_type: e.event_type,
-                            uuid: e.uuid,
-                            embed_id: e.embed_id,
-                            trigger_type: e.trigger_type,
-                            data: e.data,
-                            webhooks,
-                            skipped,
-                        });
-                    }
+                    Ok(derived) => report
+                        .events
+                        .push(event_report(route, derived, rules, &dedup)),
                     Err(skip) => report.near_misses.push(NearMiss {
                         route: route.name.clone(),
                         event: route.event.clone(),
@@ -120,6 +95,33 @@ pub fn explain(
             report
         })
         .collect()
+}
+
+/// A derived event, where it would go, and whether it repeats a UUID.
+fn event_report(
+    route: &crate::rules::model::Route,
+    derived: crate::event::DerivedEvent,
+    rules: &Rules,
+    dedup: &Dedup,
+) -> EventReport {
+    let (deliver, skip): (Vec<_>, Vec<_>) = fan_out(&derived, rules)
+        .into_iter()
+        .partition(|d| matches!(d.verdict, Verdict::Deliver));
+    let e = derived.event;
+    EventReport {
+        route: route.name.clone(),
+        duplicate: !dedup.first_seen(&e.uuid),
+        webhooks: deliver.iter().map(|d| d.webhook.key.clone()).collect(),
+        skipped: skip
+            .iter()
+            .map(|d| (d.webhook.key.clone(), d.why(&e.event_type)))
+            .collect(),
+        event_type: e.event_type,
+        uuid: e.uuid,
+        embed_id: e.embed_id,
+        trigger_type: e.trigger_type,
+        data: e.data,
+    }
 }
 
 fn reason(skip: &Skip, route: &crate::rules::model::Route, x: &crate::derive::Exchange) -> String {
