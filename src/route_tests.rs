@@ -35,6 +35,7 @@ use crate::explain::{explain, EventReport, ExchangeReport};
 use crate::har::{self, Recorded};
 use crate::rules::source::{process_env, Document};
 use crate::rules::Rules;
+use crate::store::session_key;
 
 /// A test file, as written.
 #[derive(Debug, Deserialize)]
@@ -340,13 +341,9 @@ fn differences(
     out
 }
 
-/// `42` and `"42"` are the same session.
+/// `42` and `"42"` are the same session, as the store keys them.
 fn same_id(a: &Value, b: &Value) -> bool {
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    a == b || text(a) == text(b)
+    a == b || session_key(a).is_some_and(|k| Some(k) == session_key(b))
 }
 
 /// Every key of `want` (recursively for objects) is in `got` with the same value.
