@@ -10,6 +10,7 @@
 //! [`explain`] shows what the rules make of it, [`route_tests`] checks it
 //! against expectations and [`draft`] proposes routes for it.
 
+pub mod activity;
 pub mod admin;
 pub mod app;
 pub mod cli;

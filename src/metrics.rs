@@ -41,6 +41,8 @@ pub struct Metrics {
     pub store_buffered: IntGauge,
     /// JetStream backend: writes dropped because the local buffer was full.
     pub store_buffer_dropped: IntCounterVec,
+    /// The last hour, minute by minute, for the console (not exported).
+    pub activity: crate::activity::Activity,
 }
 
 const PROXY_BUCKETS: &[f64] = &[
@@ -238,6 +240,7 @@ impl Metrics {
         let mut names = names.into_inner();
         names.sort();
         Self {
+            activity: crate::activity::Activity::default(),
             names,
             registry,
             store_connected,

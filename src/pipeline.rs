@@ -119,6 +119,7 @@ impl Pipeline {
             return false;
         }
         tracing::debug!("event derived");
+        metrics.activity.event(crate::store::sqlite::now_ms());
         if let Some(key) = session_key(&event.event.embed_id) {
             self.shared.events.append(&key, &event.event);
         }

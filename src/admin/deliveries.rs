@@ -1,5 +1,5 @@
 //! The outbox through the admin API:
-//! `GET /v1/deliveries?state=pending|failed|dead|delivered&webhook=&limit=&cursor=`,
+//! `GET /v1/deliveries?state=pending|failed|dead|delivered&webhook=&session=&limit=&cursor=`,
 //! `GET /v1/deliveries/{id}` (with every attempt), `POST /v1/deliveries/{id}/retry`,
 //! `POST /v1/deliveries/replay` (`{"webhook", "since", "include_delivered"}`),
 //! and `POST /v1/event-webhooks/{key}/enable` for a webhook that was
@@ -18,7 +18,10 @@ use serde_json::{json, Value};
 
 use super::{page_limit, parse_json, ApiError, JsonBody};
 use crate::app::Shared;
-use crate::store::sqlite::{Filter, State as DeliveryState, Store, StoreError, WebhookChange};
+use crate::deliver::formats;
+use crate::store::sqlite::{
+    Filter, State as DeliveryState, Store, StoreError, StoredEvent, WebhookChange,
+};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -27,6 +30,7 @@ const MAX_LIMIT: usize = 1000;
 pub struct ListQuery {
     state: Option<String>,
     webhook: Option<String>,
+    session: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -59,13 +63,25 @@ pub async fn list(
     };
     let mut rows = match &shared.jetstream {
         Some(js) => internal(
-            js.list_deliveries(filter, q.webhook.as_deref(), after, limit + 1)
-                .await,
+            js.list_deliveries(
+                filter,
+                q.webhook.as_deref(),
+                q.session.as_deref(),
+                after,
+                limit + 1,
+            )
+            .await,
         )?,
         None => {
-            let webhook = q.webhook.clone();
+            let (webhook, session) = (q.webhook.clone(), q.session.clone());
             on_store(&shared, move |store| {
-                store.list_deliveries(filter, webhook.as_deref(), after, limit + 1)
+                store.list_deliveries(
+                    filter,
+                    webhook.as_deref(),
+                    session.as_deref(),
+                    after,
+                    limit + 1,
+                )
             })
             .await?
         }
@@ -85,13 +101,58 @@ pub async fn show(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    if let Some(js) = &shared.jetstream {
-        let delivery = internal(js.delivery(id).await)?.ok_or_else(|| not_found(id))?;
-        return Ok(Json(json!({"delivery": delivery, "attempts": []})).into_response());
+    let (delivery, attempts, event) = match &shared.jetstream {
+        Some(js) => {
+            let delivery = internal(js.delivery(id).await)?.ok_or_else(|| not_found(id))?;
+            let event = internal(js.delivery_event(id).await)?;
+            (delivery, Vec::new(), event)
+        }
+        None => {
+            let found = on_store(&shared, move |store| {
+                Ok(store.delivery(id)?.zip(store.delivery_event(id)?))
+            })
+            .await?;
+            let ((delivery, attempts), event) = found.ok_or_else(|| not_found(id))?;
+            (delivery, attempts, Some(event))
+        }
+    };
+    let payload = event.map(|e| payload(&shared, &delivery.webhook, &e));
+    Ok(
+        Json(json!({"delivery": delivery, "attempts": attempts, "payload": payload}))
+            .into_response(),
+    )
+}
+
+/// What the delivery sends, part by part, as its webhook's format makes
+/// it now: each body (JSON when it is JSON), with the session's embed JWT
+/// masked wherever it appears. Without the webhook (deleted), the event.
+fn payload(shared: &Shared, webhook: &str, event: &StoredEvent) -> Value {
+    let jwt = event.event.embed_jwt.as_str().filter(|j| !j.is_empty());
+    let bodies: Vec<Value> = match shared.rules.load().webhook(webhook) {
+        Some(w) => formats::requests(w, &event.derived())
+            .iter()
+            .map(|r| {
+                serde_json::from_slice(&r.body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&r.body).into()))
+            })
+            .collect(),
+        None => vec![serde_json::to_value(&event.event).unwrap_or_default()],
+    };
+    let mut shown = Value::Array(bodies);
+    if let Some(jwt) = jwt {
+        mask(&mut shown, jwt);
     }
-    let found = on_store(&shared, move |store| store.delivery(id)).await?;
-    let (delivery, attempts) = found.ok_or_else(|| not_found(id))?;
-    Ok(Json(json!({"delivery": delivery, "attempts": attempts})).into_response())
+    shown
+}
+
+/// Every occurrence of `secret` in the strings of `value`, masked.
+fn mask(value: &mut Value, secret: &str) {
+    match value {
+        Value::String(s) if s.contains(secret) => *s = s.replace(secret, crate::secret::MASK),
+        Value::Array(items) => items.iter_mut().for_each(|v| mask(v, secret)),
+        Value::Object(m) => m.values_mut().for_each(|v| mask(v, secret)),
+        _ => {}
+    }
 }
 
 pub async fn retry(
@@ -224,12 +285,12 @@ pub fn parse_since_text(s: &str) -> Option<i64> {
 }
 
 /// A store's failure as the API's 500.
-fn internal<T>(result: Result<T, StoreError>) -> Result<T, ApiError> {
+pub(super) fn internal<T>(result: Result<T, StoreError>) -> Result<T, ApiError> {
     result.map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// Runs `call` on the embedded store off the async workers.
-async fn on_store<T: Send + 'static>(
+pub(super) async fn on_store<T: Send + 'static>(
     shared: &Shared,
     call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {

@@ -2,10 +2,12 @@
 //! service: `/metrics`, `/healthz`, `/readyz` without auth, and the
 //! `/v1` API behind the bearer `admin_token`.
 
+mod console;
 mod deliveries;
 pub use deliveries::parse_since_text;
 mod events;
 mod registry;
+mod sessions;
 mod webhooks;
 
 use std::sync::atomic::Ordering;
@@ -76,6 +78,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/v1/topics/{topic}/events/{name}",
             axum::routing::put(registry::update_event),
         )
+        .route("/v1/sessions", get(sessions::list))
+        .route("/v1/sessions/{key}", get(sessions::show))
+        .route("/v1/sessions/{key}/deliveries", get(sessions::deliveries))
+        .route("/v1/overview", get(sessions::overview))
+        .route(
+            "/v1/event-webhooks/{key}/stats",
+            get(sessions::webhook_stats),
+        )
         .route("/v1/deliveries", get(deliveries::list))
         .route(
             "/v1/deliveries/replay",
@@ -109,8 +119,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .merge(api)
+        .merge(console::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(console::secure))
         .with_state(shared)
 }
 
@@ -238,6 +250,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     problems: Vec<String>,
+    /// The problems by the request field they are about.
+    fields: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl ApiError {
@@ -247,6 +261,7 @@ impl ApiError {
             code,
             message: message.into(),
             problems: Vec::new(),
+            fields: Default::default(),
         }
     }
 
@@ -258,6 +273,22 @@ impl ApiError {
         self.problems = problems;
         self
     }
+
+    /// Shows the fields by the names the request used (`renames`: the
+    /// written name, the request's name).
+    pub fn renamed_fields(mut self, renames: &[(&str, &str)]) -> Self {
+        self.fields = std::mem::take(&mut self.fields)
+            .into_iter()
+            .map(|(k, v)| {
+                let shown = renames
+                    .iter()
+                    .find(|(from, _)| *from == k)
+                    .map_or(k, |(_, to)| to.to_string());
+                (shown, v)
+            })
+            .collect();
+        self
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -265,6 +296,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({"code": self.code, "message": self.message});
         if !self.problems.is_empty() {
             body["problems"] = json!(self.problems);
+        }
+        if !self.fields.is_empty() {
+            body["fields"] = json!(self.fields);
         }
         (self.status, Json(json!({"error": body}))).into_response()
     }
@@ -308,7 +342,7 @@ where
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || -> Result<(Vec<Change>, Rules), ApiError> {
             let changes = plan(&current, &dir)?;
-            let rules = write::validate(&dir, &changes).map_err(invalid)?;
+            let rules = write::validate(&dir, &changes).map_err(|e| invalid(e, &changes))?;
             Ok((changes, rules))
         })
     };
@@ -346,8 +380,12 @@ where
     Ok(rules)
 }
 
-fn invalid(e: WriteError) -> ApiError {
-    match e {
+fn invalid(e: WriteError, changes: &[Change]) -> ApiError {
+    let fields = match &e {
+        WriteError::Invalid(problems) => problem_fields(&problems.0, changes),
+        WriteError::Io(_) => Default::default(),
+    };
+    let mut error = match e {
         // A subscriber without the publisher's permission: forbidden.
         WriteError::Invalid(problems)
             if problems
@@ -375,8 +413,44 @@ fn invalid(e: WriteError) -> ApiError {
                 .with_problems(problems.0.iter().map(ToString::to_string).collect())
         }
         e @ WriteError::Io(_) => ApiError::internal(e.to_string()),
-    }
+    };
+    error.fields = fields;
+    error
 }
+
+/// The field each problem is about, for the problems in a file the change
+/// writes: the top-level key of the written object at or above the
+/// problem's line (the API writes each key of its object on a line of its
+/// own, at one indentation).
+fn problem_fields(
+    problems: &[crate::rules::Problem],
+    changes: &[Change],
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut fields: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for p in problems {
+        let text = changes.iter().find_map(|c| match c {
+            Change::Write(path, text) if *path == p.file => Some(text),
+            _ => None,
+        });
+        let Some(text) = text else { continue };
+        let lines: Vec<&str> = text.lines().take(p.line.max(1)).collect();
+        let field = lines.iter().rev().find_map(|line| {
+            let rest = line.strip_prefix(OBJECT_INDENT)?;
+            let name = rest.strip_prefix('"')?.split('"').next()?;
+            (!rest.starts_with(' ') && rest[name.len() + 2..].starts_with(':')).then_some(name)
+        });
+        if let Some(field) = field {
+            fields
+                .entry(field.to_string())
+                .or_default()
+                .push(p.reason.clone());
+        }
+    }
+    fields
+}
+
+/// Where the keys of an object the API writes start: inside `{"<kind>": [{`.
+const OBJECT_INDENT: &str = "      ";
 
 #[async_trait]
 impl BackgroundService for Admin {

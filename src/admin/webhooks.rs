@@ -109,7 +109,8 @@ pub async fn create(
             file_text(&escaped(raw)),
         )])
     })
-    .await?;
+    .await
+    .map_err(|e| e.renamed_fields(API_NAMES))?;
     // A new webhook starts clean, even if an old one had its key.
     store_change(&shared, &shown, WebhookChange::Enable);
     shown_as(&rules, &shown, &shared, StatusCode::CREATED)
@@ -170,7 +171,8 @@ pub async fn update(
         }
         Ok(changes)
     })
-    .await?;
+    .await
+    .map_err(|e| e.renamed_fields(API_NAMES))?;
     if shown != old_key {
         // The backlog and the delivery state follow the new key.
         match &shared.jetstream {
@@ -262,16 +264,18 @@ fn shown_as(
     Ok((status, Json(view(w, &shared.config.rules_dir, shared))).into_response())
 }
 
+/// The rules' names of the API's fields that differ: (rules, API).
+const API_NAMES: &[(&str, &str)] = &[("key", "webhook_key"), ("secret", "secret_key")];
+
 /// The API's names to the rules' names: `webhook_key` is `key`,
 /// `secret_key` is `secret`.
 fn to_rules_keys(body: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
     let mut out = Map::new();
     for (k, v) in body {
-        let name = match k.as_str() {
-            "webhook_key" => "key",
-            "secret_key" => "secret",
-            other => other,
-        };
+        let name = API_NAMES
+            .iter()
+            .find(|(_, api)| *api == k)
+            .map_or(k.as_str(), |(rules, _)| rules);
         if out.insert(name.to_string(), v).is_some() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,

@@ -34,7 +34,6 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::app::Shared;
-use crate::event::DerivedEvent;
 use crate::rules::model::Webhook;
 use crate::store::handoff::Taken;
 use crate::store::sqlite::{
@@ -421,15 +420,7 @@ impl Dispatcher {
 
     /// Sends the delivery's current part once.
     async fn attempt(&self, webhook: &Webhook, due: &Due) -> Outcome {
-        let event = DerivedEvent {
-            event: due.event.event.clone(),
-            session: due.event.session.clone(),
-            derived_at: Instant::now(),
-            registered: due.event.registered.clone(),
-            request_id: due.event.request_id.clone(),
-            new_session: false,
-        };
-        let requests = formats::requests(webhook, &event);
+        let requests = formats::requests(webhook, &due.event.derived());
         let Some(request) = requests.get(due.part as usize) else {
             // Nothing left to send (the format changed): done.
             return Outcome {
@@ -450,6 +441,9 @@ impl Dispatcher {
             .delivery_attempts
             .with_label_values(&[&webhook.key, attempt.class()])
             .inc();
+        metrics
+            .activity
+            .attempt(&webhook.key, attempt.succeeded(), now_ms());
         metrics
             .delivery_duration
             .with_label_values(&[&webhook.key])

@@ -867,17 +867,45 @@ impl JetStream {
             }
             Filter::Failed => Some((self.names.deliveries_stream(), format!("{p}.retry.{w}"))),
             Filter::State(State::Dead) => Some((self.names.dead_stream(), format!("{p}.dead.{w}"))),
-            Filter::State(State::Delivered) => None,
+            // Delivered deliveries leave the work queue; `Any` is two reads.
+            Filter::State(State::Delivered) | Filter::Any => None,
         }
     }
 
+    /// Deliveries matching `filter` (and `webhook`, and `session`) after
+    /// `after`; a session's are found by reading the stream's messages.
+    /// `Filter::Any` lists those waiting, then the dead letters.
     pub async fn list_deliveries(
         &self,
         filter: Filter,
         webhook: Option<&str>,
+        session: Option<&str>,
         after: i64,
         limit: usize,
     ) -> Result<Vec<DeliveryInfo>, StoreError> {
+        if filter == Filter::Any {
+            let mut out = Box::pin(self.list_deliveries(
+                Filter::State(State::Pending),
+                webhook,
+                session,
+                after.max(0),
+                limit,
+            ))
+            .await?;
+            if out.len() < limit {
+                let dead_after = if after < 0 { after } else { 0 };
+                let dead = Box::pin(self.list_deliveries(
+                    Filter::State(State::Dead),
+                    webhook,
+                    session,
+                    dead_after,
+                    limit - out.len(),
+                ))
+                .await?;
+                out.extend(dead);
+            }
+            return Ok(out);
+        }
         let Some((stream, subjects)) = self.stream_and_filter(filter, webhook) else {
             return Ok(Vec::new());
         };
@@ -885,7 +913,10 @@ impl JetStream {
         let stream = self.stream(&stream).await?;
         let after = if dead { -after } else { after };
         let from = (after.max(0) as u64) + 1;
-        Ok(read_subject(&stream, &subjects, from, limit, |m| delivery_info(&m)).await)
+        Ok(read_subject(&stream, &subjects, from, limit, |m| {
+            delivery_info(&m, session)
+        })
+        .await)
     }
 
     /// A delivery by id: a dead letter (negative), else one in the work queue.
@@ -896,7 +927,20 @@ impl JetStream {
         };
         let stream = self.stream(&name).await?;
         Ok(match stream.get_raw_message(sequence).await {
-            Ok(m) => delivery_info(&m),
+            Ok(m) => delivery_info(&m, None),
+            Err(_) => None,
+        })
+    }
+
+    /// The event a delivery (by id, as [`JetStream::delivery`]) sends.
+    pub async fn delivery_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
+        let (name, sequence) = match id {
+            ..0 => (self.names.dead_stream(), id.unsigned_abs()),
+            _ => (self.names.deliveries_stream(), id as u64),
+        };
+        let stream = self.stream(&name).await?;
+        Ok(match stream.get_raw_message(sequence).await {
+            Ok(m) => serde_json::from_slice(&m.payload).ok(),
             Err(_) => None,
         })
     }
@@ -1077,9 +1121,14 @@ fn unix_ms(m: &StreamMessage) -> i64 {
     (m.time.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// A delivery message as the admin API shows it.
-fn delivery_info(m: &StreamMessage) -> Option<DeliveryInfo> {
+/// A delivery message as the admin API shows it, if it is of `session`
+/// (when given).
+fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<DeliveryInfo> {
     let event: StoredEvent = serde_json::from_slice(&m.payload).ok()?;
+    let event_session = super::session_key(&event.event.embed_id);
+    if session.is_some() && event_session.as_deref() != session {
+        return None;
+    }
     let mut tokens = m.subject.as_str().rsplit('.');
     let webhook = untoken(tokens.next()?);
     let kind = tokens.next()?;
@@ -1093,6 +1142,7 @@ fn delivery_info(m: &StreamMessage) -> Option<DeliveryInfo> {
             m.sequence as i64
         },
         webhook,
+        session: event_session,
         event_uuid: event.event.uuid,
         event_type: event.event.event_type,
         state: if dead { "dead" } else { "pending" }.into(),

@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS session_progress (
     watched INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS session_progress_idle ON session_progress (last_event_at) WHERE watched = 1;
+CREATE INDEX IF NOT EXISTS session_progress_recent ON session_progress (last_event_at, key);
 CREATE TABLE IF NOT EXISTS webhook_state (
     webhook TEXT PRIMARY KEY,
     disabled TEXT,
@@ -123,6 +124,20 @@ pub struct StoredEvent {
     pub request_id: Option<String>,
 }
 
+impl StoredEvent {
+    /// The event as the formats take it, again.
+    pub fn derived(&self) -> crate::event::DerivedEvent {
+        crate::event::DerivedEvent {
+            event: self.event.clone(),
+            session: self.session.clone(),
+            derived_at: std::time::Instant::now(),
+            registered: self.registered.clone(),
+            request_id: self.request_id.clone(),
+            new_session: false,
+        }
+    }
+}
+
 /// A delivery's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -155,6 +170,8 @@ pub struct Due {
 pub struct DeliveryInfo {
     pub id: i64,
     pub webhook: String,
+    /// The session key of the event (`null` without one).
+    pub session: Option<String>,
     pub event_uuid: String,
     pub event_type: String,
     pub state: String,
@@ -191,6 +208,8 @@ pub enum Filter {
     State(State),
     /// Pending, with at least one failed attempt.
     Failed,
+    /// Every state.
+    Any,
 }
 
 /// A change to a webhook's delivery state, applied atomically by the
@@ -234,6 +253,8 @@ pub struct AttemptRecord {
 enum Op {
     InsertDelivery {
         webhook: String,
+        /// The event's session key, for a session's deliveries.
+        session: Option<String>,
         event_uuid: String,
         event: String,
         /// What the hand-off gives the scheduler once committed.
@@ -356,6 +377,7 @@ impl Store {
         };
         let writer_conn = open().map_err(err)?;
         writer_conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&writer_conn).map_err(err)?;
         // Most checkpoint work runs on a connection of its own (see
         // `checkpoint_loop`); the writer's own automatic checkpoint (every
         // 1,000 pages, SQLite's default) is left with little to copy, and
@@ -438,6 +460,7 @@ impl Store {
         let json = serde_json::to_string(&*stored).unwrap_or_default();
         self.send(Op::InsertDelivery {
             webhook: webhook.into(),
+            session: super::session_key(&stored.event.embed_id),
             event_uuid: stored.event.uuid.clone(),
             event: json,
             stored,
@@ -629,25 +652,41 @@ impl Store {
         })
     }
 
-    /// Deliveries matching `filter` (and `webhook`), by id, after `after`.
+    /// Deliveries matching `filter` (and `webhook`, and `session`), by
+    /// id, after `after`.
     pub fn list_deliveries(
         &self,
         filter: Filter,
         webhook: Option<&str>,
+        session: Option<&str>,
         after: i64,
         limit: usize,
     ) -> Result<Vec<DeliveryInfo>, StoreError> {
         let (state, failed_only) = match filter {
-            Filter::State(s) => (s.name(), false),
-            Filter::Failed => ("pending", true),
+            Filter::State(s) => (Some(s.name()), false),
+            Filter::Failed => (Some("pending"), true),
+            Filter::Any => (None, false),
+        };
+        // One statement per index: a session's deliveries, a state's, or all.
+        const COLUMNS: &str = "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at FROM deliveries";
+        let sql = match (session, state) {
+            (Some(_), _) => format!("{COLUMNS} INDEXED BY deliveries_session WHERE session = ?6 AND id > ?2 AND (?1 IS NULL OR state = ?1) AND (?3 IS NULL OR webhook = ?3) AND (?4 = 0 OR attempts > 0) ORDER BY id LIMIT ?5"),
+            (None, Some(_)) => format!("{COLUMNS} WHERE state = ?1 AND id > ?2 AND (?3 IS NULL OR webhook = ?3) AND (?4 = 0 OR attempts > 0) AND ?6 IS NULL ORDER BY id LIMIT ?5"),
+            (None, None) => format!("{COLUMNS} WHERE ?1 IS NULL AND id > ?2 AND (?3 IS NULL OR webhook = ?3) AND ?4 = 0 AND ?6 IS NULL ORDER BY id LIMIT ?5"),
         };
         self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at
-                 FROM deliveries WHERE state = ?1 AND id > ?2 AND (?3 IS NULL OR webhook = ?3) AND (?4 = 0 OR attempts > 0)
-                 ORDER BY id LIMIT ?5",
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(
+                params![
+                    state,
+                    after,
+                    webhook,
+                    failed_only as i64,
+                    limit as i64,
+                    session
+                ],
+                info_row,
             )?;
-            let rows = st.query_map(params![state, after, webhook, failed_only as i64, limit as i64], info_row)?;
             rows.collect()
         })
     }
@@ -675,6 +714,16 @@ impl Store {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Some((info, attempts)))
         })
+    }
+
+    /// The event a delivery sends.
+    pub fn delivery_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
+        let json: Option<String> = self.read(|c| {
+            c.prepare_cached("SELECT event FROM deliveries WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))
+                .optional()
+        })?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
     pub fn webhook_state(&self, webhook: &str) -> Result<WebhookState, StoreError> {
@@ -751,6 +800,56 @@ impl Store {
         })
     }
 
+    /// Sessions' funnel progress, most recent event first: `(key,
+    /// progress)` before `before` (a `(last_event_at, key)` from an earlier
+    /// page), whose key or `template_key` contains `search`.
+    pub fn recent_sessions(
+        &self,
+        search: Option<&str>,
+        before: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let pattern = search.map(|s| format!("%{}%", like_escaped(s)));
+        let (at, key) = before.map_or((None, None), |(at, key)| (Some(at), Some(key)));
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT key, value FROM session_progress INDEXED BY session_progress_recent
+                 WHERE (?1 IS NULL OR (last_event_at, key) < (?1, ?2))
+                   AND (?3 IS NULL OR key LIKE ?3 ESCAPE '\\' OR json_extract(value, '$.template_key') LIKE ?3 ESCAPE '\\')
+                 ORDER BY last_event_at DESC, key DESC LIMIT ?4",
+            )?;
+            let rows = st.query_map(params![at, key, pattern, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Per `template_key` (`None`: without one), how many sessions
+    /// reached each of `stages` (names as progress records them) and how
+    /// many are stalled.
+    pub fn funnel_counts(
+        &self,
+        stages: &[&str],
+    ) -> Result<Vec<(Option<String>, Vec<i64>, i64)>, StoreError> {
+        let reached: String = stages
+            .iter()
+            .map(|s| format!(", SUM(json_type(value, '$.reached.{s}') IS NOT NULL)"))
+            .collect();
+        let sql = format!(
+            "SELECT json_extract(value, '$.template_key') AS t, SUM(json_extract(value, '$.stalled') IS 1){reached}
+             FROM session_progress GROUP BY t ORDER BY t"
+        );
+        self.read(|c| {
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map([], |r| {
+                let counts = (0..stages.len())
+                    .map(|i| r.get::<_, i64>(i + 2))
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok((r.get::<_, Option<String>>(0)?, counts, r.get(1)?))
+            })?;
+            rows.collect()
+        })
+    }
+
     /// How many sessions are watched.
     pub fn watched_sessions(&self) -> Result<i64, StoreError> {
         self.read(|c| {
@@ -799,16 +898,45 @@ impl Drop for Store {
     }
 }
 
+/// `text` for a `LIKE` pattern with `ESCAPE '\'`: its `%`, `_` and
+/// `\` match themselves.
+fn like_escaped(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// Brings a store written by an earlier version up to this schema: the
+/// deliveries' `session` column (for a session's deliveries), filled in
+/// from the stored events once.
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let has_session: bool = c.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('deliveries') WHERE name = 'session'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_session {
+        c.execute_batch(
+            "BEGIN;
+             ALTER TABLE deliveries ADD COLUMN session TEXT;
+             UPDATE deliveries SET session = CAST(json_extract(event, '$.event.embed_id') AS TEXT);
+             COMMIT;",
+        )?;
+    }
+    c.execute_batch("CREATE INDEX IF NOT EXISTS deliveries_session ON deliveries (session, id);")
+}
+
 fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
     let event: String = r.get(3)?;
-    let event_type = serde_json::from_str::<StoredEvent>(&event)
-        .map(|e| e.event.event_type)
+    let (event_type, session) = serde_json::from_str::<StoredEvent>(&event)
+        .map(|e| (e.event.event_type, super::session_key(&e.event.embed_id)))
         .unwrap_or_default();
     let state: String = r.get(4)?;
     let next_at: i64 = r.get(7)?;
     Ok(DeliveryInfo {
         id: r.get(0)?,
         webhook: r.get(1)?,
+        session,
         event_uuid: r.get(2)?,
         event_type,
         next_attempt_at: (state == "pending").then_some(next_at),
@@ -1041,6 +1169,7 @@ fn apply(
     match op {
         Op::InsertDelivery {
             webhook,
+            session,
             event_uuid,
             event,
             at,
@@ -1048,10 +1177,10 @@ fn apply(
         } => {
             let n = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO deliveries (id, webhook, event_uuid, event, state, attempts, part, next_at, created_at, updated_at)
-                     VALUES (?5, ?1, ?2, ?3, 'pending', 0, 0, ?4, ?4, ?4)",
+                    "INSERT OR IGNORE INTO deliveries (id, webhook, event_uuid, event, state, attempts, part, next_at, created_at, updated_at, session)
+                     VALUES (?5, ?1, ?2, ?3, 'pending', 0, 0, ?4, ?4, ?4, ?6)",
                 )?
-                .execute(params![webhook, event_uuid, event, at, counters.delivery])?;
+                .execute(params![webhook, event_uuid, event, at, counters.delivery, session])?;
             effect.wake = n > 0;
             effect.accepted = n as u64;
             if n > 0 {
@@ -1276,7 +1405,7 @@ mod tests {
             .unwrap()
             .is_empty());
         let dead = store
-            .list_deliveries(Filter::State(State::Dead), None, 0, 10)
+            .list_deliveries(Filter::State(State::Dead), None, None, 0, 10)
             .unwrap();
         assert_eq!(dead.len(), 1);
         let (_, attempts) = store.delivery(id).unwrap().unwrap();

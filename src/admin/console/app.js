@@ -1,0 +1,890 @@
+// The taphook console: plain JavaScript, no dependencies, no build step.
+//
+// Safety rules this file keeps:
+// - every value from the API reaches the page as text (text nodes,
+//   `textContent`, attributes set with `setAttribute`), never as markup:
+//   no `innerHTML`, no `insertAdjacentHTML`, no `document.write`;
+// - every link is built here from a fixed path and `encodeURIComponent`ed
+//   values, never taken from data;
+// - the admin token lives in this tab's session storage only, and goes
+//   out only in the `Authorization` header of requests to this origin.
+
+const TOKEN_KEY = "taphook.admin_token";
+const main = document.getElementById("main");
+const nav = document.getElementById("nav");
+const live = document.getElementById("live");
+const signOutButton = document.getElementById("sign-out");
+
+// ---------------------------------------------------------------- DOM
+
+/** An element with properties and children (strings become text). */
+function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") el.className = value;
+    else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "value") el.value = value;
+    else if (name === "checked") el.checked = Boolean(value);
+    else el.setAttribute(name, value === true ? "" : String(value));
+  }
+  add(el, children);
+  return el;
+}
+
+function add(el, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+}
+
+/** A link inside the console: `parts` are encoded, `query` is a map. */
+function link(text, parts, query) {
+  const path = parts.map((p, i) => (i === 0 ? p : encodeURIComponent(p))).join("/");
+  const qs = query ? new URLSearchParams(query).toString() : "";
+  return h("a", { href: `#/${path}${qs ? `?${qs}` : ""}` }, text);
+}
+
+function badge(text, kind) {
+  return h("span", { class: `badge ${kind || text}` }, text);
+}
+
+const pad = (n, w = 2) => String(n).padStart(w, "0");
+
+/** A time in ms as local `YYYY-MM-DD HH:MM:SS.mmm`. */
+function time(ms) {
+  if (ms === null || ms === undefined) return "";
+  const d = new Date(ms);
+  if (Number.isNaN(d.getTime())) return String(ms);
+  const date = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  return `${date} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+function json(value) {
+  return h("pre", {}, JSON.stringify(value, null, 2));
+}
+
+function errorText(e) {
+  return e && e.message ? e.message : String(e);
+}
+
+function table(headings, rows, empty) {
+  if (rows.length === 0) return h("p", { class: "muted" }, empty);
+  return h(
+    "table",
+    {},
+    h("thead", {}, h("tr", {}, headings.map((t) => h("th", { class: t.startsWith("#") ? "num" : "" }, t.replace(/^#/, ""))))),
+    h("tbody", {}, rows),
+  );
+}
+
+// ---------------------------------------------------------------- API
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const error = body && body.error ? body.error : {};
+    super(error.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = error.code;
+    this.problems = error.problems || [];
+    this.fields = error.fields || {};
+  }
+}
+
+/** Calls the admin API (`/v1` beside `/console/`) with the token. */
+async function api(path, { method = "GET", body } = {}) {
+  const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(`../v1${path}`, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: "no-store",
+    credentials: "omit",
+    redirect: "error",
+  });
+  const text = await response.text();
+  let data = null;
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null;
+    }
+  }
+  if (response.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    const e = new ApiError(401, data);
+    showSignIn(e.message);
+    throw e;
+  }
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+const enc = encodeURIComponent;
+
+// ---------------------------------------------------------------- views and live updates
+
+let generation = 0;
+
+/** What a view may do while it is the one shown. */
+function viewContext() {
+  const mine = ++generation;
+  live.hidden = true;
+  return {
+    alive: () => mine === generation,
+    /** Calls `load` every `ms` while the view is shown and the tab visible. */
+    every(ms, load) {
+      live.hidden = false;
+      const tick = async () => {
+        if (mine !== generation) return;
+        if (!document.hidden) {
+          try {
+            await load();
+          } catch (e) {
+            if (e.status === 401) return;
+          }
+        }
+        if (mine === generation) setTimeout(tick, ms);
+      };
+      setTimeout(tick, ms);
+    },
+  };
+}
+
+/** Renders `region` from `fetch` and keeps it fresh; unchanged data is not redrawn. */
+function liveRegion(ctx, region, fetchData, draw, ms) {
+  let last = null;
+  const load = async () => {
+    const data = await fetchData();
+    const key = JSON.stringify(data);
+    if (!ctx.alive() || key === last) return;
+    last = key;
+    region.replaceChildren(...[draw(data)].flat());
+  };
+  const first = load().catch((e) => {
+    if (e.status !== 401 && ctx.alive()) region.replaceChildren(h("p", { class: "error" }, errorText(e)));
+  });
+  if (ms) ctx.every(ms, load);
+  return first;
+}
+
+function page(title, ...children) {
+  main.replaceChildren(h("h1", {}, title), ...children);
+}
+
+// ---------------------------------------------------------------- sign in
+
+function showSignIn(message) {
+  generation++;
+  nav.hidden = true;
+  live.hidden = true;
+  signOutButton.hidden = true;
+  const input = h("input", { type: "password", id: "token", name: "token", autocomplete: "current-password", required: true });
+  const status = h("p", { class: "error", role: "alert", id: "signin-error" }, message || "");
+  const form = h(
+    "form",
+    {
+      class: "card signin stacked",
+      id: "signin",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        sessionStorage.setItem(TOKEN_KEY, input.value);
+        try {
+          await api("/event-webhooks");
+          route();
+        } catch (e) {
+          if (e.status !== 401) status.textContent = errorText(e);
+        }
+      },
+    },
+    h("h1", {}, "Sign in"),
+    h("p", { class: "muted" }, "Use the admin token (admin_token in taphook's config). It stays in this tab's session storage and is sent only to this taphook."),
+    h("label", {}, "Admin token", input),
+    h("button", { type: "submit" }, "Sign in"),
+    status,
+  );
+  main.replaceChildren(form);
+  input.focus();
+}
+
+signOutButton.addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  showSignIn("");
+});
+
+// ---------------------------------------------------------------- overview
+
+function chart(minutes) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  const width = 720;
+  const height = 160;
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", "Events and delivery attempts per minute, last hour");
+  const peak = Math.max(1, ...minutes.map((m) => Math.max(m.events, m.delivered + m.failed)));
+  const slot = width / minutes.length;
+  const scale = (n) => ((height - 4) * n) / peak;
+  const rect = (cls, x, y, w, hgt) => {
+    const r = document.createElementNS(ns, "rect");
+    for (const [k, v] of Object.entries({ class: cls, x, y, width: w, height: hgt })) r.setAttribute(k, String(v));
+    svg.append(r);
+  };
+  minutes.forEach((m, i) => {
+    const x = i * slot;
+    rect("events", x + 1, height - scale(m.events), slot / 2 - 1, scale(m.events));
+    rect("delivered", x + slot / 2, height - scale(m.delivered), slot / 2 - 1, scale(m.delivered));
+    rect("failed", x + slot / 2, height - scale(m.delivered) - scale(m.failed), slot / 2 - 1, scale(m.failed));
+  });
+  return h(
+    "div",
+    {},
+    h("div", { class: "axis" }, h("span", {}, `${peak} per minute`)),
+    svg,
+    h("div", { class: "axis" }, h("span", {}, "60 min ago"), h("span", {}, "now")),
+  );
+}
+
+function funnelTable(stages, funnel) {
+  const rows = funnel.map((row) => {
+    const first = Math.max(1, ...stages.map((s) => row.stages[s] || 0));
+    const template = row.template_key === null ? "(none)" : row.template_key;
+    return h(
+      "tr",
+      {},
+      h("td", {}, row.template_key === null ? template : link(template, ["sessions"], { q: row.template_key })),
+      stages.map((s) => {
+        const n = row.stages[s] || 0;
+        const bar = h("div", { class: "bar", title: `${n} sessions` });
+        bar.style.width = `${Math.round((100 * n) / first)}%`;
+        return h("td", { class: "num" }, String(n), bar);
+      }),
+      h("td", { class: "num" }, String(row.stalled)),
+    );
+  });
+  return table(["template_key", ...stages.map((s) => `#${s.replace("_", " ")}`), "#stalled"], rows, "No sessions yet.");
+}
+
+async function overview(ctx) {
+  const region = h("div", { id: "overview" });
+  page("Overview", region);
+  await liveRegion(
+    ctx,
+    region,
+    () => api("/overview"),
+    (data) => {
+      const sum = (k) => data.minutes.reduce((n, m) => n + m[k], 0);
+      return [
+        h(
+          "div",
+          { class: "grid" },
+          h("div", { class: "card" }, h("div", { class: "muted" }, "Events, last hour"), h("strong", { id: "events-hour" }, String(sum("events")))),
+          h("div", { class: "card" }, h("div", { class: "muted" }, "Delivered attempts"), h("strong", {}, String(sum("delivered")))),
+          h("div", { class: "card" }, h("div", { class: "muted" }, "Failed attempts"), h("strong", {}, String(sum("failed")))),
+        ),
+        h("h2", {}, "Per minute"),
+        h("div", { class: "legend" }, h("span", { class: "events" }, "events"), h("span", { class: "delivered" }, "delivered"), h("span", { class: "failed" }, "failed")),
+        chart(data.minutes),
+        h("p", { class: "muted" }, "Counted by this taphook process since it started."),
+        h("h2", {}, "Funnel per template"),
+        funnelTable(data.stages, data.funnel),
+      ];
+    },
+    10000,
+  );
+}
+
+// ---------------------------------------------------------------- sessions
+
+function sessionRow(s) {
+  return h(
+    "tr",
+    {},
+    h("td", {}, link(s.session_key, ["sessions", s.session_key])),
+    h("td", {}, s.template_key === null ? h("span", { class: "muted" }, "(none)") : s.template_key),
+    h("td", {}, s.stage ? badge(s.stage, "stage") : "", " ", s.stalled ? badge("stalled") : ""),
+    h("td", {}, s.last_event_type),
+    h("td", {}, time(s.last_event_at)),
+  );
+}
+
+async function sessions(ctx, params) {
+  const q = params.get("q") || "";
+  const input = h("input", { type: "search", name: "q", id: "session-search", value: q, placeholder: "session key or template_key" });
+  const form = h(
+    "form",
+    {
+      class: "inline",
+      onsubmit: (event) => {
+        event.preventDefault();
+        location.hash = `#/sessions${input.value ? `?q=${enc(input.value)}` : ""}`;
+      },
+    },
+    h("label", {}, "Search", input),
+    h("button", { type: "submit" }, "Search"),
+  );
+  const region = h("div", { id: "sessions" });
+  page("Sessions", form, region);
+  const query = (cursor) => `/sessions?${new URLSearchParams({ limit: "50", ...(q ? { q } : {}), ...(cursor ? { cursor } : {}) })}`;
+  const draw = (data) => {
+    const tbody = [data.sessions.map(sessionRow)];
+    const list = table(["session", "template_key", "stage", "last event", "at"], tbody[0], q ? "No session matches." : "No sessions yet.");
+    const more = data.has_next_page
+      ? h("button", {
+          class: "secondary more",
+          type: "button",
+          onclick: async (event) => {
+            const next = await api(query(data.next_cursor));
+            list.querySelector("tbody").append(...next.sessions.map(sessionRow));
+            data.next_cursor = next.next_cursor;
+            if (!next.has_next_page) event.target.remove();
+          },
+        }, "More")
+      : null;
+    return [list, more].filter(Boolean);
+  };
+  await liveRegion(ctx, region, () => api(query()), draw, 5000);
+}
+
+async function allEvents(key) {
+  const events = [];
+  let cursor = null;
+  for (let i = 0; i < 10; i++) {
+    const qs = new URLSearchParams({ limit: "1000", ...(cursor ? { cursor } : {}) });
+    let pageData;
+    try {
+      pageData = await api(`/embeds/${enc(key)}/events?${qs}`);
+    } catch (e) {
+      if (e.status === 404) return events;
+      throw e;
+    }
+    events.push(...pageData.events);
+    if (!pageData.has_next_page) break;
+    cursor = pageData.next_cursor;
+  }
+  return events;
+}
+
+function deliveryChip(d) {
+  return h(
+    "li",
+    { "data-webhook": d.webhook },
+    link(d.webhook, ["deliveries", String(d.id)]),
+    " ",
+    badge(d.state === "pending" && d.attempts > 0 ? "failed" : d.state, d.state === "pending" && d.attempts > 0 ? "failed" : d.state),
+    d.attempts ? ` ${d.attempts} attempt${d.attempts === 1 ? "" : "s"}` : "",
+    d.last_status ? ` · ${d.last_status}` : "",
+  );
+}
+
+function timeline(events, deliveries, open) {
+  const byEvent = new Map();
+  for (const d of deliveries) {
+    if (!byEvent.has(d.event_uuid)) byEvent.set(d.event_uuid, []);
+    byEvent.get(d.event_uuid).push(d);
+  }
+  if (events.length === 0) return h("p", { class: "muted" }, "No events logged for this session (none yet, or past the retention).");
+  return h(
+    "ol",
+    { class: "timeline", id: "timeline" },
+    events.map((e) => {
+      const sent = byEvent.get(e.uuid) || [];
+      const details = h("details", { open: open.has(e.uuid), ontoggle: () => (details.open ? open.add(e.uuid) : open.delete(e.uuid)) }, h("summary", {}, "data"), json(e.data));
+      return h(
+        "li",
+        { "data-event": e.event_type },
+        h("div", { class: "head" }, h("span", { class: "type" }, e.event_type), badge(e.trigger_type, "stage"), h("span", { class: "muted" }, time(e.created_at * 1000)), h("code", { class: "muted" }, e.uuid)),
+        details,
+        sent.length ? h("ul", { class: "deliveries" }, sent.map(deliveryChip)) : h("p", { class: "muted" }, "Sent to no webhook."),
+      );
+    }),
+  );
+}
+
+async function session(ctx, key) {
+  const summary = h("div", { class: "card", id: "session-summary" });
+  const region = h("div", { id: "session-timeline" });
+  page(`Session ${key}`, summary, h("h2", {}, "Timeline"), region);
+  const open = new Set();
+  await Promise.all([
+    liveRegion(
+      ctx,
+      summary,
+      async () => {
+        try {
+          return (await api(`/sessions/${enc(key)}`)).session;
+        } catch (e) {
+          if (e.status === 404) return null;
+          throw e;
+        }
+      },
+      (s) =>
+        s === null
+          ? h("p", { class: "muted" }, "No funnel progress for this session.")
+          : h(
+              "dl",
+              { class: "kv" },
+              h("dt", {}, "template_key"),
+              h("dd", {}, s.template_key === null ? "(none)" : s.template_key),
+              h("dt", {}, "stage"),
+              h("dd", {}, s.stage ? badge(s.stage, "stage") : "(none)", " ", s.stalled ? badge("stalled") : "", s.finished ? " finished" : ""),
+              Object.entries(s.reached).map(([stage, at]) => [h("dt", {}, stage), h("dd", {}, time(at))]),
+              h("dt", {}, "last event"),
+              h("dd", {}, `${s.last_event_type} at ${time(s.last_event_at)}`),
+            ),
+      2000,
+    ),
+    liveRegion(
+      ctx,
+      region,
+      async () => {
+        const [events, deliveries] = await Promise.all([allEvents(key), api(`/sessions/${enc(key)}/deliveries`)]);
+        return { events, deliveries: deliveries.deliveries };
+      },
+      (data) => timeline(data.events, data.deliveries, open),
+      2000,
+    ),
+  ]);
+}
+
+// ---------------------------------------------------------------- deliveries
+
+const STATES = ["pending", "failed", "dead", "delivered"];
+
+async function webhookKeys() {
+  const data = await api("/event-webhooks");
+  return data.event_webhooks.map((w) => w.webhook_key);
+}
+
+function select(name, options, current, id) {
+  return h(
+    "select",
+    { name, id: id || name },
+    options.map(([value, text]) => h("option", { value, selected: value === current }, text)),
+  );
+}
+
+function deliveryRow(d) {
+  return h(
+    "tr",
+    { "data-id": String(d.id) },
+    h("td", { class: "num" }, link(String(d.id), ["deliveries", String(d.id)])),
+    h("td", {}, d.webhook),
+    h("td", {}, d.session === null ? "" : link(d.session, ["sessions", d.session])),
+    h("td", {}, d.event_type),
+    h("td", {}, badge(d.state)),
+    h("td", { class: "num" }, String(d.attempts)),
+    h("td", {}, d.last_status || ""),
+    h("td", {}, time(d.next_attempt_at)),
+    h("td", {}, time(d.created_at)),
+  );
+}
+
+async function deliveries(ctx, params) {
+  const state = params.get("state") || "pending";
+  const webhook = params.get("webhook") || "";
+  const sessionKey = params.get("session") || "";
+  const keys = await webhookKeys();
+  const stateSelect = select("state", STATES.map((s) => [s, s]), state);
+  const webhookSelect = select("webhook", [["", "all webhooks"], ...keys.map((k) => [k, k])], webhook);
+  const sessionInput = h("input", { type: "search", name: "session", value: sessionKey, placeholder: "session key" });
+  const filters = h(
+    "form",
+    {
+      class: "inline",
+      id: "delivery-filters",
+      onsubmit: (event) => {
+        event.preventDefault();
+        const q = new URLSearchParams({ state: stateSelect.value });
+        if (webhookSelect.value) q.set("webhook", webhookSelect.value);
+        if (sessionInput.value) q.set("session", sessionInput.value);
+        location.hash = `#/deliveries?${q}`;
+      },
+    },
+    h("label", {}, "State", stateSelect),
+    h("label", {}, "Webhook", webhookSelect),
+    h("label", {}, "Session", sessionInput),
+    h("button", { type: "submit" }, "Filter"),
+  );
+  const region = h("div", { id: "deliveries" });
+  page("Deliveries", filters, region, replayForm(keys));
+  const query = (cursor) => {
+    const q = new URLSearchParams({ state, limit: "100" });
+    if (webhook) q.set("webhook", webhook);
+    if (sessionKey) q.set("session", sessionKey);
+    if (cursor) q.set("cursor", cursor);
+    return `/deliveries?${q}`;
+  };
+  const draw = (data) => {
+    const list = table(["#id", "webhook", "session", "event", "state", "#attempts", "last status", "next attempt", "created"], data.deliveries.map(deliveryRow), `No ${state} deliveries.`);
+    const more = data.has_next_page
+      ? h("button", {
+          class: "secondary more",
+          type: "button",
+          onclick: async (event) => {
+            const next = await api(query(data.next_cursor));
+            list.querySelector("tbody").append(...next.deliveries.map(deliveryRow));
+            data.next_cursor = next.next_cursor;
+            if (!next.has_next_page) event.target.remove();
+          },
+        }, "More")
+      : null;
+    return [list, more].filter(Boolean);
+  };
+  await liveRegion(ctx, region, () => api(query()), draw, 5000);
+}
+
+function replayForm(keys) {
+  const webhook = select("webhook", keys.map((k) => [k, k]), keys[0], "replay-webhook");
+  const since = h("input", { name: "since", id: "replay-since", placeholder: "2h, or 2026-12-05T10:00:00Z" });
+  const delivered = h("input", { type: "checkbox", name: "include_delivered", id: "replay-delivered" });
+  const status = h("p", { role: "status", id: "replay-status" });
+  return h(
+    "div",
+    { class: "card" },
+    h("h2", {}, "Replay dead letters"),
+    h(
+      "form",
+      {
+        class: "inline",
+        id: "replay",
+        onsubmit: async (event) => {
+          event.preventDefault();
+          status.className = "";
+          status.textContent = "Sending…";
+          const body = { webhook: webhook.value, include_delivered: delivered.checked };
+          if (since.value) body.since = since.value;
+          try {
+            const data = await api("/deliveries/replay", { method: "POST", body });
+            status.className = "notice";
+            status.textContent = `${data.requeued} deliver${data.requeued === 1 ? "y" : "ies"} sent again.`;
+          } catch (e) {
+            status.className = "error";
+            status.textContent = errorText(e);
+          }
+        },
+      },
+      h("label", {}, "Webhook", webhook),
+      h("label", {}, "Since (empty: all)", since),
+      h("label", {}, h("span", {}, "Delivered too"), delivered),
+      h("button", { type: "submit" }, "Replay"),
+    ),
+    status,
+  );
+}
+
+function attemptRows(attempts) {
+  return attempts.map((a) =>
+    h(
+      "tr",
+      {},
+      h("td", { class: "num" }, String(a.n)),
+      h("td", {}, time(a.at)),
+      h("td", { class: "num" }, String(a.part)),
+      h("td", {}, badge(a.outcome, /^2\d\d$/.test(a.outcome) ? "delivered" : "failed")),
+      h("td", { class: "num" }, `${a.duration_ms} ms`),
+      h("td", {}, a.response ? h("pre", {}, a.response) : ""),
+    ),
+  );
+}
+
+async function delivery(ctx, id) {
+  const status = h("p", { role: "status", id: "retry-status" });
+  const retry = h(
+    "button",
+    {
+      type: "button",
+      id: "retry",
+      onclick: async () => {
+        retry.disabled = true;
+        status.className = "";
+        status.textContent = "Sending again…";
+        try {
+          await api(`/deliveries/${enc(id)}/retry`, { method: "POST" });
+          status.className = "notice";
+          status.textContent = "Queued: it goes out now, and this page follows it.";
+        } catch (e) {
+          status.className = "error";
+          status.textContent = errorText(e);
+        } finally {
+          retry.disabled = false;
+        }
+      },
+    },
+    "Retry",
+  );
+  const region = h("div", { id: "delivery" });
+  page(`Delivery ${id}`, h("div", { class: "toolbar" }, retry), status, region);
+  await liveRegion(
+    ctx,
+    region,
+    () => api(`/deliveries/${enc(id)}`),
+    (data) => {
+      const d = data.delivery;
+      return [
+        h(
+          "div",
+          { class: "card" },
+          h(
+            "dl",
+            { class: "kv" },
+            h("dt", {}, "state"),
+            h("dd", { id: "delivery-state" }, badge(d.state)),
+            h("dt", {}, "webhook"),
+            h("dd", {}, link(d.webhook, ["deliveries"], { state: d.state, webhook: d.webhook })),
+            h("dt", {}, "session"),
+            h("dd", {}, d.session === null ? "(none)" : link(d.session, ["sessions", d.session])),
+            h("dt", {}, "event"),
+            h("dd", {}, `${d.event_type} `, h("code", {}, d.event_uuid)),
+            h("dt", {}, "attempts"),
+            h("dd", {}, String(d.attempts)),
+            h("dt", {}, "part"),
+            h("dd", {}, String(d.part)),
+            h("dt", {}, "next attempt"),
+            h("dd", {}, d.next_attempt_at === null ? "(none)" : time(d.next_attempt_at)),
+            h("dt", {}, "last status"),
+            h("dd", {}, d.last_status || "(none)"),
+            h("dt", {}, "created"),
+            h("dd", {}, time(d.created_at)),
+            h("dt", {}, "updated"),
+            h("dd", {}, time(d.updated_at)),
+          ),
+        ),
+        h("h2", {}, "Attempts"),
+        table(["#", "at", "#part", "outcome", "#duration", "response"], attemptRows(data.attempts), "No attempts kept (none yet, or the JetStream store, which keeps none)."),
+        h("h2", {}, "Payload"),
+        h("p", { class: "muted" }, "As the webhook's format sends it now, with the session's embed JWT masked."),
+        h(
+          "div",
+          { id: "payload" },
+          data.payload === null ? h("p", { class: "muted" }, "Not available.") : data.payload.map((body, i) => [data.payload.length > 1 ? h("h3", {}, `Part ${i}`) : null, json(body)]),
+        ),
+      ];
+    },
+    2000,
+  );
+}
+
+// ---------------------------------------------------------------- webhooks
+
+function webhookState(w) {
+  if (w.disabled) return [badge("disabled"), " ", h("span", { class: "muted" }, w.disabled)];
+  if (w.paused) return badge("paused");
+  return badge("active");
+}
+
+function percent(rate) {
+  return rate === null ? "–" : `${(rate * 100).toFixed(rate === 1 ? 0 : 1)}%`;
+}
+
+async function webhooks(ctx) {
+  const region = h("div", { id: "webhooks" });
+  const status = h("p", { role: "status", id: "webhook-status" });
+  page("Webhooks", h("div", { class: "toolbar" }, link("New webhook", ["webhooks", "new"])), status, region);
+  const fetchAll = async () => {
+    const list = (await api("/event-webhooks")).event_webhooks;
+    const stats = await Promise.all(list.map((w) => api(`/event-webhooks/${enc(w.webhook_key)}/stats`)));
+    return list.map((w, i) => ({ ...w, stats: stats[i] }));
+  };
+  let reload = async () => {};
+  const enable = (key) => async () => {
+    try {
+      await api(`/event-webhooks/${enc(key)}/enable`, { method: "POST" });
+      status.className = "notice";
+      status.textContent = `${key} enabled.`;
+      await reload();
+    } catch (e) {
+      status.className = "error";
+      status.textContent = errorText(e);
+    }
+  };
+  const draw = (list) =>
+    table(
+      ["webhook", "format", "events", "filter", "state", "#pending", "#dead", "#success, 1 h", ""],
+      list.map((w) =>
+        h(
+          "tr",
+          { "data-webhook": w.webhook_key },
+          h("td", {}, h("strong", {}, w.webhook_key), w.description ? h("div", { class: "muted" }, w.description) : null, h("div", { class: "muted" }, w.url)),
+          h("td", {}, w.format),
+          h("td", {}, w.events.join(", ")),
+          h("td", {}, w.filter === null ? h("span", { class: "muted" }, "(none)") : h("code", {}, JSON.stringify(w.filter))),
+          h("td", { class: "state" }, webhookState(w)),
+          h("td", { class: "num" }, link(String(w.stats.pending), ["deliveries"], { state: "pending", webhook: w.webhook_key })),
+          h("td", { class: "num" }, link(String(w.stats.dead), ["deliveries"], { state: "dead", webhook: w.webhook_key })),
+          h("td", { class: "num", title: `${w.stats.last_hour.attempts} attempts` }, percent(w.stats.last_hour.success_rate)),
+          h(
+            "td",
+            {},
+            w.disabled || w.paused ? h("button", { type: "button", class: "enable", onclick: enable(w.webhook_key) }, "Enable") : null,
+            " ",
+            w.managed_by_api ? link("Edit", ["webhooks", w.webhook_key, "edit"]) : h("span", { class: "muted", title: `defined in ${w.defined_at}` }, "rules file"),
+          ),
+        ),
+      ),
+      "No webhooks.",
+    );
+  let last = null;
+  reload = async () => {
+    const data = await fetchAll();
+    const key = JSON.stringify(data);
+    if (!ctx.alive() || key === last) return;
+    last = key;
+    region.replaceChildren(draw(data));
+  };
+  try {
+    await reload();
+  } catch (e) {
+    if (e.status !== 401) region.replaceChildren(h("p", { class: "error" }, errorText(e)));
+  }
+  ctx.every(5000, reload);
+}
+
+const FORMATS = ["oneschema", "dromo", "dromo-basic", "flatfile"];
+
+async function webhookForm(ctx, key) {
+  const editing = key !== undefined;
+  const current = editing ? await api(`/event-webhooks/${enc(key)}`) : null;
+  if (!ctx.alive()) return;
+  const initial = {
+    webhook_key: current ? current.webhook_key : "",
+    url: current ? current.url : "",
+    format: current ? current.format : "oneschema",
+    events: current ? current.events.join(", ") : "*",
+    description: current && current.description ? current.description : "",
+    filter: current && current.filter !== null ? JSON.stringify(current.filter, null, 2) : "",
+    secret_key: "",
+  };
+  const inputs = {
+    webhook_key: h("input", { name: "webhook_key", required: true, value: initial.webhook_key }),
+    url: h("input", { name: "url", type: "url", required: !editing, value: initial.url }),
+    format: select("format", FORMATS.map((f) => [f, f]), initial.format, "format"),
+    events: h("input", { name: "events", value: initial.events }),
+    description: h("input", { name: "description", value: initial.description }),
+    secret_key: h("input", { name: "secret_key", type: "password", autocomplete: "off", placeholder: editing ? "unchanged" : "none" }),
+    filter: h("textarea", { name: "filter", placeholder: '{"==": [{"var": "event_type"}, "import_submitted"]}' }, initial.filter),
+  };
+  const hints = {
+    webhook_key: editing ? "Renames the webhook when changed." : "Letters, digits, _, - and .",
+    events: "Event types, comma-separated; * for all.",
+    filter: "A JSON-logic rule on the envelope; empty for none.",
+    secret_key: editing ? "Empty keeps the current secret." : "Signs deliveries when set.",
+  };
+  const errors = {};
+  const fields = Object.entries(inputs).map(([name, input]) => {
+    input.id = `field-${name}`;
+    errors[name] = h("div", { class: "field-error", id: `error-${name}` });
+    return h("label", {}, name, input, hints[name] ? h("span", { class: "muted" }, hints[name]) : null, errors[name]);
+  });
+  const general = h("div", { class: "error", role: "alert", id: "form-errors" });
+  const showErrors = (e) => {
+    for (const [name, box] of Object.entries(errors)) {
+      const messages = e.fields[name] || [];
+      box.textContent = messages.join("; ");
+      inputs[name].classList.toggle("invalid", messages.length > 0);
+    }
+    const elsewhere = Object.entries(e.fields).filter(([name]) => !(name in errors)).flatMap(([name, m]) => m.map((x) => `${name}: ${x}`));
+    const listed = Object.keys(e.fields).length ? elsewhere : e.problems;
+    general.replaceChildren(h("p", {}, errorText(e)), listed.length ? h("ul", {}, listed.map((p) => h("li", {}, p))) : null);
+  };
+  const value = (name) => {
+    const raw = inputs[name].value.trim();
+    if (name === "events") return raw.split(",").map((s) => s.trim()).filter(Boolean);
+    if (name === "filter") return raw === "" ? null : JSON.parse(raw);
+    if (name === "description") return raw === "" ? null : raw;
+    return raw;
+  };
+  const form = h(
+    "form",
+    {
+      class: "stacked card",
+      id: "webhook-form",
+      novalidate: true,
+      onsubmit: async (event) => {
+        event.preventDefault();
+        let body = {};
+        try {
+          for (const name of Object.keys(inputs)) {
+            if (editing && inputs[name].value === initial[name]) continue;
+            if (name === "secret_key" && inputs[name].value === "") continue;
+            body[name] = value(name);
+          }
+        } catch (e) {
+          showErrors({ message: "The filter is not JSON.", fields: { filter: [errorText(e)] }, problems: [] });
+          return;
+        }
+        if (editing && "webhook_key" in body) {
+          body.new_webhook_key = body.webhook_key;
+          delete body.webhook_key;
+        }
+        try {
+          const saved = editing
+            ? await api(`/event-webhooks/${enc(key)}`, { method: "PUT", body })
+            : await api("/event-webhooks", { method: "POST", body });
+          location.hash = `#/webhooks?saved=${enc(saved.webhook_key)}`;
+        } catch (e) {
+          if (e.status !== 401) showErrors(e);
+        }
+      },
+    },
+    general,
+    fields,
+    h("div", {}, h("button", { type: "submit" }, editing ? "Save" : "Create"), " ", link("Cancel", ["webhooks"])),
+  );
+  page(editing ? `Edit webhook ${key}` : "New webhook", form);
+}
+
+// ---------------------------------------------------------------- routing
+
+const ROUTES = [
+  [/^\/overview$/, "overview", overview],
+  [/^\/sessions$/, "sessions", sessions],
+  [/^\/sessions\/(.+)$/, "sessions", session],
+  [/^\/deliveries$/, "deliveries", deliveries],
+  [/^\/deliveries\/(-?\d+)$/, "deliveries", delivery],
+  [/^\/webhooks$/, "webhooks", webhooks],
+  [/^\/webhooks\/new$/, "webhooks", (ctx) => webhookForm(ctx)],
+  [/^\/webhooks\/([^/]+)\/edit$/, "webhooks", webhookForm],
+];
+
+function decode(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
+}
+
+async function route() {
+  if (!sessionStorage.getItem(TOKEN_KEY)) {
+    showSignIn("");
+    return;
+  }
+  nav.hidden = false;
+  signOutButton.hidden = false;
+  const raw = location.hash.replace(/^#/, "") || "/overview";
+  const [path, query = ""] = raw.split("?");
+  const params = new URLSearchParams(query);
+  const found = ROUTES.find(([pattern]) => pattern.test(path));
+  const ctx = viewContext();
+  if (!found) {
+    page("Not found", h("p", {}, "No such page. "), link("Overview", ["overview"]));
+    return;
+  }
+  const [pattern, section, view] = found;
+  for (const a of nav.querySelectorAll("a")) a.classList.toggle("current", a.dataset.section === section);
+  const args = pattern.exec(path).slice(1).map(decode);
+  try {
+    await view(ctx, ...(args.length ? args : [params]));
+  } catch (e) {
+    if (e.status !== 401 && ctx.alive()) page("Something went wrong", h("p", { class: "error" }, errorText(e)));
+  }
+}
+
+window.addEventListener("hashchange", route);
+route();
