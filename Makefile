@@ -15,9 +15,14 @@ prereqs:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup)"; exit 1; }
 
 ## Test tools: promtool (checks the /metrics exposition and the alert
-## rules) and nats-server (the JetStream backend's tests start their own,
-## on loopback; Debian's package also enables a service, which we stop).
+## rules), nats-server (the JetStream backend's tests start their own,
+## on loopback; Debian's package also enables a service, which we stop),
+## and Chromium with chromedriver (the console's browser tests drive a
+## headless Chromium on loopback; nothing downloads a browser build).
 test-prereqs:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver (for the console's browser tests)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing prometheus (for promtool)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }

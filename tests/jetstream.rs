@@ -607,7 +607,7 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
         .script("/a", &[Reply::Status(500), Reply::Status(500)]);
     cluster.receiver.default_reply("/b", Reply::Status(500));
     let started = Instant::now();
-    cluster.create_embed(1, "contacts").await;
+    let session = cluster.create_embed(1, "contacts").await;
     let got = cluster
         .receiver
         .wait_for("/a", 3, Duration::from_secs(10))
@@ -667,6 +667,19 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
         (200, &dead[0]["event_uuid"])
     );
     assert!(id < 0, "dead letters have negative ids: {id}");
+    assert_eq!(one["payload"][0]["embed_id"], json!(session));
+    // The session's deliveries: the dead letter (delivered ones have
+    // left the work queue), found by its session through any replica.
+    let (status, of_session) = cluster
+        .api(0, "GET", &format!("/v1/sessions/{session}/deliveries"), None)
+        .await;
+    assert_eq!(status, 200, "{of_session}");
+    assert_eq!(of_session["deliveries"], json!([dead[0]]));
+    assert_eq!(dead[0]["session"], session.to_string());
+    let (_, none) = cluster
+        .api(1, "GET", "/v1/deliveries?state=dead&session=no-such", None)
+        .await;
+    assert_eq!(none["deliveries"], json!([]));
     // Sent again while the receiver still fails: it runs its retries
     // afresh and is a dead letter again, with a new id.
     let (status, _) = cluster

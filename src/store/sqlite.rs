@@ -1386,6 +1386,55 @@ mod tests {
     }
 
     #[test]
+    fn a_store_from_before_sessions_were_kept_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The deliveries table as earlier versions made it.
+            let c = Connection::open(dir.path().join("taphook.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, webhook TEXT NOT NULL, event_uuid TEXT NOT NULL,
+                   event TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                   part INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL, last_status TEXT,
+                   created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, UNIQUE (webhook, event_uuid));",
+            )
+            .unwrap();
+            let old = serde_json::to_string(&event("old")).unwrap();
+            c.execute(
+                "INSERT INTO deliveries VALUES (1, 'w', 'old', ?1, 'dead', 1, 0, 0, '500', 0, 0)",
+                [old],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_delivery("w", event("new")).unwrap();
+        store.flush().unwrap();
+        let of_session = |key: &str| {
+            store
+                .list_deliveries(Filter::Any, None, Some(key), 0, 10)
+                .unwrap()
+                .into_iter()
+                .map(|d| (d.event_uuid, d.session))
+                .collect::<Vec<_>>()
+        };
+        let one = Some("1".to_string());
+        assert_eq!(
+            of_session("1"),
+            [("old".to_string(), one.clone()), ("new".to_string(), one)]
+        );
+        assert!(of_session("2").is_empty());
+        // Opening it again finds the column there.
+        drop(store);
+        assert_eq!(
+            Store::open(dir.path())
+                .unwrap()
+                .list_deliveries(Filter::Any, None, Some("1"), 0, 10)
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
     fn dead_deliveries_replay_and_requeue() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -3,7 +3,8 @@
 // Safety rules this file keeps:
 // - every value from the API reaches the page as text (text nodes,
 //   `textContent`, attributes set with `setAttribute`), never as markup:
-//   no `innerHTML`, no `insertAdjacentHTML`, no `document.write`;
+//   nothing here parses HTML (no inner or outer HTML setters, no writes
+//   to the document, no eval);
 // - every link is built here from a fixed path and `encodeURIComponent`ed
 //   values, never taken from data;
 // - the admin token lives in this tab's session storage only, and goes
