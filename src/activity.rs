@@ -22,11 +22,14 @@ pub struct Minute {
     pub failed: u64,
 }
 
+/// Per minute (its number since the epoch), oldest first.
+type Ring<T> = VecDeque<(i64, T)>;
+
 #[derive(Default)]
 struct Counts {
-    events: VecDeque<(i64, u64)>,
-    /// Per webhook: (minute, succeeded, failed).
-    attempts: HashMap<String, VecDeque<(i64, (u64, u64))>>,
+    events: Ring<u64>,
+    /// Per webhook: (succeeded, failed).
+    attempts: HashMap<String, Ring<(u64, u64)>>,
 }
 
 #[derive(Default)]
@@ -40,7 +43,7 @@ fn minute_of(ms: i64) -> i64 {
 
 /// The entry for `minute` at the back of `ring`, made when missing;
 /// minutes older than [`MINUTES`] fall off the front.
-fn slot<T: Default>(ring: &mut VecDeque<(i64, T)>, minute: i64) -> &mut T {
+fn slot<T: Default>(ring: &mut Ring<T>, minute: i64) -> &mut T {
     if ring.back().is_none_or(|(m, _)| *m != minute) {
         ring.push_back((minute, T::default()));
         while ring

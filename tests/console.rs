@@ -347,7 +347,7 @@ async fn a_person_follows_sessions_and_fixes_deliveries_from_the_console() {
 
     // The dead letter: its page shows the failed attempt; Retry sends it
     // again and the page follows it to delivered without a reload.
-    open(c, &format!("#/deliveries?state=dead&webhook=crm")).await;
+    open(c, "#/deliveries?state=dead&webhook=crm").await;
     click(c, &format!("#deliveries a[href='#/deliveries/{dead}']")).await;
     wait_text(c, "#delivery-state", "dead").await;
     let attempts = wait_text(c, "#delivery table", "500").await;

@@ -175,7 +175,8 @@ async fn a_sessions_deliveries_the_overview_and_webhook_stats() {
     .await;
     let deliveries = all["deliveries"].as_array().unwrap();
     assert_eq!(all["truncated"], false);
-    assert!(deliveries.iter().all(|d| d["session"] == id.to_string()));
+    let key = id.to_string();
+    assert!(deliveries.iter().all(|d| d["session"] == key.as_str()));
     assert!(deliveries
         .iter()
         .all(|d| uuids.contains(&d["event_uuid"].as_str().unwrap())));

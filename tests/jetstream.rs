@@ -671,7 +671,12 @@ async fn retries_follow_the_policy_and_end_in_dead_letters() {
     // The session's deliveries: the dead letter (delivered ones have
     // left the work queue), found by its session through any replica.
     let (status, of_session) = cluster
-        .api(0, "GET", &format!("/v1/sessions/{session}/deliveries"), None)
+        .api(
+            0,
+            "GET",
+            &format!("/v1/sessions/{session}/deliveries"),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{of_session}");
     assert_eq!(of_session["deliveries"], json!([dead[0]]));

@@ -138,6 +138,10 @@ impl StoredEvent {
     }
 }
 
+/// One template's funnel: its `template_key` (`None`: without one), the
+/// sessions that reached each stage asked for, and the stalled ones.
+pub type FunnelRow = (Option<String>, Vec<i64>, i64);
+
 /// A delivery's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -826,10 +830,7 @@ impl Store {
     /// Per `template_key` (`None`: without one), how many sessions
     /// reached each of `stages` (names as progress records them) and how
     /// many are stalled.
-    pub fn funnel_counts(
-        &self,
-        stages: &[&str],
-    ) -> Result<Vec<(Option<String>, Vec<i64>, i64)>, StoreError> {
+    pub fn funnel_counts(&self, stages: &[&str]) -> Result<Vec<FunnelRow>, StoreError> {
         let reached: String = stages
             .iter()
             .map(|s| format!(", SUM(json_type(value, '$.reached.{s}') IS NOT NULL)"))

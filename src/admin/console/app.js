@@ -711,7 +711,7 @@ async function webhooks(ctx) {
         h(
           "tr",
           { "data-webhook": w.webhook_key },
-          h("td", {}, h("strong", {}, w.webhook_key), w.description ? h("div", { class: "muted" }, w.description) : null, h("div", { class: "muted" }, w.url)),
+          h("td", {}, h("strong", {}, w.webhook_key), w.description ? h("div", { class: "muted" }, w.description) : null, h("div", { class: "muted url" }, w.url)),
           h("td", {}, w.format),
           h("td", {}, w.events.join(", ")),
           h("td", {}, w.filter === null ? h("span", { class: "muted" }, "(none)") : h("code", {}, JSON.stringify(w.filter))),
