@@ -156,8 +156,12 @@ async fn funnel_counts_each_session_once_per_stage_and_stalls_once_per_idle_peri
         "{stall}"
     );
     assert!(stall["uuid"].as_str().unwrap().starts_with("event-"));
-    // The filtered webhook got it too; nothing else reached it.
-    let stuck_hook = stack.receiver.received_on("/stuck");
+    // The filtered webhook got it too (delivered concurrently with /all:
+    // waited for); nothing else reached it.
+    let stuck_hook = stack
+        .receiver
+        .wait_for("/stuck", 1, Duration::from_secs(10))
+        .await;
     assert_eq!(stuck_hook.len(), 1);
     assert_eq!(stuck_hook[0].json(), *stall);
     assert_eq!(
