@@ -20,7 +20,7 @@ use super::{page_limit, parse_json, ApiError, JsonBody};
 use crate::app::Shared;
 use crate::deliver::formats;
 use crate::store::sqlite::{
-    Filter, State as DeliveryState, Store, StoreError, StoredEvent, WebhookChange,
+    DeliveryInfo, Filter, State as DeliveryState, Store, StoreError, StoredEvent, WebhookChange,
 };
 
 const DEFAULT_LIMIT: usize = 100;
@@ -61,31 +61,7 @@ pub async fn list(
         Some(c) => decode_cursor(c)
             .ok_or_else(|| bad("invalid_cursor", "cursor is not one this API returned"))?,
     };
-    let mut rows = match &shared.jetstream {
-        Some(js) => internal(
-            js.list_deliveries(
-                filter,
-                q.webhook.as_deref(),
-                q.session.as_deref(),
-                after,
-                limit + 1,
-            )
-            .await,
-        )?,
-        None => {
-            let (webhook, session) = (q.webhook.clone(), q.session.clone());
-            on_store(&shared, move |store| {
-                store.list_deliveries(
-                    filter,
-                    webhook.as_deref(),
-                    session.as_deref(),
-                    after,
-                    limit + 1,
-                )
-            })
-            .await?
-        }
-    };
+    let mut rows = listed(&shared, filter, q.webhook, q.session, after, limit + 1).await?;
     let has_next = rows.len() > limit;
     rows.truncate(limit);
     let next = has_next
@@ -95,6 +71,30 @@ pub async fn list(
         Json(json!({"deliveries": rows, "next_cursor": next, "has_next_page": has_next}))
             .into_response(),
     )
+}
+
+/// Up to `limit` deliveries matching `filter`, `webhook` and `session`
+/// after `after`, from whichever store there is.
+pub(super) async fn listed(
+    shared: &Shared,
+    filter: Filter,
+    webhook: Option<String>,
+    session: Option<String>,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<DeliveryInfo>, ApiError> {
+    match &shared.jetstream {
+        Some(js) => internal(
+            js.list_deliveries(filter, webhook.as_deref(), session.as_deref(), after, limit)
+                .await,
+        ),
+        None => {
+            on_store(shared, move |store| {
+                store.list_deliveries(filter, webhook.as_deref(), session.as_deref(), after, limit)
+            })
+            .await
+        }
+    }
 }
 
 pub async fn show(

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::deliveries::{internal, on_store};
+use super::deliveries::{internal, listed, on_store};
 use super::{page_limit, ApiError};
 use crate::app::Shared;
 use crate::funnel::{Progress, Stage};
@@ -132,18 +132,7 @@ pub async fn deliveries(
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
     let limit = MAX_DELIVERIES;
-    let mut rows = match &shared.jetstream {
-        Some(js) => internal(
-            js.list_deliveries(Filter::Any, None, Some(&key), 0, limit + 1)
-                .await,
-        )?,
-        None => {
-            on_store(&shared, move |store| {
-                store.list_deliveries(Filter::Any, None, Some(&key), 0, limit + 1)
-            })
-            .await?
-        }
-    };
+    let mut rows = listed(&shared, Filter::Any, None, Some(key), 0, limit + 1).await?;
     let truncated = rows.len() > limit;
     rows.truncate(limit);
     Ok(Json(json!({"deliveries": rows, "truncated": truncated})).into_response())

@@ -919,30 +919,31 @@ impl JetStream {
         .await)
     }
 
-    /// A delivery by id: a dead letter (negative), else one in the work queue.
-    pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryInfo>, StoreError> {
+    /// A delivery's message by id: a dead letter (negative), else one in
+    /// the work queue.
+    async fn stored_delivery(&self, id: i64) -> Result<Option<StreamMessage>, StoreError> {
         let (name, sequence) = match id {
             ..0 => (self.names.dead_stream(), id.unsigned_abs()),
             _ => (self.names.deliveries_stream(), id as u64),
         };
         let stream = self.stream(&name).await?;
-        Ok(match stream.get_raw_message(sequence).await {
-            Ok(m) => delivery_info(&m, None),
-            Err(_) => None,
-        })
+        Ok(stream.get_raw_message(sequence).await.ok())
     }
 
-    /// The event a delivery (by id, as [`JetStream::delivery`]) sends.
+    /// A delivery by id, as the admin API shows it.
+    pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryInfo>, StoreError> {
+        Ok(self
+            .stored_delivery(id)
+            .await?
+            .and_then(|m| delivery_info(&m, None)))
+    }
+
+    /// The event a delivery (by id) sends.
     pub async fn delivery_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
-        let (name, sequence) = match id {
-            ..0 => (self.names.dead_stream(), id.unsigned_abs()),
-            _ => (self.names.deliveries_stream(), id as u64),
-        };
-        let stream = self.stream(&name).await?;
-        Ok(match stream.get_raw_message(sequence).await {
-            Ok(m) => serde_json::from_slice(&m.payload).ok(),
-            Err(_) => None,
-        })
+        Ok(self
+            .stored_delivery(id)
+            .await?
+            .and_then(|m| serde_json::from_slice(&m.payload).ok()))
     }
 
     /// Sends dead letter `id` (negative) again from its first attempt.

@@ -80,6 +80,31 @@ function table(headings, rows, empty) {
   );
 }
 
+/**
+ * A table of the rows in `data[field]`, with a More button that appends
+ * the next pages (`query(cursor)` is the API path of a page).
+ */
+function pagedTable(headings, field, rowOf, query, data, empty) {
+  const list = table(headings, data[field].map(rowOf), empty);
+  if (!data.has_next_page) return [list];
+  let cursor = data.next_cursor;
+  const more = h(
+    "button",
+    {
+      class: "secondary more",
+      type: "button",
+      onclick: async () => {
+        const next = await api(query(cursor));
+        list.querySelector("tbody").append(...next[field].map(rowOf));
+        cursor = next.next_cursor;
+        if (!next.has_next_page) more.remove();
+      },
+    },
+    "More",
+  );
+  return [list, more];
+}
+
 // ---------------------------------------------------------------- API
 
 class ApiError extends Error {
@@ -332,23 +357,8 @@ async function sessions(ctx, params) {
   const region = h("div", { id: "sessions" });
   page("Sessions", form, region);
   const query = (cursor) => `/sessions?${new URLSearchParams({ limit: "50", ...(q ? { q } : {}), ...(cursor ? { cursor } : {}) })}`;
-  const draw = (data) => {
-    const tbody = [data.sessions.map(sessionRow)];
-    const list = table(["session", "template_key", "stage", "last event", "at"], tbody[0], q ? "No session matches." : "No sessions yet.");
-    const more = data.has_next_page
-      ? h("button", {
-          class: "secondary more",
-          type: "button",
-          onclick: async (event) => {
-            const next = await api(query(data.next_cursor));
-            list.querySelector("tbody").append(...next.sessions.map(sessionRow));
-            data.next_cursor = next.next_cursor;
-            if (!next.has_next_page) event.target.remove();
-          },
-        }, "More")
-      : null;
-    return [list, more].filter(Boolean);
-  };
+  const draw = (data) =>
+    pagedTable(["session", "template_key", "stage", "last event", "at"], "sessions", sessionRow, query, data, q ? "No session matches." : "No sessions yet.");
   await liveRegion(ctx, region, () => api(query()), draw, 5000);
 }
 
@@ -521,22 +531,8 @@ async function deliveries(ctx, params) {
     if (cursor) q.set("cursor", cursor);
     return `/deliveries?${q}`;
   };
-  const draw = (data) => {
-    const list = table(["#id", "webhook", "session", "event", "state", "#attempts", "last status", "next attempt", "created"], data.deliveries.map(deliveryRow), `No ${state} deliveries.`);
-    const more = data.has_next_page
-      ? h("button", {
-          class: "secondary more",
-          type: "button",
-          onclick: async (event) => {
-            const next = await api(query(data.next_cursor));
-            list.querySelector("tbody").append(...next.deliveries.map(deliveryRow));
-            data.next_cursor = next.next_cursor;
-            if (!next.has_next_page) event.target.remove();
-          },
-        }, "More")
-      : null;
-    return [list, more].filter(Boolean);
-  };
+  const draw = (data) =>
+    pagedTable(["#id", "webhook", "session", "event", "state", "#attempts", "last status", "next attempt", "created"], "deliveries", deliveryRow, query, data, `No ${state} deliveries.`);
   await liveRegion(ctx, region, () => api(query()), draw, 5000);
 }
 
