@@ -197,6 +197,17 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
     store.close();
+
+    // The console's per-minute counts: one per event accepted, one per
+    // attempt (a mutex and a ring's back entry).
+    let activity = taphook::activity::Activity::default();
+    let mut group = c.benchmark_group("activity");
+    let now = taphook::store::sqlite::now_ms();
+    group.bench_function("event", |b| b.iter(|| activity.event(black_box(now))));
+    group.bench_function("attempt", |b| {
+        b.iter(|| activity.attempt(black_box("analytics"), true, black_box(now)))
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench);
