@@ -58,7 +58,9 @@ impl Shared {
     /// Reloads the rules directory; a failing load keeps the current
     /// rules, logs every problem and is counted.
     pub fn reload_rules(&self) -> Result<(), rules::Problems> {
-        match rules::load_dir(&self.config.rules_dir, &rules::source::process_env) {
+        let loaded = rules::load_dir(&self.config.rules_dir, &rules::source::process_env)
+            .and_then(|new| self.config.supports(&new).map(|()| new));
+        match loaded {
             Ok(new) => {
                 self.metrics
                     .init_known_series(new.webhooks.iter().map(|w| w.key.as_str()));

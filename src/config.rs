@@ -145,6 +145,8 @@ pub struct Delivery {
     pub probe_interval: Duration,
     /// Networks a webhook URL may resolve to despite the SSRF guard.
     pub allow_private_networks: Vec<Cidr>,
+    /// The rate limit of webhooks that set none.
+    pub rate_limit: Option<crate::rules::model::RateLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,6 +275,8 @@ struct RawDelivery {
     probe_interval: Option<Dur>,
     #[serde(default)]
     allow_private_networks: Vec<String>,
+    #[serde(default)]
+    rate_limit: Option<crate::rules::model::RawRateLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -366,6 +370,11 @@ impl Config {
         if concurrency == 0 {
             problems.push(doc.problem("/delivery/concurrency_per_webhook", "must be at least 1"));
         }
+        let rate_limit = raw.delivery.rate_limit.and_then(|r| {
+            r.lower()
+                .map_err(|why| problems.push(doc.problem("/delivery/rate_limit", why)))
+                .ok()
+        });
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
@@ -429,6 +438,7 @@ impl Config {
                     .probe_interval
                     .map_or(Duration::from_secs(60), |d| d.0),
                 allow_private_networks,
+                rate_limit,
             },
             jwt_hs256_secret: raw.jwt.hs256_secret.filter(|s| !s.expose().is_empty()),
             shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(1), |d| d.0),
@@ -455,6 +465,35 @@ impl Config {
 
 /// The store section: a JetStream backend needs a `nats://` URL and a
 /// prefix NATS accepts in names.
+impl Config {
+    /// Rules this configuration can run: `ordering: session` needs the
+    /// embedded store (the JetStream store does not keep a session's
+    /// order yet), so with JetStream each such webhook is a problem at
+    /// its definition.
+    pub fn supports(&self, rules: &crate::rules::Rules) -> Result<(), Problems> {
+        if matches!(self.store, StoreBackend::Embedded) {
+            return Ok(());
+        }
+        let problems: Vec<Problem> = rules
+            .webhooks
+            .iter()
+            .filter(|w| w.ordering == crate::rules::model::Ordering::Session)
+            .map(|w| {
+                Problem::new(
+                    &w.origin.file,
+                    w.origin.line,
+                    format!("webhook `{}`: `ordering: session` needs the embedded store; the jetstream store does not keep a session's order yet", w.key),
+                )
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(problems))
+        }
+    }
+}
+
 fn lower_store(raw: &RawStore, doc: &Document, problems: &mut Vec<Problem>) -> StoreBackend {
     if raw.backend == RawBackend::Embedded {
         for (key, set) in [

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub store_buffered: IntGauge,
     /// JetStream backend: writes dropped because the local buffer was full.
     pub store_buffer_dropped: IntCounterVec,
+    pub webhook_rate_limited: IntCounterVec,
+    pub webhook_rate_limit_wait: prometheus::GaugeVec,
     /// The last hour, minute by minute, for the console (not exported).
     pub activity: crate::activity::Activity,
 }
@@ -108,6 +110,20 @@ impl Metrics {
             "Delivery attempts refused before connecting (SSRF guard), by webhook and reason (private_address, scheme).",
             &["webhook", "reason"],
         );
+        let webhook_rate_limited = counter(
+            "taphook_webhook_rate_limited_total",
+            "Deliveries held back by the webhook's rate limit (each counted once per wait), by webhook.",
+            &["webhook"],
+        );
+        let webhook_rate_limit_wait = prometheus::GaugeVec::new(
+            Opts::new(
+                "taphook_webhook_rate_limit_wait_seconds",
+                "How long the webhook's next delivery waits for its rate limit now (0: none waits), by webhook.",
+            ),
+            &["webhook"],
+        )
+        .expect("valid metric");
+        register(Box::new(webhook_rate_limit_wait.clone()));
         let rules_reloads = counter(
             "taphook_rules_reloads_total",
             "Rules loads, by result.",
@@ -260,6 +276,8 @@ impl Metrics {
             deliveries,
             delivery_attempts,
             delivery_refused,
+            webhook_rate_limited,
+            webhook_rate_limit_wait,
             delivery_duration,
             event_delivery_latency,
             outbox_pending,
@@ -293,6 +311,8 @@ impl Metrics {
             self.outbox_dead.with_label_values(&[key]);
             self.webhook_disabled.with_label_values(&[key]);
             self.webhook_paused.with_label_values(&[key]);
+            self.webhook_rate_limited.with_label_values(&[key]);
+            self.webhook_rate_limit_wait.with_label_values(&[key]);
         }
     }
 

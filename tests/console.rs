@@ -31,9 +31,19 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// chromedriver, and every Chromium process of this test's profile:
+    /// killing chromedriver alone would leave the browser running when a
+    /// test fails before closing its session.
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f"])
+            .arg(format!(
+                "--user-data-dir={}",
+                self._profile.path().display()
+            ))
+            .status();
     }
 }
 
@@ -470,6 +480,8 @@ async fn a_person_follows_sessions_and_fixes_deliveries_from_the_console() {
         "the page's console has errors: {errors:?}"
     );
     assert!(c.get_alert_text().await.is_err(), "no alert is open");
+    // Ends the browser session: chromedriver closes Chromium.
+    c.clone().close().await.unwrap();
 }
 
 fn urlencode(text: &str) -> String {

@@ -12,6 +12,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures::StreamExt as _;
 use serde_json::{json, Value};
 use taphook::demo::importer::ReferenceImporter;
 use taphook::demo::receiver::Receiver;
@@ -1010,4 +1011,103 @@ async fn renamed_and_deleted_webhooks_keep_their_backlog() {
     );
     let dead = wait_dead(&cluster, "d", 1).await;
     assert_eq!(dead[0]["last_status"], "webhook deleted");
+}
+
+/// A webhook's rate limit holds for the cluster, not per replica: 500
+/// events pushed through three replicas, limited to 100/s with a burst of
+/// 10, arrive over at least 4.5 s (490 after the burst take 4.9 s), with no
+/// 1 s window above the burst and a second's worth. One replica alone
+/// would send them in 4.9 s; three each on its own bucket, in 1.6 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_is_the_webhooks_across_three_replicas() {
+    let hooks = "webhooks:
+  - key: limited
+    url: {receiver}/limited
+    events: [embed_initialized]
+    rate_limit: { per_second: 100, burst: 10 }
+";
+    let cluster = Cluster::start(3, hooks).await;
+    let pushes = (0..500).map(|i| {
+        let body = json!({"event_type": "embed_initialized", "embed_id": format!("s{i}")});
+        let cluster = &cluster;
+        async move {
+            let (status, body) = cluster.api(i % 3, "POST", "/v1/events", Some(body)).await;
+            assert_eq!(status, 202, "{body}");
+        }
+    });
+    futures::stream::iter(pushes)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let got = cluster
+        .receiver
+        .wait_for("/limited", 500, Duration::from_secs(40))
+        .await;
+    assert_eq!(got.len(), 500, "{}", cluster.logs());
+    settle(Duration::from_millis(500)).await;
+    assert_eq!(cluster.receiver.received_on("/limited").len(), 500);
+    let mut times: Vec<Instant> = got.iter().map(|r| r.at).collect();
+    times.sort();
+    let span = *times.last().unwrap() - times[0];
+    assert!(span >= Duration::from_millis(4500), "{span:?}");
+    let mut most = 0;
+    let mut start = 0;
+    for (end, t) in times.iter().enumerate() {
+        while *t - times[start] >= Duration::from_secs(1) {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    assert!(most <= 110 + 3, "{most} in one second");
+    // Every replica took part, and waiting was counted.
+    let mut limited = 0.0;
+    for i in 0..3 {
+        let text = cluster.metrics(i).await;
+        let sent = metric_value(
+            &text,
+            "taphook_delivery_attempts_total{status_class=\"2xx\",webhook=\"limited\"}",
+        );
+        assert!(sent > 0.0, "replica {i} sent none");
+        limited += metric_value(
+            &text,
+            "taphook_webhook_rate_limited_total{webhook=\"limited\"}",
+        );
+    }
+    assert!(limited > 0.0);
+}
+
+/// `ordering: session` needs the embedded store: with JetStream, it is a
+/// rules error at start naming the webhook's file and line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_by_session_is_refused_with_jetstream() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/hooks.yaml"),
+        "webhooks:\n  - key: ordered\n    url: http://127.0.0.1:9/x\n    events: [\"*\"]\n    ordering: session\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("rules/routes.yaml"),
+        taphook::demo::ONESCHEMA_PROFILE,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("taphook.yaml"),
+        "upstream: http://127.0.0.1:9\nrules_dir: rules\nstore:\n  backend: jetstream\n  url: nats://127.0.0.1:9\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taphook"))
+        .args(["check", "--config"])
+        .arg(dir.path().join("taphook.yaml"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("hooks.yaml:2"), "{text}");
+    assert!(
+        text.contains("`ordering: session` needs the embedded store"),
+        "{text}"
+    );
 }

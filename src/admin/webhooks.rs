@@ -56,7 +56,14 @@ fn view(w: &Webhook, rules_dir: &FsPath, shared: &Shared) -> Value {
         "defined_at": w.origin.to_string(),
         "disabled": disabled,
         "paused": paused,
+        "rate_limit": w.rate_limit.map(rate_limit_view),
+        "effective_rate_limit": crate::deliver::limit::limit_of(w, shared.config.delivery.rate_limit).map(rate_limit_view),
+        "ordering": w.ordering.name(),
     })
+}
+
+fn rate_limit_view(limit: crate::rules::model::RateLimit) -> Value {
+    json!({"per_second": limit.per_second, "burst": limit.burst})
 }
 
 pub async fn list(State(shared): State<Arc<Shared>>) -> Response {

@@ -201,17 +201,78 @@ async fn consume(
                     continue;
                 }
             };
+            let limit = super::limit::limit_of(&webhook, d.shared.config.delivery.rate_limit);
+            // Starts taken from the shared rate limit and not used yet.
+            let mut allowance = 0u32;
             while let Some(next) = batch.next().await {
                 let Ok(msg) = next else { continue };
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
+                if let Some(limit) = limit.filter(|_| allowance == 0) {
+                    let want = u32::try_from(want).unwrap_or(u32::MAX);
+                    allowance = start_allowed(&d, &js, &key, limit, want, &msg, &mut stop).await;
+                    if allowance == 0 {
+                        // Stopping: back to the queue, for whoever pulls next.
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                        return;
+                    }
+                }
+                allowance = allowance.saturating_sub(1);
                 let (d, js, key) = (d.clone(), js.clone(), key.clone());
                 tokio::spawn(async move {
                     deliver(&d, &js, &key, msg, probe).await;
                     drop(slot);
                 });
             }
+        }
+    }
+}
+
+/// How often a delivery held back by the rate limit tells NATS it is
+/// still being worked on (well within `ack_wait`).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Waits until the webhook's shared rate limit gives starts, `msg`'s
+/// and up to `want - 1` more of the batch: how many (0: stopping first).
+/// Waiting is not an attempt.
+async fn start_allowed(
+    d: &Dispatcher,
+    js: &JetStream,
+    key: &str,
+    limit: crate::rules::model::RateLimit,
+    want: u32,
+    msg: &Message,
+    stop: &mut watch::Receiver<bool>,
+) -> u32 {
+    let metrics = &d.shared.metrics;
+    let wait_gauge = metrics.webhook_rate_limit_wait.with_label_values(&[key]);
+    let mut counted = false;
+    loop {
+        let wait = match js.claim_starts(key, limit, want).await {
+            Ok(Ok(granted)) => {
+                wait_gauge.set(0.0);
+                return granted;
+            }
+            Ok(Err(wait)) => {
+                if !counted {
+                    counted = true;
+                    metrics.webhook_rate_limited.with_label_values(&[key]).inc();
+                }
+                wait_gauge.set(wait.as_secs_f64());
+                wait.min(PROGRESS_EVERY)
+            }
+            Err(e) => {
+                tracing::warn!(webhook = %key, error = %e, "cannot read the rate limit; waiting");
+                Duration::from_millis(200)
+            }
+        };
+        if counted {
+            let _ = msg.ack_with(AckKind::Progress).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return 0,
         }
     }
 }

@@ -22,6 +22,7 @@
 pub mod formats;
 pub mod guard;
 pub mod jetstream;
+pub mod limit;
 pub mod retry;
 pub mod signing;
 
@@ -34,8 +35,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::app::Shared;
-use crate::rules::model::Webhook;
+use crate::rules::model::{Ordering, Webhook};
 use crate::store::handoff::Taken;
+use crate::store::session_key;
 use crate::store::sqlite::{
     now_ms, AttemptRecord, Due, State, Store, StoreError, WebhookChange, WebhookState,
 };
@@ -92,6 +94,7 @@ pub struct Dispatcher {
     store: Arc<Store>,
     client: reqwest::Client,
     guard: Arc<Guard>,
+    limits: limit::Limits,
 }
 
 impl Dispatcher {
@@ -114,6 +117,7 @@ impl Dispatcher {
             shared,
             client,
             guard,
+            limits: limit::Limits::default(),
         })
     }
 
@@ -243,6 +247,8 @@ impl Dispatcher {
             }
             let now = now_ms();
             let mut idle = false;
+            // Held back by the rate limit: until the next start is free.
+            let mut limited = None;
             if let Some(webhook) = webhook.filter(|_| !stopping && state.disabled.is_none()) {
                 let concurrency = self.shared.config.delivery.concurrency_per_webhook;
                 let mut free = concurrency.saturating_sub(lane.attempting);
@@ -255,6 +261,19 @@ impl Dispatcher {
                         idle = true;
                         break;
                     };
+                    if webhook.ordering == Ordering::Session
+                        && self.out_of_order(&key, &d, &mut lane)
+                    {
+                        continue;
+                    }
+                    if let Err(wait) = self.rate_limited(&webhook, &d, &mut lane) {
+                        lane.ready.push_front(d);
+                        limited = Some(wait);
+                        break;
+                    }
+                    if webhook.ordering == Ordering::Session {
+                        lane.order.started(&d);
+                    }
                     if state.paused {
                         next_probe =
                             now + self.shared.config.delivery.probe_interval.as_millis() as i64;
@@ -282,10 +301,10 @@ impl Dispatcher {
                     );
                 }
             }
-            let wait = if idle {
-                self.idle_wait(&state, next_probe, &lane)
-            } else {
-                MAX_IDLE
+            let wait = match limited {
+                Some(wait) => wait.min(MAX_IDLE),
+                None if idle => self.idle_wait(&state, next_probe, &lane),
+                None => MAX_IDLE,
             };
             tokio::select! {
                 Some(done) = done_rx.recv() => lane.finished(done),
@@ -299,6 +318,63 @@ impl Dispatcher {
             // Take every answer already in, before looking again.
             while let Ok(done) = done_rx.try_recv() {
                 lane.finished(done);
+            }
+        }
+    }
+
+    /// `ordering: session`: whether `d` must wait for an earlier delivery
+    /// of its session to this webhook (one being attempted here, or still
+    /// pending in the outbox: waiting for a retry, or not read yet). A
+    /// delivery that waits is held (busy, not read again) until that
+    /// session's delivery here settles; then the outbox is read again.
+    fn out_of_order(&self, key: &str, d: &Due, lane: &mut Lane) -> bool {
+        let Some(session) = session_key(&d.event.event.embed_id) else {
+            return false;
+        };
+        if lane.order.is_open(&session) {
+            lane.order.hold(d.id, session);
+            return true;
+        }
+        match self.store.earlier_pending(key, &session, d.id) {
+            Ok(false) => false,
+            Ok(true) => {
+                lane.order.hold(d.id, session);
+                true
+            }
+            Err(e) => {
+                tracing::error!(webhook = %key, error = %e, "cannot check the session's order; trying again");
+                lane.busy.remove(&d.id);
+                lane.read_at = now_ms() + MAX_IDLE.as_millis() as i64;
+                true
+            }
+        }
+    }
+
+    /// Takes a start from the webhook's rate limit for `d`, or says how
+    /// long until one is free (counted once per delivery held back).
+    fn rate_limited(&self, webhook: &Webhook, d: &Due, lane: &mut Lane) -> Result<(), Duration> {
+        let metrics = &self.shared.metrics;
+        let Some(limit) = limit::limit_of(webhook, self.shared.config.delivery.rate_limit) else {
+            return Ok(());
+        };
+        let wait_gauge = metrics
+            .webhook_rate_limit_wait
+            .with_label_values(&[&webhook.key]);
+        match self.limits.take(&webhook.key, limit) {
+            Ok(()) => {
+                wait_gauge.set(0.0);
+                Ok(())
+            }
+            Err(wait) => {
+                if lane.limited != Some(d.id) {
+                    lane.limited = Some(d.id);
+                    metrics
+                        .webhook_rate_limited
+                        .with_label_values(&[&webhook.key])
+                        .inc();
+                }
+                wait_gauge.set(wait.as_secs_f64());
+                Err(wait)
             }
         }
     }
@@ -636,6 +712,10 @@ struct Lane {
     busy: HashSet<i64>,
     /// When the outbox must be looked at next (ms): a retry falls due.
     read_at: i64,
+    /// `ordering: session`: which sessions have a delivery on its way.
+    order: SessionOrder,
+    /// The delivery last held back by the rate limit.
+    limited: Option<i64>,
 }
 
 impl Lane {
@@ -645,6 +725,8 @@ impl Lane {
             attempting: 0,
             busy: HashSet::new(),
             read_at: 0,
+            order: SessionOrder::default(),
+            limited: None,
         }
     }
 
@@ -661,22 +743,78 @@ impl Lane {
                 if let Some(at) = retry_at {
                     self.read_at = self.read_at.min(at);
                 }
+                let released = self.order.settled(id);
+                if !released.is_empty() {
+                    for id in released {
+                        self.busy.remove(&id);
+                    }
+                    // What waited for it is read again now.
+                    self.read_at = 0;
+                }
             }
         }
     }
 
-    /// Drops what was read ahead: it stays pending in the outbox, which
-    /// is read again next time.
+    /// Drops what was read ahead or held: it stays pending in the outbox,
+    /// which is read again next time.
     fn forget_ready(&mut self) {
         for d in self.ready.drain(..) {
             self.busy.remove(&d.id);
+        }
+        for id in self.order.release_all() {
+            self.busy.remove(&id);
         }
         self.read_at = 0;
     }
 
     /// Nothing started is still on its way.
     fn idle(&self) -> bool {
-        self.attempting == 0 && self.busy.len() == self.ready.len()
+        self.attempting == 0 && self.busy.len() == self.ready.len() + self.order.held()
+    }
+}
+
+/// `ordering: session` in one scheduler: the deliveries started and not
+/// settled yet, by session, and those held until their session's is.
+/// Held deliveries are only ids: they stay in the outbox, and are read
+/// from it again once released.
+#[derive(Default)]
+struct SessionOrder {
+    started: HashMap<i64, String>,
+    open: HashSet<String>,
+    held: HashMap<String, Vec<i64>>,
+}
+
+impl SessionOrder {
+    fn is_open(&self, session: &str) -> bool {
+        self.open.contains(session)
+    }
+
+    fn started(&mut self, d: &Due) {
+        if let Some(session) = session_key(&d.event.event.embed_id) {
+            self.open.insert(session.clone());
+            self.started.insert(d.id, session);
+        }
+    }
+
+    fn hold(&mut self, id: i64, session: String) {
+        self.held.entry(session).or_default().push(id);
+    }
+
+    /// Delivery `id` settled: its session is free; what it held goes.
+    fn settled(&mut self, id: i64) -> Vec<i64> {
+        let Some(session) = self.started.remove(&id) else {
+            return Vec::new();
+        };
+        self.open.remove(&session);
+        self.held.remove(&session).unwrap_or_default()
+    }
+
+    fn release_all(&mut self) -> Vec<i64> {
+        self.held.drain().flat_map(|(_, ids)| ids).collect()
+    }
+
+    fn held(&self) -> usize {
+        self.held.values().map(Vec::len).sum()
     }
 }
 

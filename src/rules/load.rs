@@ -415,6 +415,25 @@ impl Loader {
             .map(|r| self.retry(doc, at, r))
             .unwrap_or_default();
         let filter = self.expr(doc, &format!("{at}/filter"), raw.filter.as_ref());
+        let rate_limit = raw.rate_limit.and_then(|r| {
+            r.lower()
+                .map_err(|why| {
+                    self.problems
+                        .push(doc.problem(&format!("{at}/rate_limit"), why));
+                })
+                .ok()
+        });
+        let ordering = match raw.ordering.as_deref() {
+            None | Some("none") => Ordering::None,
+            Some("session") => Ordering::Session,
+            Some(other) => {
+                self.problems.push(doc.problem(
+                    &format!("{at}/ordering"),
+                    format!("unknown ordering `{other}` (expected `none` or `session`)"),
+                ));
+                Ordering::None
+            }
+        };
         Some(Webhook {
             key: raw.key,
             url: url?,
@@ -428,6 +447,8 @@ impl Loader {
             import_identifiers: raw.import_identifiers,
             retry,
             timeout: raw.timeout.map(|d| d.0),
+            rate_limit,
+            ordering,
             permissions: raw.permissions,
             description: raw.description,
             origin,

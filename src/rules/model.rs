@@ -111,6 +111,66 @@ pub enum Assignment {
     Session,
 }
 
+/// How fast a webhook's deliveries may start: `burst` at once, then
+/// `per_second` (a token bucket: over any T seconds, at most
+/// `burst + per_second * T`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// `rate_limit` as written: `{per_second, burst}` (`burst` defaults to one
+/// second's worth).
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub per_second: f64,
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl RawRateLimit {
+    /// The limit, or why it is not one.
+    pub fn lower(self) -> Result<RateLimit, String> {
+        if !(self.per_second.is_finite() && self.per_second > 0.0 && self.per_second <= 1e6) {
+            return Err(format!(
+                "`per_second` must be above 0 and at most 1000000, got {}",
+                self.per_second
+            ));
+        }
+        let burst = self
+            .burst
+            .unwrap_or_else(|| self.per_second.ceil().max(1.0) as u32);
+        if burst == 0 {
+            return Err("`burst` must be at least 1".into());
+        }
+        Ok(RateLimit {
+            per_second: self.per_second,
+            burst,
+        })
+    }
+}
+
+/// In which order a webhook's deliveries go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ordering {
+    /// Concurrently, as they fall due (receivers sort by `created_at`).
+    #[default]
+    None,
+    /// One at a time per session, in the order the events were accepted.
+    Session,
+}
+
+impl Ordering {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ordering::None => "none",
+            Ordering::Session => "session",
+        }
+    }
+}
+
 /// The wire contract a webhook speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -214,6 +274,9 @@ pub struct Webhook {
     pub import_identifiers: Option<Vec<String>>,
     pub retry: RetryPolicy,
     pub timeout: Option<Duration>,
+    /// `None`: `delivery.rate_limit`, if any.
+    pub rate_limit: Option<RateLimit>,
+    pub ordering: Ordering,
     pub permissions: Vec<String>,
     pub description: Option<String>,
     pub origin: Origin,

@@ -82,6 +82,10 @@ pub struct RawWebhook {
     #[serde(default)]
     pub timeout: Option<Dur>,
     #[serde(default)]
+    pub rate_limit: Option<crate::rules::model::RawRateLimit>,
+    #[serde(default)]
+    pub ordering: Option<String>,
+    #[serde(default)]
     pub permissions: Vec<String>,
     #[serde(default)]
     pub description: Option<String>,

@@ -120,6 +120,9 @@ impl Names {
     pub fn webhooks_bucket(&self) -> String {
         format!("{}_webhooks", self.prefix)
     }
+    pub fn rates_bucket(&self) -> String {
+        format!("{}_rates", self.prefix)
+    }
     pub fn event_subject(&self, session: &str) -> String {
         format!("{}.events.{}", self.prefix, token(session))
     }
@@ -189,6 +192,8 @@ pub struct JetStream {
     pub rules: kv::Store,
     /// Each webhook's delivery state (failing, paused, disabled), shared.
     webhooks: kv::Store,
+    /// Each rate-limited webhook's token bucket, shared ([`JetStream::claim_starts`]).
+    rates: kv::Store,
     /// The last state of each webhook seen in `webhooks` (watched).
     states: std::sync::Mutex<std::collections::HashMap<String, WebhookHealth>>,
     cache: MemorySessions,
@@ -290,6 +295,8 @@ impl JetStream {
             // What the admin API wrote stays until it is changed.
             bucket(names.rules_bucket(), Duration::ZERO),
             bucket(names.webhooks_bucket(), Duration::ZERO),
+            // A rate limit's bucket matters for a burst's length at most.
+            bucket(names.rates_bucket(), Duration::from_secs(3600)),
         ];
         for config in streams {
             let name = config.name.clone();
@@ -314,6 +321,10 @@ impl JetStream {
             .get_key_value(names.webhooks_bucket())
             .await
             .map_err(|e| StoreError::Nats(format!("cannot open the webhooks bucket: {e}")))?;
+        let rates = js
+            .get_key_value(names.rates_bucket())
+            .await
+            .map_err(|e| StoreError::Nats(format!("cannot open the rates bucket: {e}")))?;
         let (buffer, writes) = mpsc::channel(config.buffer);
         let this = Arc::new(Self {
             names,
@@ -327,6 +338,7 @@ impl JetStream {
             absent_sessions: Default::default(),
             rules,
             webhooks,
+            rates,
             states: std::sync::Mutex::new(std::collections::HashMap::new()),
             cache: MemorySessions::new(64 << 20, retention),
             runtime: tokio::runtime::Handle::current(),
@@ -809,6 +821,63 @@ impl JetStream {
         }
         Err(StoreError::Nats(format!(
             "cannot change webhook `{webhook}`'s state: too much contention"
+        )))
+    }
+
+    /// Takes up to `want` starts from `webhook`'s rate limit, shared by
+    /// every instance: how many it got (at least 1), or how long until one
+    /// is free. The bucket is GCRA's one number, the theoretical arrival
+    /// time (µs since the epoch), kept in the rates bucket and changed by
+    /// compare-and-set: `k` starts at `now` are allowed while
+    /// `max(tat, now) + k × interval - now` stays within `burst`
+    /// intervals. Instances' clocks are taken to agree.
+    pub async fn claim_starts(
+        &self,
+        webhook: &str,
+        limit: crate::rules::model::RateLimit,
+        want: u32,
+    ) -> Result<Result<u32, Duration>, StoreError> {
+        let key = token(webhook);
+        let interval = 1e6 / limit.per_second;
+        let capacity = interval * f64::from(limit.burst);
+        for _ in 0..50 {
+            let entry = self
+                .rates
+                .entry(key.clone())
+                .await
+                .map_err(|e| StoreError::Nats(e.to_string()))?;
+            let (tat, revision) = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => (
+                    std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(0.0),
+                    Some(e.revision),
+                ),
+                Some(e) => (0.0, Some(e.revision)),
+                None => (0.0, None),
+            };
+            let now = crate::store::sqlite::now_ms() as f64 * 1000.0;
+            let from = tat.max(now);
+            let room = ((capacity - (from - now)) / interval).floor();
+            if room < 1.0 {
+                let wait = (from + interval - capacity - now).max(1000.0);
+                return Ok(Err(Duration::from_micros(wait as u64)));
+            }
+            let granted = (room as u32).min(want.max(1));
+            let body = Bytes::from(format!("{:.0}", from + f64::from(granted) * interval));
+            let written = match revision {
+                Some(rev) => self.rates.update(&key, body, rev).await.is_ok(),
+                None => self.rates.create(&key, body).await.is_ok(),
+            };
+            if written {
+                return Ok(Ok(granted));
+            }
+            // Another instance took some first: read it again.
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=2))).await;
+        }
+        Err(StoreError::Nats(format!(
+            "cannot take from webhook `{webhook}`'s rate limit: too much contention"
         )))
     }
 

@@ -720,6 +720,23 @@ impl Store {
         })
     }
 
+    /// Whether `webhook` has a pending delivery of `session` older than
+    /// delivery `id` (`ordering: session`).
+    pub fn earlier_pending(
+        &self,
+        webhook: &str,
+        session: &str,
+        id: i64,
+    ) -> Result<bool, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_session
+                   WHERE session = ?1 AND id < ?2 AND webhook = ?3 AND state = 'pending')",
+            )?
+            .query_row(params![session, id, webhook], |r| r.get(0))
+        })
+    }
+
     /// The event a delivery sends.
     pub fn delivery_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
         let json: Option<String> = self.read(|c| {
