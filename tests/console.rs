@@ -38,7 +38,7 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = Command::new("pkill")
-            .args(["-KILL", "-f"])
+            .args(["-KILL", "-f", "--"])
             .arg(format!(
                 "--user-data-dir={}",
                 self._profile.path().display()
@@ -217,11 +217,15 @@ async fn open(c: &Client, hash: &str) {
 
 fn rules() -> Vec<(&'static str, String)> {
     let hooks = [
-        webhook("analytics", "/hooks/analytics", "    events: [\"*\"]\n"),
+        webhook(
+            "analytics",
+            "/hooks/analytics",
+            "    events: [\"*\"]\n    rate_limit: { per_second: 1000, burst: 100 }\n",
+        ),
         webhook(
             "crm",
             "/hooks/crm",
-            "    events: [import_submitted]\n    retry: { max_retries: 0 }\n",
+            "    events: [import_submitted]\n    retry: { max_retries: 0 }\n    ordering: session\n",
         ),
         webhook("audit", "/hooks/audit", "    events: [embed_initialized]\n"),
     ];
@@ -271,13 +275,12 @@ async fn a_person_follows_sessions_and_fixes_deliveries_from_the_console() {
         .post(&format!("/v1/embeds/{hostile}/upload"), &ct, body)
         .await;
 
-    let events = api_until(&stack, &format!("/v1/embeds/{id}/events"), |b| {
-        b["events"].as_array().is_some_and(|e| e.len() >= 7)
+    // A whole session through the reference importer is 8 events.
+    let events = 8;
+    api_until(&stack, &format!("/v1/embeds/{id}/events"), |b| {
+        b["events"].as_array().is_some_and(|e| e.len() == events)
     })
-    .await["events"]
-        .as_array()
-        .unwrap()
-        .len();
+    .await;
     stack
         .receiver
         .wait_for("/hooks/analytics", events + 2, WAIT)
@@ -383,6 +386,8 @@ async fn a_person_follows_sessions_and_fixes_deliveries_from_the_console() {
     wait_text(c, "tr[data-webhook=audit] td.state", "disabled").await;
     let row = wait_text(c, "tr[data-webhook=analytics]", "100%").await;
     assert!(row.contains("active"), "{row}");
+    wait_text(c, "tr[data-webhook=analytics] td.controls", "≤ 1000/s, burst 100").await;
+    wait_text(c, "tr[data-webhook=crm] td.controls", "in order per session").await;
     screenshot(c, "webhooks").await;
     click(c, "tr[data-webhook=audit] button.enable").await;
     wait_text(c, "tr[data-webhook=audit] td.state", "active").await;

@@ -675,6 +675,15 @@ function webhookState(w) {
   return badge("active");
 }
 
+/** The webhook's rate limit and ordering, in words. */
+function controls(w) {
+  const limit = w.effective_rate_limit;
+  return [
+    limit ? h("div", {}, `≤ ${limit.per_second}/s, burst ${limit.burst}${w.rate_limit ? "" : " (default)"}`) : h("div", { class: "muted" }, "no rate limit"),
+    w.ordering === "session" ? h("div", {}, "in order per session") : null,
+  ];
+}
+
 function percent(rate) {
   return rate === null ? "–" : `${(rate * 100).toFixed(rate === 1 ? 0 : 1)}%`;
 }
@@ -702,7 +711,7 @@ async function webhooks(ctx) {
   };
   const draw = (list) =>
     table(
-      ["webhook", "format", "events", "filter", "state", "#pending", "#dead", "#success, 1 h", ""],
+      ["webhook", "format", "events", "filter", "controls", "state", "#pending", "#dead", "#success, 1 h", ""],
       list.map((w) =>
         h(
           "tr",
@@ -711,6 +720,7 @@ async function webhooks(ctx) {
           h("td", {}, w.format),
           h("td", {}, w.events.join(", ")),
           h("td", {}, w.filter === null ? h("span", { class: "muted" }, "(none)") : h("code", {}, JSON.stringify(w.filter))),
+          h("td", { class: "controls" }, controls(w)),
           h("td", { class: "state" }, webhookState(w)),
           h("td", { class: "num" }, link(String(w.stats.pending), ["deliveries"], { state: "pending", webhook: w.webhook_key })),
           h("td", { class: "num" }, link(String(w.stats.dead), ["deliveries"], { state: "dead", webhook: w.webhook_key })),
