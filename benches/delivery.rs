@@ -16,9 +16,82 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+
+/// One throughput run: what was sent and delivered, how fast, and
+/// taphook's CPU meanwhile.
+struct Throughput {
+    sent: usize,
+    arrived: usize,
+    ingest_rate: f64,
+    delivery_rate: f64,
+    cpu: f64,
+}
+
+async fn throughput(
+    client: &reqwest::Client,
+    proxies: &[String],
+    events: usize,
+    arrivals: &Arrivals,
+    pid: u32,
+) -> Throughput {
+    arrivals.clear();
+    let cpu_before = cpu_seconds(pid);
+    let started_us = micros_now();
+    let sent = flood(client, proxies, events, 32).await.len();
+    let sent_us = micros_now();
+    let arrived = wait_for(arrivals, sent, Duration::from_secs(600)).await;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let (first, last) = arrivals.span();
+    arrivals.clear();
+    Throughput {
+        sent,
+        arrived,
+        ingest_rate: sent as f64 / ((sent_us - started_us) as f64 / 1e6),
+        delivery_rate: arrived as f64 / ((last - first).max(1) as f64 / 1e6),
+        cpu,
+    }
+}
+
+/// The bench's webhook again, with `extra` settings.
+fn set_webhook(rules: &Path, receiver: SocketAddr, extra: &str) {
+    std::fs::write(
+        rules.join("hooks.yaml"),
+        format!("webhooks:\n  - key: event_webhook\n    url: http://{receiver}/hooks\n    events: [\"*\"]\n{extra}"),
+    )
+    .unwrap();
+}
+
+fn signal_hup(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status();
+}
+
+/// Waits until taphook has loaded its rules `n` times.
+async fn wait_reloaded(client: &reqwest::Client, admin: u16, n: f64) {
+    let url = format!("http://127.0.0.1:{admin}/metrics");
+    for _ in 0..500 {
+        if let Ok(r) = client.get(&url).send().await {
+            let text = r.text().await.unwrap_or_default();
+            let loaded = text
+                .lines()
+                .find(|l| l.starts_with("taphook_rules_reloads_total{result=\"success\"}"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if loaded >= n {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("taphook did not reload its rules");
+}
 
 fn main() {
     // `cargo test --all-targets` runs this without `--bench`: then a
@@ -74,19 +147,49 @@ fn main() {
     };
     arrivals.clear();
 
-    // 2. Throughput: `events` sessions, 32 clients.
-    let cpu_before = cpu_seconds(pid);
-    let started_us = micros_now();
+    // 2. Throughput: `events` sessions, 32 clients, with today's
+    // delivery (no rate limit, `ordering: none`).
     let proxies = [proxy];
-    let sent = rt.block_on(flood(&client, &proxies, events, 32)).len();
-    let sent_us = micros_now();
-    let arrived = rt.block_on(wait_for(&arrivals, sent, Duration::from_secs(600)));
-    let cpu = cpu_seconds(pid) - cpu_before;
-    let (first, last) = arrivals.span();
-    let ingest_rate = sent as f64 / ((sent_us - started_us) as f64 / 1e6);
-    let delivery_rate = arrived as f64 / ((last - first).max(1) as f64 / 1e6);
-    let hwm_throughput = status_kib(pid, "VmHWM:") / 1024;
-    arrivals.clear();
+    let plain = rt.block_on(throughput(&client, &proxies, events, &arrivals, pid));
+    let (sent, arrived, ingest_rate, delivery_rate, cpu, hwm_throughput) = (
+        plain.sent,
+        plain.arrived,
+        plain.ingest_rate,
+        plain.delivery_rate,
+        plain.cpu,
+        status_kib(pid, "VmHWM:") / 1024,
+    );
+    // 2b. The same with each delivery control, in the same run (rules
+    // reloaded with SIGHUP): `ordering: session` (each session here is
+    // one event: the cost of the order check alone), and a rate limit
+    // at half the rate just measured.
+    let limit = (delivery_rate / 2.0).max(1.0).round();
+    let controls = [
+        ("ordering: session", "    ordering: session\n".to_string()),
+        (
+            "rate_limit at half that rate",
+            format!("    rate_limit: {{ per_second: {limit}, burst: 100 }}\n"),
+        ),
+    ];
+    let mut controlled = Vec::new();
+    for (reloads, (name, extra)) in controls.iter().enumerate() {
+        set_webhook(&rules, receiver, extra);
+        signal_hup(pid);
+        rt.block_on(wait_reloaded(&client, admin, reloads as f64 + 2.0));
+        let events = if smoke { events } else { events / 2 };
+        let t = rt.block_on(throughput(&client, &proxies, events, &arrivals, pid));
+        if smoke {
+            assert_eq!(
+                (t.sent, t.arrived),
+                (events, events),
+                "{name}: every event delivered"
+            );
+        }
+        controlled.push((*name, t));
+    }
+    set_webhook(&rules, receiver, "");
+    signal_hup(pid);
+    rt.block_on(wait_reloaded(&client, admin, controls.len() as f64 + 2.0));
 
     // 3. Latency at `rate` events/s.
     let responses = rt.block_on(paced(&client, &proxies, rate, seconds));
@@ -119,6 +222,15 @@ fn main() {
         "| taphook CPU per event (proxy + derive + store + delivery) | {:.0} µs |",
         cpu / sent.max(1) as f64 * 1e6
     ));
+    for (name, t) in &controlled {
+        lines.push(format!(
+            "| with {name}: {} events delivered | {:.0} events/s ({:.2}× ordering none), {:.0} µs CPU per event |",
+            t.arrived,
+            t.delivery_rate,
+            t.delivery_rate / delivery_rate,
+            t.cpu / t.sent.max(1) as f64 * 1e6
+        ));
+    }
     lines.push(format!(
         "| taphook peak RSS after the {sent} events | {hwm_throughput} MiB |"
     ));
@@ -165,6 +277,12 @@ fn main() {
         },
         "rss_mib": rss,
         "peak_rss_mib": hwm,
+        "controls": controlled.iter().map(|(name, t)| serde_json::json!({
+            "setting": name,
+            "delivered_per_s": t.delivery_rate,
+            "ratio_to_plain": t.delivery_rate / delivery_rate,
+            "cpu_us_per_event": t.cpu / t.sent.max(1) as f64 * 1e6,
+        })).collect::<Vec<_>>(),
     });
     let _ = std::fs::write(out.join("delivery.json"), summary.to_string());
     drop(taphook);

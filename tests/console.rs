@@ -386,8 +386,18 @@ async fn a_person_follows_sessions_and_fixes_deliveries_from_the_console() {
     wait_text(c, "tr[data-webhook=audit] td.state", "disabled").await;
     let row = wait_text(c, "tr[data-webhook=analytics]", "100%").await;
     assert!(row.contains("active"), "{row}");
-    wait_text(c, "tr[data-webhook=analytics] td.controls", "≤ 1000/s, burst 100").await;
-    wait_text(c, "tr[data-webhook=crm] td.controls", "in order per session").await;
+    wait_text(
+        c,
+        "tr[data-webhook=analytics] td.controls",
+        "≤ 1000/s, burst 100",
+    )
+    .await;
+    wait_text(
+        c,
+        "tr[data-webhook=crm] td.controls",
+        "in order per session",
+    )
+    .await;
     screenshot(c, "webhooks").await;
     click(c, "tr[data-webhook=audit] button.enable").await;
     wait_text(c, "tr[data-webhook=audit] td.state", "active").await;
