@@ -226,13 +226,7 @@ pub async fn enable(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    if shared.rules.load().webhook(&key).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no webhook `{key}`"),
-        ));
-    }
+    super::webhooks::require(&shared, &key)?;
     match &shared.jetstream {
         Some(js) => {
             internal(

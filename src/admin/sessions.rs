@@ -172,13 +172,7 @@ pub async fn webhook_stats(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    if shared.rules.load().webhook(&key).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no webhook `{key}`"),
-        ));
-    }
+    super::webhooks::require(&shared, &key)?;
     let counts = match &shared.jetstream {
         Some(js) => internal(js.counts().await)?,
         None => {

@@ -253,6 +253,14 @@ fn store_change(shared: &Shared, key: &str, change: WebhookChange) {
     }
 }
 
+/// A 404 unless the current rules have webhook `key`.
+pub(super) fn require(shared: &Shared, key: &str) -> Result<(), ApiError> {
+    match shared.rules.load().webhook(key) {
+        Some(_) => Ok(()),
+        None => Err(not_found(key)),
+    }
+}
+
 fn not_found(key: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
