@@ -252,7 +252,28 @@ async fn ordering_by_session_keeps_each_sessions_order_through_retries_and_a_res
         if done {
             break;
         }
-        assert!(Instant::now() < deadline, "{got:?}\n{}", stack.log());
+        if Instant::now() > deadline {
+            let unfinished: Vec<_> = sessions
+                .iter()
+                .filter(|s| got.iter().filter(|a| a.1 == **s && a.3 == 200).count() < STEPS.len())
+                .map(|s| {
+                    (
+                        s,
+                        got.iter()
+                            .filter(|a| a.1 == *s)
+                            .map(|a| (a.2, a.3))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .collect();
+            let (_, pending) = stack
+                .api(TOKEN, "GET", "/v1/deliveries?state=pending", None)
+                .await;
+            panic!(
+                "unfinished: {unfinished:?}\npending: {pending}\n{}",
+                stack.log()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

@@ -6,7 +6,7 @@
 //!
 //! `POST /v1/events`: an event pushed directly, into the same pipeline as
 //! derived ones (dedup, event log, funnel, filters, outbox); idempotent by
-//! `uuid`.
+//! `uuid`; answered once its deliveries are committed.
 
 use std::sync::Arc;
 
@@ -132,6 +132,15 @@ pub async fn push(
         .await
         .map_err(|_| busy())?
         .map_err(|_| busy())?;
+    // With the embedded store, 202 means committed: the event and its
+    // deliveries survive a crash from here on (JetStream: they are on
+    // their way to NATS, buffered and retried).
+    if first && shared.jetstream.is_none() {
+        tokio::time::timeout(PUSH_TIMEOUT, shared.store.committed_now())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|e| ApiError::internal(format!("the event was not committed: {e}")))?;
+    }
     let status = if first {
         StatusCode::ACCEPTED
     } else {
