@@ -93,6 +93,9 @@ impl Kind for IntGauge {
 impl Kind for IntGaugeVec {
     const HISTOGRAM: bool = false;
 }
+impl Kind for prometheus::GaugeVec {
+    const HISTOGRAM: bool = false;
+}
 impl Kind for Histogram {
     const HISTOGRAM: bool = true;
 }
@@ -131,6 +134,8 @@ fn families() -> BTreeMap<String, Family> {
     add(&mut out, &m.outbox_accepted);
     add(&mut out, &m.webhook_disabled);
     add(&mut out, &m.webhook_paused);
+    add(&mut out, &m.webhook_rate_limited);
+    add(&mut out, &m.webhook_rate_limit_wait);
     add(&mut out, &m.rules_reloads);
     add(&mut out, &m.capture_bytes);
     add(&mut out, &m.proxy_request_duration);
