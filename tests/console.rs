@@ -22,6 +22,8 @@ const TOKEN: &str = "console-t0k";
 const HOSTILE_TEMPLATE: &str = "<img src=x onerror=alert(1)>{{7*7}}<script>alert(2)</script>";
 const HOSTILE_FILE: &str = "javascript:alert(3)<img src=x onerror=alert(4)>.csv";
 const WAIT: Duration = Duration::from_secs(20);
+/// Sessions pushed besides the two, so the list has a second page.
+const BULK: usize = 55;
 
 /// chromedriver on a free loopback port, and a browser session on it.
 struct Browser {
@@ -277,13 +279,18 @@ async fn a_person_follows_sessions_and_fixes_deliveries_from_the_console() {
 
     // A whole session through the reference importer is 8 events.
     let events = 8;
+    // Sessions enough for a second page.
+    for i in 0..BULK {
+        let event = json!({"event_type": "embed_initialized", "embed_id": format!("bulk-{i}"), "template_key": "bulk"});
+        assert_eq!(api(&stack, "POST", "/v1/events", Some(event)).await.0, 202);
+    }
     api_until(&stack, &format!("/v1/embeds/{id}/events"), |b| {
         b["events"].as_array().is_some_and(|e| e.len() == events)
     })
     .await;
     stack
         .receiver
-        .wait_for("/hooks/analytics", events + 2, WAIT)
+        .wait_for("/hooks/analytics", events + 2 + BULK, WAIT)
         .await;
     let dead = api_until(&stack, "/v1/deliveries?state=dead&webhook=crm", |b| {
         b["deliveries"].as_array().is_some_and(|d| d.len() == 1)
@@ -336,8 +343,13 @@ async fn a_person_follows_sessions_and_fixes_deliveries_from_the_console() {
     wait_text(c, "#overview table", "contacts").await;
     screenshot(c, "overview").await;
 
-    // Sessions: find the session by its template, open its timeline.
+    // Sessions: the newest 50, and More for the rest.
     click(c, "nav a[data-section=sessions]").await;
+    wait_count(c, "#sessions tbody tr", 50).await;
+    click(c, "#sessions button.more").await;
+    wait_count(c, "#sessions tbody tr", BULK + 2).await;
+    wait_count(c, "#sessions button.more", 0).await;
+    // Find the session by its template, open its timeline.
     fill(c, "#session-search", "contac").await;
     click(c, "main form button[type=submit]").await;
     wait_count(c, "#sessions tbody tr", 1).await;
