@@ -103,18 +103,13 @@ pub async fn show(
 ) -> Result<Response, ApiError> {
     let (delivery, attempts, event) = match &shared.jetstream {
         Some(js) => {
-            let delivery = internal(js.delivery(id).await)?.ok_or_else(|| not_found(id))?;
-            let event = internal(js.delivery_event(id).await)?;
-            (delivery, Vec::new(), event)
+            let (delivery, event) =
+                internal(js.delivery(id).await)?.ok_or_else(|| not_found(id))?;
+            (delivery, Vec::new(), Some(event))
         }
-        None => {
-            let found = on_store(&shared, move |store| {
-                Ok(store.delivery(id)?.zip(store.delivery_event(id)?))
-            })
-            .await?;
-            let ((delivery, attempts), event) = found.ok_or_else(|| not_found(id))?;
-            (delivery, attempts, Some(event))
-        }
+        None => on_store(&shared, move |store| store.delivery(id))
+            .await?
+            .ok_or_else(|| not_found(id))?,
     };
     let payload = event.map(|e| payload(&shared, &delivery.webhook, &e));
     Ok(

@@ -439,9 +439,9 @@ fn problem_fields(
         let Some(text) = text else { continue };
         let lines: Vec<&str> = text.lines().take(p.line.max(1)).collect();
         let field = lines.iter().rev().find_map(|line| {
-            let rest = line.strip_prefix(OBJECT_INDENT)?;
-            let name = rest.strip_prefix('"')?.split('"').next()?;
-            (!rest.starts_with(' ') && rest[name.len() + 2..].starts_with(':')).then_some(name)
+            let key = line.strip_prefix(OBJECT_INDENT)?.strip_prefix('"')?;
+            let (name, _) = key.split_once("\":")?;
+            (!name.contains('"')).then_some(name)
         });
         if let Some(field) = field {
             fields

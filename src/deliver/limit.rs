@@ -23,7 +23,7 @@ pub fn limit_of(webhook: &Webhook, default: Option<RateLimit>) -> Option<RateLim
 }
 
 /// One interval between starts at the limit's rate.
-pub fn interval(limit: RateLimit) -> Duration {
+fn interval(limit: RateLimit) -> Duration {
     Duration::from_secs_f64(1.0 / limit.per_second)
 }
 

@@ -261,18 +261,22 @@ impl Dispatcher {
                         idle = true;
                         break;
                     };
-                    if webhook.ordering == Ordering::Session
-                        && self.out_of_order(&key, &d, &mut lane)
-                    {
-                        continue;
+                    // `ordering: session`: the session it goes in order in.
+                    let ordered = (webhook.ordering == Ordering::Session)
+                        .then(|| session_key(&d.event.event.embed_id))
+                        .flatten();
+                    if let Some(session) = &ordered {
+                        if self.out_of_order(&key, d.id, session, &mut lane) {
+                            continue;
+                        }
                     }
                     if let Err(wait) = self.rate_limited(&webhook, &d, &mut lane) {
                         lane.ready.push_front(d);
                         limited = Some(wait);
                         break;
                     }
-                    if webhook.ordering == Ordering::Session {
-                        lane.order.started(&d);
+                    if let Some(session) = ordered {
+                        lane.order.started(d.id, session);
                     }
                     if state.paused {
                         next_probe =
@@ -327,23 +331,20 @@ impl Dispatcher {
     /// pending in the outbox: waiting for a retry, or not read yet). A
     /// delivery that waits is held (busy, not read again) until that
     /// session's delivery here settles; then the outbox is read again.
-    fn out_of_order(&self, key: &str, d: &Due, lane: &mut Lane) -> bool {
-        let Some(session) = session_key(&d.event.event.embed_id) else {
-            return false;
-        };
-        if lane.order.is_open(&session) {
-            lane.order.hold(d.id, session);
+    fn out_of_order(&self, key: &str, id: i64, session: &str, lane: &mut Lane) -> bool {
+        if lane.order.is_open(session) {
+            lane.order.hold(id, session);
             return true;
         }
-        match self.store.earlier_pending(key, &session, d.id) {
+        match self.store.earlier_pending(key, session, id) {
             Ok(false) => false,
             Ok(true) => {
-                lane.order.hold(d.id, session);
+                lane.order.hold(id, session);
                 true
             }
             Err(e) => {
                 tracing::error!(webhook = %key, error = %e, "cannot check the session's order; trying again");
-                lane.busy.remove(&d.id);
+                lane.busy.remove(&id);
                 lane.read_at = now_ms() + MAX_IDLE.as_millis() as i64;
                 true
             }
@@ -789,15 +790,13 @@ impl SessionOrder {
         self.open.contains(session)
     }
 
-    fn started(&mut self, d: &Due) {
-        if let Some(session) = session_key(&d.event.event.embed_id) {
-            self.open.insert(session.clone());
-            self.started.insert(d.id, session);
-        }
+    fn started(&mut self, id: i64, session: String) {
+        self.open.insert(session.clone());
+        self.started.insert(id, session);
     }
 
-    fn hold(&mut self, id: i64, session: String) {
-        self.held.entry(session).or_default().push(id);
+    fn hold(&mut self, id: i64, session: &str) {
+        self.held.entry(session.to_string()).or_default().push(id);
     }
 
     /// Delivery `id` settled: its session is free; what it held goes.

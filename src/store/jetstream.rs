@@ -943,7 +943,8 @@ impl JetStream {
 
     /// Deliveries matching `filter` (and `webhook`, and `session`) after
     /// `after`; a session's are found by reading the stream's messages.
-    /// `Filter::Any` lists those waiting, then the dead letters.
+    /// `Filter::Any` lists those waiting (ids `after` on, when not
+    /// negative), then the dead letters (ids below a negative `after`).
     pub async fn list_deliveries(
         &self,
         filter: Filter,
@@ -952,67 +953,52 @@ impl JetStream {
         after: i64,
         limit: usize,
     ) -> Result<Vec<DeliveryInfo>, StoreError> {
-        if filter == Filter::Any {
-            let mut out = Box::pin(self.list_deliveries(
-                Filter::State(State::Pending),
-                webhook,
-                session,
-                after.max(0),
-                limit,
-            ))
-            .await?;
-            if out.len() < limit {
-                let dead_after = if after < 0 { after } else { 0 };
-                let dead = Box::pin(self.list_deliveries(
-                    Filter::State(State::Dead),
-                    webhook,
-                    session,
-                    dead_after,
-                    limit - out.len(),
-                ))
-                .await?;
-                out.extend(dead);
-            }
-            return Ok(out);
-        }
-        let Some((stream, subjects)) = self.stream_and_filter(filter, webhook) else {
-            return Ok(Vec::new());
+        let reads = match filter {
+            Filter::Any if after < 0 => vec![(Filter::State(State::Dead), after)],
+            Filter::Any => vec![
+                (Filter::State(State::Pending), after),
+                (Filter::State(State::Dead), 0),
+            ],
+            one => vec![(one, after)],
         };
-        let dead = stream == self.names.dead_stream();
-        let stream = self.stream(&stream).await?;
-        let after = if dead { -after } else { after };
-        let from = (after.max(0) as u64) + 1;
-        Ok(read_subject(&stream, &subjects, from, limit, |m| {
-            delivery_info(&m, session)
-        })
-        .await)
+        let mut out = Vec::new();
+        for (filter, after) in reads {
+            let Some((stream, subjects)) = self.stream_and_filter(filter, webhook) else {
+                continue;
+            };
+            let dead = stream == self.names.dead_stream();
+            let stream = self.stream(&stream).await?;
+            let after = if dead { -after } else { after };
+            let from = (after.max(0) as u64) + 1;
+            let left = limit - out.len();
+            out.extend(
+                read_subject(&stream, &subjects, from, left, |m| {
+                    delivery_info(&m, session).map(|(info, _)| info)
+                })
+                .await,
+            );
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
-    /// A delivery's message by id: a dead letter (negative), else one in
-    /// the work queue.
-    async fn stored_delivery(&self, id: i64) -> Result<Option<StreamMessage>, StoreError> {
+    /// A delivery by id (a dead letter: negative, else one in the work
+    /// queue), as the admin API shows it, and the event it sends.
+    pub async fn delivery(
+        &self,
+        id: i64,
+    ) -> Result<Option<(DeliveryInfo, StoredEvent)>, StoreError> {
         let (name, sequence) = match id {
             ..0 => (self.names.dead_stream(), id.unsigned_abs()),
             _ => (self.names.deliveries_stream(), id as u64),
         };
         let stream = self.stream(&name).await?;
-        Ok(stream.get_raw_message(sequence).await.ok())
-    }
-
-    /// A delivery by id, as the admin API shows it.
-    pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryInfo>, StoreError> {
-        Ok(self
-            .stored_delivery(id)
-            .await?
-            .and_then(|m| delivery_info(&m, None)))
-    }
-
-    /// The event a delivery (by id) sends.
-    pub async fn delivery_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
-        Ok(self
-            .stored_delivery(id)
-            .await?
-            .and_then(|m| serde_json::from_slice(&m.payload).ok()))
+        Ok(match stream.get_raw_message(sequence).await {
+            Ok(m) => delivery_info(&m, None),
+            Err(_) => None,
+        })
     }
 
     /// Sends dead letter `id` (negative) again from its first attempt.
@@ -1191,9 +1177,9 @@ fn unix_ms(m: &StreamMessage) -> i64 {
     (m.time.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// A delivery message as the admin API shows it, if it is of `session`
-/// (when given).
-fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<DeliveryInfo> {
+/// A delivery message as the admin API shows it, and its event, if it is
+/// of `session` (when given).
+fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<(DeliveryInfo, StoredEvent)> {
     let event: StoredEvent = serde_json::from_slice(&m.payload).ok()?;
     let event_session = super::session_key(&event.event.embed_id);
     if session.is_some() && event_session.as_deref() != session {
@@ -1205,7 +1191,7 @@ fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<DeliveryInf
     let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_string());
     let at = unix_ms(m);
     let dead = kind == "dead";
-    Some(DeliveryInfo {
+    let info = DeliveryInfo {
         id: if dead {
             -(m.sequence as i64)
         } else {
@@ -1213,8 +1199,8 @@ fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<DeliveryInf
         },
         webhook,
         session: event_session,
-        event_uuid: event.event.uuid,
-        event_type: event.event.event_type,
+        event_uuid: event.event.uuid.clone(),
+        event_type: event.event.event_type.clone(),
         state: if dead { "dead" } else { "pending" }.into(),
         attempts: header(ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
         part: header(PART).and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -1226,7 +1212,8 @@ fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<DeliveryInf
         last_status: header(LAST_STATUS),
         created_at: at,
         updated_at: at,
-    })
+    };
+    Some((info, event))
 }
 
 impl Outbox for JetStream {

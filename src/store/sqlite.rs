@@ -169,6 +169,9 @@ pub struct Due {
     pub part: u32,
 }
 
+/// One delivery, its attempts and the event it sends (`None`: unreadable).
+pub type DeliveryDetail = (DeliveryInfo, Vec<AttemptInfo>, Option<StoredEvent>);
+
 /// A delivery as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryInfo {
@@ -672,11 +675,10 @@ impl Store {
             Filter::Any => (None, false),
         };
         // One statement per index: a session's deliveries, a state's, or all.
-        const COLUMNS: &str = "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at FROM deliveries";
         let sql = match (session, state) {
-            (Some(_), _) => format!("{COLUMNS} INDEXED BY deliveries_session WHERE session = ?6 AND id > ?2 AND (?1 IS NULL OR state = ?1) AND (?3 IS NULL OR webhook = ?3) AND (?4 = 0 OR attempts > 0) ORDER BY id LIMIT ?5"),
-            (None, Some(_)) => format!("{COLUMNS} WHERE state = ?1 AND id > ?2 AND (?3 IS NULL OR webhook = ?3) AND (?4 = 0 OR attempts > 0) AND ?6 IS NULL ORDER BY id LIMIT ?5"),
-            (None, None) => format!("{COLUMNS} WHERE ?1 IS NULL AND id > ?2 AND (?3 IS NULL OR webhook = ?3) AND ?4 = 0 AND ?6 IS NULL ORDER BY id LIMIT ?5"),
+            (Some(_), _) => format!("{DELIVERY_COLUMNS} INDEXED BY deliveries_session WHERE session = ?6 AND id > ?2 AND (?1 IS NULL OR state = ?1) AND (?3 IS NULL OR webhook = ?3) AND (?4 = 0 OR attempts > 0) ORDER BY id LIMIT ?5"),
+            (None, Some(_)) => format!("{DELIVERY_COLUMNS} WHERE state = ?1 AND id > ?2 AND (?3 IS NULL OR webhook = ?3) AND (?4 = 0 OR attempts > 0) AND ?6 IS NULL ORDER BY id LIMIT ?5"),
+            (None, None) => format!("{DELIVERY_COLUMNS} WHERE ?1 IS NULL AND id > ?2 AND (?3 IS NULL OR webhook = ?3) AND ?4 = 0 AND ?6 IS NULL ORDER BY id LIMIT ?5"),
         };
         self.read(|c| {
             let mut st = c.prepare_cached(&sql)?;
@@ -696,27 +698,20 @@ impl Store {
     }
 
     /// One delivery and its attempts.
-    pub fn delivery(
-        &self,
-        id: i64,
-    ) -> Result<Option<(DeliveryInfo, Vec<AttemptInfo>)>, StoreError> {
+    pub fn delivery(&self, id: i64) -> Result<Option<DeliveryDetail>, StoreError> {
         self.read(|c| {
-            let info = c
-                .query_row(
-                    "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at
-                     FROM deliveries WHERE id = ?1",
-                    [id],
-                    info_row,
-                )
+            let found = c
+                .prepare_cached(&format!("{DELIVERY_COLUMNS} WHERE id = ?1"))?
+                .query_row([id], delivery_row)
                 .optional()?;
-            let Some(info) = info else { return Ok(None) };
+            let Some((info, event)) = found else { return Ok(None) };
             let mut st = c.prepare_cached("SELECT ROW_NUMBER() OVER (ORDER BY n), at, part, outcome, duration_ms, response FROM attempts WHERE delivery_id = ?1 ORDER BY n")?;
             let attempts = st
                 .query_map([id], |r| {
                     Ok(AttemptInfo { n: r.get(0)?, at: r.get(1)?, part: r.get(2)?, outcome: r.get(3)?, duration_ms: r.get(4)?, response: r.get(5)? })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Some((info, attempts)))
+            Ok(Some((info, attempts, event)))
         })
     }
 
@@ -735,16 +730,6 @@ impl Store {
             )?
             .query_row(params![session, id, webhook], |r| r.get(0))
         })
-    }
-
-    /// The event a delivery sends.
-    pub fn delivery_event(&self, id: i64) -> Result<Option<StoredEvent>, StoreError> {
-        let json: Option<String> = self.read(|c| {
-            c.prepare_cached("SELECT event FROM deliveries WHERE id = ?1")?
-                .query_row([id], |r| r.get(0))
-                .optional()
-        })?;
-        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
     pub fn webhook_state(&self, webhook: &str) -> Result<WebhookState, StoreError> {
@@ -944,19 +929,30 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     c.execute_batch("CREATE INDEX IF NOT EXISTS deliveries_session ON deliveries (session, id);")
 }
 
+/// What the admin API reads of a delivery, in the order [`delivery_row`]
+/// takes it.
+const DELIVERY_COLUMNS: &str = "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at, session FROM deliveries";
+
 fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
+    delivery_row(r).map(|(info, _)| info)
+}
+
+/// A row of [`DELIVERY_COLUMNS`]: the delivery as the admin API shows it,
+/// and the event it sends (`None`: unreadable).
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryInfo, Option<StoredEvent>)> {
     let event: String = r.get(3)?;
-    let (event_type, session) = serde_json::from_str::<StoredEvent>(&event)
-        .map(|e| (e.event.event_type, super::session_key(&e.event.embed_id)))
-        .unwrap_or_default();
+    let event = serde_json::from_str::<StoredEvent>(&event).ok();
     let state: String = r.get(4)?;
     let next_at: i64 = r.get(7)?;
-    Ok(DeliveryInfo {
+    let info = DeliveryInfo {
         id: r.get(0)?,
         webhook: r.get(1)?,
-        session,
+        session: r.get(11)?,
         event_uuid: r.get(2)?,
-        event_type,
+        event_type: event
+            .as_ref()
+            .map(|e| e.event.event_type.clone())
+            .unwrap_or_default(),
         next_attempt_at: (state == "pending").then_some(next_at),
         state,
         attempts: r.get(5)?,
@@ -964,7 +960,8 @@ fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
         last_status: r.get(8)?,
         created_at: r.get(9)?,
         updated_at: r.get(10)?,
-    })
+    };
+    Ok((info, event))
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1475,7 +1472,7 @@ mod tests {
             .list_deliveries(Filter::State(State::Dead), None, None, 0, 10)
             .unwrap();
         assert_eq!(dead.len(), 1);
-        let (_, attempts) = store.delivery(id).unwrap().unwrap();
+        let (_, attempts, _) = store.delivery(id).unwrap().unwrap();
         assert_eq!(
             (
                 attempts[0].outcome.as_str(),
@@ -1566,7 +1563,7 @@ mod tests {
         attempt(&store, "200");
         store.append_event("s1", &event("x3").event).unwrap();
         store.flush().unwrap();
-        let (_, attempts) = store.delivery(id).unwrap().unwrap();
+        let (_, attempts, _) = store.delivery(id).unwrap().unwrap();
         assert_eq!(
             attempts
                 .iter()

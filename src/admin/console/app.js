@@ -180,8 +180,11 @@ function viewContext() {
   };
 }
 
-/** Renders `region` from `fetch` and keeps it fresh; unchanged data is not redrawn. */
-function liveRegion(ctx, region, fetchData, draw, ms) {
+/**
+ * Renders `region` from `fetchData` and keeps it fresh; unchanged data is
+ * not redrawn. Resolves, once drawn, with the function that loads it again.
+ */
+async function liveRegion(ctx, region, fetchData, draw, ms) {
   let last = null;
   const load = async () => {
     const data = await fetchData();
@@ -190,11 +193,11 @@ function liveRegion(ctx, region, fetchData, draw, ms) {
     last = key;
     region.replaceChildren(...[draw(data)].flat());
   };
-  const first = load().catch((e) => {
+  if (ms) ctx.every(ms, load);
+  await load().catch((e) => {
     if (e.status !== 401 && ctx.alive()) region.replaceChildren(h("p", { class: "error" }, errorText(e)));
   });
-  if (ms) ctx.every(ms, load);
-  return first;
+  return load;
 }
 
 function page(title, ...children) {
@@ -736,20 +739,7 @@ async function webhooks(ctx) {
       ),
       "No webhooks.",
     );
-  let last = null;
-  reload = async () => {
-    const data = await fetchAll();
-    const key = JSON.stringify(data);
-    if (!ctx.alive() || key === last) return;
-    last = key;
-    region.replaceChildren(draw(data));
-  };
-  try {
-    await reload();
-  } catch (e) {
-    if (e.status !== 401) region.replaceChildren(h("p", { class: "error" }, errorText(e)));
-  }
-  ctx.every(5000, reload);
+  reload = await liveRegion(ctx, region, fetchAll, draw, 5000);
 }
 
 const FORMATS = ["oneschema", "dromo", "dromo-basic", "flatfile"];
