@@ -1,7 +1,7 @@
 //! Wiring: one Pingora `Server` with the proxy, the pipeline, the admin
 //! listener and the rules reloader as its services.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use crate::deliver::Dispatcher;
 use crate::derive::exchange::Budget;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Pushed};
+use crate::proxy::listener::BoundSocket;
 use crate::proxy::Tap;
 use crate::rules::{self, Rules};
 use crate::store::jetstream::JetStream;
@@ -99,7 +100,9 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));
     metrics.rules_reloads.with_label_values(&["success"]).inc();
-    check_bindable(config.listen)
+    // Both listeners are bound first: a taken port is a start-up error,
+    // and no other process can take it while the rest starts.
+    let proxy_listener = BoundSocket::bind(config.listen)
         .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin_listen)
         .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
@@ -238,7 +241,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         Tap::new(shared.clone(), tx, upstream, budget),
     );
     proxy.add_tcp(&listen);
-    server.add_service(proxy);
+    server.add_service(proxy_listener.serve(proxy));
     let signal: Box<dyn ShutdownSignalWatch> = match stop {
         Stop::Signals => {
             let signals: Box<dyn ShutdownSignalWatch> = Box::new(Signals { stop: stop_watch });
@@ -275,10 +278,6 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     deliver_rt.shutdown_timeout(Duration::from_secs(1));
     store.close();
     Ok(())
-}
-
-fn check_bindable(addr: SocketAddr) -> std::io::Result<()> {
-    TcpListener::bind(addr).map(drop)
 }
 
 /// How much of the drain deadline a fast stop (SIGINT) allows.

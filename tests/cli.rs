@@ -228,3 +228,33 @@ fn eval_explains_each_webhook() {
         ]
     );
 }
+
+#[test]
+fn a_taken_listen_port_stops_start_up_with_its_name() {
+    // Held for the whole test: nobody else can take it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = format!(
+        "listen: 127.0.0.1:{port}\nupstream: http://127.0.0.1:9\nadmin_listen: {}\nrules_dir: rules\ndata_dir: data\n",
+        free.local_addr().unwrap()
+    );
+    drop(free);
+    write(dir.path(), "taphook.yaml", &config);
+    let out = taphook(
+        &[
+            "run",
+            "--config",
+            dir.path().join("taphook.yaml").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("cannot listen on 127.0.0.1:{port} (listen)")),
+        "{text}"
+    );
+}

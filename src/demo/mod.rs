@@ -51,8 +51,23 @@ pub fn run() -> anyhow::Result<()> {
     runtime.block_on(demo())
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port (bound, read, released), for a process started
+/// next to bind. It is drawn below the kernel's ephemeral range, so an
+/// outgoing connection or another `bind(0)` cannot take it once released
+/// (before the process binds it, or between a stop and a restart).
 pub fn free_port() -> std::io::Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 11_000 {
+        for _ in 0..200 {
+            let port = fastrand::u16(10_000..ephemeral_low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
