@@ -59,8 +59,7 @@ impl Shared {
     /// Reloads the rules directory; a failing load keeps the current
     /// rules, logs every problem and is counted.
     pub fn reload_rules(&self) -> Result<(), rules::Problems> {
-        let loaded = rules::load_dir(&self.config.rules_dir, &rules::source::process_env)
-            .and_then(|new| self.config.supports(&new).map(|()| new));
+        let loaded = rules::load_dir(&self.config.rules_dir, &rules::source::process_env);
         match loaded {
             Ok(new) => {
                 self.metrics

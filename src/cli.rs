@@ -193,9 +193,8 @@ fn init_logging(format: LogFormat) {
 
 fn load_config(path: &Path) -> anyhow::Result<(Config, Rules)> {
     let config = Config::load(path, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
-    let rules = rules::load_dir(&config.rules_dir, &process_env)
-        .and_then(|rules| config.supports(&rules).map(|()| rules))
-        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    let rules =
+        rules::load_dir(&config.rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
     Ok((config, rules))
 }
 
@@ -215,10 +214,8 @@ fn check(config: Option<PathBuf>, rules_dir: Option<PathBuf>, path: Option<PathB
         (None, None, None) => (Some(PathBuf::from("taphook.yaml")), None),
     };
     let loaded = match (config, rules_dir) {
-        (Some(c), _) => Config::load(&c, &process_env).and_then(|cfg| {
-            let rules = rules::load_dir(&cfg.rules_dir, &process_env)?;
-            cfg.supports(&rules).map(|()| rules)
-        }),
+        (Some(c), _) => Config::load(&c, &process_env)
+            .and_then(|cfg| rules::load_dir(&cfg.rules_dir, &process_env)),
         (_, Some(r)) => rules::load_dir(&r, &process_env),
         (None, None) => unreachable!("one of them is set above"),
     };

@@ -465,35 +465,6 @@ impl Config {
 
 /// The store section: a JetStream backend needs a `nats://` URL and a
 /// prefix NATS accepts in names.
-impl Config {
-    /// Rules this configuration can run: `ordering: session` needs the
-    /// embedded store (the JetStream store does not keep a session's
-    /// order yet), so with JetStream each such webhook is a problem at
-    /// its definition.
-    pub fn supports(&self, rules: &crate::rules::Rules) -> Result<(), Problems> {
-        if matches!(self.store, StoreBackend::Embedded) {
-            return Ok(());
-        }
-        let problems: Vec<Problem> = rules
-            .webhooks
-            .iter()
-            .filter(|w| w.ordering == crate::rules::model::Ordering::Session)
-            .map(|w| {
-                Problem::new(
-                    &w.origin.file,
-                    w.origin.line,
-                    format!("webhook `{}`: `ordering: session` needs the embedded store; the jetstream store does not keep a session's order yet", w.key),
-                )
-            })
-            .collect();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Problems(problems))
-        }
-    }
-}
-
 fn lower_store(raw: &RawStore, doc: &Document, problems: &mut Vec<Problem>) -> StoreBackend {
     if raw.backend == RawBackend::Embedded {
         for (key, set) in [

@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use common::ordered::{step_by_step, Recorder};
 use common::*;
 use futures::StreamExt as _;
 use serde_json::{json, Value};
@@ -147,66 +144,9 @@ async fn a_rate_limit_spreads_a_backlog_over_time_and_spends_no_attempt() {
 }
 
 /// The steps of an importer session, in order.
-const STEPS: [&str; 6] = [
-    "embed_initialized",
-    "file_uploaded",
-    "header_selected",
-    "columns_mapped",
-    "import_submitted",
-    "embed_closed",
-];
-
-/// A receiver that fails each session's third event (`header_selected`)
-/// twice with 503 and records every arrival: (when, session, step, status).
-#[derive(Default)]
-struct Recorder {
-    arrivals: Mutex<Vec<(Instant, String, usize, u16)>>,
-    failed: Mutex<HashMap<String, u32>>,
-}
-
-async fn record(State(rec): State<Arc<Recorder>>, body: axum::body::Bytes) -> StatusCode {
-    let at = Instant::now();
-    let event: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let session = event["embed_id"].as_str().unwrap_or_default().to_string();
-    let step = STEPS
-        .iter()
-        .position(|s| event["event_type"] == *s)
-        .unwrap_or(usize::MAX);
-    // Long enough that sessions' deliveries overlap.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let status = if step == 2 {
-        let mut failed = rec.failed.lock().unwrap();
-        let n = failed.entry(session.clone()).or_default();
-        *n += 1;
-        if *n <= 2 {
-            503
-        } else {
-            200
-        }
-    } else {
-        200
-    };
-    rec.arrivals
-        .lock()
-        .unwrap()
-        .push((at, session, step, status));
-    StatusCode::from_u16(status).unwrap()
-}
-
-async fn recorder() -> (Arc<Recorder>, String) {
-    let rec = Arc::new(Recorder::default());
-    let app = axum::Router::new()
-        .route("/ordered", axum::routing::post(record))
-        .with_state(rec.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/ordered", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (rec, url)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordering_by_session_keeps_each_sessions_order_through_retries_and_a_restart() {
-    let (rec, url) = recorder().await;
+    let (rec, url) = Recorder::start().await;
     let hooks = format!(
         "webhooks:\n  - key: ordered\n    url: {url}\n    events: [\"*\"]\n    ordering: session\n    retry: {{ on: [503], backoff: [300ms] }}\n"
     );
@@ -216,97 +156,19 @@ async fn ordering_by_session_keeps_each_sessions_order_through_retries_and_a_res
         ..Default::default()
     })
     .await;
-    // Step by step, every session at each step: accepted in this order.
     let sessions: Vec<String> = (0..20).map(|s| format!("session-{s}")).collect();
-    let events: Vec<Value> = STEPS
-        .iter()
-        .flat_map(|step| {
-            sessions
-                .iter()
-                .map(move |s| json!({"event_type": step, "embed_id": s}))
-        })
-        .collect();
-    push_all(&stack, events, 1).await;
+    push_all(&stack, step_by_step(&sessions), 1).await;
 
-    let delivered = |rec: &Recorder| {
-        rec.arrivals
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|a| a.3 == 200)
-            .count()
-    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while delivered(&rec) < 40 {
+    while rec.delivered() < 40 {
         assert!(Instant::now() < deadline, "{}", stack.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Killed mid-way: what is pending stays, in order.
     stack.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = rec.arrivals.lock().unwrap().clone();
-        let done = sessions.iter().all(|s| {
-            (0..STEPS.len()).all(|step| got.iter().any(|a| a.1 == *s && a.2 == step && a.3 == 200))
-        });
-        if done {
-            break;
-        }
-        if Instant::now() > deadline {
-            let unfinished: Vec<_> = sessions
-                .iter()
-                .filter(|s| got.iter().filter(|a| a.1 == **s && a.3 == 200).count() < STEPS.len())
-                .map(|s| {
-                    (
-                        s,
-                        got.iter()
-                            .filter(|a| a.1 == *s)
-                            .map(|a| (a.2, a.3))
-                            .collect::<Vec<_>>(),
-                    )
-                })
-                .collect();
-            let (_, pending) = stack
-                .api(TOKEN, "GET", "/v1/deliveries?state=pending", None)
-                .await;
-            panic!(
-                "unfinished: {unfinished:?}\npending: {pending}\n{}",
-                stack.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let mut arrivals = rec.arrivals.lock().unwrap().clone();
-    arrivals.sort_by_key(|a| a.0);
-    let mut spans = Vec::new();
-    for s in &sessions {
-        let mine: Vec<_> = arrivals.iter().filter(|a| a.1 == *s).collect();
-        // No attempt of a step before every earlier step was delivered (a
-        // step may arrive twice around the restart: at least once).
-        let mut delivered_upto = 0;
-        for a in &mine {
-            assert!(
-                a.2 <= delivered_upto,
-                "{s}: step {} arrived before step {} was delivered: {mine:?}",
-                a.2,
-                delivered_upto
-            );
-            if a.3 == 200 && a.2 == delivered_upto {
-                delivered_upto += 1;
-            }
-        }
-        assert_eq!(delivered_upto, STEPS.len(), "{s}: {mine:?}");
-        // The third step failed twice, then went through.
-        let third: Vec<u16> = mine.iter().filter(|a| a.2 == 2).map(|a| a.3).collect();
-        assert_eq!(third[..3], [503, 503, 200], "{s}: {mine:?}");
-        spans.push((mine[0].0, mine.last().unwrap().0));
-    }
-    // Sessions went side by side: every session had started before any
-    // had finished.
-    let last_start = spans.iter().map(|s| s.0).max().unwrap();
-    let first_end = spans.iter().map(|s| s.1).min().unwrap();
-    assert!(last_start < first_end, "sessions went one after another");
+    rec.wait_done(&sessions, Duration::from_secs(60), || stack.log())
+        .await;
+    rec.assert_in_order(&sessions);
 }
 
 #[test]

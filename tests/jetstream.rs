@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::ordered::{step_by_step, Recorder};
 use common::*;
 use futures::StreamExt as _;
 use serde_json::{json, Value};
@@ -801,7 +802,8 @@ async fn wait_webhook(cluster: &Cluster, i: usize, expected: u16) {
         }
         assert!(
             Instant::now() < deadline,
-            "replica {i}: {status}, not {expected}"
+            "replica {i}: {status}, not {expected}\n{}",
+            cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -983,9 +985,12 @@ async fn renamed_and_deleted_webhooks_keep_their_backlog() {
     cluster.receiver.default_reply("/c", Reply::Status(200));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        // Answered 200: one answered 503 just before the switch is
+        // still pending.
         let after: std::collections::BTreeSet<String> = cluster.receiver.received_on("/c")
             [before..]
             .iter()
+            .filter(|r| r.status == 200)
             .map(|r| r.json()["uuid"].as_str().unwrap().to_string())
             .collect();
         if failed.keys().all(|uuid| after.contains(uuid)) {
@@ -1076,38 +1081,87 @@ async fn a_rate_limit_is_the_webhooks_across_three_replicas() {
     assert!(limited > 0.0);
 }
 
-/// `ordering: session` needs the embedded store: with JetStream, it is a
-/// rules error at start naming the webhook's file and line.
+/// `ordering: session` across three replicas: each session's deliveries
+/// go out one at a time, in the order the cluster accepted them, whichever
+/// replica pulls them, through retries and a replica killed mid-way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ordering_by_session_is_refused_with_jetstream() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(
-        dir.path().join("rules/hooks.yaml"),
-        "webhooks:\n  - key: ordered\n    url: http://127.0.0.1:9/x\n    events: [\"*\"]\n    ordering: session\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("rules/routes.yaml"),
-        taphook::demo::ONESCHEMA_PROFILE,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("taphook.yaml"),
-        "upstream: http://127.0.0.1:9\nrules_dir: rules\nstore:\n  backend: jetstream\n  url: nats://127.0.0.1:9\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taphook"))
-        .args(["check", "--config"])
-        .arg(dir.path().join("taphook.yaml"))
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("hooks.yaml:2"), "{text}");
-    assert!(
-        text.contains("`ordering: session` needs the embedded store"),
-        "{text}"
+async fn ordering_by_session_holds_across_three_replicas() {
+    let (rec, url) = Recorder::start().await;
+    let hooks = format!(
+        "webhooks:\n  - key: ordered\n    url: {url}\n    events: [\"*\"]\n    ordering: session\n    retry: {{ on: [503], backoff: [300ms] }}\n"
     );
+    let mut cluster = Cluster::start(3, &hooks).await;
+    let sessions: Vec<String> = (0..20).map(|s| format!("session-{s}")).collect();
+    // One at a time through replica 0: accepted in this order.
+    for event in step_by_step(&sessions) {
+        let (status, body) = cluster.api(0, "POST", "/v1/events", Some(event)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rec.delivered() < 40 {
+        assert!(Instant::now() < deadline, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A replica killed mid-way: what it held comes back after ack_wait,
+    // and its sessions' later deliveries wait for it.
+    cluster.replicas[1].kill9();
+    rec.wait_done(&sessions, Duration::from_secs(90), || cluster.logs())
+        .await;
+    rec.assert_in_order(&sessions);
+    // Every live replica took part.
+    for i in [0, 2] {
+        let text = cluster.metrics(i).await;
+        let sent = metric_value(
+            &text,
+            "taphook_delivery_attempts_total{status_class=\"2xx\",webhook=\"ordered\"}",
+        );
+        assert!(sent > 0.0, "replica {i} sent none\n{}", cluster.logs());
+    }
+}
+
+/// Deliveries stored by an earlier build, on subjects without a session
+/// (`taphook.deliveries.<webhook>`, `taphook.retry.<webhook>`), move to
+/// their session's subject when an instance connects, and are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_on_the_subjects_of_earlier_builds_are_delivered() {
+    let hooks = "webhooks:\n  - key: legacy\n    url: {receiver}/legacy\n    events: [\"*\"]\n";
+    let mut cluster = Cluster::start(1, hooks).await;
+    cluster.replicas[0].kill9();
+    let js = async_nats::jetstream::new(async_nats::connect(cluster.nats.url()).await.unwrap());
+    for (i, kind) in ["deliveries", "deliveries", "retry"].iter().enumerate() {
+        let uuid = format!("00000000-0000-4000-8000-00000000000{i}");
+        let body = json!({"event": {
+            "uuid": uuid, "embed_id": format!("old-{i}"), "embed_jwt": null,
+            "environment_name": "production", "template_key": "contacts",
+            "event_type": "embed_initialized", "trigger_type": "api",
+            "data": {}, "created_at": 1.0
+        }});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("legacy:{uuid}").as_str());
+        headers.insert("Taphook-Attempts", if *kind == "retry" { "1" } else { "0" });
+        headers.insert("Taphook-Due", "0");
+        js.publish_with_headers(
+            format!("taphook.{kind}.legacy"),
+            headers,
+            body.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let replica = cluster.launch(0).await;
+    cluster.replicas[0] = replica;
+    let got = cluster
+        .wait_distinct("/legacy", 3, Duration::from_secs(20))
+        .await;
+    let mut embeds: Vec<&str> = got
+        .values()
+        .map(|(_, e)| e["embed_id"].as_str().unwrap())
+        .collect();
+    embeds.sort();
+    assert_eq!(embeds, ["old-0", "old-1", "old-2"], "{}", cluster.logs());
+    assert!(cluster.replicas[0]
+        .log()
+        .contains("deliveries moved to their session's subject"));
 }

@@ -349,10 +349,6 @@ where
     let (changes, rules) = planned
         .await
         .map_err(|e| ApiError::internal(format!("the change was interrupted: {e}")))??;
-    shared
-        .config
-        .supports(&rules)
-        .map_err(|problems| invalid(WriteError::Invalid(problems), &changes))?;
     // Shared first (JetStream): every instance, this one included, makes
     // what the bucket holds.
     if let Some(js) = &shared.jetstream {

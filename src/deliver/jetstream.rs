@@ -22,7 +22,10 @@ use tracing::Instrument as _;
 
 use super::retry::Attempt;
 use super::{delivery_span, Dispatcher};
-use crate::store::jetstream::{JetStream, WebhookHealth, ATTEMPTS, DUE, LAST_STATUS, PART};
+use crate::rules::model::Ordering;
+use crate::store::jetstream::{
+    order_of, session_of, JetStream, WebhookHealth, ATTEMPTS, DUE, LAST_STATUS, PART,
+};
 use crate::store::sqlite::{now_ms, Due, StoredEvent};
 
 /// Added to a webhook's timeout for `ack_wait`: an attempt's timeout
@@ -51,6 +54,9 @@ fn recorded_lately(health: &WebhookHealth, now: i64, pause_after: Duration) -> b
 /// waits before it is offered again (to whoever pulls then).
 const HOLD: Duration = Duration::from_secs(1);
 
+/// How often deliveries on the subjects of earlier builds are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// Until `shutdown`: one consumer loop per webhook of the current rules,
 /// and the retry mover. Then in-flight deliveries finish, up to `drain`.
 pub async fn supervise(
@@ -64,7 +70,16 @@ pub async fn supervise(
         std::collections::HashMap::new();
     let mover = tokio::spawn(move_retries(js.clone(), stop_rx.clone()));
     let mut last_gauges = tokio::time::Instant::now() - Duration::from_secs(3600);
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
+        // What an instance of an earlier build published, during a
+        // rolling upgrade, moves to its session's subject.
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = tokio::time::Instant::now();
+            if let Err(e) = js.move_to_session_subjects().await {
+                tracing::warn!(error = %e, "cannot move deliveries to their session's subject");
+            }
+        }
         // Every instance reports the same counts: aggregate them with max.
         if last_gauges.elapsed() >= Duration::from_secs(2) {
             last_gauges = tokio::time::Instant::now();
@@ -288,12 +303,15 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
         let _ = msg.ack_with(AckKind::Term).await;
         return;
     };
+    let sequence = msg.info().map_or(0, |i| i.stream_sequence);
     let due = Due {
-        id: msg.info().map_or(0, |i| i.stream_sequence as i64),
+        id: sequence as i64,
         attempts: header(msg.headers.as_ref(), ATTEMPTS).unwrap_or(0),
         part: header(msg.headers.as_ref(), PART).unwrap_or(0),
         event: std::sync::Arc::new(event),
     };
+    let order = order_of(msg.headers.as_ref(), sequence);
+    let session = session_of(&due.event);
     let span = delivery_span(key, &due);
     async {
         let Some(webhook) = d.webhook(key) else {
@@ -307,6 +325,13 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
         if before.disabled.is_some() || (before.paused && !probe) {
             let _ = msg.ack_with(AckKind::Nak(Some(HOLD))).await;
             return;
+        }
+        if webhook.ordering == Ordering::Session {
+            if let Some(session) = &session {
+                if !its_turn(js, key, session, order, &due, &msg).await {
+                    return;
+                }
+            }
         }
         let outcome = d.attempt(&webhook, &due).await;
         // What follows (state, moves) gets a fresh ack_wait.
@@ -369,9 +394,9 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
             if (due.part as usize) + 1 < outcome.parts {
                 let id = JetStream::move_id("part", due.id as u64);
                 let (headers, body) =
-                    JetStream::delivery_message(&id, &due.event, due.part + 1, 0);
-                js.publish_now(js.names.delivery_subject(key), headers, body)
-                    .await
+                    JetStream::delivery_message(&id, &due.event, due.part + 1, 0, Some(order));
+                let subject = js.names.delivery_subject(key, session.as_deref());
+                js.publish_now(subject, headers, body).await
             } else {
                 metrics.deliveries.with_label_values(&[key, "delivered"]).inc();
                 let latency = now_ms() as f64 / 1000.0 - due.event.event.created_at;
@@ -386,18 +411,29 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
                     let at = now_ms() + delay.as_millis() as i64 + jitter as i64;
                     tracing::debug!(attempt = ?outcome.attempt, ?delay, "attempt failed; retrying");
                     let id = JetStream::move_id("retry", due.id as u64);
-                    let (mut headers, body) =
-                        JetStream::delivery_message(&id, &due.event, due.part, due.attempts + 1);
+                    let (mut headers, body) = JetStream::delivery_message(
+                        &id,
+                        &due.event,
+                        due.part,
+                        due.attempts + 1,
+                        Some(order),
+                    );
                     headers.insert(DUE, at.to_string().as_str());
                     headers.insert(LAST_STATUS, label.as_str());
-                    js.publish_now(js.names.retry_subject(key), headers, body).await
+                    let subject = js.names.retry_subject(key, session.as_deref());
+                    js.publish_now(subject, headers, body).await
                 }
                 None => {
                     tracing::warn!(attempt = ?outcome.attempt, "delivery failed; dead letter");
                     metrics.deliveries.with_label_values(&[key, "dead"]).inc();
                     let id = JetStream::move_id("dead", due.id as u64);
-                    let (mut headers, body) =
-                        JetStream::delivery_message(&id, &due.event, due.part, due.attempts + 1);
+                    let (mut headers, body) = JetStream::delivery_message(
+                        &id,
+                        &due.event,
+                        due.part,
+                        due.attempts + 1,
+                        Some(order),
+                    );
                     headers.insert(LAST_STATUS, label.as_str());
                     js.publish_now(js.names.dead_subject(key), headers, body).await
                 }
@@ -418,6 +454,50 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
     }
     .instrument(span)
     .await
+}
+
+/// `ordering: session`: whether the delivery `msg` holds (place `order`
+/// in `session`) may be attempted now. If an earlier delivery of the
+/// session is not settled, it is parked on the retry subject until that
+/// one's turn is likely over (no attempt spent, no slot held), and the
+/// message is done with here.
+async fn its_turn(
+    js: &JetStream,
+    key: &str,
+    session: &str,
+    order: u64,
+    due: &Due,
+    msg: &Message,
+) -> bool {
+    let sequence = due.id as u64;
+    let until = match js.ahead_in_session(key, session, order, sequence).await {
+        Ok(None) => return true,
+        Ok(Some(until)) => until,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the session's order; trying again");
+            let _ = msg.ack_with(AckKind::Nak(Some(HOLD))).await;
+            return false;
+        }
+    };
+    tracing::debug!(until, "an earlier delivery of the session is not settled; held");
+    let id = JetStream::move_id("held", sequence);
+    let (mut headers, body) =
+        JetStream::delivery_message(&id, &due.event, due.part, due.attempts, Some(order));
+    headers.insert(DUE, until.to_string().as_str());
+    if let Some(status) = msg.headers.as_ref().and_then(|h| h.get(LAST_STATUS)) {
+        headers.insert(LAST_STATUS, status.as_str());
+    }
+    let subject = js.names.retry_subject(key, Some(session));
+    match js.publish_now(subject, headers, body).await {
+        Ok(()) => {
+            let _ = msg.double_ack().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot park a held delivery; trying again");
+            let _ = msg.ack_with(AckKind::Nak(Some(HOLD))).await;
+        }
+    }
+    false
 }
 
 /// Puts parked retries back on their webhook's subject when they are due.

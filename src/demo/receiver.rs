@@ -33,6 +33,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 impl Recorded {
@@ -145,22 +147,28 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let body = axum::body::to_bytes(body, 64 << 20)
         .await
         .unwrap_or_default();
-    let recorded = Recorded {
+    let mut recorded = Recorded {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
         headers: parts.headers,
         body,
         at: Instant::now(),
+        status: 200,
     };
     let reply = {
         let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.received.push(recorded.clone());
-        inner
+        let reply = inner
             .scripts
             .get_mut(&recorded.path)
             .and_then(VecDeque::pop_front)
             .or_else(|| inner.defaults.get(&recorded.path).copied())
-            .unwrap_or(Reply::Status(200))
+            .unwrap_or(Reply::Status(200));
+        recorded.status = match reply {
+            Reply::Status(s) | Reply::RetryAfter(s, _) | Reply::Slow(_, s) => s,
+            Reply::Hang => 200,
+        };
+        inner.received.push(recorded.clone());
+        reply
     };
     let _ = shared.arrivals.send(recorded);
     match reply {

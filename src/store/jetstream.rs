@@ -5,8 +5,10 @@
 //!   cluster-wide dedup of events: each is published with `Nats-Msg-Id` =
 //!   its UUID, so the same event seen by two instances is stored once
 //!   within the duplicate window (`dedup.ttl`).
-//! - `<P>_DELIVERIES`, a work queue (`<p>.deliveries.<webhook>`, and
-//!   `<p>.retry.<webhook>` for retries waiting their turn): the outbox.
+//! - `<P>_DELIVERIES`, a work queue (`<p>.deliveries.<webhook>.<session>`,
+//!   and `<p>.retry.<webhook>.<session>` for retries waiting their turn):
+//!   the outbox. The session token lets `ordering: session` read a
+//!   session's own deliveries ([`order`]).
 //!   A delivery's `Nats-Msg-Id` is `<webhook>:<uuid>`, so a webhook gets an
 //!   event once however many instances saw it. One durable pull consumer
 //!   per webhook, shared by every instance, hands each delivery to one of
@@ -46,12 +48,18 @@ use crate::config::JetStreamConfig;
 use crate::event::Event;
 use crate::metrics::Metrics;
 
+mod order;
+pub use order::{keep_order, order_of, session_in};
+
 /// Headers a delivery message carries besides `Nats-Msg-Id`.
 pub const ATTEMPTS: &str = "Taphook-Attempts";
 pub const PART: &str = "Taphook-Part";
 /// A parked retry's due time (ms since the epoch).
 pub const DUE: &str = "Taphook-Due";
 pub const LAST_STATUS: &str = "Taphook-Last-Status";
+/// A delivery's place in its session's order: the stream sequence it was
+/// first stored at (absent on that first message: its own sequence).
+pub const ORDER: &str = "Taphook-Order";
 
 /// How long a read (a session, the event log) waits for NATS. While NATS
 /// is unreachable, reads do not wait: the pipeline must keep up.
@@ -81,6 +89,17 @@ pub fn token(text: &str) -> String {
         return text.to_string();
     }
     format!("_{}", URL_SAFE_NO_PAD.encode(text))
+}
+
+/// A delivery's session as a subject token: `_` for an event without one
+/// (a session's token is never `_`: an encoded one has more after it).
+pub fn session_token(session: Option<&str>) -> String {
+    token(session.unwrap_or(""))
+}
+
+/// The session an event's deliveries go in order in.
+pub fn session_of(event: &StoredEvent) -> Option<String> {
+    super::session_key(&event.event.embed_id)
 }
 
 /// The text a [`token`] stands for.
@@ -126,11 +145,31 @@ impl Names {
     pub fn event_subject(&self, session: &str) -> String {
         format!("{}.events.{}", self.prefix, token(session))
     }
-    pub fn delivery_subject(&self, webhook: &str) -> String {
-        format!("{}.deliveries.{}", self.prefix, token(webhook))
+    pub fn delivery_subject(&self, webhook: &str, session: Option<&str>) -> String {
+        format!(
+            "{}.deliveries.{}.{}",
+            self.prefix,
+            token(webhook),
+            session_token(session)
+        )
     }
-    pub fn retry_subject(&self, webhook: &str) -> String {
-        format!("{}.retry.{}", self.prefix, token(webhook))
+    pub fn retry_subject(&self, webhook: &str, session: Option<&str>) -> String {
+        format!(
+            "{}.retry.{}.{}",
+            self.prefix,
+            token(webhook),
+            session_token(session)
+        )
+    }
+    /// Every delivery of `webhook` waiting its turn (its consumer's filter).
+    pub fn delivery_filter(&self, webhook: &str) -> String {
+        format!("{}.deliveries.{}.*", self.prefix, token(webhook))
+    }
+    /// `webhook`'s deliveries of `kind` (`deliveries`, `retry`, `*`), of
+    /// one session or (`None`) every one.
+    pub fn backlog_filter(&self, kind: &str, webhook: &str, session: Option<&str>) -> String {
+        let session = session.map_or("*".to_string(), |s| session_token(Some(s)));
+        format!("{}.{kind}.{}.{session}", self.prefix, token(webhook))
     }
     pub fn retry_filter(&self) -> String {
         format!("{}.retry.>", self.prefix)
@@ -138,8 +177,10 @@ impl Names {
     pub fn dead_subject(&self, webhook: &str) -> String {
         format!("{}.dead.{}", self.prefix, token(webhook))
     }
+    /// A webhook's consumer (`_ws_`: of its sessions' subjects; `_wh_`
+    /// was the one earlier builds made, of `<p>.deliveries.<webhook>`).
     pub fn webhook_consumer(&self, webhook: &str) -> String {
-        format!("{}_wh_{}", self.prefix, token(webhook))
+        format!("{}_ws_{}", self.prefix, token(webhook))
     }
     pub fn retry_consumer(&self) -> String {
         format!("{}_retry", self.prefix)
@@ -343,6 +384,7 @@ impl JetStream {
             cache: MemorySessions::new(64 << 20, retention),
             runtime: tokio::runtime::Handle::current(),
         });
+        this.move_to_session_subjects().await?;
         tokio::spawn(this.clone().publish(writes));
         tokio::spawn(this.clone().watch_sessions());
         tokio::spawn(this.clone().watch_webhooks());
@@ -617,17 +659,22 @@ impl JetStream {
         }
     }
 
-    /// A delivery's message: the stored event as JSON, with its id.
+    /// A delivery's message: the stored event as JSON, with its id, and
+    /// its place in the session's order once it moves on from its first.
     pub fn delivery_message(
         id: &str,
         event: &StoredEvent,
         part: u32,
         attempts: u32,
+        order: Option<u64>,
     ) -> (HeaderMap, Bytes) {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", id);
         headers.insert(ATTEMPTS, attempts.to_string().as_str());
         headers.insert(PART, part.to_string().as_str());
+        if let Some(order) = order {
+            headers.insert(ORDER, order.to_string().as_str());
+        }
         let body = serde_json::to_vec(event).unwrap_or_default();
         (headers, Bytes::from(body))
     }
@@ -659,7 +706,7 @@ impl JetStream {
         let name = self.names.webhook_consumer(webhook);
         self.consumer(consumer::pull::Config {
             durable_name: Some(name.clone()),
-            filter_subject: self.names.delivery_subject(webhook),
+            filter_subject: self.names.delivery_filter(webhook),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait,
             max_ack_pending: concurrency as i64,
@@ -927,14 +974,26 @@ impl JetStream {
 /// deliveries are not kept (the work queue forgets them), and neither are
 /// attempts beyond the last status.
 impl JetStream {
-    fn stream_and_filter(&self, filter: Filter, webhook: Option<&str>) -> Option<(String, String)> {
+    /// The stream and subject filter deliveries matching `filter` (and
+    /// `webhook`, and `session`: exactly for those waiting, by reading
+    /// for dead letters) are read from.
+    fn stream_and_filter(
+        &self,
+        filter: Filter,
+        webhook: Option<&str>,
+        session: Option<&str>,
+    ) -> Option<(String, String)> {
         let p = &self.names.prefix;
         let w = webhook.map_or("*".to_string(), token);
+        let s = session.map_or("*".to_string(), |s| session_token(Some(s)));
         match filter {
             Filter::State(State::Pending) => {
-                Some((self.names.deliveries_stream(), format!("{p}.*.{w}")))
+                Some((self.names.deliveries_stream(), format!("{p}.*.{w}.{s}")))
             }
-            Filter::Failed => Some((self.names.deliveries_stream(), format!("{p}.retry.{w}"))),
+            Filter::Failed => Some((
+                self.names.deliveries_stream(),
+                format!("{p}.retry.{w}.{s}"),
+            )),
             Filter::State(State::Dead) => Some((self.names.dead_stream(), format!("{p}.dead.{w}"))),
             // Delivered deliveries leave the work queue; `Any` is two reads.
             Filter::State(State::Delivered) | Filter::Any => None,
@@ -963,7 +1022,7 @@ impl JetStream {
         };
         let mut out = Vec::new();
         for (filter, after) in reads {
-            let Some((stream, subjects)) = self.stream_and_filter(filter, webhook) else {
+            let Some((stream, subjects)) = self.stream_and_filter(filter, webhook, session) else {
                 continue;
             };
             let dead = stream == self.names.dead_stream();
@@ -973,7 +1032,11 @@ impl JetStream {
             let left = limit - out.len();
             out.extend(
                 read_subject(&stream, &subjects, from, left, |m| {
-                    delivery_info(&m, session).map(|(info, _)| info)
+                    // Parked behind its session's order, never attempted:
+                    // not failed.
+                    delivery_info(&m, session)
+                        .map(|(info, _)| info)
+                        .filter(|info| filter != Filter::Failed || info.attempts > 0)
                 })
                 .await,
             );
@@ -1013,14 +1076,19 @@ impl JetStream {
         let Some(webhook) = m.subject.as_str().rsplit('.').next().map(untoken) else {
             return Ok(false);
         };
+        let session = session_in(&m.payload);
         let mut headers = HeaderMap::new();
         let msg_id = format!("requeue:{}:{}", self.names.dead_stream(), m.sequence);
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         headers.insert(ATTEMPTS, "0");
         let part = m.headers.get(PART).map_or("0", |v| v.as_str());
         headers.insert(PART, part);
+        // Back in its session's order where it was.
+        if let Some(order) = m.headers.get(ORDER) {
+            headers.insert(ORDER, order.as_str());
+        }
         self.publish_now(
-            self.names.delivery_subject(&webhook),
+            self.names.delivery_subject(&webhook, session.as_deref()),
             headers,
             m.payload.clone(),
         )
@@ -1062,9 +1130,9 @@ impl JetStream {
                 .await;
         }
         let _ = self.webhooks.delete(token(from)).await;
-        self.move_backlog(from, "rename", |kind| match kind {
-            "retry" => (self.names.retry_subject(to), None),
-            _ => (self.names.delivery_subject(to), None),
+        self.move_backlog(from, "rename", |kind, session| match kind {
+            "retry" => (self.names.retry_subject(to, session), None),
+            _ => (self.names.delivery_subject(to, session), None),
         })
         .await
     }
@@ -1073,34 +1141,34 @@ impl JetStream {
     /// becomes dead letters (replayable), as with the embedded store.
     pub async fn delete_webhook(&self, webhook: &str) -> Result<usize, StoreError> {
         let _ = self.webhooks.delete(token(webhook)).await;
-        self.move_backlog(webhook, "deleted", |_| {
+        self.move_backlog(webhook, "deleted", |_, _| {
             (self.names.dead_subject(webhook), Some("webhook deleted"))
         })
         .await
     }
 
     /// Moves every waiting and parked delivery of `webhook` to the subject
-    /// `to` gives for its kind (`deliveries`, `retry`), then removes the
-    /// original; and removes the webhook's consumer.
+    /// `to` gives for its kind (`deliveries`, `retry`) and session, then
+    /// removes the original; and removes the webhook's consumer.
     async fn move_backlog(
         &self,
         webhook: &str,
         why: &str,
-        to: impl Fn(&str) -> (String, Option<&'static str>),
+        to: impl Fn(&str, Option<&str>) -> (String, Option<&'static str>),
     ) -> Result<usize, StoreError> {
         let stream = self.stream(&self.names.deliveries_stream()).await?;
         let _ = stream
             .delete_consumer(&self.names.webhook_consumer(webhook))
             .await;
         let mut moved = 0;
-        for (kind, subject) in [
-            ("deliveries", self.names.delivery_subject(webhook)),
-            ("retry", self.names.retry_subject(webhook)),
-        ] {
+        for kind in ["deliveries", "retry"] {
+            let subject = self.names.backlog_filter(kind, webhook, None);
             for m in read_subject(&stream, &subject, 1, usize::MAX, Some).await {
-                let (target, status) = to(kind);
+                let session = session_in(&m.payload);
+                let (target, status) = to(kind, session.as_deref());
                 let mut headers = m.headers.clone();
                 headers.insert("Nats-Msg-Id", Self::move_id(why, m.sequence).as_str());
+                keep_order(&mut headers, m.sequence);
                 if let Some(status) = status {
                     headers.insert(LAST_STATUS, status);
                 }
@@ -1113,29 +1181,47 @@ impl JetStream {
     }
 
     /// (webhook, state, count) as the embedded store's `counts` gives
-    /// them: pending (due, in flight or parked) and dead.
+    /// them: pending (due, in flight or parked) and dead. Those waiting
+    /// their turn are counted by the webhooks' consumers (one read for
+    /// all, however many sessions' subjects they span), parked and dead
+    /// ones by subject.
     pub async fn counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
         let p = &self.names.prefix;
         let mut out: Vec<(String, String, i64)> = Vec::new();
+        let mut add = |webhook: String, state: &str, count: i64| {
+            match out.iter_mut().find(|(w, s, _)| *w == webhook && s == state) {
+                Some(row) => row.2 += count,
+                None => out.push((webhook, state.to_string(), count)),
+            }
+        };
+        let deliveries = self.stream(&self.names.deliveries_stream()).await?;
+        let mut consumers = deliveries.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(|e| StoreError::Nats(e.to_string()))?;
+            let filter = info.config.filter_subject.as_str();
+            let webhook = filter
+                .strip_prefix(&format!("{p}.deliveries."))
+                .and_then(|rest| rest.strip_suffix(".*"));
+            if let Some(webhook) = webhook {
+                let waiting = info.num_pending as i64 + info.num_ack_pending as i64;
+                add(untoken(webhook), "pending", waiting);
+            }
+        }
         for (stream, filter, state) in [
+            (deliveries, format!("{p}.retry.*.*"), "pending"),
             (
-                self.names.deliveries_stream(),
-                format!("{p}.*.*"),
-                "pending",
+                self.stream(&self.names.dead_stream()).await?,
+                format!("{p}.dead.*"),
+                "dead",
             ),
-            (self.names.dead_stream(), format!("{p}.dead.*"), "dead"),
         ] {
-            let stream = self.stream(&stream).await?;
             let mut subjects = stream
                 .info_with_subjects(filter)
                 .await
                 .map_err(|e| StoreError::Nats(e.to_string()))?;
             while let Some(Ok((subject, count))) = subjects.next().await {
-                let webhook = subject.rsplit('.').next().map(untoken).unwrap_or_default();
-                match out.iter_mut().find(|(w, s, _)| *w == webhook && s == state) {
-                    Some(row) => row.2 += count as i64,
-                    None => out.push((webhook, state.to_string(), count as i64)),
-                }
+                let webhook = subject.split('.').nth(2).map(untoken).unwrap_or_default();
+                add(webhook, state, count as i64);
             }
         }
         Ok(out)
@@ -1185,9 +1271,10 @@ fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<(DeliveryIn
     if session.is_some() && event_session.as_deref() != session {
         return None;
     }
-    let mut tokens = m.subject.as_str().rsplit('.');
-    let webhook = untoken(tokens.next()?);
+    // `<p>.<kind>.<webhook>[.<session>]` (the prefix has no dots).
+    let mut tokens = m.subject.as_str().split('.').skip(1);
     let kind = tokens.next()?;
+    let webhook = untoken(tokens.next()?);
     let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_string());
     let at = unix_ms(m);
     let dead = kind == "dead";
@@ -1219,9 +1306,11 @@ fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<(DeliveryIn
 impl Outbox for JetStream {
     fn enqueue(&self, webhook: &str, event: Arc<StoredEvent>) -> Result<(), StoreError> {
         let (headers, body) =
-            Self::delivery_message(&Self::delivery_id(webhook, &event), &event, 0, 0);
+            Self::delivery_message(&Self::delivery_id(webhook, &event), &event, 0, 0, None);
         self.write(Write::Publish {
-            subject: self.names.delivery_subject(webhook),
+            subject: self
+                .names
+                .delivery_subject(webhook, session_of(&event).as_deref()),
             headers,
             body,
             kind: "delivery",

@@ -1,0 +1,179 @@
+//! `ordering: session` on the JetStream backend, and the subjects it
+//! reads.
+//!
+//! A delivery's subject names its session (`<p>.deliveries.<webhook>.<session>`,
+//! `<p>.retry.<webhook>.<session>`), so a session's waiting, in-flight and
+//! parked deliveries to a webhook are the messages on
+//! `<p>.*.<webhook>.<session>`. Each delivery has a place in its session's
+//! order: the stream sequence it was first stored at, carried in the
+//! [`ORDER`] header by every copy it moves on to (a retry parked and put
+//! back, its next part, a dead letter requeued). Before an attempt, the
+//! deliverer looks for a delivery of the session with an earlier place;
+//! if there is one, the delivery is parked until that one is settled
+//! (delivered or dead), as a retry is parked: it holds no slot of the
+//! webhook's consumer meanwhile, so the earlier one can always be pulled.
+//!
+//! The read goes to the stream's leader, not a replica's direct get: a
+//! replica may not have an earlier delivery yet that the leader has
+//! committed, and the order would be broken.
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::HeaderMap;
+
+use super::{session_of, JetStream, DUE, ORDER};
+use crate::store::sqlite::{now_ms, StoreError, StoredEvent};
+
+/// How long a delivery waits behind an earlier one that is waiting its
+/// turn or being attempted (one parked for a retry: until its due time).
+pub const BEHIND_IN_FLIGHT: Duration = Duration::from_millis(250);
+
+/// The longest a delivery is parked behind an earlier one before it
+/// looks again (a requeue or a rename may have changed what is ahead).
+const LONGEST_HOLD: Duration = Duration::from_secs(30);
+
+/// A delivery's place in its session's order: its [`ORDER`] header, or
+/// (on the delivery's first message) its own stream sequence.
+pub fn order_of(headers: Option<&HeaderMap>, sequence: u64) -> u64 {
+    headers
+        .and_then(|h| h.get(ORDER))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(sequence)
+}
+
+/// Before a message at `sequence` is copied to a new one: the copy keeps
+/// the original's place.
+pub fn keep_order(headers: &mut HeaderMap, sequence: u64) {
+    let order = order_of(Some(headers), sequence);
+    headers.insert(ORDER, order.to_string().as_str());
+}
+
+impl JetStream {
+    /// With `ordering: session`: until when the delivery at `sequence`
+    /// (place `order` in `session`) must wait for an earlier delivery of
+    /// the session to `webhook`, or `None` if none is ahead of it.
+    pub async fn ahead_in_session(
+        &self,
+        webhook: &str,
+        session: &str,
+        order: u64,
+        sequence: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.names.deliveries_stream())
+            .await
+            .map_err(|e| StoreError::Nats(e.to_string()))?;
+        let subject = self.names.backlog_filter("*", webhook, Some(session));
+        let now = now_ms();
+        let soon = now + BEHIND_IN_FLIGHT.as_millis() as i64;
+        let mut until: Option<i64> = None;
+        let mut next = 1;
+        loop {
+            let m = match stream
+                .get_first_raw_message_by_subject(&subject, next)
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(StoreError::Nats(e.to_string())),
+            };
+            next = m.sequence + 1;
+            if m.sequence == sequence || order_of(Some(&m.headers), m.sequence) >= order {
+                continue;
+            }
+            match parked_until(&m) {
+                // An earlier one waits its turn or is being attempted.
+                None => return Ok(Some(soon)),
+                Some(due) => until = Some(until.map_or(due, |u| u.min(due)).max(soon)),
+            }
+        }
+        Ok(until.map(|u| u.min(now + LONGEST_HOLD.as_millis() as i64)))
+    }
+}
+
+impl JetStream {
+    /// Moves deliveries on the subjects earlier builds used, without a
+    /// session (`<p>.deliveries.<webhook>`, `<p>.retry.<webhook>`), to their
+    /// session's subject, keeping their place. Run at connect and by the
+    /// retry mover, so what an instance not yet upgraded publishes during
+    /// a rolling upgrade moves too; a delivery that instance is attempting
+    /// meanwhile may be sent twice (at least once). Returns how many moved.
+    pub async fn move_to_session_subjects(&self) -> Result<usize, StoreError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.names.deliveries_stream())
+            .await
+            .map_err(|e| StoreError::Nats(e.to_string()))?;
+        let p = &self.names.prefix;
+        let mut moved = 0;
+        for kind in ["deliveries", "retry"] {
+            // `*`: exactly one token after the kind, the old form.
+            let old = format!("{p}.{kind}.*");
+            loop {
+                let m = match stream.get_first_raw_message_by_subject(&old, 1).await {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+                    Err(e) => return Err(StoreError::Nats(e.to_string())),
+                };
+                let webhook = m.subject.as_str().split('.').nth(2).unwrap_or_default();
+                let session = super::session_token(session_in(&m.payload).as_deref());
+                let mut headers = m.headers.clone();
+                headers.insert(
+                    "Nats-Msg-Id",
+                    JetStream::move_id("session", m.sequence).as_str(),
+                );
+                keep_order(&mut headers, m.sequence);
+                self.publish_now(
+                    format!("{p}.{kind}.{webhook}.{session}"),
+                    headers,
+                    m.payload.clone(),
+                )
+                .await?;
+                stream
+                    .delete_message(m.sequence)
+                    .await
+                    .map_err(|e| StoreError::Nats(e.to_string()))?;
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            tracing::info!(moved, "deliveries moved to their session's subject");
+        }
+        Ok(moved)
+    }
+}
+
+/// A parked retry's due time; `None` for a delivery waiting its turn.
+fn parked_until(m: &StreamMessage) -> Option<i64> {
+    if m.subject.as_str().split('.').nth(1) != Some("retry") {
+        return None;
+    }
+    m.headers.get(DUE).and_then(|v| v.as_str().parse().ok())
+}
+
+/// The session a delivery message's event belongs to.
+pub fn session_in(payload: &[u8]) -> Option<String> {
+    serde_json::from_slice::<StoredEvent>(payload)
+        .ok()
+        .and_then(|e| session_of(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_keeps_the_first_messages_place() {
+        let mut first = HeaderMap::new();
+        assert_eq!(order_of(Some(&first), 7), 7);
+        keep_order(&mut first, 7);
+        assert_eq!(order_of(Some(&first), 40), 7);
+        // Moved again: still its first place.
+        let mut again = first.clone();
+        keep_order(&mut again, 40);
+        assert_eq!(order_of(Some(&again), 93), 7);
+    }
+}
