@@ -27,7 +27,9 @@
 //! (default 10000: the tap queue, 10,000 exchanges per
 //! instance, absorbs the burst; a longer one at more than the pipeline's
 //! rate is dropped at the tap, counted, and fails the exactly-once check), `CLIENTS` (32), `RATE` (500), `SECONDS` (10), `RUNS`
-//! (3), `SETUPS` (e.g. `embedded,js1,js3`; all four by default),
+//! (3), `SETUPS` (e.g. `embedded,js1,js3`; all four by default;
+//! `js1-ordered` and `js3-ordered` add JetStream with the webhook's
+//! `ordering: session`),
 //! `BASELINE_BIN` (another build's `taphook`: adds setup `base-js1`, that
 //! binary on JetStream with 1 replica, to compare two builds in one run),
 //! `CONCURRENCY` (taphook's `delivery.concurrency_per_webhook`). Without
@@ -52,6 +54,8 @@ enum Backend {
     Embedded,
     /// JetStream with this many replicas.
     JetStream(usize),
+    /// JetStream with this many replicas, the webhook `ordering: session`.
+    Ordered(usize),
     /// JetStream, 1 replica, with the binary `BASELINE_BIN` names (an
     /// earlier build, measured in the same run as this one).
     Baseline,
@@ -62,6 +66,7 @@ impl Backend {
         match self {
             Backend::Embedded => "embedded".into(),
             Backend::JetStream(n) => format!("js{n}"),
+            Backend::Ordered(n) => format!("js{n}-ordered"),
             Backend::Baseline => "base-js1".into(),
         }
     }
@@ -71,6 +76,8 @@ impl Backend {
             Backend::Embedded => "embedded (SQLite), 1 instance".into(),
             Backend::JetStream(1) => "JetStream, 1 replica".into(),
             Backend::JetStream(n) => format!("JetStream, {n} replicas"),
+            Backend::Ordered(1) => "JetStream, 1 replica, ordering: session".into(),
+            Backend::Ordered(n) => format!("JetStream, {n} replicas, ordering: session"),
             Backend::Baseline => "JetStream, 1 replica, BASELINE_BIN".into(),
         }
     }
@@ -134,9 +141,14 @@ fn start(
 ) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let rules = write_rules(dir.path(), receiver);
+    if let Backend::Ordered(_) = backend {
+        let hooks = rules.join("hooks.yaml");
+        let text = std::fs::read_to_string(&hooks).unwrap();
+        std::fs::write(&hooks, format!("{text}    ordering: session\n")).unwrap();
+    }
     let (n, nats) = match backend {
         Backend::Embedded => (1, None),
-        Backend::JetStream(n) => (n, Some(Nats::start())),
+        Backend::JetStream(n) | Backend::Ordered(n) => (n, Some(Nats::start())),
         Backend::Baseline => (1, Some(Nats::start())),
     };
     let bin = match backend {
@@ -466,6 +478,8 @@ fn main() {
         Backend::JetStream(1),
         Backend::JetStream(2),
         Backend::JetStream(3),
+        Backend::Ordered(1),
+        Backend::Ordered(3),
         Backend::Baseline,
     ];
     let wanted = std::env::var("SETUPS").unwrap_or_default();
@@ -473,11 +487,16 @@ fn main() {
     let setups: Vec<Backend> = all
         .into_iter()
         .filter(|b| *b != Backend::Baseline || baseline)
-        .filter(|b| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == b.key()))
+        .filter(|b| match wanted.as_str() {
+            // Opt-in, but the smoke run checks one: the default is the
+            // four setups of the table.
+            "" => !matches!(b, Backend::Ordered(_)) || (smoke && *b == Backend::Ordered(1)),
+            _ => wanted.split(',').any(|w| w.trim() == b.key()),
+        })
         .collect();
     assert!(
         !setups.is_empty(),
-        "SETUPS={wanted}: none of embedded, js1, js2, js3 (base-js1 with BASELINE_BIN)"
+        "SETUPS={wanted}: none of embedded, js1, js2, js3, js1-ordered, js3-ordered (base-js1 with BASELINE_BIN)"
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -604,7 +623,7 @@ fn main() {
                 backend.label()
             ));
         }
-        let is_js = matches!(backend, Backend::JetStream(_) | Backend::Baseline);
+        let is_js = !matches!(backend, Backend::Embedded);
         lines.push(format!(
             "| {} | {:.0} | {} | {} | {} | {}, {} | {lost} / {dup} of {delivered} |",
             backend.label(),
@@ -631,7 +650,7 @@ fn main() {
         json_setups.push(json!({
             "setup": key,
             "label": backend.label(),
-            "replicas": match backend { Backend::Embedded | Backend::Baseline => 1, Backend::JetStream(n) => *n },
+            "replicas": match backend { Backend::Embedded | Backend::Baseline => 1, Backend::JetStream(n) | Backend::Ordered(n) => *n },
             "median": {
                 "delivered_per_s": rate_m,
                 "accepted_per_s": med(&key, &|m| m.accepted_per_s),

@@ -479,7 +479,10 @@ async fn its_turn(
             return false;
         }
     };
-    tracing::debug!(until, "an earlier delivery of the session is not settled; held");
+    tracing::debug!(
+        until,
+        "an earlier delivery of the session is not settled; held"
+    );
     let id = JetStream::move_id("held", sequence);
     let (mut headers, body) =
         JetStream::delivery_message(&id, &due.event, due.part, due.attempts, Some(order));

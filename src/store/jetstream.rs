@@ -990,10 +990,7 @@ impl JetStream {
             Filter::State(State::Pending) => {
                 Some((self.names.deliveries_stream(), format!("{p}.*.{w}.{s}")))
             }
-            Filter::Failed => Some((
-                self.names.deliveries_stream(),
-                format!("{p}.retry.{w}.{s}"),
-            )),
+            Filter::Failed => Some((self.names.deliveries_stream(), format!("{p}.retry.{w}.{s}"))),
             Filter::State(State::Dead) => Some((self.names.dead_stream(), format!("{p}.dead.{w}"))),
             // Delivered deliveries leave the work queue; `Any` is two reads.
             Filter::State(State::Delivered) | Filter::Any => None,
@@ -1188,11 +1185,12 @@ impl JetStream {
     pub async fn counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
         let p = &self.names.prefix;
         let mut out: Vec<(String, String, i64)> = Vec::new();
-        let mut add = |webhook: String, state: &str, count: i64| {
-            match out.iter_mut().find(|(w, s, _)| *w == webhook && s == state) {
-                Some(row) => row.2 += count,
-                None => out.push((webhook, state.to_string(), count)),
-            }
+        let mut add = |webhook: String, state: &str, count: i64| match out
+            .iter_mut()
+            .find(|(w, s, _)| *w == webhook && s == state)
+        {
+            Some(row) => row.2 += count,
+            None => out.push((webhook, state.to_string(), count)),
         };
         let deliveries = self.stream(&self.names.deliveries_stream()).await?;
         let mut consumers = deliveries.consumers();

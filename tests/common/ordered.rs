@@ -115,7 +115,12 @@ impl Recorder {
 
     /// Waits until every session's every step was delivered; the panic
     /// message gets what is unfinished and `context()`.
-    pub async fn wait_done(&self, sessions: &[String], limit: Duration, context: impl Fn() -> String) {
+    pub async fn wait_done(
+        &self,
+        sessions: &[String],
+        limit: Duration,
+        context: impl Fn() -> String,
+    ) {
         let deadline = Instant::now() + limit;
         loop {
             let unfinished = self.unfinished(sessions);

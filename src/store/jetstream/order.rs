@@ -66,21 +66,41 @@ impl JetStream {
             .get_stream_no_info(self.names.deliveries_stream())
             .await
             .map_err(|e| StoreError::Nats(e.to_string()))?;
-        let subject = self.names.backlog_filter("*", webhook, Some(session));
         let now = now_ms();
         let soon = now + BEHIND_IN_FLIGHT.as_millis() as i64;
         let mut until: Option<i64> = None;
-        let mut next = 1;
+        // The session's two literal subjects, read as one, in sequence
+        // order (a wildcard, `<p>.*.<webhook>.<session>`, has NATS match
+        // every subject of every block it reads; a literal one is looked
+        // up). In sequence order, because a delivery that moves (parked,
+        // put back) is first copied to a sequence past every one there
+        // is, then removed: a scan that goes up the sequences meets it
+        // wherever it goes.
+        let subjects = ["retry", "deliveries"]
+            .map(|kind| self.names.backlog_filter(kind, webhook, Some(session)));
+        // What each subject holds next, from `from` on: a message found
+        // stays the next one (anything stored later comes after it).
+        let mut next: [Option<StreamMessage>; 2] = [None, None];
+        let mut from = 1;
         loop {
-            let m = match stream
-                .get_first_raw_message_by_subject(&subject, next)
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
-                Err(e) => return Err(StoreError::Nats(e.to_string())),
-            };
-            next = m.sequence + 1;
+            for (i, subject) in subjects.iter().enumerate() {
+                if next[i].as_ref().is_none_or(|m| m.sequence < from) {
+                    next[i] = match stream.get_first_raw_message_by_subject(subject, from).await {
+                        Ok(m) => Some(m),
+                        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+                        Err(e) => return Err(StoreError::Nats(e.to_string())),
+                    };
+                }
+            }
+            let earliest = next
+                .iter()
+                .flatten()
+                .min_by_key(|m| m.sequence)
+                .map(|m| m.sequence);
+            let Some(at) = earliest else { break };
+            let i = usize::from(next[0].as_ref().is_none_or(|m| m.sequence != at));
+            let Some(m) = next[i].take() else { break };
+            from = m.sequence + 1;
             if m.sequence == sequence || order_of(Some(&m.headers), m.sequence) >= order {
                 continue;
             }
