@@ -292,6 +292,13 @@ async fn start_allowed(
     }
 }
 
+/// The message `due` moves on to (`kind`: retry, dead, held), after
+/// `attempts` attempts, keeping its place `order` in its session.
+fn moved(kind: &str, due: &Due, attempts: u32, order: u64) -> (HeaderMap, bytes::Bytes) {
+    let id = JetStream::move_id(kind, due.id as u64);
+    JetStream::delivery_message(&id, &due.event, due.part, attempts, Some(order))
+}
+
 fn header<T: std::str::FromStr>(headers: Option<&HeaderMap>, name: &str) -> Option<T> {
     headers?.get(name)?.as_str().parse().ok()
 }
@@ -410,14 +417,7 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
                     let jitter = fastrand::u64(0..=(delay.as_millis() as u64 / 10));
                     let at = now_ms() + delay.as_millis() as i64 + jitter as i64;
                     tracing::debug!(attempt = ?outcome.attempt, ?delay, "attempt failed; retrying");
-                    let id = JetStream::move_id("retry", due.id as u64);
-                    let (mut headers, body) = JetStream::delivery_message(
-                        &id,
-                        &due.event,
-                        due.part,
-                        due.attempts + 1,
-                        Some(order),
-                    );
+                    let (mut headers, body) = moved("retry", &due, due.attempts + 1, order);
                     headers.insert(DUE, at.to_string().as_str());
                     headers.insert(LAST_STATUS, label.as_str());
                     let subject = js.names.retry_subject(key, session.as_deref());
@@ -426,14 +426,7 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
                 None => {
                     tracing::warn!(attempt = ?outcome.attempt, "delivery failed; dead letter");
                     metrics.deliveries.with_label_values(&[key, "dead"]).inc();
-                    let id = JetStream::move_id("dead", due.id as u64);
-                    let (mut headers, body) = JetStream::delivery_message(
-                        &id,
-                        &due.event,
-                        due.part,
-                        due.attempts + 1,
-                        Some(order),
-                    );
+                    let (mut headers, body) = moved("dead", &due, due.attempts + 1, order);
                     headers.insert(LAST_STATUS, label.as_str());
                     js.publish_now(js.names.dead_subject(key), headers, body).await
                 }
@@ -483,9 +476,7 @@ async fn its_turn(
         until,
         "an earlier delivery of the session is not settled; held"
     );
-    let id = JetStream::move_id("held", sequence);
-    let (mut headers, body) =
-        JetStream::delivery_message(&id, &due.event, due.part, due.attempts, Some(order));
+    let (mut headers, body) = moved("held", due, due.attempts, order);
     headers.insert(DUE, until.to_string().as_str());
     if let Some(status) = msg.headers.as_ref().and_then(|h| h.get(LAST_STATUS)) {
         headers.insert(LAST_STATUS, status.as_str());
