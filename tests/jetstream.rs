@@ -1083,7 +1083,8 @@ async fn a_rate_limit_is_the_webhooks_across_three_replicas() {
 
 /// `ordering: session` across three replicas: each session's deliveries
 /// go out one at a time, in the order the cluster accepted them, whichever
-/// replica pulls them, through retries and a replica killed mid-way.
+/// replica pulls them, through retries and a replica killed mid-way and
+/// started again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordering_by_session_holds_across_three_replicas() {
     let (rec, url) = Recorder::start().await;
@@ -1103,12 +1104,15 @@ async fn ordering_by_session_holds_across_three_replicas() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A replica killed mid-way: what it held comes back after ack_wait,
-    // and its sessions' later deliveries wait for it.
+    // and its sessions' later deliveries wait for it. Then it starts again.
     cluster.replicas[1].kill9();
+    let replica = cluster.launch(1).await;
+    cluster.replicas[1] = replica;
     rec.wait_done(&sessions, Duration::from_secs(90), || cluster.logs())
         .await;
     rec.assert_in_order(&sessions);
-    // Every live replica took part.
+    // The replicas that ran throughout took part (the restarted one's
+    // counters started again).
     for i in [0, 2] {
         let text = cluster.metrics(i).await;
         let sent = metric_value(
