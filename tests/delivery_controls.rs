@@ -148,7 +148,7 @@ async fn a_rate_limit_spreads_a_backlog_over_time_and_spends_no_attempt() {
 async fn ordering_by_session_keeps_each_sessions_order_through_retries_and_a_restart() {
     let (rec, url) = Recorder::start().await;
     let hooks = format!(
-        "webhooks:\n  - key: ordered\n    url: {url}\n    events: [\"*\"]\n    ordering: session\n    retry: {{ on: [503], backoff: [300ms] }}\n"
+        "webhooks:\n  - key: ordered\n    url: {url}\n    events: [\"*\"]\n    ordering: session\n    retry: {{ on: [503, timeout, error], max_retries: 10, backoff: [300ms] }}\n"
     );
     let mut stack = Stack::start(Setup {
         config: &format!("admin_token: {TOKEN}\n"),

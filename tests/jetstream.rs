@@ -1089,7 +1089,7 @@ async fn a_rate_limit_is_the_webhooks_across_three_replicas() {
 async fn ordering_by_session_holds_across_three_replicas() {
     let (rec, url) = Recorder::start().await;
     let hooks = format!(
-        "webhooks:\n  - key: ordered\n    url: {url}\n    events: [\"*\"]\n    ordering: session\n    retry: {{ on: [503], backoff: [300ms] }}\n"
+        "webhooks:\n  - key: ordered\n    url: {url}\n    events: [\"*\"]\n    ordering: session\n    retry: {{ on: [503, timeout, error], max_retries: 10, backoff: [300ms] }}\n"
     );
     let mut cluster = Cluster::start(3, &hooks).await;
     let sessions: Vec<String> = (0..20).map(|s| format!("session-{s}")).collect();
@@ -1125,19 +1125,39 @@ async fn ordering_by_session_holds_across_three_replicas() {
 
 /// Deliveries stored by an earlier build, on subjects without a session
 /// (`taphook.deliveries.<webhook>`, `taphook.retry.<webhook>`), move to
-/// their session's subject when an instance connects, and are delivered.
+/// their session's subject when an instance connects, keep their place in
+/// their session, and are delivered; the earlier build's consumer being
+/// there changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_on_the_subjects_of_earlier_builds_are_delivered() {
-    let hooks = "webhooks:\n  - key: legacy\n    url: {receiver}/legacy\n    events: [\"*\"]\n";
+    let hooks = "webhooks:\n  - key: legacy\n    url: {receiver}/legacy\n    events: [\"*\"]\n    ordering: session\n";
     let mut cluster = Cluster::start(1, hooks).await;
     cluster.replicas[0].kill9();
     let js = async_nats::jetstream::new(async_nats::connect(cluster.nats.url()).await.unwrap());
-    for (i, kind) in ["deliveries", "deliveries", "retry"].iter().enumerate() {
+    js.get_stream("taphook_DELIVERIES")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("taphook_wh_legacy".into()),
+            filter_subject: "taphook.deliveries.legacy".into(),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Session a's first event waits for a retry (moved after the waiting
+    // ones), its second waits its turn; session b's one waits too.
+    let old = [
+        ("retry", "old-a", "embed_initialized"),
+        ("deliveries", "old-a", "file_uploaded"),
+        ("deliveries", "old-b", "embed_initialized"),
+    ];
+    for (i, (kind, session, event_type)) in old.iter().enumerate() {
         let uuid = format!("00000000-0000-4000-8000-00000000000{i}");
         let body = json!({"event": {
-            "uuid": uuid, "embed_id": format!("old-{i}"), "embed_jwt": null,
+            "uuid": uuid, "embed_id": session, "embed_jwt": null,
             "environment_name": "production", "template_key": "contacts",
-            "event_type": "embed_initialized", "trigger_type": "api",
+            "event_type": event_type, "trigger_type": "api",
             "data": {}, "created_at": 1.0
         }});
         let mut headers = async_nats::HeaderMap::new();
@@ -1159,12 +1179,16 @@ async fn deliveries_on_the_subjects_of_earlier_builds_are_delivered() {
     let got = cluster
         .wait_distinct("/legacy", 3, Duration::from_secs(20))
         .await;
-    let mut embeds: Vec<&str> = got
-        .values()
-        .map(|(_, e)| e["embed_id"].as_str().unwrap())
+    assert_eq!(got.len(), 3, "{}", cluster.logs());
+    let session_a: Vec<String> = cluster
+        .receiver
+        .received_on("/legacy")
+        .iter()
+        .map(|r| r.json())
+        .filter(|e| e["embed_id"] == "old-a")
+        .map(|e| e["event_type"].as_str().unwrap().to_string())
         .collect();
-    embeds.sort();
-    assert_eq!(embeds, ["old-0", "old-1", "old-2"], "{}", cluster.logs());
+    assert_eq!(session_a, ["embed_initialized", "file_uploaded"]);
     assert!(cluster.replicas[0]
         .log()
         .contains("deliveries moved to their session's subject"));

@@ -384,7 +384,9 @@ impl JetStream {
             cache: MemorySessions::new(64 << 20, retention),
             runtime: tokio::runtime::Handle::current(),
         });
-        this.move_to_session_subjects().await?;
+        if let Err(e) = this.move_to_session_subjects().await {
+            tracing::warn!(error = %e, "cannot move deliveries to their session's subject yet; trying again in the background");
+        }
         tokio::spawn(this.clone().publish(writes));
         tokio::spawn(this.clone().watch_sessions());
         tokio::spawn(this.clone().watch_webhooks());
@@ -1158,7 +1160,10 @@ impl JetStream {
             .delete_consumer(&self.names.webhook_consumer(webhook))
             .await;
         let mut moved = 0;
-        for kind in ["deliveries", "retry"] {
+        // Parked ones first: a session's earlier delivery waiting out its
+        // backoff is on the new key before a later one that could be
+        // attempted there (`ordering: session`).
+        for kind in ["retry", "deliveries"] {
             let subject = self.names.backlog_filter(kind, webhook, None);
             for m in read_subject(&stream, &subject, 1, usize::MAX, Some).await {
                 let session = session_in(&m.payload);

@@ -33,8 +33,16 @@ pub fn step_by_step(sessions: &[String]) -> Vec<Value> {
         .collect()
 }
 
-/// One arrival: when, the session, its step, the status answered.
-pub type Arrival = (Instant, String, usize, u16);
+/// One arrival.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub at: Instant,
+    /// When the status was sent back.
+    pub answered: Instant,
+    pub session: String,
+    pub step: usize,
+    pub status: u16,
+}
 
 /// The receiver: every arrival, and how often each session's third step
 /// was failed.
@@ -66,10 +74,13 @@ async fn record(State(rec): State<Arc<Recorder>>, body: axum::body::Bytes) -> St
     } else {
         200
     };
-    rec.arrivals
-        .lock()
-        .unwrap()
-        .push((at, session, step, status));
+    rec.arrivals.lock().unwrap().push(Arrival {
+        at,
+        answered: Instant::now(),
+        session,
+        step,
+        status,
+    });
     StatusCode::from_u16(status).unwrap()
 }
 
@@ -93,7 +104,7 @@ impl Recorder {
             .lock()
             .unwrap()
             .iter()
-            .filter(|a| a.3 == 200)
+            .filter(|a| a.status == 200)
             .count()
     }
 
@@ -103,11 +114,16 @@ impl Recorder {
         sessions
             .iter()
             .filter(|s| {
-                (0..STEPS.len())
-                    .any(|step| !got.iter().any(|a| a.1 == **s && a.2 == step && a.3 == 200))
+                (0..STEPS.len()).any(|step| {
+                    !got.iter()
+                        .any(|a| a.session == **s && a.step == step && a.status == 200)
+                })
             })
             .map(|s| {
-                let mine = got.iter().filter(|a| a.1 == *s).map(|a| (a.2, a.3));
+                let mine = got
+                    .iter()
+                    .filter(|a| a.session == *s)
+                    .map(|a| (a.step, a.status));
                 (s.clone(), mine.collect())
             })
             .collect()
@@ -137,31 +153,39 @@ impl Recorder {
     }
 
     /// Each session's steps arrived in order: no step before every earlier
-    /// one was delivered (a step may come twice around a restart: at
-    /// least once); the third failed twice, then went through; and the
-    /// sessions went side by side, not one after another.
+    /// one was delivered, its 200 answered (a step may come twice around a
+    /// restart: at least once); the third failed twice, then went
+    /// through; and the sessions went side by side, not one after another.
     pub fn assert_in_order(&self, sessions: &[String]) {
         let mut arrivals = self.arrivals.lock().unwrap().clone();
-        arrivals.sort_by_key(|a| a.0);
+        arrivals.sort_by_key(|a| a.at);
         let mut spans = Vec::new();
         for s in sessions {
-            let mine: Vec<_> = arrivals.iter().filter(|a| a.1 == *s).collect();
-            let mut delivered_upto = 0;
+            let mine: Vec<&Arrival> = arrivals.iter().filter(|a| a.session == *s).collect();
+            let summary: Vec<(usize, u16)> = mine.iter().map(|a| (a.step, a.status)).collect();
             for a in &mine {
-                assert!(
-                    a.2 <= delivered_upto,
-                    "{s}: step {} arrived before step {} was delivered: {mine:?}",
-                    a.2,
-                    delivered_upto
-                );
-                if a.3 == 200 && a.2 == delivered_upto {
-                    delivered_upto += 1;
+                for earlier in 0..a.step {
+                    assert!(
+                        mine.iter()
+                            .any(|b| b.step == earlier && b.status == 200 && b.answered <= a.at),
+                        "{s}: step {} arrived before step {earlier} was delivered: {summary:?}",
+                        a.step
+                    );
                 }
             }
-            assert_eq!(delivered_upto, STEPS.len(), "{s}: {mine:?}");
-            let third: Vec<u16> = mine.iter().filter(|a| a.2 == 2).map(|a| a.3).collect();
-            assert_eq!(third[..3], [503, 503, 200], "{s}: {mine:?}");
-            spans.push((mine[0].0, mine.last().unwrap().0));
+            for step in 0..STEPS.len() {
+                assert!(
+                    mine.iter().any(|a| a.step == step && a.status == 200),
+                    "{s}: step {step} not delivered: {summary:?}"
+                );
+            }
+            let third: Vec<u16> = mine
+                .iter()
+                .filter(|a| a.step == 2)
+                .map(|a| a.status)
+                .collect();
+            assert_eq!(third[..3], [503, 503, 200], "{s}: {summary:?}");
+            spans.push((mine[0].at, mine.last().unwrap().at));
         }
         let last_start = spans.iter().map(|s| s.0).max().unwrap();
         let first_end = spans.iter().map(|s| s.1).min().unwrap();

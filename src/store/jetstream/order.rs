@@ -30,6 +30,9 @@ use crate::store::sqlite::{now_ms, StoreError, StoredEvent};
 /// turn or being attempted (one parked for a retry: until its due time).
 pub const BEHIND_IN_FLIGHT: Duration = Duration::from_millis(250);
 
+/// The most messages one sweep of the old subjects moves.
+const SWEEP_AT_MOST: usize = 10_000;
+
 /// The longest a delivery is parked behind an earlier one before it
 /// looks again (a requeue or a rename may have changed what is ahead).
 const LONGEST_HOLD: Duration = Duration::from_secs(30);
@@ -74,8 +77,8 @@ impl JetStream {
         // every subject of every block it reads; a literal one is looked
         // up). In sequence order, because a delivery that moves (parked,
         // put back) is first copied to a sequence past every one there
-        // is, then removed: a scan that goes up the sequences meets it
-        // wherever it goes.
+        // is, then removed: going up the sequences, the scan meets it
+        // wherever it goes, but for one case the confirming read covers.
         let subjects = ["retry", "deliveries"]
             .map(|kind| self.names.backlog_filter(kind, webhook, Some(session)));
         // What each subject holds next, from `from` on: a message found
@@ -85,11 +88,17 @@ impl JetStream {
         loop {
             for (i, subject) in subjects.iter().enumerate() {
                 if next[i].as_ref().is_none_or(|m| m.sequence < from) {
-                    next[i] = match stream.get_first_raw_message_by_subject(subject, from).await {
-                        Ok(m) => Some(m),
-                        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
-                        Err(e) => return Err(StoreError::Nats(e.to_string())),
-                    };
+                    next[i] = first_from(&stream, subject, from).await?;
+                }
+            }
+            if next.iter().all(Option::is_none) {
+                // Both empty, read one after the other: a delivery parked
+                // between the two reads (copied to `retry`, then taken off
+                // `deliveries`) was missed by both, and is in `retry` now
+                // (unless its backoff is shorter than these reads).
+                next[0] = first_from(&stream, &subjects[0], from).await?;
+                if next[0].is_none() {
+                    break;
                 }
             }
             let earliest = next
@@ -132,12 +141,14 @@ impl JetStream {
         for kind in ["deliveries", "retry"] {
             // `*`: exactly one token after the kind, the old form.
             let old = format!("{p}.{kind}.*");
-            loop {
-                let m = match stream.get_first_raw_message_by_subject(&old, 1).await {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
-                    Err(e) => return Err(StoreError::Nats(e.to_string())),
+            let mut from = 1;
+            // Bounded: what older instances publish meanwhile waits for
+            // the next sweep.
+            while moved < SWEEP_AT_MOST {
+                let Some(m) = first_from(&stream, &old, from).await? else {
+                    break;
                 };
+                from = m.sequence + 1;
                 let webhook = m.subject.as_str().split('.').nth(2).unwrap_or_default();
                 let session = super::session_token(session_in(&m.payload).as_deref());
                 let mut headers = m.headers.clone();
@@ -152,10 +163,11 @@ impl JetStream {
                     m.payload.clone(),
                 )
                 .await?;
-                stream
-                    .delete_message(m.sequence)
-                    .await
-                    .map_err(|e| StoreError::Nats(e.to_string()))?;
+                // Gone already: an older instance acked it, or another
+                // instance moved it (the copy's id makes the two one).
+                if let Err(e) = stream.delete_message(m.sequence).await {
+                    tracing::debug!(error = %e, sequence = m.sequence, "moved message already gone");
+                }
                 moved += 1;
             }
         }
@@ -163,6 +175,20 @@ impl JetStream {
             tracing::info!(moved, "deliveries moved to their session's subject");
         }
         Ok(moved)
+    }
+}
+
+/// The first message on `subject` from sequence `from` on, read on the
+/// stream's leader.
+async fn first_from(
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    subject: &str,
+    from: u64,
+) -> Result<Option<StreamMessage>, StoreError> {
+    match stream.get_first_raw_message_by_subject(subject, from).await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(StoreError::Nats(e.to_string())),
     }
 }
 
