@@ -24,7 +24,7 @@ use super::retry::Attempt;
 use super::{delivery_span, Dispatcher};
 use crate::rules::model::Ordering;
 use crate::store::jetstream::{
-    order_of, session_of, JetStream, WebhookHealth, ATTEMPTS, DUE, LAST_STATUS, PART,
+    order_of, JetStream, WebhookHealth, ATTEMPTS, DUE, LAST_STATUS, PART,
 };
 use crate::store::sqlite::{now_ms, Due, StoredEvent};
 
@@ -318,7 +318,7 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
         event: std::sync::Arc::new(event),
     };
     let order = order_of(msg.headers.as_ref(), sequence);
-    let session = session_of(&due.event);
+    let session = due.event.session_key();
     let span = delivery_span(key, &due);
     async {
         let Some(webhook) = d.webhook(key) else {

@@ -37,7 +37,6 @@ use tracing::Instrument as _;
 use crate::app::Shared;
 use crate::rules::model::{Ordering, Webhook};
 use crate::store::handoff::Taken;
-use crate::store::session_key;
 use crate::store::sqlite::{
     now_ms, AttemptRecord, Due, State, Store, StoreError, WebhookChange, WebhookState,
 };
@@ -263,7 +262,7 @@ impl Dispatcher {
                     };
                     // `ordering: session`: the session it goes in order in.
                     let ordered = (webhook.ordering == Ordering::Session)
-                        .then(|| session_key(&d.event.event.embed_id))
+                        .then(|| d.event.session_key())
                         .flatten();
                     if let Some(session) = &ordered {
                         if self.out_of_order(&key, d.id, session, &mut lane) {

@@ -97,11 +97,6 @@ pub fn session_token(session: Option<&str>) -> String {
     token(session.unwrap_or(""))
 }
 
-/// The session an event's deliveries go in order in.
-pub fn session_of(event: &StoredEvent) -> Option<String> {
-    super::session_key(&event.event.embed_id)
-}
-
 /// The text a [`token`] stands for.
 pub fn untoken(token: &str) -> String {
     match token.strip_prefix('_') {
@@ -163,13 +158,19 @@ impl Names {
     }
     /// Every delivery of `webhook` waiting its turn (its consumer's filter).
     pub fn delivery_filter(&self, webhook: &str) -> String {
-        format!("{}.deliveries.{}.*", self.prefix, token(webhook))
+        self.backlog_filter("deliveries", Some(webhook), None)
     }
-    /// `webhook`'s deliveries of `kind` (`deliveries`, `retry`, `*`), of
-    /// one session or (`None`) every one.
-    pub fn backlog_filter(&self, kind: &str, webhook: &str, session: Option<&str>) -> String {
+    /// Deliveries of `kind` (`deliveries`, `retry`, `*`) in the work
+    /// queue, of one webhook and one session, or (`None`) of every one.
+    pub fn backlog_filter(
+        &self,
+        kind: &str,
+        webhook: Option<&str>,
+        session: Option<&str>,
+    ) -> String {
+        let webhook = webhook.map_or("*".to_string(), token);
         let session = session.map_or("*".to_string(), |s| session_token(Some(s)));
-        format!("{}.{kind}.{}.{session}", self.prefix, token(webhook))
+        format!("{}.{kind}.{webhook}.{session}", self.prefix)
     }
     pub fn retry_filter(&self) -> String {
         format!("{}.retry.>", self.prefix)
@@ -985,15 +986,18 @@ impl JetStream {
         webhook: Option<&str>,
         session: Option<&str>,
     ) -> Option<(String, String)> {
-        let p = &self.names.prefix;
-        let w = webhook.map_or("*".to_string(), token);
-        let s = session.map_or("*".to_string(), |s| session_token(Some(s)));
+        let queued = |kind| {
+            let filter = self.names.backlog_filter(kind, webhook, session);
+            Some((self.names.deliveries_stream(), filter))
+        };
         match filter {
-            Filter::State(State::Pending) => {
-                Some((self.names.deliveries_stream(), format!("{p}.*.{w}.{s}")))
+            Filter::State(State::Pending) => queued("*"),
+            Filter::Failed => queued("retry"),
+            Filter::State(State::Dead) => {
+                let w = webhook.map_or("*".to_string(), token);
+                let dead = format!("{}.dead.{w}", self.names.prefix);
+                Some((self.names.dead_stream(), dead))
             }
-            Filter::Failed => Some((self.names.deliveries_stream(), format!("{p}.retry.{w}.{s}"))),
-            Filter::State(State::Dead) => Some((self.names.dead_stream(), format!("{p}.dead.{w}"))),
             // Delivered deliveries leave the work queue; `Any` is two reads.
             Filter::State(State::Delivered) | Filter::Any => None,
         }
@@ -1164,7 +1168,7 @@ impl JetStream {
         // backoff is on the new key before a later one that could be
         // attempted there (`ordering: session`).
         for kind in ["retry", "deliveries"] {
-            let subject = self.names.backlog_filter(kind, webhook, None);
+            let subject = self.names.backlog_filter(kind, Some(webhook), None);
             for m in read_subject(&stream, &subject, 1, usize::MAX, Some).await {
                 let session = session_in(&m.payload);
                 let (target, status) = to(kind, session.as_deref());
@@ -1270,7 +1274,7 @@ fn unix_ms(m: &StreamMessage) -> i64 {
 /// of `session` (when given).
 fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<(DeliveryInfo, StoredEvent)> {
     let event: StoredEvent = serde_json::from_slice(&m.payload).ok()?;
-    let event_session = super::session_key(&event.event.embed_id);
+    let event_session = event.session_key();
     if session.is_some() && event_session.as_deref() != session {
         return None;
     }
@@ -1313,7 +1317,7 @@ impl Outbox for JetStream {
         self.write(Write::Publish {
             subject: self
                 .names
-                .delivery_subject(webhook, session_of(&event).as_deref()),
+                .delivery_subject(webhook, event.session_key().as_deref()),
             headers,
             body,
             kind: "delivery",

@@ -125,6 +125,12 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// The session the event belongs to (its deliveries' session, the one
+    /// `ordering: session` keeps in order), if it has one.
+    pub fn session_key(&self) -> Option<String> {
+        super::session_key(&self.event.embed_id)
+    }
+
     /// The event as the formats take it, again.
     pub fn derived(&self) -> crate::event::DerivedEvent {
         crate::event::DerivedEvent {
@@ -467,7 +473,7 @@ impl Store {
         let json = serde_json::to_string(&*stored).unwrap_or_default();
         self.send(Op::InsertDelivery {
             webhook: webhook.into(),
-            session: super::session_key(&stored.event.embed_id),
+            session: stored.session_key(),
             event_uuid: stored.event.uuid.clone(),
             event: json,
             stored,

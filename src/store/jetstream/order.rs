@@ -23,7 +23,7 @@ use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::HeaderMap;
 
-use super::{session_of, JetStream, DUE, ORDER};
+use super::{JetStream, DUE, ORDER};
 use crate::store::sqlite::{now_ms, StoreError, StoredEvent};
 
 /// How long a delivery waits behind an earlier one that is waiting its
@@ -79,8 +79,10 @@ impl JetStream {
         // put back) is first copied to a sequence past every one there
         // is, then removed: going up the sequences, the scan meets it
         // wherever it goes, but for one case the confirming read covers.
-        let subjects = ["retry", "deliveries"]
-            .map(|kind| self.names.backlog_filter(kind, webhook, Some(session)));
+        let subjects = ["retry", "deliveries"].map(|kind| {
+            self.names
+                .backlog_filter(kind, Some(webhook), Some(session))
+        });
         // What each subject holds next, from `from` on: a message found
         // stays the next one (anything stored later comes after it).
         let mut next: [Option<StreamMessage>; 2] = [None, None];
@@ -204,7 +206,7 @@ fn parked_until(m: &StreamMessage) -> Option<i64> {
 pub fn session_in(payload: &[u8]) -> Option<String> {
     serde_json::from_slice::<StoredEvent>(payload)
         .ok()
-        .and_then(|e| session_of(&e))
+        .and_then(|e| e.session_key())
 }
 
 #[cfg(test)]
