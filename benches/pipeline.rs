@@ -108,10 +108,7 @@ fn bench(c: &mut Criterion) {
     )
     .expect("shipped rules load");
     let sessions = MemorySessions::new(64 << 20, Duration::from_secs(3600));
-    let deriver = Deriver {
-        environment_name: "Production".into(),
-        jwt_hs256_secret: None,
-    };
+    let deriver = Deriver::offline("Production");
     let exchanges = session_exchanges();
     // The session must exist for the later steps.
     assert_eq!(deriver.derive(&exchanges[0].1, &rules, &sessions).len(), 1);

@@ -18,6 +18,7 @@ use crate::admin::Admin;
 use crate::config::{Config, StoreBackend};
 use crate::deliver::Dispatcher;
 use crate::derive::exchange::Budget;
+use crate::filter::HashKey;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Pushed};
 use crate::proxy::listener::BoundSocket;
@@ -45,6 +46,8 @@ pub struct Shared {
     pub outbox: Arc<dyn Outbox>,
     /// The JetStream backend, when configured.
     pub jetstream: Option<Arc<JetStream>>,
+    /// The key of the `hash` operator.
+    pub hash_key: HashKey,
 }
 
 /// Events pushed through the admin API waiting for the pipeline.
@@ -62,6 +65,7 @@ impl Shared {
         let loaded = rules::load_dir(&self.config.rules_dir, &rules::source::process_env);
         match loaded {
             Ok(new) => {
+                log_warnings(&new);
                 self.metrics
                     .init_known_series(new.webhooks.iter().map(|w| w.key.as_str()));
                 self.rules.store(Arc::new(new));
@@ -86,6 +90,13 @@ impl Shared {
     }
 }
 
+/// What `taphook check` warns about, in the log (never the values).
+pub fn log_warnings(rules: &Rules) {
+    for w in &rules.warnings {
+        tracing::warn!(problem = %w, "rules");
+    }
+}
+
 /// How the server is asked to stop.
 pub enum Stop {
     /// SIGTERM (graceful), SIGINT (fast); SIGHUP reloads the rules.
@@ -96,6 +107,7 @@ pub enum Stop {
 
 /// Builds and runs taphook until it is stopped.
 pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
+    log_warnings(&rules);
     let metrics = Arc::new(Metrics::new());
     metrics.init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));
     metrics.rules_reloads.with_label_values(&["success"]).inc();
@@ -167,7 +179,9 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
                 store.clone(),
             ),
         };
+    let hash_key = hash_key(&config)?;
     let shared = Arc::new(Shared {
+        hash_key,
         rules: ArcSwap::from_pointee(rules),
         metrics,
         sessions,
@@ -207,10 +221,14 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         None => deliver_rt.spawn(dispatcher.supervise(deliveries_stopped, drain)),
     };
     let recorder = match &shared.config.record {
-        Some(r) => Some(
-            crate::record::Recorder::start(r, shared.metrics.clone())
-                .with_context(|| format!("cannot record to {} (record.dir)", r.dir.display()))?,
-        ),
+        Some(r) => Some({
+            if !r.all && shared.rules.load().routes.routes().is_empty() {
+                tracing::warn!(dir = %r.dir.display(), "record: no route could tap anything yet, so every exchange is recorded until one is added (record.all: true records every exchange always)");
+            }
+            tracing::info!(dir = %r.dir.display(), all = r.all, "recording exchanges to HAR files");
+            crate::traffic::record::Recorder::start(r, shared.metrics.clone())
+                .with_context(|| format!("cannot record to {} (record.dir)", r.dir.display()))?
+        }),
         None => None,
     };
     let deriving = deliver_rt.spawn(
@@ -277,6 +295,51 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     deliver_rt.shutdown_timeout(Duration::from_secs(1));
     store.close();
     Ok(())
+}
+
+/// The file in `data_dir` that keeps the `hash` key when the config
+/// sets no `session_secret`.
+const SESSION_SECRET_FILE: &str = "session_secret";
+
+/// The key of `hash`: `session_secret`, else one made on the first start
+/// and kept in `data_dir` (readable by its owner only), so session keys
+/// stay the same across restarts. Replicas sharing JetStream need the
+/// same `session_secret` to hash alike.
+fn hash_key(config: &Config) -> anyhow::Result<HashKey> {
+    if let Some(s) = &config.session_secret {
+        return Ok(HashKey::new(s.expose().as_bytes()));
+    }
+    if matches!(config.store, StoreBackend::JetStream(_)) {
+        tracing::warn!("no session_secret: each replica hashes session keys with a key of its own; set session_secret to the same value on every replica");
+    }
+    let path = config.data_dir.join(SESSION_SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(HashKey::new(s.trim().as_bytes())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    write_private(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(file = %path.display(), "no session_secret: made one for `hash` and kept it in data_dir");
+    Ok(HashKey::new(secret.as_bytes()))
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
 }
 
 /// How much of the drain deadline a fast stop (SIGINT) allows.

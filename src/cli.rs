@@ -64,11 +64,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a starting rules file from a HAR of an importer's traffic: a
-    /// route per state-changing method and path template (a draft to edit).
+    /// Record an importer's traffic, with no config and no routes: proxy
+    /// every request to the upstream and write every exchange to a HAR
+    /// file (secrets replaced by pseudonyms). Stop with Ctrl-C.
+    Record {
+        /// The importer: http://host:port.
+        #[arg(long)]
+        upstream: String,
+        /// Where clients connect.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The directory the HAR files go to.
+        #[arg(long, default_value = "recordings")]
+        out: PathBuf,
+        /// `pseudonym` (a stable `redacted:...` per secret value) or
+        /// `remove` (`REDACTED`).
+        #[arg(long, default_value = "pseudonym")]
+        redact_mode: String,
+        /// The largest body copied, per request and per response.
+        #[arg(long, default_value = "16MiB")]
+        max_body_bytes: String,
+    },
+    /// Write a starting rules file from a HAR of an importer's traffic:
+    /// lifecycle routes found by evidence (uploads, confirm steps, polls
+    /// reaching a terminal state), sessions threaded by the ids the
+    /// exchanges share. A draft to rename and run `taphook test` on.
     Draft {
+        /// A HAR file, or a directory of them (read in name order).
         #[arg(long)]
         har: PathBuf,
+        /// Say, for each route, which exchanges and evidence led to it.
+        #[arg(long)]
+        why: bool,
     },
     /// Run route tests: recorded or inline traffic and the events it must
     /// give (see the README, "Testing routes").
@@ -123,7 +150,20 @@ pub fn main() -> ExitCode {
             json,
         } => explain(&har, &rules, &environment, json),
         Command::Test { rules, files } => return test(&rules, &files),
-        Command::Draft { har } => draft(&har),
+        Command::Draft { har, why } => draft(&har, why),
+        Command::Record {
+            upstream,
+            listen,
+            out,
+            redact_mode,
+            max_body_bytes,
+        } => crate::traffic::record::capture(&crate::traffic::record::Capture {
+            upstream,
+            listen,
+            out,
+            redact_mode,
+            max_body_bytes,
+        }),
         Command::Demo => crate::demo::run(),
         Command::Replay {
             config,
@@ -222,6 +262,12 @@ fn check(config: Option<PathBuf>, rules_dir: Option<PathBuf>, path: Option<PathB
     match loaded {
         Ok(rules) => {
             print!("{}", summary(&rules));
+            for w in &rules.warnings {
+                println!("{w}");
+            }
+            if !rules.warnings.is_empty() {
+                eprintln!("{} warning(s)", rules.warnings.len());
+            }
             ExitCode::SUCCESS
         }
         Err(problems) => {
@@ -324,36 +370,60 @@ fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A HAR file's exchanges; errors name the file.
-fn read_har(har: &Path) -> anyhow::Result<Vec<crate::har::Recorded>> {
-    let text =
-        std::fs::read_to_string(har).with_context(|| format!("cannot read {}", har.display()))?;
-    crate::har::read(&text).with_context(|| format!("{}", har.display()))
+/// A HAR file's exchanges, or those of every `*.har` file of a directory
+/// in name order (numbered on from one file to the next); errors name
+/// the file.
+fn read_har(har: &Path) -> anyhow::Result<Vec<crate::traffic::har::Recorded>> {
+    let files = if har.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(har)
+            .with_context(|| format!("cannot read {}", har.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "har"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            bail!("{}: no .har file in the directory", har.display());
+        }
+        files
+    } else {
+        vec![har.to_path_buf()]
+    };
+    let mut all = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
+        let first = all.len();
+        let read = crate::traffic::har::read(&text).with_context(|| format!("{}", f.display()))?;
+        all.extend(read.into_iter().map(|mut r| {
+            r.entry += first;
+            r
+        }));
+    }
+    Ok(all)
 }
 
 fn explain(har: &Path, rules_dir: &Path, environment: &str, json: bool) -> anyhow::Result<()> {
     let rules = rules::load_dir(rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
     let recorded = read_har(har)?;
-    let reports = crate::explain::explain(&rules, &recorded, environment);
+    let reports = crate::traffic::explain::explain(&rules, &recorded, environment);
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
-        print!("{}", crate::explain::table(&reports));
+        print!("{}", crate::traffic::explain::table(&reports));
     }
     Ok(())
 }
 
-fn draft(har: &Path) -> anyhow::Result<()> {
+fn draft(har: &Path, why: bool) -> anyhow::Result<()> {
     let recorded = read_har(har)?;
-    print!(
-        "{}",
-        crate::draft::draft(&recorded, &har.display().to_string())
-    );
+    let draft = crate::traffic::draft::Draft::of(&recorded);
+    print!("{}", draft.render(&har.display().to_string(), why));
     Ok(())
 }
 
 fn test(rules_dir: &Path, paths: &[PathBuf]) -> ExitCode {
-    let result = (|| -> anyhow::Result<crate::route_tests::Outcome> {
+    let result = (|| -> anyhow::Result<crate::traffic::route_tests::Outcome> {
         let rules = rules::load_dir(rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
         let mut files = Vec::new();
         for p in paths {
@@ -372,7 +442,7 @@ fn test(rules_dir: &Path, paths: &[PathBuf]) -> ExitCode {
                 files.push(p.clone());
             }
         }
-        crate::route_tests::run(&rules, &files).map_err(anyhow::Error::msg)
+        crate::traffic::route_tests::run(&rules, &files).map_err(anyhow::Error::msg)
     })();
     match result {
         Ok(outcome) => {

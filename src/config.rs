@@ -39,6 +39,9 @@ pub struct Config {
     pub tap_when_full: WhenFull,
     pub delivery: Delivery,
     pub jwt_hs256_secret: Option<Secret>,
+    /// The key of the `hash` operator; `None`: one made on the first
+    /// start and kept in `data_dir`.
+    pub session_secret: Option<Secret>,
     pub threads: usize,
     /// On SIGTERM, how long proxied requests in flight may finish.
     pub shutdown_grace: Duration,
@@ -63,6 +66,10 @@ pub struct Record {
     /// Header, query parameter and JSON field names redacted besides the
     /// built-in ones (matched without regard to case).
     pub redact: Vec<String>,
+    /// What replaces a secret: a pseudonym (default) or `REDACTED`.
+    pub redact_mode: crate::traffic::redact::RedactMode,
+    /// Print a line per entry written (`taphook record`).
+    pub echo: bool,
 }
 
 /// `store.backend`: the embedded store (one instance), or NATS JetStream
@@ -159,6 +166,8 @@ struct RawConfig {
     admin_listen: String,
     #[serde(default)]
     admin_token: Option<Secret>,
+    #[serde(default)]
+    session_secret: Option<Secret>,
     #[serde(default = "defaults::rules_dir")]
     rules_dir: PathBuf,
     #[serde(default = "defaults::data_dir")]
@@ -200,6 +209,8 @@ struct RawRecord {
     all: bool,
     #[serde(default)]
     redact: Vec<String>,
+    #[serde(default)]
+    redact_mode: crate::traffic::redact::RedactMode,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -441,6 +452,7 @@ impl Config {
                 rate_limit,
             },
             jwt_hs256_secret: raw.jwt.hs256_secret.filter(|s| !s.expose().is_empty()),
+            session_secret: raw.session_secret.filter(|s| !s.expose().is_empty()),
             shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(1), |d| d.0),
             funnel,
             log: raw.log.format,
@@ -450,6 +462,8 @@ impl Config {
                 max_bytes: r.max_bytes.map_or(256 << 20, |s| s.0).max(64 << 10),
                 all: r.all,
                 redact: r.redact,
+                redact_mode: r.redact_mode,
+                echo: false,
             }),
             threads: raw
                 .threads

@@ -15,10 +15,10 @@ use crate::derive::{Deriver, Exchange};
 use crate::event::DerivedEvent;
 use crate::filter::{fan_out, Verdict};
 use crate::funnel::Funnel;
-use crate::record::Recorder;
 use crate::rules::Rules;
 use crate::store::session_key;
 use crate::store::sqlite::{now_ms, Store, StoredEvent};
+use crate::traffic::record::Recorder;
 
 /// How many waiting exchanges the pipeline takes at once: their sessions
 /// are read together ([`crate::store::SessionStore::prefetch`]).
@@ -51,6 +51,7 @@ impl Pipeline {
                     .jwt_hs256_secret
                     .as_ref()
                     .map(|s| s.expose().as_bytes().to_vec()),
+                hash_key: shared.hash_key.clone(),
             },
             dedup: Dedup::new(config.dedup_capacity, config.dedup_ttl),
             store: shared.store.clone(),

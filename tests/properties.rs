@@ -333,7 +333,7 @@ proptest! {
             }
         }
         let sessions = MemorySessions::new(1 << 20, Duration::from_secs(60));
-        let deriver = Deriver { environment_name: "Production".into(), jwt_hs256_secret: None };
+        let deriver = Deriver::offline("Production");
         for event in deriver.derive(&exchange, shipped_rules(), &sessions) {
             serde_json::to_string(&event.event).unwrap();
         }
@@ -353,6 +353,7 @@ fn route(i: usize, template: &str, params: Vec<String>, method: Option<&str>) ->
         status: StatusMatch(vec![StatusRule::Class(2)]),
         when: None,
         session: None,
+        session_alias: None,
         remember: Vec::new(),
         trigger: None,
         dedup_key: None,

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::event::{DerivedEvent, Event};
+use crate::filter::hash::{with_key, HashKey};
 use crate::filter::{Expr, Scope};
 use crate::rules::model::{Route, Template, TRIGGER_TYPES};
 use crate::rules::Rules;
@@ -31,6 +32,20 @@ pub const UUID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b6e_8d0a_4c55_9a7e_3d2f
 pub struct Deriver {
     pub environment_name: String,
     pub jwt_hs256_secret: Option<Vec<u8>>,
+    /// The key of the `hash` operator (`session_secret`).
+    pub hash_key: HashKey,
+}
+
+impl Deriver {
+    /// A deriver for `environment_name`, with no JWT secret and the
+    /// offline tools' hash key.
+    pub fn offline(environment_name: &str) -> Self {
+        Self {
+            environment_name: environment_name.to_string(),
+            jwt_hs256_secret: None,
+            hash_key: HashKey::offline(),
+        }
+    }
 }
 
 /// An exchange's matching routes and its document, before any session is
@@ -39,20 +54,63 @@ pub struct Prepared<'r> {
     matches: Vec<PathMatch<'r>>,
     doc: Value,
     bearer: Option<Value>,
+    hash_key: HashKey,
+    /// Some route declares session aliases: a key not found is also
+    /// looked up as one.
+    aliases: bool,
 }
 
 impl Prepared<'_> {
-    /// The keys of the sessions the routes will read.
+    /// The keys of the sessions the routes will read (and of the aliases
+    /// they may be).
     pub fn session_keys(&mut self) -> Vec<String> {
         let mut keys = Vec::new();
-        for m in &self.matches {
-            if let Some(expr) = &m.route.session {
-                enter(&mut self.doc, m, &self.bearer);
-                keys.extend(session_key(&eval(expr, &self.doc, m.route)));
+        let Self {
+            matches,
+            doc,
+            bearer,
+            hash_key,
+            aliases,
+        } = self;
+        with_key(hash_key, || {
+            for m in matches.iter() {
+                if let Some(expr) = &m.route.session {
+                    enter(doc, m, bearer);
+                    if let Some(k) = session_key(&eval(expr, doc, m.route)) {
+                        if *aliases {
+                            keys.push(alias_key(&k));
+                        }
+                        keys.push(k);
+                    }
+                }
             }
-        }
+        });
         keys
     }
+}
+
+/// Where an alias of a session is kept, among sessions: a record whose
+/// `key` is the session's own key.
+pub fn alias_key(alias: &str) -> String {
+    format!("~alias:{alias}")
+}
+
+/// The session `key` names: itself, or (with aliases) the session it is
+/// an alias of. Returns the session's store key and the session.
+fn resolve(key: String, aliases: bool, sessions: &dyn SessionStore) -> (String, Option<Session>) {
+    if let Some(s) = sessions.get(&key) {
+        return (key, Some(s));
+    }
+    let alias = aliases.then(|| sessions.get(&alias_key(&key))).flatten();
+    let Some((canonical, alias)) = alias.and_then(|a| Some((session_key(&a.key)?, a))) else {
+        return (key, None);
+    };
+    // A session gone (retention) while its alias stays starts again.
+    let session = sessions.get(&canonical).unwrap_or(Session {
+        key: alias.key,
+        fields: Map::new(),
+    });
+    (canonical, Some(session))
 }
 
 /// Sets the document up for route `m`: its path parameters, no session
@@ -107,6 +165,8 @@ impl Deriver {
             matches,
             doc,
             bearer,
+            hash_key: self.hash_key.clone(),
+            aliases: rules.session_aliases,
         })
     }
 
@@ -139,14 +199,20 @@ impl Deriver {
             matches,
             mut doc,
             bearer,
+            hash_key,
+            aliases,
         } = prepared;
-        for m in &matches {
-            enter(&mut doc, m, &bearer);
-            f(
-                m.route,
-                self.route(m.route, exchange, &mut doc, bearer.is_some(), sessions),
-            );
-        }
+        let at = Exchanged {
+            exchange,
+            has_bearer: bearer.is_some(),
+            aliases,
+        };
+        with_key(&hash_key, || {
+            for m in &matches {
+                enter(&mut doc, m, &bearer);
+                f(m.route, self.route(m.route, &at, &mut doc, sessions));
+            }
+        });
     }
 
     /// What each route whose path matched `exchange` made of it: its
@@ -184,18 +250,27 @@ impl Deriver {
     fn route(
         &self,
         route: &Route,
-        exchange: &Exchange,
+        at: &Exchanged<'_>,
         doc: &mut Value,
-        has_bearer: bool,
         sessions: &dyn SessionStore,
     ) -> Result<DerivedEvent, Skip> {
+        let Exchanged {
+            exchange,
+            has_bearer,
+            aliases,
+        } = *at;
         let key_value = route
             .session
             .as_ref()
             .map(|e| eval(e, doc, route))
             .unwrap_or(Value::Null);
-        let key = session_key(&key_value);
-        let mut session = key.as_deref().and_then(|k| sessions.get(k));
+        let (key, mut session) = match session_key(&key_value) {
+            Some(k) => {
+                let (k, s) = resolve(k, aliases, sessions);
+                (Some(k), s)
+            }
+            None => (None, None),
+        };
         let new_session = key.is_some() && session.is_none();
         if let Some(s) = &session {
             set(doc, "session", Value::Object(s.fields.clone()));
@@ -236,6 +311,9 @@ impl Deriver {
                 }
             }
             sessions.put(key, s.clone());
+            if let Some(alias) = &route.session_alias {
+                put_aliases(scope_value(&scope, alias, route), key, s, sessions);
+            }
         }
         let trigger = route
             .trigger
@@ -280,6 +358,34 @@ impl Deriver {
             request_id: Some(exchange.request_id.clone()),
             new_session,
         })
+    }
+}
+
+/// What every route of one exchange shares.
+#[derive(Clone, Copy)]
+struct Exchanged<'x> {
+    exchange: &'x Exchange,
+    has_bearer: bool,
+    aliases: bool,
+}
+
+/// Keeps each value of `aliases` (one, or a list) as an alias of the
+/// session `key`, unless it is the key itself.
+fn put_aliases(aliases: Value, key: &str, session: &Session, sessions: &dyn SessionStore) {
+    let values = match aliases {
+        Value::Array(items) => items,
+        one => vec![one],
+    };
+    for alias in values.iter().filter_map(session_key) {
+        if alias != key {
+            sessions.put(
+                &alias_key(&alias),
+                Session {
+                    key: session.key.clone(),
+                    fields: Map::new(),
+                },
+            );
+        }
     }
 }
 

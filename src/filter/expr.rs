@@ -12,9 +12,17 @@ use datalogic_rs::bumpalo::Bump;
 use datalogic_rs::{DataValue, Engine, Logic};
 use serde_json::{Map, Value};
 
-static ENGINE: LazyLock<Engine> = LazyLock::new(Engine::new);
-static OPERATORS: LazyLock<HashSet<&'static str>> =
-    LazyLock::new(|| ENGINE.builtin_operator_names().collect());
+static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
+    Engine::builder()
+        .add_operator(super::hash::OPERATOR, super::hash::HashOperator)
+        .build()
+});
+static OPERATORS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    ENGINE
+        .builtin_operator_names()
+        .chain([super::hash::OPERATOR])
+        .collect()
+});
 
 /// Operators whose arguments are data, not expressions.
 const LITERAL_OPERATORS: &[&str] = &["preserve"];

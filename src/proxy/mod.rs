@@ -40,6 +40,8 @@ pub struct Tap {
     /// `record.all`: every exchange is copied (for the recording), not
     /// only those a route could match.
     copy_all: bool,
+    /// `record:` is on: with no route at all, every exchange is recorded.
+    recording: bool,
 }
 
 impl Tap {
@@ -52,6 +54,7 @@ impl Tap {
         Self {
             untapped: Untapped::new(&shared.metrics),
             copy_all: shared.config.record.as_ref().is_some_and(|r| r.all),
+            recording: shared.config.record.is_some(),
             shared,
             queue,
             upstream,
@@ -239,7 +242,9 @@ impl ProxyHttp for Tap {
         let (route, cap) = match plan {
             Some(plan) => plan,
             // Recorded, not tapped: counted under `route="none"`.
-            None if self.copy_all => (UNTAPPED, None),
+            None if self.copy_all || (self.recording && rules.routes.routes().is_empty()) => {
+                (UNTAPPED, None)
+            }
             None => return Ok(false),
         };
         ctx.tapped = Some(Box::new(Tapped {

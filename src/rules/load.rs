@@ -123,6 +123,8 @@ struct Loader {
     webhook_event_lines: Vec<HashMap<String, Origin>>,
     /// Beside each registered event: where its `app` and `event_type` are.
     registered_lines: Vec<(Origin, Origin)>,
+    /// Credentials routes hand on unhashed.
+    warnings: Vec<Problem>,
 }
 
 impl Loader {
@@ -290,6 +292,11 @@ impl Loader {
         let route = Route {
             when: self.expr(doc, &format!("{at}/when"), raw.when.as_ref()),
             session: self.expr(doc, &format!("{at}/session"), raw.session.as_ref()),
+            session_alias: self.expr(
+                doc,
+                &format!("{at}/session_alias"),
+                raw.session_alias.as_ref(),
+            ),
             trigger: self.expr(doc, &format!("{at}/trigger"), raw.trigger.as_ref()),
             dedup_key: self.expr(doc, &format!("{at}/dedup_key"), raw.dedup_key.as_ref()),
             data: raw
@@ -309,7 +316,40 @@ impl Loader {
             status,
             origin,
         };
+        self.credentials(doc, &at, &route);
         self.routes.push(route);
+    }
+
+    /// Warns about each credential the route hands on unhashed: in its
+    /// session key, session alias, remembered values or event data.
+    fn credentials(&mut self, doc: &Document, at: &str, route: &Route) {
+        let mut handed_on: Vec<(String, &Expr)> = Vec::new();
+        handed_on.extend(route.session.iter().map(|e| (format!("{at}/session"), e)));
+        handed_on.extend(
+            route
+                .session_alias
+                .iter()
+                .map(|e| (format!("{at}/session_alias"), e)),
+        );
+        handed_on.extend(
+            route
+                .remember
+                .iter()
+                .map(|(k, e)| (format!("{at}/remember/{}", escape_pointer(k)), e)),
+        );
+        data_exprs(&route.data, &format!("{at}/data"), &mut handed_on);
+        for (pointer, expr) in handed_on {
+            for what in super::credentials::raw_reads(expr.source()) {
+                let key = pointer.rsplit('/').next().unwrap_or("");
+                self.warnings.push(doc.problem(
+                    &pointer,
+                    format!(
+                        "warning: route `{}`: `{key}` takes {what} unhashed, so every receiver, the events API and the console see it; write {{\"hash\": ...}} around it (keyed with session_secret)",
+                        route.name
+                    ),
+                ));
+            }
+        }
     }
 
     fn methods(&mut self, doc: &Document, at: &str, methods: Vec<String>) -> Vec<String> {
@@ -661,14 +701,32 @@ impl Loader {
                 None
             }
         };
+        let mut warnings = self.warnings;
+        warnings.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        let table = table?;
+        let session_aliases = table.routes().iter().any(|r| r.session_alias.is_some());
         Some(Rules {
-            routes: table?,
+            warnings,
+            session_aliases,
+            routes: table,
             webhooks: self.webhooks.into_iter().map(Arc::new).collect(),
             apps: self.apps,
             registered: self.registered,
             event_types,
             files,
         })
+    }
+}
+
+/// Each expression of a route's `data`, with its place.
+fn data_exprs<'r>(t: &'r Template, at: &str, out: &mut Vec<(String, &'r Expr)>) {
+    match t {
+        Template::Expr(e) => out.push((at.to_string(), e)),
+        Template::Object(fields) => {
+            for (k, v) in fields {
+                data_exprs(v, &format!("{at}/{}", escape_pointer(k)), out);
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The rules directory: load, validate, lower.
 
+pub mod credentials;
 pub mod error;
 pub mod load;
 pub mod model;

@@ -33,6 +33,12 @@ pub struct Rules {
     /// Every event type some route derives.
     pub event_types: BTreeSet<String>,
     pub files: Vec<PathBuf>,
+    /// What loads but should be looked at (`taphook check` prints them):
+    /// a credential handed on unhashed.
+    pub warnings: Vec<crate::rules::Problem>,
+    /// Some route has `session_alias`: a session key not found is looked
+    /// up as an alias too.
+    pub session_aliases: bool,
 }
 
 impl Rules {
@@ -54,6 +60,9 @@ pub struct Route {
     pub status: StatusMatch,
     pub when: Option<Expr>,
     pub session: Option<Expr>,
+    /// Values that identify this route's session from now on: a later
+    /// exchange whose `session` is one of them joins it.
+    pub session_alias: Option<Expr>,
     pub remember: Vec<(String, Expr)>,
     pub trigger: Option<Expr>,
     pub dedup_key: Option<Expr>,

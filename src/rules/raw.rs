@@ -22,6 +22,8 @@ pub struct RawRoute {
     #[serde(default)]
     pub session: Option<Value>,
     #[serde(default)]
+    pub session_alias: Option<Value>,
+    #[serde(default)]
     pub remember: Map<String, Value>,
     #[serde(default)]
     pub trigger: Option<Value>,

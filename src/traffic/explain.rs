@@ -13,9 +13,9 @@ use serde_json::Value;
 use crate::dedup::Dedup;
 use crate::derive::{Deriver, Skip};
 use crate::filter::{fan_out, Verdict};
-use crate::har::Recorded;
 use crate::rules::Rules;
 use crate::store::MemorySessions;
+use crate::traffic::har::Recorded;
 
 /// What one exchange gave.
 #[derive(Debug, Serialize)]
@@ -62,10 +62,7 @@ pub fn explain(
     recorded: &[Recorded],
     environment_name: &str,
 ) -> Vec<ExchangeReport> {
-    let deriver = Deriver {
-        environment_name: environment_name.to_string(),
-        jwt_hs256_secret: None,
-    };
+    let deriver = Deriver::offline(environment_name);
     let sessions = MemorySessions::new(256 << 20, Duration::from_secs(30 * 86_400));
     let dedup = Dedup::new(1 << 20, Duration::from_secs(86_400));
     recorded

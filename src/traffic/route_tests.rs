@@ -2,7 +2,7 @@
 //! Prometheus rules. A test file (YAML) lists tests; each names its
 //! traffic (a HAR file, or exchanges written inline) and the events it
 //! expects, in order. The traffic goes through the code a running taphook
-//! uses ([`crate::explain`]: derive, dedup, fan-out; sessions carried from
+//! uses ([`crate::traffic::explain`]: derive, dedup, fan-out; sessions carried from
 //! one exchange to the next), in process, with no network and no store.
 //!
 //! ```yaml
@@ -31,11 +31,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::derive::{Captured, Exchange, FilePart};
-use crate::explain::{explain, EventReport, ExchangeReport};
-use crate::har::{self, Recorded};
 use crate::rules::source::{process_env, Document};
 use crate::rules::Rules;
 use crate::store::session_key;
+use crate::traffic::explain::{explain, EventReport, ExchangeReport};
+use crate::traffic::har::{self, Recorded};
 
 /// A test file, as written.
 #[derive(Debug, Deserialize)]
@@ -77,12 +77,52 @@ struct InlineRequest {
     headers: Map<String, Value>,
     #[serde(default)]
     body: Option<Value>,
-    /// Multipart file names (the part's field is `file`).
+    /// Multipart files: a file name (the part's field is `file`), or
+    /// `{field, filename, content_type}`.
     #[serde(default)]
-    files: Vec<String>,
+    files: Vec<InlineFile>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum InlineFile {
+    Name(String),
+    Part {
+        #[serde(default = "file_field")]
+        field: String,
+        filename: String,
+        #[serde(default)]
+        content_type: Option<String>,
+    },
+}
+
+fn file_field() -> String {
+    "file".into()
+}
+
+impl InlineFile {
+    fn part(&self) -> FilePart {
+        match self {
+            Self::Name(filename) => FilePart {
+                field: file_field(),
+                filename: filename.clone(),
+                content_type: None,
+            },
+            Self::Part {
+                field,
+                filename,
+                content_type,
+            } => FilePart {
+                field: field.clone(),
+                filename: filename.clone(),
+                content_type: content_type.clone(),
+            },
+        }
+    }
+}
+
+/// An exchange without `response` is a 200 with an empty body.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InlineResponse {
     #[serde(default = "ok")]
@@ -91,6 +131,16 @@ struct InlineResponse {
     headers: Map<String, Value>,
     #[serde(default)]
     body: Option<Value>,
+}
+
+impl Default for InlineResponse {
+    fn default() -> Self {
+        Self {
+            status: ok(),
+            headers: Map::new(),
+            body: None,
+        }
+    }
 }
 
 fn get() -> String {
@@ -214,16 +264,7 @@ fn inline(x: &Inline) -> Result<Exchange, String> {
         query,
         request_headers,
         request_body,
-        files: x
-            .request
-            .files
-            .iter()
-            .map(|f| FilePart {
-                field: "file".into(),
-                filename: f.clone(),
-                content_type: None,
-            })
-            .collect(),
+        files: x.request.files.iter().map(InlineFile::part).collect(),
         status: x.response.status,
         response_headers,
         response_body,
@@ -270,19 +311,16 @@ fn check(test: &Test, reports: &[ExchangeReport]) -> Option<String> {
                 want.event_type,
                 near_misses(reports, &want.event_type)
             )),
-            Some((_, got)) => {
+            Some((x, got)) => {
                 let diffs = differences(want, got, &derived);
                 if !diffs.is_empty() {
-                    problems.push(side_by_side(i, &diffs));
+                    problems.push(side_by_side(&described(i, x, got), &diffs));
                 }
             }
         }
     }
     for (i, (x, got)) in derived.iter().enumerate().skip(test.events.len()) {
-        problems.push(format!(
-            "  event {i} ({}, route {}, from #{} {} {}) was not expected",
-            got.event_type, got.route, x.entry, x.method, x.path
-        ));
+        problems.push(format!("  {} was not expected", described(i, x, got)));
     }
     (!problems.is_empty()).then(|| problems.join("\n"))
 }
@@ -364,7 +402,16 @@ fn subset(at: &str, want: &Value, got: &Value, out: &mut Vec<(String, String, St
     }
 }
 
-fn side_by_side(i: usize, diffs: &[(String, String, String)]) -> String {
+/// A derived event as a failure names it: its position, its type, its
+/// route and the exchange it came from.
+fn described(i: usize, x: &ExchangeReport, got: &EventReport) -> String {
+    format!(
+        "event {i} ({}, route {}, from #{} {} {} -> {})",
+        got.event_type, got.route, x.entry, x.method, x.path, x.status
+    )
+}
+
+fn side_by_side(what: &str, diffs: &[(String, String, String)]) -> String {
     let width = diffs
         .iter()
         .map(|(f, _, _)| f.len())
@@ -378,7 +425,7 @@ fn side_by_side(i: usize, diffs: &[(String, String, String)]) -> String {
         .unwrap_or(0)
         .clamp(8, 60);
     let mut s = format!(
-        "  event {i}:\n    {:<width$}  {:<col$}  derived\n",
+        "  {what}:\n    {:<width$}  {:<col$}  derived\n",
         "", "expected"
     );
     for (field, e, g) in diffs {
