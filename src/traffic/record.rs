@@ -403,13 +403,14 @@ pub fn capture(c: &Capture) -> anyhow::Result<()> {
     let quote = |s: &str| Value::String(s.to_string()).to_string();
     let yaml = format!(
         "listen: {listen}\nupstream: {upstream}\nadmin_listen: 127.0.0.1:0\nrules_dir: rules\ndata_dir: data\n\
-         capture: {{max_body_bytes: {max}}}\nfunnel: {{stall_after: 0s}}\n\
+         session_secret: {secret}\ncapture: {{max_body_bytes: {max}}}\nfunnel: {{stall_after: 0s}}\n\
          record: {{dir: {out}, all: true, max_bytes: 4GiB, redact_mode: {mode}}}\n",
         listen = quote(&c.listen.to_string()),
         upstream = quote(&c.upstream),
         max = quote(&c.max_body_bytes),
         out = quote(&out.display().to_string()),
         mode = quote(&c.redact_mode),
+        secret = quote(&uuid::Uuid::new_v4().simple().to_string()),
     );
     fs::write(&config_path, yaml)?;
     let mut config = crate::config::Config::load(&config_path, &crate::rules::source::process_env)

@@ -203,6 +203,73 @@ fn uploads_and_confirms(seen: &[Seen<'_>], used: &mut [bool], out: &mut Proposal
             out.add(&event, s, *i, line, None);
         }
     }
+    let mut last_steps: Vec<usize> = Vec::new();
+    for &u in &uploads {
+        let mine: Vec<usize> = confirms
+            .iter()
+            .filter(|(up, _, _)| *up == u)
+            .map(|(_, i, _)| *i)
+            .collect();
+        match mine.last() {
+            Some(&last) => last_steps.extend(
+                mine.iter()
+                    .copied()
+                    .filter(|&i| same_step(&seen[i], &seen[last])),
+            ),
+            None => last_steps.push(u),
+        }
+    }
+    form_outcomes(seen, &last_steps, out);
+}
+
+fn same_step(a: &Seen<'_>, b: &Seen<'_>) -> bool {
+    a.x.method == b.x.method && a.template == b.template
+}
+
+/// The last step of an import posted as a form: where the same step was
+/// answered both with a redirect and with a page (no JSON), the redirect
+/// is the form accepted (post/redirect/get) and the page is the form
+/// shown again, refused. Each becomes the import's end.
+fn form_outcomes(seen: &[Seen<'_>], last_steps: &[usize], out: &mut Proposals) {
+    let mut done: Vec<usize> = Vec::new();
+    for &i in last_steps {
+        if done.contains(&i) {
+            continue;
+        }
+        let step: Vec<usize> = last_steps
+            .iter()
+            .copied()
+            .filter(|&j| same_step(&seen[j], &seen[i]))
+            .collect();
+        done.extend(&step);
+        let redirected: Vec<usize> = step
+            .iter()
+            .copied()
+            .filter(|&j| (300..400).contains(&seen[j].x.status))
+            .collect();
+        let shown_again: Vec<usize> = step
+            .iter()
+            .copied()
+            .filter(|&j| seen[j].x.status == 200 && seen[j].response_body.is_null())
+            .collect();
+        if redirected.is_empty() || shown_again.is_empty() {
+            continue;
+        }
+        for &j in &redirected {
+            let why = format!(
+                "{}: the import's last step answered with a redirect where it was also answered with its page again: the form was accepted (post/redirect/get)",
+                at(&seen[j])
+            );
+            out.add("import_succeeded", &seen[j], j, why, None);
+        }
+        for &j in &shown_again {
+            let why = format!(
+                "{}: the import's last step answered with its page again where it was also answered with a redirect: the form was refused",
+                at(&seen[j])
+            );
+            out.add("import_failed", &seen[j], j, why, None);
+        }
+    }
 }
 
 /// How a later request refers back to an upload.

@@ -144,7 +144,8 @@ fn unique_name(p: &Proposal, names: &mut Vec<String>) -> String {
                     }
                 })
                 .collect();
-            format!("-{}", w.trim_matches('-'))
+            let w = w.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-");
+            format!("-{w}")
         })
         .filter(|w| w.len() > 1)
         .collect();

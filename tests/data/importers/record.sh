@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Records one importer of the corpus again: installs it (setup.sh), starts
+# it on a free loopback port (serve.sh), puts `taphook record` in front of
+# it, plays a successful session and a failing one through the proxy
+# (drive.py, drive.py --fail), stops, and writes the recording to
+# <importer>/session.har.
+#   usage: record.sh IMPORTER [TAPHOOK_BIN]
+#   e.g.   tests/data/importers/record.sh datasette-upload-csvs target/debug/taphook
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+name="${1:?usage: record.sh IMPORTER [TAPHOOK_BIN]}"
+bin="$(realpath "${2:-$here/../../../target/debug/taphook}")"
+dir="$here/$name"
+[ -d "$dir" ] || { echo "no importer $name in $here" >&2; exit 2; }
+
+work="$(mktemp -d /tmp/taphook-corpus.XXXXXX)"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_port() {
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+
+bash "$dir/setup.sh" >&2
+upstream="$(free_port)"
+proxy="$(free_port)"
+bash "$dir/serve.sh" "$upstream" "$work/importer" >"$work/importer.log" 2>&1 &
+pids+=($!)
+wait_port "$upstream"
+"$bin" record --upstream "http://127.0.0.1:$upstream" --listen "127.0.0.1:$proxy" \
+    --out "$work/out" 2>"$work/record.log" &
+recorder=$!
+pids+=($recorder)
+wait_port "$proxy"
+python3 "$dir/drive.py" "http://127.0.0.1:$proxy" --quiet
+python3 "$dir/drive.py" "http://127.0.0.1:$proxy" --fail --quiet
+kill -INT "$recorder"
+wait "$recorder" || true
+har=$(ls "$work"/out/*.har)
+cp "$har" "$dir/session.har"
+grep -E '^(recorded|next)' "$work/record.log" >&2 || true
+echo "wrote $dir/session.har" >&2
