@@ -134,7 +134,11 @@ fn score(dir: &Path) -> (Score, Draft, Vec<Derived>) {
         .filter(lifecycle)
         .collect();
     let all_drafted = events(&explain(&draft_rules, &recorded, "Production"));
-    let drafted: Vec<Derived> = all_drafted.iter().filter(|e| lifecycle(e)).cloned().collect();
+    let drafted: Vec<Derived> = all_drafted
+        .iter()
+        .filter(|e| lifecycle(e))
+        .cloned()
+        .collect();
     let correct = grouped(&hand, &drafted, &pairs(&hand, &drafted)).len();
     let ratio = |n: usize, of: usize| if of == 0 { 1.0 } else { n as f64 / of as f64 };
     (
@@ -155,9 +159,8 @@ fn score(dir: &Path) -> (Score, Draft, Vec<Derived>) {
 fn the_draft_finds_each_real_importers_lifecycle() {
     let dirs = corpus();
     assert!(dirs.len() >= 3, "the corpus holds {} importers", dirs.len());
-    let mut table = String::from(
-        "importer                   hand  drafted  matched  recall  precision\n",
-    );
+    let mut table =
+        String::from("importer                   hand  drafted  matched  recall  precision\n");
     let mut missed = Vec::new();
     for dir in &dirs {
         let (s, _, _) = score(dir);
@@ -170,7 +173,11 @@ fn the_draft_finds_each_real_importers_lifecycle() {
             s.recall * 100.0,
             s.precision * 100.0
         ));
-        assert!(s.hand > 0, "{}: the hand-written routes give no event", s.name);
+        assert!(
+            s.hand > 0,
+            "{}: the hand-written routes give no event",
+            s.name
+        );
         if s.recall < 0.8 || s.precision < 0.8 {
             missed.push(s.name.clone());
         }

@@ -133,8 +133,9 @@ impl Seen<'_> {
             .map(|c| c.value.as_str())
     }
 
-    /// The files a request uploads: its multipart file parts, or a CSV or
-    /// spreadsheet sent as the body itself.
+    /// The request uploads a file: a multipart file part, a CSV or
+    /// spreadsheet (or bytes) sent as the body itself, or CSV text in the
+    /// body or in one of its JSON fields.
     pub fn uploads(&self) -> bool {
         if !self.x.files.is_empty() {
             return true;
@@ -144,15 +145,41 @@ impl Seen<'_> {
             .request_header("content-type")
             .unwrap_or_default()
             .to_ascii_lowercase();
+        let body = self.x.request_body.as_ref().map(|b| b.bytes.as_slice());
         ct.starts_with("text/csv")
             || ct.contains("spreadsheet")
             || ct.contains("ms-excel")
             || ct.starts_with("text/tab-separated-values")
+            || (ct.starts_with("application/octet-stream") && body.is_some_and(|b| !b.is_empty()))
+            || (ct.starts_with("text/plain")
+                && body.is_some_and(|b| csv_text(&String::from_utf8_lossy(b))))
+            || json_csv(&self.request_body, 0)
     }
 
     /// The names of the files uploaded.
     pub fn filenames(&self) -> Vec<&str> {
         self.x.files.iter().map(|f| f.filename.as_str()).collect()
+    }
+}
+
+/// Text that reads as CSV: two lines or more, the first two with the same
+/// number (one or more) of the same delimiter.
+pub fn csv_text(text: &str) -> bool {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let (Some(a), Some(b)) = (lines.next(), lines.next()) else {
+        return false;
+    };
+    [',', ';', '\t']
+        .iter()
+        .any(|d| a.matches(*d).count() >= 1 && a.matches(*d).count() == b.matches(*d).count())
+}
+
+/// A JSON field (at the top or one level down) holding CSV text.
+fn json_csv(v: &Value, depth: usize) -> bool {
+    match v {
+        Value::String(s) => s.contains('\n') && csv_text(s),
+        Value::Object(m) if depth < 2 => m.values().any(|v| json_csv(v, depth + 1)),
+        _ => false,
     }
 }
 
@@ -476,7 +503,14 @@ pub fn template(path: &str, handed_out: &HashSet<String>) -> (String, Vec<(Strin
             let mut name = i
                 .checked_sub(1)
                 .and_then(|p| segments.get(p))
-                .map(|prev| format!("{}_id", singular(prev)))
+                .map(|prev| {
+                    let one = singular(prev);
+                    if one.ends_with("_id") || one == "id" {
+                        one
+                    } else {
+                        format!("{one}_id")
+                    }
+                })
                 .filter(|n| is_identifier(n))
                 .unwrap_or_else(|| "id".to_string());
             while params.iter().any(|(n, _)| *n == name) {
@@ -497,6 +531,9 @@ pub fn singular(word: &str) -> String {
         if let Some(stem) = w.strip_suffix(suffix) {
             return format!("{stem}{}", &suffix[..suffix.len() - 2]);
         }
+    }
+    if w.ends_with("ss") || w.ends_with("us") {
+        return w;
     }
     w.strip_suffix('s').map(str::to_string).unwrap_or(w)
 }

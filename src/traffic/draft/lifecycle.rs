@@ -150,9 +150,11 @@ fn uploads_and_confirms(seen: &[Seen<'_>], used: &mut [bool], out: &mut Proposal
             .find_map(|&u| refers_back(&seen[u], s).map(|why| (u, why)));
         match back {
             // Only the file's name, and an answer handing out an id that
-            // later requests carry: a new session about that file (a
-            // headless import created for it), not the confirm step.
-            Some((_, Link::FileName(_))) if hands_out_used(seen, i).is_some() => {}
+            // a later upload carries: a new session about that file (a
+            // headless import created for it, then sent the file), not
+            // the confirm step.
+            Some((_, Link::FileName(_)))
+                if hands_out_used(seen, i).is_some_and(|(_, later)| later.uploads()) => {}
             Some((u, link)) => confirms.push((u, i, link.to_string())),
             None => {}
         }
@@ -220,6 +222,30 @@ fn uploads_and_confirms(seen: &[Seen<'_>], used: &mut [bool], out: &mut Proposal
         }
     }
     form_outcomes(seen, &last_steps, out);
+    answered_outcomes(seen, &last_steps, out);
+}
+
+/// The last step of an import answered in JSON with how it went (a
+/// synchronous import: `{"status": "completed"}`, `{"errors": [...]}`):
+/// each end seen becomes a route, as a poll's would.
+fn answered_outcomes(seen: &[Seen<'_>], last_steps: &[usize], out: &mut Proposals) {
+    let mut done: Vec<usize> = Vec::new();
+    for &i in last_steps {
+        if done.contains(&i) {
+            continue;
+        }
+        let step: Vec<usize> = last_steps
+            .iter()
+            .copied()
+            .filter(|&j| same_step(&seen[j], &seen[i]) && !seen[j].response_body.is_null())
+            .collect();
+        done.push(i);
+        done.extend(&step);
+        if !step.is_empty() {
+            out.0
+                .extend(super::polls::ends(seen, &step, "the import's last step"));
+        }
+    }
 }
 
 fn same_step(a: &Seen<'_>, b: &Seen<'_>) -> bool {
@@ -318,7 +344,7 @@ fn refers_back(upload: &Seen<'_>, later: &Seen<'_>) -> Option<Link> {
 }
 
 /// A value exchange `i`'s answer hands out (not a credential) that a
-/// later request carries, and that request.
+/// later request carries, and that request (the first one to).
 fn hands_out_used<'s, 'a>(
     seen: &'s [Seen<'a>],
     i: usize,
@@ -408,13 +434,56 @@ pub fn named(method: &str, template: &str) -> String {
         _ if last.contains("resume") => Some("embed_resumed"),
         _ => None,
     };
-    suggested.map(str::to_string).unwrap_or_else(|| {
-        let word: String = last
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        format!("{}_{word}", method.to_ascii_lowercase())
-    })
+    suggested
+        .map(str::to_string)
+        .unwrap_or_else(|| path_named(method, template))
+}
+
+/// The method and the path's last word: `post_validate`.
+pub fn path_named(method: &str, template: &str) -> String {
+    let last = template
+        .rsplit('/')
+        .find(|s| !s.is_empty() && !s.starts_with('{'))
+        .unwrap_or("root")
+        .to_ascii_lowercase();
+    let word: String = last
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{}_{word}", method.to_ascii_lowercase())
+}
+
+/// Once sessions are known: a creation is one only if the id it handed
+/// out is its session's key, and a DELETE closes the session only if the
+/// id it deletes is the session's key; other such steps are named after
+/// their path.
+pub fn settle(props: &mut [Proposal]) {
+    for p in props.iter_mut() {
+        let session = p.session.as_ref().and_then(Value::as_str).unwrap_or("");
+        let keeps = match p.event.as_str() {
+            "embed_initialized" => session.starts_with("$response.body."),
+            "embed_closed" if p.method == "DELETE" => p
+                .template
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .and_then(|last| last.strip_prefix('{')?.strip_suffix('}'))
+                .is_some_and(|param| session == format!("$params.{param}")),
+            _ => true,
+        };
+        if !keeps {
+            p.evidence.push(format!(
+                "not `{}`: the session's key is not the id it {}",
+                p.event,
+                if p.event == "embed_initialized" {
+                    "handed out"
+                } else {
+                    "deletes"
+                }
+            ));
+            p.event = path_named(&p.method, &p.template);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ impl Draft {
         let seen = evidence::read_all(recorded);
         let mut props = lifecycle::classify(&seen);
         sessions::thread(&seen, &mut props);
+        lifecycle::settle(&mut props);
         let mut names: Vec<String> = Vec::new();
         let routes = props
             .into_iter()
@@ -144,7 +145,11 @@ fn unique_name(p: &Proposal, names: &mut Vec<String>) -> String {
                     }
                 })
                 .collect();
-            let w = w.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-");
+            let w = w
+                .split('-')
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join("-");
             format!("-{w}")
         })
         .filter(|w| w.len() > 1)
@@ -254,4 +259,229 @@ fn render(d: &Draft, source: &str, why: bool) -> String {
 fn uses_hash(r: &Route) -> bool {
     let has = |v: &Value| v.to_string().contains("\"hash\"");
     r.session.as_ref().is_some_and(has) || r.session_alias.iter().any(has)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic::explain::explain;
+
+    /// A HAR entry: method, URL path, request headers and body, status,
+    /// answer headers and body.
+    fn entry(
+        method: &str,
+        path: &str,
+        req: (&[(&str, &str)], Option<&str>),
+        status: u16,
+        resp: (&[(&str, &str)], Option<&str>),
+    ) -> Value {
+        let headers = |h: &[(&str, &str)]| {
+            h.iter()
+                .map(|(n, v)| json!({"name": n, "value": v}))
+                .collect::<Vec<_>>()
+        };
+        let mut request = json!({"method": method, "url": format!("http://importer{path}"),
+            "httpVersion": "HTTP/1.1", "cookies": [], "headers": headers(req.0), "queryString": [],
+            "headersSize": -1, "bodySize": -1});
+        if let Some(b) = req.1 {
+            let ct = req
+                .0
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+                .map_or("application/json", |(_, v)| v);
+            request["postData"] = json!({"mimeType": ct, "text": b});
+        }
+        json!({"startedDateTime": "2026-12-06T10:00:00Z", "time": 1, "request": request,
+            "response": {"status": status, "statusText": "", "httpVersion": "HTTP/1.1", "cookies": [],
+                "headers": headers(resp.0), "content": {"size": 0, "mimeType": "application/json", "text": resp.1.unwrap_or("")},
+                "redirectURL": "", "headersSize": -1, "bodySize": -1},
+            "cache": {}, "timings": {"send": 0, "wait": 0, "receive": 0}})
+    }
+
+    fn har(entries: Vec<Value>) -> Vec<Recorded> {
+        let doc = json!({"log": {"version": "1.2", "creator": {"name": "t", "version": "1"}, "entries": entries}});
+        crate::traffic::har::read(&doc.to_string()).unwrap()
+    }
+
+    const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
+    fn multipart(boundary: &str, filename: &str) -> (String, String) {
+        (
+            format!("multipart/form-data; boundary={boundary}"),
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: text/csv\r\n\r\nname,email\r\nAda,ada@example.com\r\n--{boundary}--\r\n"),
+        )
+    }
+
+    /// One session of an API importer: the file, then an import made of
+    /// it, then its status polled until it ends.
+    fn api_session(file_id: &str, import_id: &str, end: &str) -> Vec<Value> {
+        let (ct, body) = multipart("XyZ", "contacts.csv");
+        vec![
+            entry(
+                "GET",
+                "/app/",
+                (&[], None),
+                200,
+                (&[("content-type", "text/html")], Some("<html></html>")),
+            ),
+            entry(
+                "POST",
+                "/api/files",
+                (&[("content-type", ct.as_str())], Some(body.as_str())),
+                201,
+                (
+                    JSON,
+                    Some(&format!(
+                        r#"{{"file_id": "{file_id}", "name": "contacts.csv"}}"#
+                    )),
+                ),
+            ),
+            entry(
+                "POST",
+                "/api/imports",
+                (
+                    JSON,
+                    Some(&format!(
+                        r#"{{"file_id": "{file_id}", "template": "contacts"}}"#
+                    )),
+                ),
+                202,
+                (
+                    JSON,
+                    Some(&format!(r#"{{"id": "{import_id}", "status": "queued"}}"#)),
+                ),
+            ),
+            entry(
+                "GET",
+                &format!("/api/imports/{import_id}"),
+                (&[], None),
+                200,
+                (JSON, Some(r#"{"status": "processing", "rows": 0}"#)),
+            ),
+            entry(
+                "GET",
+                &format!("/api/imports/{import_id}"),
+                (&[], None),
+                200,
+                (JSON, Some(&format!(r#"{{"status": "{end}", "rows": 2}}"#))),
+            ),
+            entry(
+                "GET",
+                &format!("/api/imports/{import_id}"),
+                (&[], None),
+                200,
+                (JSON, Some(&format!(r#"{{"status": "{end}", "rows": 2}}"#))),
+            ),
+        ]
+    }
+
+    fn load(d: &Draft) -> crate::rules::Rules {
+        let text = d.render("test.har", true);
+        let doc = crate::rules::source::Document::parse(
+            std::path::Path::new("draft.yaml"),
+            &text,
+            &|_| None,
+        )
+        .unwrap_or_else(|p| panic!("{p}\n{text}"));
+        crate::rules::load_documents(&[doc]).unwrap_or_else(|p| panic!("{p}\n{text}"))
+    }
+
+    /// (entry, event type, session) of every event not dropped as a duplicate.
+    fn events(rules: &crate::rules::Rules, recorded: &[Recorded]) -> Vec<(usize, String, Value)> {
+        explain(rules, recorded, "Production")
+            .into_iter()
+            .flat_map(|r| {
+                let entry = r.entry;
+                r.events
+                    .into_iter()
+                    .filter(|e| !e.duplicate)
+                    .map(move |e| (entry, e.event_type, e.embed_id))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_api_importer_is_threaded_from_its_file_to_its_polls() {
+        let mut entries = api_session("f_8a7b6c5d4e", "imp_1a2b3c4d5e", "completed");
+        entries.extend(api_session("f_9f8e7d6c5b", "imp_5e4d3c2b1a", "failed"));
+        let recorded = har(entries);
+        let draft = Draft::of(&recorded);
+        let rules = load(&draft);
+        let got = events(&rules, &recorded);
+        let f1 = json!("f_8a7b6c5d4e");
+        let f2 = json!("f_9f8e7d6c5b");
+        assert_eq!(
+            got,
+            vec![
+                (1, "file_uploaded".to_string(), f1.clone()),
+                (2, "import_submitted".to_string(), f1.clone()),
+                (4, "import_succeeded".to_string(), f1),
+                (7, "file_uploaded".to_string(), f2.clone()),
+                (8, "import_submitted".to_string(), f2.clone()),
+                (10, "import_failed".to_string(), f2),
+            ],
+            "{}",
+            draft.render("test.har", true)
+        );
+    }
+
+    #[test]
+    fn a_synchronous_import_answers_how_it_went() {
+        let session = |sid: &str, answer: &str| {
+            let cookie = format!("sid={sid}");
+            let h: Vec<(&str, &str)> = vec![
+                ("content-type", "application/json"),
+                ("cookie", cookie.as_str()),
+            ];
+            vec![
+                entry(
+                    "GET",
+                    "/import",
+                    (&[("cookie", cookie.as_str())], None),
+                    200,
+                    (&[("content-type", "text/html")], Some("<form></form>")),
+                ),
+                entry(
+                    "POST",
+                    "/import",
+                    (&h, Some(r#"{"csv": "name,email\nAda,ada@example.com\n"}"#)),
+                    200,
+                    (JSON, Some(answer)),
+                ),
+            ]
+        };
+        let mut entries = session("s3cr3tc00kie1", r#"{"status": "ok", "imported": 1}"#);
+        entries.extend(session(
+            "s3cr3tc00kie2",
+            r#"{"status": "error", "errors": ["row 2: email"]}"#,
+        ));
+        let recorded = har(entries);
+        let draft = Draft::of(&recorded);
+        let text = draft.render("test.har", false);
+        assert!(
+            text.contains(r#"session: {"hash":"$request.cookies.sid"}"#),
+            "{text}"
+        );
+        let got: Vec<(usize, String)> = events(&load(&draft), &recorded)
+            .into_iter()
+            .map(|(e, t, _)| (e, t))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "file_uploaded".to_string()),
+                (1, "import_succeeded".to_string()),
+                (3, "file_uploaded".to_string()),
+                (3, "import_failed".to_string()),
+            ],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn statuses_are_written_as_seen() {
+        assert_eq!(status(&BTreeSet::from([302])), json!(302));
+        assert_eq!(status(&BTreeSet::from([200, 201])), json!("2xx"));
+        assert_eq!(status(&BTreeSet::from([200, 302])), json!([200, 302]));
+    }
 }

@@ -36,6 +36,8 @@ const FAILURE: &[&str] = &[
     "canceled",
     "rejected",
     "invalid",
+    "revoked",
+    "timeout",
 ];
 
 /// How an answer ended, if it did.
@@ -47,6 +49,22 @@ enum End {
 
 /// One answer's state fields: `$response.body...` path → value.
 type Fields = BTreeMap<String, Value>;
+
+/// True when a status word is one of `list`: the word itself, or one of
+/// its parts (`import_failed`, `COMPLETED_OK`), unless its parts say both.
+fn says(v: &Value, list: &[&str]) -> bool {
+    let Some(s) = v.as_str() else { return false };
+    let lower = s.to_ascii_lowercase();
+    if list.contains(&lower.as_str()) {
+        return true;
+    }
+    let parts: Vec<&str> = lower
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let any = |l: &[&str]| parts.iter().any(|p| l.contains(p));
+    parts.len() > 1 && any(list) && !(any(SUCCESS) && any(FAILURE))
+}
 
 /// The proposals for every poll among the exchanges not used yet.
 pub fn proposals(seen: &[Seen<'_>], used: &[bool]) -> Vec<Proposal> {
@@ -66,12 +84,14 @@ pub fn proposals(seen: &[Seen<'_>], used: &[bool]) -> Vec<Proposal> {
     }
     groups
         .into_iter()
-        .flat_map(|(_, members)| poll(seen, &members))
+        .flat_map(|(_, members)| ends(seen, &members, "a poll"))
         .collect()
 }
 
-/// The routes of one group of answers, if they report a state that ends.
-fn poll(seen: &[Seen<'_>], members: &[usize]) -> Vec<Proposal> {
+/// The routes of one group of answers to the same method and path (a
+/// poll's, or a last step's whose JSON answer says how the import went),
+/// if they report a state that ends: one route per end seen.
+pub fn ends(seen: &[Seen<'_>], members: &[usize], what: &str) -> Vec<Proposal> {
     let answers: Vec<Fields> = members
         .iter()
         .map(|&i| state_fields(&seen[i].response_body))
@@ -137,7 +157,7 @@ fn poll(seen: &[Seen<'_>], members: &[usize]) -> Vec<Proposal> {
             if expected[k] {
                 p.exchanges.push(i);
                 p.evidence.push(format!(
-                    "{}: a poll ({} answers to {} {}, changing {}); this answer is a {}: {}",
+                    "{}: {what} ({} answers to {} {}, changing {}); this answer is a {}: {}",
                     at(&seen[i]),
                     members.len(),
                     seen[i].x.method,
@@ -204,6 +224,8 @@ fn plain(k: &str) -> bool {
 /// What a field's name says it reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
+    /// A process's exit code: 0 is success, another number failure.
+    Exit,
     Status,
     Error,
     Done,
@@ -216,6 +238,7 @@ fn state_name(name: &str) -> Option<Role> {
     let n = name.to_ascii_lowercase();
     let has = |w: &[&str]| w.iter().any(|x| n.contains(x));
     Some(match () {
+        _ if has(&["exit_code", "exitcode", "return_code", "returncode"]) => Role::Exit,
         _ if has(&["error", "fail", "exception"]) => Role::Error,
         _ if has(&["status", "state", "phase", "stage", "result", "outcome"]) => Role::Status,
         _ if has(&["percent", "progress", "pct"]) => Role::Progress,
@@ -244,12 +267,13 @@ fn role(path: &str) -> Option<Role> {
 /// How an answer ended, and whether a word said so (a status of
 /// `complete`, `done: true`): the evidence of a single answer.
 fn end_of(a: &Fields, varies: &dyn Fn(&str) -> bool) -> Option<(End, bool)> {
-    let word = |v: &Value, list: &[&str]| {
-        v.as_str()
-            .is_some_and(|s| list.contains(&s.to_ascii_lowercase().as_str()))
-    };
+    let word = says;
+    let exit = |v: &Value| v.as_f64();
     for (path, v) in a {
         match role(path) {
+            Some(Role::Exit) if exit(v).is_some_and(|c| c != 0.0) => {
+                return Some((End::Failure, true))
+            }
             Some(Role::Status) if word(v, FAILURE) => return Some((End::Failure, true)),
             Some(Role::Error) if truthy(v) && varies(path) => return Some((End::Failure, false)),
             Some(Role::Error) if v.as_bool() == Some(true) => return Some((End::Failure, true)),
@@ -258,6 +282,7 @@ fn end_of(a: &Fields, varies: &dyn Fn(&str) -> bool) -> Option<(End, bool)> {
     }
     for (path, v) in a {
         match role(path) {
+            Some(Role::Exit) if exit(v) == Some(0.0) => return Some((End::Success, true)),
             Some(Role::Status) if word(v, SUCCESS) => return Some((End::Success, true)),
             Some(Role::Done) if v.as_bool() == Some(true) => return Some((End::Success, true)),
             Some(Role::Done) if truthy(v) && !v.is_boolean() && varies(path) => {
@@ -316,10 +341,7 @@ fn candidates(end: End, answers: &[Fields]) -> Vec<(Value, Vec<(String, Value)>)
         let mut seen: Vec<Value> = answers
             .iter()
             .filter_map(|a| a.get(p))
-            .filter(|v| {
-                v.as_str()
-                    .is_some_and(|s| list.contains(&s.to_ascii_lowercase().as_str()))
-            })
+            .filter(|v| says(v, list))
             .cloned()
             .collect();
         seen.sort_by_key(|v| v.to_string());
@@ -346,6 +368,12 @@ fn candidates(end: End, answers: &[Fields]) -> Vec<(Value, Vec<(String, Value)>)
                     out.push((json!({"in": [p, w]}), vec![(name(p), json!(p))]));
                 }
             }
+            for p in of(Role::Exit) {
+                out.push((
+                    json!({"and": [{"!==": [p, null]}, {"!==": [p, 0]}]}),
+                    vec![(name(p), json!(p))],
+                ));
+            }
             for e in &errors {
                 out.push((json!({"!!": [e]}), vec![(name(e), json!(e))]));
             }
@@ -357,6 +385,9 @@ fn candidates(end: End, answers: &[Fields]) -> Vec<(Value, Vec<(String, Value)>)
                 if !w.is_empty() {
                     signals.push((json!({"in": [p, w]}), vec![(name(p), json!(p))]));
                 }
+            }
+            for p in of(Role::Exit) {
+                signals.push((json!({"==": [p, 0]}), vec![(name(p), json!(p))]));
             }
             for p in of(Role::Done) {
                 signals.push((json!({"==": [p, true]}), vec![(name(p), json!(p))]));

@@ -36,7 +36,7 @@ pub fn thread(seen: &[Seen<'_>], props: &mut [Proposal]) {
     let mut placed = vec![false; props.len()];
     // Each round keys the routes not placed yet: a recording may hold
     // sessions of two kinds (an embed id, a headless import's id).
-    while let Some(key) = best(&nodes, &threads, props, &placed) {
+    while let Some(key) = best(&nodes, &threads, props, &placed, seen) {
         place(&nodes, &threads, props, &mut placed, key);
         join_through_aliases(&nodes, &threads, props, &mut placed, seen);
     }
@@ -156,10 +156,20 @@ fn coverage(nodes: &[Node], threads: &[usize], t: usize, props: &[Proposal]) -> 
         .len()
 }
 
-/// The session key's thread: read in the most lifecycle routes; then the
-/// one with the most distinct values (it tells more sessions apart); then
-/// not a credential; then one whose names say session.
-fn best(nodes: &[Node], threads: &[usize], props: &[Proposal], placed: &[bool]) -> Option<usize> {
+/// The session key's thread: the one that, with the aliases that join to
+/// it, places the most lifecycle routes (a session starts at its first
+/// step: a file id handed out by the upload beats the import id the
+/// submit step hands out, which joins it); then the one read directly in
+/// the most; then the one with the most distinct values (it tells more
+/// sessions apart); then one the importer minted (first seen in an
+/// answer); then not a credential; then one whose names say session.
+fn best(
+    nodes: &[Node],
+    threads: &[usize],
+    props: &[Proposal],
+    placed: &[bool],
+    seen: &[Seen<'_>],
+) -> Option<usize> {
     let all: BTreeSet<usize> = nodes
         .iter()
         .zip(threads)
@@ -198,6 +208,7 @@ fn best(nodes: &[Node], threads: &[usize], props: &[Proposal], placed: &[bool]) 
                 .min()
                 .is_some_and(|f| f.1 == 1);
             (
+                joined(nodes, threads, props, placed, seen, t),
                 unplaced_coverage(nodes, threads, t, props, placed),
                 distinct(nodes, threads, t),
                 minted,
@@ -207,6 +218,24 @@ fn best(nodes: &[Node], threads: &[usize], props: &[Proposal], placed: &[bool]) 
             )
         })
         .filter(|&t| unplaced_coverage(nodes, threads, t, props, placed) > 0)
+}
+
+/// Lifecycle routes that keying thread `t` would place, aliases included.
+fn joined(
+    nodes: &[Node],
+    threads: &[usize],
+    props: &[Proposal],
+    placed: &[bool],
+    seen: &[Seen<'_>],
+    t: usize,
+) -> usize {
+    let mut props = props.to_vec();
+    let mut after = placed.to_vec();
+    place(nodes, threads, &mut props, &mut after, t);
+    join_through_aliases(nodes, threads, &mut props, &mut after, seen);
+    (0..props.len())
+        .filter(|&r| after[r] && !placed[r] && props[r].lifecycle())
+        .count()
 }
 
 /// Lifecycle routes not placed yet that the thread can be read in.

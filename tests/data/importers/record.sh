@@ -14,6 +14,7 @@ dir="$here/$name"
 [ -d "$dir" ] || { echo "no importer $name in $here" >&2; exit 2; }
 
 work="$(mktemp -d /tmp/taphook-corpus.XXXXXX)"
+chmod 755 "$work"   # serve.sh may run a server as another user (PostgreSQL)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -26,7 +27,7 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 wait_port() {
-    for _ in $(seq 1 300); do
+    for _ in $(seq 1 1200); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.1
     done
@@ -37,6 +38,8 @@ wait_port() {
 bash "$dir/setup.sh" >&2
 upstream="$(free_port)"
 proxy="$(free_port)"
+# serve.sh may take PORT+1 as well (pgadmin4's PostgreSQL).
+while [ "$proxy" = $((upstream + 1)) ]; do proxy="$(free_port)"; done
 bash "$dir/serve.sh" "$upstream" "$work/importer" >"$work/importer.log" 2>&1 &
 pids+=($!)
 wait_port "$upstream"
