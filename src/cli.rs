@@ -96,6 +96,10 @@ enum Command {
         /// Say, for each route, which exchanges and evidence led to it.
         #[arg(long)]
         why: bool,
+        /// Also write a route test file here: the recording and the
+        /// events the draft derives from it, for `taphook test`.
+        #[arg(long)]
+        tests: Option<PathBuf>,
     },
     /// Run route tests: recorded or inline traffic and the events it must
     /// give (see the README, "Testing routes").
@@ -150,7 +154,7 @@ pub fn main() -> ExitCode {
             json,
         } => explain(&har, &rules, &environment, json),
         Command::Test { rules, files } => return test(&rules, &files),
-        Command::Draft { har, why } => draft(&har, why),
+        Command::Draft { har, why, tests } => draft(&har, why, tests.as_deref()),
         Command::Record {
             upstream,
             listen,
@@ -415,10 +419,24 @@ fn explain(har: &Path, rules_dir: &Path, environment: &str, json: bool) -> anyho
     Ok(())
 }
 
-fn draft(har: &Path, why: bool) -> anyhow::Result<()> {
+fn draft(har: &Path, why: bool, tests: Option<&Path>) -> anyhow::Result<()> {
     let recorded = read_har(har)?;
     let draft = crate::traffic::draft::Draft::of(&recorded);
-    print!("{}", draft.render(&har.display().to_string(), why));
+    let text = draft.render(&har.display().to_string(), why);
+    if let Some(path) = tests {
+        if har.is_dir() {
+            bail!("--tests needs one HAR file, not a directory");
+        }
+        let file = crate::traffic::draft::tests_file(&draft, &text, &recorded, har, path)
+            .map_err(anyhow::Error::msg)?;
+        std::fs::write(path, file).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!(
+            "wrote {}: run `taphook test --rules <dir> {}` once the routes are in <dir>",
+            path.display(),
+            path.display()
+        );
+    }
+    print!("{text}");
     Ok(())
 }
 

@@ -65,15 +65,17 @@ impl Stage {
     }
 
     /// The event types that mark a stage unless the config says otherwise:
-    /// OneSchema's, and Dromo's headless imports.
+    /// OneSchema's, Dromo's headless imports, and the ends of an import
+    /// that `taphook draft` finds in polls (`import_succeeded`,
+    /// `import_failed`).
     fn default_events(self) -> &'static [&'static str] {
         match self {
             Stage::Initialized => &["embed_initialized", "headless_import_created"],
             Stage::Uploaded => &["file_uploaded"],
             Stage::HeaderSelected => &["header_selected"],
             Stage::Mapped => &["columns_mapped"],
-            Stage::Submitted => &["import_submitted", "import_completed"],
-            Stage::Closed => &["embed_closed", "headless_import_failed"],
+            Stage::Submitted => &["import_submitted", "import_completed", "import_succeeded"],
+            Stage::Closed => &["embed_closed", "headless_import_failed", "import_failed"],
         }
     }
 }

@@ -89,7 +89,7 @@ fn every_problem_is_reported_with_file_and_line() {
             "b.yml:7: duplicate webhook `hook` (first defined at b.yml:2)",
             "b.yml:10: unknown format `carrier-pigeon` (expected oneschema, dromo, dromo-basic or flatfile)",
             "b.yml:11: invalid status `teapot`: expected e.g. 2xx or 200, `timeout` or `error`",
-            "c.json:3: unknown field `extra`, expected one of `name`, `event`, `method`, `path`, `status`, `when`, `session`, `remember`, `trigger`, `dedup_key`, `data`, `capture`, `description`",
+            "c.json:3: unknown field `extra`, expected one of `name`, `event`, `method`, `path`, `status`, `when`, `session`, `session_alias`, `remember`, `trigger`, `dedup_key`, `data`, `capture`, `description`",
             "d.yaml:2: while parsing a flow sequence, expected ',' or ']' (at the end of the file)",
         ],
         "{lines:#?}"

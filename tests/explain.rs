@@ -165,6 +165,17 @@ fn route_tests_pass_fail_and_explain() {
     assert!(out.status.success(), "{text}");
     assert!(text.ends_with(" passed, 0 failed\n"), "{text}");
 
+    // Inline exchanges: no `response` is a 200; a file names its field.
+    let out = taphook(&[
+        "test",
+        "--rules",
+        "tests/data/route-tests/rules",
+        "tests/data/route-tests/inline.yaml",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(text.ends_with("1 passed, 0 failed\n"), "{text}");
+
     let out = taphook(&["test", "tests/data/route-tests/failing.yaml"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -180,10 +191,11 @@ fn route_tests_pass_fail_and_explain() {
     );
 }
 
-/// `taphook draft`: a route per state-changing method and path template,
-/// ids turned into params, the session key found, OneSchema's event types
-/// where the path suggests them; `taphook check` accepts it as it is and
-/// its routes fire on the traffic it came from.
+/// `taphook draft`: lifecycle routes by evidence (the creation whose id
+/// threads the session, the upload, the steps after it, the submit, the
+/// close, a headless import's poll reaching its end), ids turned into
+/// params, the session key found; `taphook check` accepts it as it is and
+/// every route fires on the traffic it came from.
 #[test]
 fn a_draft_from_a_har_is_valid_and_fires_on_its_traffic() {
     let out = taphook(&["draft", "--har", "rules/tests/reference-importer.har"]);
@@ -218,8 +230,66 @@ fn a_draft_from_a_har_is_valid_and_fires_on_its_traffic() {
         .flat_map(|r| r["events"].as_array().unwrap())
         .map(|e| (e["event_type"].as_str().unwrap(), &e["embed_id"]))
         .collect();
-    assert_eq!(fired.len(), 9, "{fired:?}");
-    assert_eq!(fired[0], ("embed_initialized", &serde_json::json!(53511)));
-    // The upload is in the session the creation handed out.
-    assert_eq!(fired[1], ("file_uploaded", &serde_json::json!(53511)));
+    let types: Vec<&str> = fired.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        types,
+        [
+            "embed_initialized",
+            "file_uploaded",
+            "header_selected",
+            "columns_mapped",
+            "import_submitted",
+            "import_submitted",
+            "embed_closed",
+            "embed_initialized",
+            "file_uploaded",
+            "import_succeeded"
+        ]
+    );
+    // The steps are in the session the creation handed out.
+    let embed = serde_json::json!(53511);
+    assert!(fired[..7].iter().all(|(_, id)| **id == embed), "{fired:?}");
+    let headless = serde_json::json!("bee30e8e-3ba1-4816-888c-184fe79123aa");
+    assert!(
+        fired[7..].iter().all(|(_, id)| **id == headless),
+        "{fired:?}"
+    );
+    // Every route the draft wrote fired.
+    let routes: std::collections::BTreeSet<&str> = reports
+        .iter()
+        .flat_map(|r| r["events"].as_array().unwrap())
+        .map(|e| e["route"].as_str().unwrap())
+        .collect();
+    let written = draft.matches("\n  - name: ").count();
+    assert_eq!(routes.len(), written, "{draft}");
+}
+
+/// `taphook draft --why`: each route says which exchanges and which
+/// evidence led to it, as comments the rules file keeps.
+#[test]
+fn a_draft_says_why() {
+    let out = taphook(&[
+        "draft",
+        "--har",
+        "rules/tests/reference-importer.har",
+        "--why",
+    ]);
+    assert!(out.status.success());
+    let draft = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        draft.contains(
+            "  #   #1 POST /v1/embeds/53511/upload -> 200: a file part `file` (contacts.csv)\n"
+        ),
+        "{draft}"
+    );
+    assert!(
+        draft.contains("  #   #0 POST /v1/embeds -> 200: its answer hands out `53511` (answer field `id`), which #1 POST /v1/embeds/53511/upload carries\n"),
+        "{draft}"
+    );
+    assert!(
+        draft.contains(
+            "this answer is a success: {\"in\":[\"$response.body.status\",[\"SUCCESSFUL\"]]}"
+        ),
+        "{draft}"
+    );
 }

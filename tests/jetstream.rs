@@ -161,7 +161,7 @@ impl Cluster {
         for _attempt in 0..3 {
             let (proxy_port, admin_port) = (free_port().unwrap(), free_port().unwrap());
             let config = format!(
-                "listen: 127.0.0.1:{proxy_port}\nupstream: {}\nadmin_listen: 127.0.0.1:{admin_port}\nadmin_token: t0k\nrules_dir: ../rules\ndata_dir: data\nthreads: 1\ndelivery:\n  timeout: 1s\n  allow_private_networks: [127.0.0.0/8]\n{}store:\n  backend: jetstream\n  url: {}\n",
+                "listen: 127.0.0.1:{proxy_port}\nupstream: {}\nadmin_listen: 127.0.0.1:{admin_port}\nadmin_token: t0k\nsession_secret: cluster-wide-secret\nrules_dir: ../rules\ndata_dir: data\nthreads: 1\ndelivery:\n  timeout: 1s\n  allow_private_networks: [127.0.0.0/8]\n{}store:\n  backend: jetstream\n  url: {}\n",
                 self.importer.url(),
                 self.delivery,
                 self.nats.url()
@@ -587,6 +587,69 @@ async fn a_session_created_through_one_replica_is_known_to_another() {
         .expect("file_uploaded");
     assert_eq!(uploaded["template_key"], "invoices");
     assert_eq!(uploaded["embed_id"], id);
+}
+
+/// A session keyed by a hashed cookie through one replica, joined by the
+/// task id its upload handed out (`session_alias`) through another: the
+/// alias lives in NATS like the session, and every replica hashes alike
+/// (one `session_secret`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_alias_made_through_one_replica_joins_on_another() {
+    let hooks = format!(
+        "{HOOKS}{}",
+        r#"routes:
+  - name: upload
+    event: file_uploaded
+    method: POST
+    path: /_fixtures/echo
+    session: {"hash": "$request.cookies.sessionid"}
+    session_alias: $response.body.task_id
+    remember:
+      filename: $response.body.filename
+  - name: poll-done
+    event: import_succeeded
+    method: GET
+    path: /_fixtures/empty
+    status: 204
+    session: $query.task
+    data:
+      filename: $session.filename
+"#
+    );
+    let cluster = Cluster::start(2, &hooks).await;
+    cluster
+        .post(
+            0,
+            "/_fixtures/echo",
+            json!({"task_id": "task-5d1e", "filename": "q1.csv"}),
+            &[("cookie", "sessionid=cluster-s3cr3t-cookie")],
+        )
+        .await;
+    cluster
+        .wait_distinct("/a", 1, Duration::from_secs(10))
+        .await;
+    let r = cluster
+        .client
+        .get(cluster.replicas[1].url("/_fixtures/empty?task=task-5d1e"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let got = cluster
+        .wait_distinct("/a", 2, Duration::from_secs(10))
+        .await;
+    let events: Vec<&Value> = got.values().map(|(_, e)| e).collect();
+    let key = taphook::filter::HashKey::new(b"cluster-wide-secret").hash("cluster-s3cr3t-cookie");
+    let done = events
+        .iter()
+        .find(|e| e["event_type"] == "import_succeeded")
+        .unwrap_or_else(|| panic!("{events:?}\n{}", cluster.logs()));
+    assert_eq!(done["embed_id"], key.as_str());
+    assert_eq!(done["data"], json!({"filename": "q1.csv"}));
+    assert!(
+        events.iter().all(|e| e["embed_id"] == key.as_str()),
+        "{events:?}"
+    );
 }
 
 /// Retries wait parked (holding no slot), in order; out of retries, a

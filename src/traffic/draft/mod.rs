@@ -256,6 +256,94 @@ fn render(d: &Draft, source: &str, why: bool) -> String {
     out
 }
 
+/// A route test file for the draft (`taphook draft --tests FILE`): the
+/// recording, and every event the drafted routes derive from it, in
+/// order; `embed_id` where the session key is not a hash (a hash depends
+/// on the session_secret).
+pub fn tests_file(
+    draft: &Draft,
+    rules_text: &str,
+    recorded: &[Recorded],
+    har: &std::path::Path,
+    file: &std::path::Path,
+) -> Result<String, String> {
+    let doc = crate::rules::source::Document::parse(
+        std::path::Path::new("draft.yaml"),
+        rules_text,
+        &|_| None,
+    )
+    .map_err(|p| p.to_string())?;
+    let rules = crate::rules::load_documents(&[doc]).map_err(|p| p.to_string())?;
+    let reports = crate::traffic::explain::explain(&rules, recorded, "Production");
+    let q = |v: &Value| v.to_string();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Route tests written by `taphook draft --tests`: the events the drafted routes"
+    );
+    let _ = writeln!(
+        out,
+        "# derive from the recording, in order. Rename an event type here as in the routes."
+    );
+    let _ = writeln!(out, "tests:");
+    let _ = writeln!(
+        out,
+        "  - name: {}",
+        q(&json!(format!("the recording {}", har.display())))
+    );
+    let _ = writeln!(out, "    har: {}", q(&json!(relative(har, file)?)));
+    let events: Vec<_> = reports
+        .iter()
+        .flat_map(|r| {
+            r.events
+                .iter()
+                .filter(|e| !e.duplicate)
+                .map(move |e| (r, e))
+        })
+        .collect();
+    if events.is_empty() {
+        let _ = writeln!(out, "    events: []");
+        return Ok(out);
+    }
+    let _ = writeln!(out, "    events:");
+    for (r, e) in events {
+        let hashed = draft
+            .routes
+            .iter()
+            .find(|d| d.name == e.route)
+            .is_some_and(uses_hash);
+        let _ = writeln!(
+            out,
+            "      # #{} {} {} -> {}",
+            r.entry, r.method, r.path, r.status
+        );
+        let _ = writeln!(out, "      - event_type: {}", q(&json!(e.event_type)));
+        if !hashed && !e.embed_id.is_null() {
+            let _ = writeln!(out, "        embed_id: {}", q(&e.embed_id));
+        }
+    }
+    Ok(out)
+}
+
+/// `target` relative to the directory of `file`.
+fn relative(target: &std::path::Path, file: &std::path::Path) -> Result<String, String> {
+    let abs =
+        |p: &std::path::Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
+    let target = abs(target)?;
+    let from = abs(file)?;
+    let from = from.parent().unwrap_or(std::path::Path::new("/"));
+    let t: Vec<_> = target.components().collect();
+    let f: Vec<_> = from.components().collect();
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec!["..".to_string(); f.len() - common];
+    parts.extend(
+        t[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    Ok(parts.join("/"))
+}
+
 fn uses_hash(r: &Route) -> bool {
     let has = |v: &Value| v.to_string().contains("\"hash\"");
     r.session.as_ref().is_some_and(has) || r.session_alias.iter().any(has)

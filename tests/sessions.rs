@@ -1,0 +1,204 @@
+//! Session keys that leak nothing: a session keyed by a cookie through
+//! `hash` (keyed with `session_secret`), joined by a task id its upload
+//! handed out (`session_alias`), across a restart; the cookie reaches no
+//! receiver, event, log or metric. And `taphook check` warns about a route
+//! that takes a credential raw.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{check_rules, Setup, Stack};
+use serde_json::{json, Value};
+use taphook::filter::HashKey;
+
+const SECRET: &str = "test-session-secret";
+
+/// The upload answers (the echo fixture) with the task id it was sent;
+/// the poll carries only that task id.
+const ROUTES: &str = r#"
+routes:
+  - name: upload
+    event: file_uploaded
+    method: POST
+    path: /_fixtures/echo
+    session: {"hash": "$request.cookies.sessionid"}
+    session_alias: $response.body.task_id
+    remember:
+      filename: $response.body.filename
+  - name: poll-done
+    event: import_succeeded
+    method: GET
+    path: /_fixtures/empty
+    status: 204
+    session: $query.task
+    dedup_key: ["$query.task"]
+    data:
+      filename: $session.filename
+webhooks:
+  - key: all
+    url: {receiver}/all
+    events: [file_uploaded, import_succeeded]
+"#;
+
+async fn upload(stack: &Stack, cookie: &str, task: &str, filename: &str) {
+    let r = stack
+        .client
+        .post(stack.url("/_fixtures/echo"))
+        .header("cookie", format!("theme=dark; sessionid={cookie}"))
+        .json(&json!({"task_id": task, "filename": filename}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+async fn poll(stack: &Stack, task: &str) {
+    let r = stack
+        .client
+        .get(stack.url(&format!("/_fixtures/empty?task={task}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+/// The events the receiver got on `/all`, once there are `n`.
+async fn received(stack: &Stack, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: Vec<Value> = stack
+            .receiver
+            .received_on("/all")
+            .iter()
+            .map(|r| r.json())
+            .collect();
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_keyed_session_is_joined_by_its_task_id_and_the_cookie_goes_nowhere() {
+    let mut stack = Stack::start(Setup {
+        rules: vec![("sessions.yaml", ROUTES.to_string())],
+        config: &format!("admin_token: t0k\nsession_secret: {SECRET}\n"),
+        ..Default::default()
+    })
+    .await;
+    let (ada, bob) = ("ada-s3cr3t-cookie-0001", "bob-s3cr3t-cookie-0002");
+    upload(&stack, ada, "task-7f3a", "ada.csv").await;
+    upload(&stack, bob, "task-91c2", "bob.csv").await;
+    received(&stack, 2).await;
+    // The alias is kept like the session itself: a restart keeps it.
+    stack.restart().await;
+    poll(&stack, "task-7f3a").await;
+    poll(&stack, "task-91c2").await;
+    // Polled twice: one event (dedup_key).
+    poll(&stack, "task-7f3a").await;
+    received(&stack, 4).await;
+    // The second poll of the same task is the same event: dropped.
+    common::settle(Duration::from_millis(500)).await;
+    let got: Vec<Value> = stack
+        .receiver
+        .received_on("/all")
+        .iter()
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(got.len(), 4, "{got:#?}");
+    let key = HashKey::new(SECRET.as_bytes());
+    let mut summary: Vec<(String, String, String)> = got
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap().to_string(),
+                e["embed_id"].as_str().unwrap().to_string(),
+                e["data"].to_string(),
+            )
+        })
+        .collect();
+    summary.sort();
+    let mut expected = vec![
+        ("file_uploaded".to_string(), key.hash(ada), "{}".to_string()),
+        ("file_uploaded".to_string(), key.hash(bob), "{}".to_string()),
+        (
+            "import_succeeded".to_string(),
+            key.hash(ada),
+            json!({"filename": "ada.csv"}).to_string(),
+        ),
+        (
+            "import_succeeded".to_string(),
+            key.hash(bob),
+            json!({"filename": "bob.csv"}).to_string(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(summary, expected, "{got:#?}");
+    assert_ne!(key.hash(ada), key.hash(bob));
+
+    // The events API and the console's sessions show the hash, never the
+    // cookie; nor do the receiver's requests, the log or /metrics.
+    let (status, events) = stack
+        .api(
+            "t0k",
+            "GET",
+            &format!("/v1/embeds/{}/events", key.hash(ada)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let listed = events.to_string();
+    assert!(listed.contains("import_succeeded"), "{listed}");
+    let (_, sessions) = stack.api("t0k", "GET", "/v1/sessions", None).await;
+    let mut seen = vec![
+        listed,
+        sessions.to_string(),
+        stack.log(),
+        stack.metrics().await,
+    ];
+    seen.extend(
+        stack
+            .receiver
+            .received_on("/all")
+            .iter()
+            .map(|r| format!("{:?} {}", r.headers, String::from_utf8_lossy(&r.body))),
+    );
+    for text in &seen {
+        for cookie in [ada, bob] {
+            assert!(!text.contains(cookie), "the cookie leaked: {text}");
+        }
+    }
+}
+
+#[test]
+fn check_warns_about_a_credential_taken_raw() {
+    let rules = r#"routes:
+  - name: raw-cookie
+    event: file_uploaded
+    method: POST
+    path: /upload
+    session: $request.cookies.sessionid
+    remember:
+      token: $request.body.csrf_token
+      name: $request.body.name
+  - name: hashed
+    event: import_submitted
+    method: POST
+    path: /confirm
+    session: {"hash": "$request.cookies.sessionid"}
+    data:
+      auth: {"cat": ["by ", "$request.headers.authorization"]}
+"#;
+    let (code, out) = check_rules(&[("raw.yaml", rules)]);
+    assert_eq!(code, Some(0), "warnings do not fail the check: {out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("warning:")).collect();
+    assert_eq!(warnings.len(), 3, "{out}");
+    assert!(
+        warnings[0].ends_with("raw.yaml:6: warning: route `raw-cookie`: `session` takes the cookie `sessionid` unhashed, so every receiver, the events API and the console see it; write {\"hash\": ...} around it (keyed with session_secret)"),
+        "{out}"
+    );
+    assert!(warnings[1].contains("raw.yaml:8: warning: route `raw-cookie`: `token` takes the field `csrf_token` unhashed"), "{out}");
+    assert!(warnings[2].contains("raw.yaml:16: warning: route `hashed`: `auth` takes the header `authorization` unhashed"), "{out}");
+}
