@@ -112,7 +112,7 @@ check_policy() { # RENDERED SERVICEMONITOR [VARIANT]
   local out=$WORK/pod-$RANDOM variant=${3:-embedded}
   [ -n "$1" ] || return 0
   $KV policy --variant "$variant" "$1" "$2" "$out" || return 1
-  TAPHOOK_UPSTREAM=$(cat "$out/upstream") TAPHOOK_ADMIN_TOKEN=check \
+  TAPHOOK_UPSTREAM=$(cat "$out/upstream") TAPHOOK_ADMIN_TOKEN=check TAPHOOK_SESSION_SECRET=check \
     "$TAPHOOK" check --config "$out/taphook.yaml" >"$out/check.txt" 2>&1 ||
     { cat "$out/check.txt"; echo "taphook check failed on the config and rules the pod would get"; return 1; }
   echo "ok    taphook check: the rendered ConfigMaps (config + rules), as mounted in the pod ($variant)"
@@ -140,7 +140,7 @@ check_config() { # CONFIG RULES
   mkdir -p "$dir/data" && cp -r "$2" "$dir/rules" || return 1
   sed -e "s#^rules_dir: *[^ ]*#rules_dir: $dir/rules#" -e "s#^data_dir: *[^ ]*#data_dir: $dir/data#" \
     "$1" >"$dir/taphook.yaml"
-  TAPHOOK_UPSTREAM=http://importer:9000 TAPHOOK_ADMIN_TOKEN=check \
+  TAPHOOK_UPSTREAM=http://importer:9000 TAPHOOK_ADMIN_TOKEN=check TAPHOOK_SESSION_SECRET=check \
     "$TAPHOOK" check --config "$dir/taphook.yaml" >"$dir/check.txt" 2>&1 ||
     { cat "$dir/check.txt"; echo "taphook check failed: $1 with rules from $2"; return 1; }
   echo "ok    taphook check: $1 with $2"

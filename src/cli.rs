@@ -136,8 +136,12 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run { .. }) {
-        init_logging(LogFormat::Text);
+    match cli.command {
+        Command::Run { .. } => {}
+        // `taphook record` prints what it records; its log says only
+        // what goes wrong.
+        Command::Record { .. } => init_logging(LogFormat::Text, "warn"),
+        _ => init_logging(LogFormat::Text, DEFAULT_LOG),
     }
     let result = match cli.command {
         Command::Run { config } => run(&config),
@@ -207,13 +211,15 @@ const TRAFFIC_CRATES: &[&str] = &[
 /// line: the line's fields at the top level, and under `span` the context
 /// it was written in (an event's `event` UUID and `request_id`, a
 /// delivery's `webhook` and `delivery`).
-fn init_logging(format: LogFormat) {
+/// `RUST_LOG` when it is not set.
+const DEFAULT_LOG: &str = "info,pingora_core=warn,pingora_proxy=warn";
+
+fn init_logging(format: LogFormat, default: &str) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let cap = TRAFFIC_CRATES.iter().fold(
         tracing_subscriber::filter::Targets::new().with_default(tracing::Level::TRACE),
         |t, name| t.with_target(*name, tracing::Level::INFO),
@@ -245,7 +251,7 @@ fn load_config(path: &Path) -> anyhow::Result<(Config, Rules)> {
 fn run(path: &Path) -> anyhow::Result<()> {
     let (config, rules) =
         load_config(path).with_context(|| format!("cannot start with {}", path.display()))?;
-    init_logging(config.log);
+    init_logging(config.log, DEFAULT_LOG);
     crate::app::run(config, rules, crate::app::Stop::Signals)
 }
 

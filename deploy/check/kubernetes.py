@@ -329,7 +329,7 @@ def policy(rendered, servicemonitor, outdir, variant="embedded"):
         if config.get(key) != mount_at.get(vol):
             p(f"config {key}: {config.get(key)} is not where volume {vol} is mounted ({mount_at.get(vol)})")
     env = {e["name"] for e in c.get("env") or []}
-    for var in ("TAPHOOK_UPSTREAM", "TAPHOOK_ADMIN_TOKEN"):
+    for var in ("TAPHOOK_UPSTREAM", "TAPHOOK_ADMIN_TOKEN", "TAPHOOK_SESSION_SECRET"):
         if "${" + var + "}" in cfg_text and var not in env:
             p(f"config uses ${{{var}}} but the container's env does not set it")
 

@@ -185,7 +185,7 @@ fn render(d: &Draft, source: &str, why: bool) -> String {
         out,
         "#   taphook explain --har {source} --rules <dir>   and   taphook test (README, \"Routes\")."
     );
-    if d.routes.iter().any(|r| uses_hash(r)) {
+    if d.routes.iter().any(uses_hash) {
         let _ = writeln!(
             out,
             "# `hash` keys a credential (a cookie, a token) with the config's session_secret:"
