@@ -595,27 +595,7 @@ async fn a_session_created_through_one_replica_is_known_to_another() {
 /// (one `session_secret`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_alias_made_through_one_replica_joins_on_another() {
-    let hooks = format!(
-        "{HOOKS}{}",
-        r#"routes:
-  - name: upload
-    event: file_uploaded
-    method: POST
-    path: /_fixtures/echo
-    session: {"hash": "$request.cookies.sessionid"}
-    session_alias: $response.body.task_id
-    remember:
-      filename: $response.body.filename
-  - name: poll-done
-    event: import_succeeded
-    method: GET
-    path: /_fixtures/empty
-    status: 204
-    session: $query.task
-    data:
-      filename: $session.filename
-"#
-    );
+    let hooks = format!("{HOOKS}{}", common::ALIAS_ROUTES);
     let cluster = Cluster::start(2, &hooks).await;
     cluster
         .post(

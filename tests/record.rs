@@ -49,6 +49,23 @@ async fn entries(dir: &Path, n: usize) -> Vec<Value> {
     }
 }
 
+/// `taphook explain --json` of a recording with a rules directory.
+fn explain_json(har: &Path, rules: &Path) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
+        .args(["explain", "--json", "--har"])
+        .arg(har)
+        .arg("--rules")
+        .arg(rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn is_pseudonym(v: &str) -> bool {
     v.strip_prefix("redacted:")
         .is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -150,19 +167,7 @@ async fn tapped_exchanges_are_recorded_redacted_and_explain_reads_them_back() {
 
     // The recording through the same rules gives the same two events.
     let file = recordings(&dir).pop().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
-        .args(["explain", "--json", "--har"])
-        .arg(&file)
-        .arg("--rules")
-        .arg(stack.rules_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reports: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = explain_json(&file, &stack.rules_dir());
     let events: Vec<(&str, &str)> = reports
         .iter()
         .flat_map(|r| r["events"].as_array().unwrap())
@@ -352,19 +357,7 @@ async fn taphook_record_captures_every_exchange_and_says_what_next() {
 "#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
-        .args(["explain", "--json", "--har"])
-        .arg(&files[0])
-        .arg("--rules")
-        .arg(&rules)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reports: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = explain_json(&files[0], &rules);
     let ids: Vec<&Value> = reports
         .iter()
         .flat_map(|r| r["events"].as_array().unwrap())

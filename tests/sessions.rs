@@ -14,32 +14,8 @@ use taphook::filter::HashKey;
 
 const SECRET: &str = "test-session-secret";
 
-/// The upload answers (the echo fixture) with the task id it was sent;
-/// the poll carries only that task id.
-const ROUTES: &str = r#"
-routes:
-  - name: upload
-    event: file_uploaded
-    method: POST
-    path: /_fixtures/echo
-    session: {"hash": "$request.cookies.sessionid"}
-    session_alias: $response.body.task_id
-    remember:
-      filename: $response.body.filename
-  - name: poll-done
-    event: import_succeeded
-    method: GET
-    path: /_fixtures/empty
-    status: 204
-    session: $query.task
-    dedup_key: ["$query.task"]
-    data:
-      filename: $session.filename
-webhooks:
-  - key: all
-    url: {receiver}/all
-    events: [file_uploaded, import_succeeded]
-"#;
+/// The routes: a session keyed by a hashed cookie, joined by its task id.
+const ROUTES: &str = common::ALIAS_ROUTES;
 
 async fn upload(stack: &Stack, cookie: &str, task: &str, filename: &str) {
     let r = stack
@@ -63,16 +39,21 @@ async fn poll(stack: &Stack, task: &str) {
     assert_eq!(r.status(), 204);
 }
 
+/// The events the receiver got on `/all` so far.
+fn received_now(stack: &Stack) -> Vec<Value> {
+    stack
+        .receiver
+        .received_on("/all")
+        .iter()
+        .map(|r| r.json())
+        .collect()
+}
+
 /// The events the receiver got on `/all`, once there are `n`.
 async fn received(stack: &Stack, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got: Vec<Value> = stack
-            .receiver
-            .received_on("/all")
-            .iter()
-            .map(|r| r.json())
-            .collect();
+        let got = received_now(stack);
         if got.len() >= n || Instant::now() > deadline {
             return got;
         }
@@ -83,7 +64,10 @@ async fn received(stack: &Stack, n: usize) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_keyed_session_is_joined_by_its_task_id_and_the_cookie_goes_nowhere() {
     let mut stack = Stack::start(Setup {
-        rules: vec![("sessions.yaml", ROUTES.to_string())],
+        rules: vec![(
+            "sessions.yaml",
+            format!("{ROUTES}webhooks:\n  - key: all\n    url: {{receiver}}/all\n    events: [file_uploaded, import_succeeded]\n"),
+        )],
         config: &format!("admin_token: t0k\nsession_secret: {SECRET}\n"),
         ..Default::default()
     })
@@ -101,12 +85,7 @@ async fn a_cookie_keyed_session_is_joined_by_its_task_id_and_the_cookie_goes_now
     received(&stack, 4).await;
     // The second poll of the same task is the same event: dropped.
     common::settle(Duration::from_millis(500)).await;
-    let got: Vec<Value> = stack
-        .receiver
-        .received_on("/all")
-        .iter()
-        .map(|r| r.json())
-        .collect();
+    let got = received_now(&stack);
     assert_eq!(got.len(), 4, "{got:#?}");
     let key = HashKey::new(SECRET.as_bytes());
     let mut summary: Vec<(String, String, String)> = got

@@ -162,7 +162,8 @@ pub fn parse_template(path: &str) -> Result<(String, Vec<String>), String> {
     Ok((normal, names))
 }
 
-fn is_identifier(s: &str) -> bool {
+/// A name a `{param}` may have.
+pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -49,6 +49,31 @@ pub struct Setup<'a> {
     pub allow_private_networks: Option<&'a str>,
 }
 
+/// Routes of a session keyed by a hashed cookie (`sessionid`) and joined
+/// by the task id its upload handed out: the upload is `POST
+/// /_fixtures/echo` (answered with the JSON it was sent, so the test
+/// chooses the task id), the poll `GET /_fixtures/empty?task=...`, which
+/// carries only the task id.
+pub const ALIAS_ROUTES: &str = r#"routes:
+  - name: upload
+    event: file_uploaded
+    method: POST
+    path: /_fixtures/echo
+    session: {"hash": "$request.cookies.sessionid"}
+    session_alias: $response.body.task_id
+    remember:
+      filename: $response.body.filename
+  - name: poll-done
+    event: import_succeeded
+    method: GET
+    path: /_fixtures/empty
+    status: 204
+    session: $query.task
+    dedup_key: ["$query.task"]
+    data:
+      filename: $session.filename
+"#;
+
 /// What the stack allows by default: the receiver listens on loopback.
 pub const ALLOW_LOOPBACK: &str = "[127.0.0.0/8, \"::1/128\"]";
 

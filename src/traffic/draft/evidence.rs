@@ -8,6 +8,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Map, Value};
 
+use crate::derive::routes::is_identifier;
 use crate::derive::Exchange;
 use crate::rules::credentials::is_credential_name;
 
@@ -536,12 +537,6 @@ pub fn singular(word: &str) -> String {
         return w;
     }
     w.strip_suffix('s').map(str::to_string).unwrap_or(w)
-}
-
-pub fn is_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

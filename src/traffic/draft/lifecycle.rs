@@ -229,23 +229,32 @@ fn uploads_and_confirms(seen: &[Seen<'_>], used: &mut [bool], out: &mut Proposal
 /// synchronous import: `{"status": "completed"}`, `{"errors": [...]}`):
 /// each end seen becomes a route, as a poll's would.
 fn answered_outcomes(seen: &[Seen<'_>], last_steps: &[usize], out: &mut Proposals) {
-    let mut done: Vec<usize> = Vec::new();
-    for &i in last_steps {
-        if done.contains(&i) {
-            continue;
-        }
-        let step: Vec<usize> = last_steps
-            .iter()
-            .copied()
-            .filter(|&j| same_step(&seen[j], &seen[i]) && !seen[j].response_body.is_null())
+    for step in by_step(seen, last_steps) {
+        let answered: Vec<usize> = step
+            .into_iter()
+            .filter(|&j| !seen[j].response_body.is_null())
             .collect();
-        done.push(i);
-        done.extend(&step);
-        if !step.is_empty() {
-            out.0
-                .extend(super::polls::ends(seen, &step, "the import's last step"));
+        if !answered.is_empty() {
+            out.0.extend(super::polls::ends(
+                seen,
+                &answered,
+                "the import's last step",
+            ));
         }
     }
+}
+
+/// `exchanges` grouped by method and path, in order of first appearance.
+fn by_step(seen: &[Seen<'_>], exchanges: &[usize]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &i in exchanges {
+        match groups.iter_mut().find(|g| same_step(&seen[g[0]], &seen[i])) {
+            Some(g) if !g.contains(&i) => g.push(i),
+            Some(_) => {}
+            None => groups.push(vec![i]),
+        }
+    }
+    groups
 }
 
 fn same_step(a: &Seen<'_>, b: &Seen<'_>) -> bool {
@@ -257,17 +266,7 @@ fn same_step(a: &Seen<'_>, b: &Seen<'_>) -> bool {
 /// is the form accepted (post/redirect/get) and the page is the form
 /// shown again, refused. Each becomes the import's end.
 fn form_outcomes(seen: &[Seen<'_>], last_steps: &[usize], out: &mut Proposals) {
-    let mut done: Vec<usize> = Vec::new();
-    for &i in last_steps {
-        if done.contains(&i) {
-            continue;
-        }
-        let step: Vec<usize> = last_steps
-            .iter()
-            .copied()
-            .filter(|&j| same_step(&seen[j], &seen[i]))
-            .collect();
-        done.extend(&step);
+    for step in by_step(seen, last_steps) {
         let redirected: Vec<usize> = step
             .iter()
             .copied()
