@@ -174,7 +174,7 @@ fn route_tests_pass_fail_and_explain() {
     ]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{text}");
-    assert!(text.ends_with("1 passed, 0 failed\n"), "{text}");
+    assert!(text.ends_with("2 passed, 0 failed\n"), "{text}");
 
     let out = taphook(&["test", "tests/data/route-tests/failing.yaml"]);
     assert_eq!(out.status.code(), Some(1));

@@ -144,4 +144,32 @@ mod tests {
         assert_eq!(a.hash("x").len(), 32);
         assert!(a.hash("x").bytes().all(|c| c.is_ascii_hexdigit()));
     }
+
+    #[test]
+    fn the_operator_hashes_with_the_threads_key() {
+        use crate::filter::Expr;
+        use serde_json::json;
+        let key = HashKey::new(b"k");
+        let e = Expr::compile(&json!({"hash": "$request.cookies.sid"})).unwrap();
+        let doc = json!({"request": {"cookies": {"sid": "abc"}}});
+        assert_eq!(
+            with_key(&key, || e.eval(&doc)).unwrap(),
+            json!(key.hash("abc"))
+        );
+        // A missing value stays missing: no session rather than one for all.
+        assert_eq!(with_key(&key, || e.eval(&json!({}))).unwrap(), json!(null));
+        // 42 and "42" are one session, hashed alike; several values at once.
+        let n = Expr::compile(&json!({"hash": 42})).unwrap();
+        assert_eq!(
+            with_key(&key, || n.eval(&doc)).unwrap(),
+            json!(key.hash("42"))
+        );
+        let two = Expr::compile(&json!({"hash": ["a", "$request.cookies.sid"]})).unwrap();
+        assert_eq!(
+            with_key(&key, || two.eval(&doc)).unwrap(),
+            json!(key.hash(r#"["a","abc"]"#))
+        );
+        // No key (a webhook filter): an error, never an unkeyed hash.
+        assert!(e.eval(&doc).is_err());
+    }
 }

@@ -77,10 +77,43 @@ struct InlineRequest {
     headers: Map<String, Value>,
     #[serde(default)]
     body: Option<Value>,
-    /// Multipart files: a file name (the part's field is `file`), or
-    /// `{field, filename, content_type}`.
+    /// Multipart files: a list of file names (the part's field is
+    /// `file`) or `{field, filename, content_type}`, or a map of field
+    /// to file name.
     #[serde(default)]
-    files: Vec<InlineFile>,
+    files: InlineFiles,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum InlineFiles {
+    List(Vec<InlineFile>),
+    ByField(Map<String, Value>),
+}
+
+impl Default for InlineFiles {
+    fn default() -> Self {
+        Self::List(Vec::new())
+    }
+}
+
+impl InlineFiles {
+    fn parts(&self) -> Result<Vec<FilePart>, String> {
+        match self {
+            Self::List(files) => Ok(files.iter().map(InlineFile::part).collect()),
+            Self::ByField(m) => m
+                .iter()
+                .map(|(field, name)| match name {
+                    Value::String(filename) => Ok(FilePart {
+                        field: field.clone(),
+                        filename: filename.clone(),
+                        content_type: None,
+                    }),
+                    _ => Err(format!("files.{field}: expected a file name")),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,7 +121,8 @@ struct InlineRequest {
 enum InlineFile {
     Name(String),
     Part {
-        #[serde(default = "file_field")]
+        /// The part's name (`name` as in a HAR's `params`).
+        #[serde(default = "file_field", alias = "name")]
         field: String,
         filename: String,
         #[serde(default)]
@@ -264,7 +298,7 @@ fn inline(x: &Inline) -> Result<Exchange, String> {
         query,
         request_headers,
         request_body,
-        files: x.request.files.iter().map(InlineFile::part).collect(),
+        files: x.request.files.parts()?,
         status: x.response.status,
         response_headers,
         response_body,

@@ -114,16 +114,16 @@ impl Seen<'_> {
     }
 
     /// True when the answer hands out `value` (its JSON, its `Location`,
-    /// or the text of its page).
+    /// or the text of its page: anywhere for a long value, in a link, a
+    /// form's action or a field's value for a short one like `42`).
     pub fn hands_out(&self, value: &str) -> bool {
         self.carried
             .iter()
             .any(|c| !c.place.source.request_side() && c.value == value)
-            || (value.len() >= 6
-                && self
-                    .response_text
-                    .as_deref()
-                    .is_some_and(|t| t.contains(value)))
+            || self
+                .response_text
+                .as_deref()
+                .is_some_and(|t| in_text(t, value))
     }
 
     /// The first place among `places` that this exchange has a value at.
@@ -182,6 +182,30 @@ fn json_csv(v: &Value, depth: usize) -> bool {
         Value::Object(m) if depth < 2 => m.values().any(|v| json_csv(v, depth + 1)),
         _ => false,
     }
+}
+
+/// True when `text` (a page) shows `value`: anywhere when it is long
+/// enough to be unlikely by chance, else as a path segment or an
+/// attribute's or parameter's whole value.
+fn in_text(text: &str, value: &str) -> bool {
+    if value.len() >= 6 {
+        return text.contains(value);
+    }
+    // One character (`1`) shows up everywhere.
+    if value.len() < 2 {
+        return false;
+    }
+    [
+        format!("/{value}/"),
+        format!("/{value}\""),
+        format!("/{value}'"),
+        format!("/{value}?"),
+        format!("={value}&"),
+        format!("={value}\""),
+        format!("\"{value}\""),
+    ]
+    .iter()
+    .any(|p| text.contains(p.as_str()))
 }
 
 /// Reads every exchange, in order: templates use the values answers

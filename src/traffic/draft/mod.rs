@@ -566,6 +566,76 @@ mod tests {
         );
     }
 
+    /// An API that answers every call with `"success": true` (CKAN's
+    /// shape): that constant says nothing; the status nested in `result`,
+    /// which changes, is the poll's.
+    #[test]
+    fn a_field_that_never_changes_is_not_a_state() {
+        let answer = |status: &str| {
+            format!(r#"{{"success": true, "result": {{"status": "{status}", "rows": 3}}}}"#)
+        };
+        let (ct, body) = multipart("B0undary", "orders.csv");
+        let mut entries = Vec::new();
+        for (res, end) in [("res-1a2b3c4d5e", "complete"), ("res-9f8e7d6c5b", "error")] {
+            entries.push(entry(
+                "POST",
+                "/api/3/action/resource_create",
+                (&[("content-type", ct.as_str())], Some(body.as_str())),
+                200,
+                (
+                    JSON,
+                    Some(&format!(
+                        r#"{{"success": true, "result": {{"id": "{res}"}}}}"#
+                    )),
+                ),
+            ));
+            entries.push(entry(
+                "GET",
+                "/api/3/action/package_show?id=orders",
+                (&[], None),
+                200,
+                (
+                    JSON,
+                    Some(r#"{"success": true, "result": {"name": "orders"}}"#),
+                ),
+            ));
+            entries.push(entry(
+                "GET",
+                "/api/3/action/package_show?id=orders",
+                (&[], None),
+                200,
+                (
+                    JSON,
+                    Some(r#"{"success": true, "result": {"name": "orders"}}"#),
+                ),
+            ));
+            for status in ["pending", end] {
+                entries.push(entry(
+                    "GET",
+                    &format!("/api/3/action/xloader_status?resource_id={res}"),
+                    (&[], None),
+                    200,
+                    (JSON, Some(&answer(status))),
+                ));
+            }
+        }
+        let recorded = har(entries);
+        let draft = Draft::of(&recorded);
+        let got: Vec<(usize, String, Value)> = events(&load(&draft), &recorded);
+        let (a, b) = (json!("res-1a2b3c4d5e"), json!("res-9f8e7d6c5b"));
+        assert_eq!(
+            got,
+            vec![
+                (0, "file_uploaded".to_string(), a.clone()),
+                (4, "import_succeeded".to_string(), a),
+                (5, "file_uploaded".to_string(), b.clone()),
+                (9, "import_failed".to_string(), b),
+            ],
+            "{}",
+            draft.render("test.har", true)
+        );
+    }
+
     #[test]
     fn statuses_are_written_as_seen() {
         assert_eq!(status(&BTreeSet::from([302])), json!(302));

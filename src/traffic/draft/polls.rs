@@ -103,9 +103,9 @@ pub fn ends(seen: &[Seen<'_>], members: &[usize], what: &str) -> Vec<Proposal> {
         let first = values.next();
         values.any(|v| Some(v) != first)
     };
-    let ends: Vec<Option<(End, bool)>> = answers.iter().map(|a| end_of(a, &varies)).collect();
-    let strong = ends.iter().flatten().any(|(_, by_word)| *by_word);
-    if ends.iter().all(Option::is_none) || (members.len() < 2 && !strong) {
+    let ends: Vec<Option<End>> = answers.iter().map(|a| end_of(a, &varies)).collect();
+    // A state that changes across the recording: two answers at least.
+    if ends.iter().all(Option::is_none) || members.len() < 2 {
         return Vec::new();
     }
     let docs: Vec<Value> = members
@@ -117,10 +117,7 @@ pub fn ends(seen: &[Seen<'_>], members: &[usize], what: &str) -> Vec<Proposal> {
         (End::Success, "import_succeeded"),
         (End::Failure, "import_failed"),
     ] {
-        let expected: Vec<bool> = ends
-            .iter()
-            .map(|e| e.is_some_and(|(x, _)| x == end))
-            .collect();
+        let expected: Vec<bool> = ends.iter().map(|e| *e == Some(end)).collect();
         if !expected.contains(&true) {
             continue;
         }
@@ -264,33 +261,26 @@ fn role(path: &str) -> Option<Role> {
     state_name(path.rsplit('.').next().unwrap_or(path))
 }
 
-/// How an answer ended, and whether a word said so (a status of
-/// `complete`, `done: true`): the evidence of a single answer.
-fn end_of(a: &Fields, varies: &dyn Fn(&str) -> bool) -> Option<(End, bool)> {
-    let word = says;
+/// How an answer ended, from the fields that change across the answers.
+fn end_of(a: &Fields, varies: &dyn Fn(&str) -> bool) -> Option<End> {
+    // A field the same in every answer (an API's `"success": true` on
+    // every call) says nothing about how this one ended.
+    let fields = || a.iter().filter(|(path, _)| varies(path));
     let exit = |v: &Value| v.as_f64();
-    for (path, v) in a {
+    for (path, v) in fields() {
         match role(path) {
-            Some(Role::Exit) if exit(v).is_some_and(|c| c != 0.0) => {
-                return Some((End::Failure, true))
-            }
-            Some(Role::Status) if word(v, FAILURE) => return Some((End::Failure, true)),
-            Some(Role::Error) if truthy(v) && varies(path) => return Some((End::Failure, false)),
-            Some(Role::Error) if v.as_bool() == Some(true) => return Some((End::Failure, true)),
+            Some(Role::Exit) if exit(v).is_some_and(|c| c != 0.0) => return Some(End::Failure),
+            Some(Role::Status) if says(v, FAILURE) => return Some(End::Failure),
+            Some(Role::Error) if truthy(v) => return Some(End::Failure),
             _ => {}
         }
     }
-    for (path, v) in a {
+    for (path, v) in fields() {
         match role(path) {
-            Some(Role::Exit) if exit(v) == Some(0.0) => return Some((End::Success, true)),
-            Some(Role::Status) if word(v, SUCCESS) => return Some((End::Success, true)),
-            Some(Role::Done) if v.as_bool() == Some(true) => return Some((End::Success, true)),
-            Some(Role::Done) if truthy(v) && !v.is_boolean() && varies(path) => {
-                return Some((End::Success, false))
-            }
-            Some(Role::Progress) if progress_done(a, path, v) => {
-                return Some((End::Success, false))
-            }
+            Some(Role::Exit) if exit(v) == Some(0.0) => return Some(End::Success),
+            Some(Role::Status) if says(v, SUCCESS) => return Some(End::Success),
+            Some(Role::Done) if truthy(v) => return Some(End::Success),
+            Some(Role::Progress) if progress_done(a, path, v) => return Some(End::Success),
             _ => {}
         }
     }
