@@ -17,8 +17,11 @@ prereqs:
 ## Test tools: promtool (checks the /metrics exposition and the alert
 ## rules), nats-server (the JetStream backend's tests start their own,
 ## on loopback; Debian's package also enables a service, which we stop),
-## and Chromium with chromedriver (the console's browser tests drive a
-## headless Chromium on loopback; nothing downloads a browser build).
+## Chromium with chromedriver (the console's browser tests drive a
+## headless Chromium on loopback; nothing downloads a browser build), and
+## a real importer from PyPI, datasette-upload-csvs at pinned versions in a
+## venv under /tmp/importers (tests/walkthrough.rs plays the README's
+## walkthrough against it).
 test-prereqs:
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 	  echo "installing chromium and chromium-driver (for the console's browser tests)"; \
@@ -30,6 +33,10 @@ test-prereqs:
 	  echo "installing nats-server (for the JetStream backend's tests)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends nats-server >/dev/null; \
 	  $(SUDO) systemctl disable --now nats-server >/dev/null 2>&1 || true; }
+	@python3 -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "installing python3-venv (for the real importer the walkthrough test runs)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null; }
+	bash tests/data/importers/datasette-upload-csvs/setup.sh
 
 build: prereqs
 	$(CARGO) build

@@ -253,7 +253,30 @@ fn render(d: &Draft, source: &str, why: bool) -> String {
             }
         }
     }
+    webhook_example(d, &mut out);
     out
+}
+
+/// A webhook for the lifecycle found, commented out: set its URL and
+/// uncomment it to deliver (README, "Webhooks").
+fn webhook_example(d: &Draft, out: &mut String) {
+    let mut events: Vec<&str> = Vec::new();
+    for r in &d.routes {
+        if lifecycle::LIFECYCLE.contains(&r.event.as_str()) && !events.contains(&r.event.as_str()) {
+            events.push(&r.event);
+        }
+    }
+    if events.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# To deliver them, set a receiver's URL and uncomment:"
+    );
+    let _ = writeln!(out, "# webhooks:");
+    let _ = writeln!(out, "#   - key: importer-events");
+    let _ = writeln!(out, "#     url: https://hooks.example.com/importer");
+    let _ = writeln!(out, "#     events: [{}]", events.join(", "));
 }
 
 /// A route test file for the draft (`taphook draft --tests FILE`): the
