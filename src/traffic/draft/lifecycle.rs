@@ -73,6 +73,10 @@ pub const LIFECYCLE: &[&str] = &[
     "sheet_operation_performed",
 ];
 
+/// How far after an answer a request carrying what it handed out is
+/// looked for: a session's next steps, not the whole of a long recording.
+const FOLLOWING: usize = 1000;
+
 /// Statuses by which an importer refuses a file or a submission.
 const REFUSED: &[u16] = &[400, 422];
 
@@ -355,6 +359,7 @@ fn hands_out_used<'s, 'a>(
         .find_map(|c| {
             seen[i + 1..]
                 .iter()
+                .take(FOLLOWING)
                 .find(|l| l.request_values().any(|v| v.value == c.value))
                 .map(|l| (c, l))
         })
