@@ -315,31 +315,32 @@ fn hash_key(config: &Config) -> anyhow::Result<HashKey> {
     let path = config.data_dir.join(SESSION_SECRET_FILE);
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => return Ok(HashKey::new(s.trim().as_bytes())),
+        // Empty: a start that died between creating and writing it.
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let secret = crate::filter::hash::random_secret();
     write_private(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
     tracing::info!(file = %path.display(), "no session_secret: made one for `hash` and kept it in data_dir");
     Ok(HashKey::new(secret.as_bytes()))
 }
 
-/// Writes a file only its owner can read.
+/// Writes a file only its owner can read, whole or not at all: a
+/// temporary file, synced, then renamed over `path`.
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(path)?;
+        .open(&tmp)?;
     f.write_all(text.as_bytes())?;
-    f.sync_all()
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// How much of the drain deadline a fast stop (SIGINT) allows.

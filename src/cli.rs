@@ -90,9 +90,10 @@ enum Command {
     /// reaching a terminal state), sessions threaded by the ids the
     /// exchanges share. A draft to rename and run `taphook test` on.
     Draft {
-        /// A HAR file, or a directory of them (read in name order).
-        #[arg(long)]
-        har: PathBuf,
+        /// A HAR file, or a directory of them (read in name order); give
+        /// it several times for several recordings (read in that order).
+        #[arg(long, required = true)]
+        har: Vec<PathBuf>,
         /// Say, for each route, which exchanges and evidence led to it.
         #[arg(long)]
         why: bool,
@@ -425,11 +426,26 @@ fn explain(har: &Path, rules_dir: &Path, environment: &str, json: bool) -> anyho
     Ok(())
 }
 
-fn draft(har: &Path, why: bool, tests: Option<&Path>) -> anyhow::Result<()> {
-    let recorded = read_har(har)?;
+fn draft(hars: &[PathBuf], why: bool, tests: Option<&Path>) -> anyhow::Result<()> {
+    let mut recorded = Vec::new();
+    for har in hars {
+        let first = recorded.len();
+        recorded.extend(read_har(har)?.into_iter().map(|mut r| {
+            r.entry += first;
+            r
+        }));
+    }
     let draft = crate::traffic::draft::Draft::of(&recorded);
-    let text = draft.render(&har.display().to_string(), why);
+    let source = hars
+        .iter()
+        .map(|h| h.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = draft.render(&source, why);
     if let Some(path) = tests {
+        let [har] = hars else {
+            bail!("--tests needs one HAR file (give --har once)");
+        };
         if har.is_dir() {
             bail!("--tests needs one HAR file, not a directory");
         }

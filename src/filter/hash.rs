@@ -80,12 +80,28 @@ thread_local! {
     static KEY: RefCell<Option<HashKey>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with `key` as the key of `hash` on this thread.
+/// Runs `f` with `key` as the key of `hash` on this thread; the key
+/// before is back afterwards, even if `f` panics.
 pub fn with_key<R>(key: &HashKey, f: impl FnOnce() -> R) -> R {
-    let before = KEY.with(|k| k.replace(Some(key.clone())));
-    let out = f();
-    KEY.with(|k| *k.borrow_mut() = before);
-    out
+    struct Restore(Option<HashKey>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let before = self.0.take();
+            KEY.with(|k| *k.borrow_mut() = before);
+        }
+    }
+    let _restore = Restore(KEY.with(|k| k.replace(Some(key.clone()))));
+    f()
+}
+
+/// A new secret from the operating system's random source: two v4
+/// UUIDs, 244 random bits, as 64 hex digits.
+pub fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// The text a value is hashed as: a string as it is, anything else as
@@ -93,6 +109,9 @@ pub fn with_key<R>(key: &HashKey, f: impl FnOnce() -> R) -> R {
 fn text_of(v: &DataValue<'_>) -> Option<String> {
     match v {
         DataValue::Null => None,
+        // An empty cookie or token is no key: hashed, it would be one
+        // session for every client without one.
+        DataValue::String("") => None,
         DataValue::String(s) => Some(s.to_string()),
         other => Some(other.to_serde_value().to_string()),
     }
@@ -156,8 +175,11 @@ mod tests {
             with_key(&key, || e.eval(&doc)).unwrap(),
             json!(key.hash("abc"))
         );
-        // A missing value stays missing: no session rather than one for all.
+        // A missing or empty value stays missing: no session rather than
+        // one for all.
         assert_eq!(with_key(&key, || e.eval(&json!({}))).unwrap(), json!(null));
+        let empty = json!({"request": {"cookies": {"sid": ""}}});
+        assert_eq!(with_key(&key, || e.eval(&empty)).unwrap(), json!(null));
         // 42 and "42" are one session, hashed alike; several values at once.
         let n = Expr::compile(&json!({"hash": 42})).unwrap();
         assert_eq!(

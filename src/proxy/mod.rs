@@ -130,6 +130,9 @@ pub struct TapCtx {
 struct Tapped {
     /// The first matching route's name.
     route: String,
+    /// Text bodies are copied as well as JSON and forms (for a recording
+    /// of every exchange).
+    text_too: bool,
     cap: usize,
     method: String,
     path: String,
@@ -190,8 +193,10 @@ fn content_type(headers: &http::HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-/// Bodies worth copying: JSON, forms, or untyped.
-fn capturable(content_type: Option<&str>) -> bool {
+/// Bodies worth copying: JSON, forms, or untyped; with `text_too`, pages
+/// and plain text as well (HTML, text, CSV), for a recording: not
+/// stylesheets and scripts.
+fn capturable(content_type: Option<&str>, text_too: bool) -> bool {
     let Some(ct) = content_type else { return true };
     let ct = ct.trim().to_ascii_lowercase();
     let essence = ct.split(';').next().unwrap_or("").trim();
@@ -199,6 +204,11 @@ fn capturable(content_type: Option<&str>) -> bool {
         || essence.ends_with("+json")
         || essence == "application/x-www-form-urlencoded"
         || essence == "text/json"
+        || (text_too
+            && matches!(
+                essence,
+                "text/html" | "text/plain" | "text/csv" | "text/tab-separated-values"
+            ))
 }
 
 /// Whether an exchange that ended with `error` still carries a step the
@@ -239,15 +249,17 @@ impl ProxyHttp for Tap {
         let req = session.req_header();
         let rules = self.shared.rules.load();
         let plan = rules.routes.tap_plan(req.method.as_str(), req.uri.path());
+        // Recording every exchange (`record.all`, or no route yet): text
+        // bodies (pages, CSV) are copied too, for the recording.
+        let record_all = self.copy_all || (self.recording && rules.routes.routes().is_empty());
         let (route, cap) = match plan {
             Some(plan) => plan,
             // Recorded, not tapped: counted under `route="none"`.
-            None if self.copy_all || (self.recording && rules.routes.routes().is_empty()) => {
-                (UNTAPPED, None)
-            }
+            None if record_all => (UNTAPPED, None),
             None => return Ok(false),
         };
         ctx.tapped = Some(Box::new(Tapped {
+            text_too: record_all,
             route: route.to_string(),
             cap: cap.unwrap_or(self.shared.config.max_body_bytes),
             method: req.method.as_str().to_string(),
@@ -275,8 +287,8 @@ impl ProxyHttp for Tap {
         ctx.request_headers = upstream_request.headers.clone();
         let ct = content_type(&upstream_request.headers);
         ctx.multipart = ct.and_then(MultipartScanner::for_content_type);
-        ctx.request_body =
-            (ctx.multipart.is_none() && capturable(ct)).then(|| self.capture(ctx.cap));
+        ctx.request_body = (ctx.multipart.is_none() && capturable(ct, ctx.text_too))
+            .then(|| self.capture(ctx.cap));
         Ok(())
     }
 
@@ -315,7 +327,7 @@ impl ProxyHttp for Tap {
         if let Some(ctx) = ctx.tapped.as_deref_mut() {
             ctx.status = resp.status.as_u16();
             ctx.response_headers = resp.headers.clone();
-            if capturable(content_type(&resp.headers)) {
+            if capturable(content_type(&resp.headers), ctx.text_too) {
                 ctx.response_body = Some(self.capture(ctx.cap));
             }
         }

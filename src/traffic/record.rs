@@ -33,6 +33,7 @@ const CLOSING: &[u8] = b"\n]}}\n";
 
 /// The HAR entry of an exchange, secrets replaced.
 pub fn entry(x: &Exchange, redact: &Redactor) -> Value {
+    learn(x, redact);
     let host = x
         .request_headers
         .get(http::header::HOST)
@@ -43,7 +44,7 @@ pub fn entry(x: &Exchange, redact: &Redactor) -> Value {
         .as_deref()
         .map(|q| redact.pairs(q))
         .unwrap_or_default();
-    let mut url = format!("http://{host}{}", x.path);
+    let mut url = format!("http://{host}{}", redact.url(&x.path));
     if !query.is_empty() {
         url.push('?');
         url.push_str(
@@ -113,6 +114,26 @@ pub fn entry(x: &Exchange, redact: &Redactor) -> Value {
     })
 }
 
+/// Reads every secret of the exchange first (cookies, secret headers and
+/// fields of both sides, a page's hidden CSRF field), so that each is
+/// replaced wherever it shows, even before the place that names it (an
+/// answer's body echoing the session its `Set-Cookie` sets).
+fn learn(x: &Exchange, redact: &Redactor) {
+    let _ = headers(&x.request_headers, redact, false);
+    let _ = headers(&x.response_headers, redact, false);
+    if let Some(q) = &x.query {
+        let _ = redact.pairs(q);
+    }
+    for (h, body) in [
+        (&x.request_headers, &x.request_body),
+        (&x.response_headers, &x.response_body),
+    ] {
+        if let Some(body) = body {
+            write_body(&mut json!({}), h, body, redact);
+        }
+    }
+}
+
 /// The headers, values replaced; without `Content-Encoding` where the
 /// body is written (decoded).
 fn headers(map: &http::HeaderMap, redact: &Redactor, body_written: bool) -> Vec<Value> {
@@ -170,22 +191,44 @@ fn write_body(at: &mut Value, headers: &http::HeaderMap, body: &Captured, redact
         at["comment"] = "the body did not decode, so it is not recorded".into();
         return;
     };
-    let (text, encoding) = body_text(&plain, redact);
-    at["text"] = text.into();
-    if let Some(e) = encoding {
-        at["encoding"] = e.into();
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match body_text(&plain, &content_type, redact) {
+        Some((text, encoding)) => {
+            at["text"] = text.into();
+            if let Some(e) = encoding {
+                at["encoding"] = e.into();
+            }
+        }
+        None => {
+            at["comment"] = "JSON by its type that does not parse: not recorded".into();
+        }
     }
 }
 
 /// A body as HAR text: JSON and forms field by field, other UTF-8 with
-/// every secret seen replaced, anything else in base64.
-fn body_text(bytes: &[u8], redact: &Redactor) -> (String, Option<&'static str>) {
+/// every secret seen replaced, anything else in base64. `None` for a body
+/// that is JSON by its type but does not parse (its secret fields could
+/// not be found).
+fn body_text(
+    bytes: &[u8],
+    content_type: &str,
+    redact: &Redactor,
+) -> Option<(String, Option<&'static str>)> {
     if let Ok(mut v) = serde_json::from_slice::<Value>(bytes) {
         redact.json(&mut v);
-        return (v.to_string(), None);
+        return Some((v.to_string(), None));
     }
-    match std::str::from_utf8(bytes) {
-        Ok(text) if looks_like_form(text) => (
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence == "application/json" || essence.ends_with("+json") || essence == "text/json" {
+        return None;
+    }
+    let form = essence == "application/x-www-form-urlencoded";
+    Some(match std::str::from_utf8(bytes) {
+        Ok(text) if form || looks_like_form(text) => (
             form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(redact.pairs(text))
                 .finish(),
@@ -196,7 +239,7 @@ fn body_text(bytes: &[u8], redact: &Redactor) -> (String, Option<&'static str>) 
             base64::engine::general_purpose::STANDARD.encode(bytes),
             Some("base64"),
         ),
-    }
+    })
 }
 
 fn looks_like_form(text: &str) -> bool {
@@ -208,7 +251,6 @@ pub struct Recorder {
     /// `None` once dropped: the writer then finishes the queue.
     tx: Option<SyncSender<Value>>,
     redact: Redactor,
-    pub all: bool,
     metrics: Arc<Metrics>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -216,7 +258,7 @@ pub struct Recorder {
 impl Recorder {
     /// Creates the directory and starts the writer.
     pub fn start(config: &Record, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        fs::create_dir_all(&config.dir)?;
+        private_dir(&config.dir)?;
         let (tx, rx) = sync_channel::<Value>(QUEUE);
         let mut files = Files {
             dir: config.dir.clone(),
@@ -239,7 +281,6 @@ impl Recorder {
         Ok(Self {
             tx: Some(tx),
             redact: Redactor::new(&config.redact, config.redact_mode),
-            all: config.all,
             metrics,
             writer: Some(writer),
         })
@@ -306,6 +347,10 @@ impl Files {
         c.file.write_all(&text)?;
         let end = c.file.stream_position()?;
         c.file.write_all(CLOSING)?;
+        // After a write that failed half-way, what it left past the new
+        // closing is cut off.
+        let len = c.file.stream_position()?;
+        c.file.set_len(len)?;
         c.file.flush()?;
         c.end = end;
         c.entries += 1;
@@ -336,7 +381,15 @@ impl Files {
             .unwrap_or_default()
             .as_millis();
         let path = self.dir.join(format!("taphook-{stamp}-{}.har", self.seq));
-        let mut file = File::create(&path)?;
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?
+        };
         let head = json!({"name": "taphook", "version": env!("CARGO_PKG_VERSION")});
         writeln!(
             file,
@@ -373,6 +426,19 @@ impl Files {
         }
         Ok(())
     }
+}
+
+/// Creates a recording directory readable by its owner only (one that
+/// exists keeps its permissions).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 fn is_recording(path: &Path) -> bool {
@@ -449,20 +515,22 @@ pub fn capture(c: &Capture) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let har = if written.len() == 1 {
-        written[0].clone()
-    } else {
-        out.clone()
-    };
-    let shown = std::env::current_dir()
-        .ok()
-        .and_then(|d| har.strip_prefix(d).ok().map(Path::to_path_buf))
-        .unwrap_or(har);
+    let cwd = std::env::current_dir().ok();
+    let shown: Vec<String> = written
+        .iter()
+        .map(|f| {
+            cwd.as_deref()
+                .and_then(|d| f.strip_prefix(d).ok())
+                .unwrap_or(f)
+                .display()
+                .to_string()
+        })
+        .collect();
+    let args: String = shown.iter().map(|f| format!(" --har {f}")).collect();
     eprintln!(
-        "\nrecorded {count} exchange(s) to {}\nnext: taphook draft --har {} > rules/importer.yaml\n      \
+        "\nrecorded {count} exchange(s) to {}\nnext: taphook draft{args} > rules/importer.yaml\n      \
          (add --why to see what each route was drafted from)",
-        shown.display(),
-        shown.display()
+        shown.join(", ")
     );
     Ok(())
 }
@@ -509,5 +577,73 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic::redact::RedactMode;
+
+    fn captured(bytes: &[u8]) -> Captured {
+        let mut c = Captured::new(1 << 20);
+        c.push(bytes);
+        c
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        crate::traffic::har::header_map(pairs.iter().copied()).unwrap()
+    }
+
+    /// A login answer that sets the session cookie and echoes it in its
+    /// body, a redirect carrying a token: every secret is found, whichever
+    /// place names it first, and none is written.
+    #[test]
+    fn no_secret_of_an_entry_is_written_wherever_it_shows() {
+        let redact = Redactor::with_key(
+            &[],
+            RedactMode::Pseudonym,
+            crate::filter::HashKey::new(b"t"),
+        );
+        let x = Exchange {
+            request_id: "r".into(),
+            method: "POST".into(),
+            path: "/login/S3ssion0nPath99/".into(),
+            query: Some("next=%2Fhome&access_token=T0kenInQuery77".into()),
+            request_headers: headers(&[
+                ("content-type", "application/json"),
+                ("x-session-id", "S3ssion0nPath99"),
+            ]),
+            request_body: Some(captured(br#"{"user": "ada", "password": "hunter2hunter2"}"#)),
+            files: Vec::new(),
+            status: 302,
+            response_headers: headers(&[
+                ("content-type", "text/html"),
+                ("set-cookie", "sessionid=C00kieValue4242; Path=/; HttpOnly"),
+                ("location", "/confirm?token=NewT0kenInLocation"),
+            ]),
+            response_body: Some(captured(
+                b"<p>welcome C00kieValue4242</p><input type=hidden name=csrfmiddlewaretoken value=Csrf0nThePage55>",
+            )),
+            completed_at: std::time::SystemTime::now(),
+        };
+        let text = entry(&x, &redact).to_string();
+        for secret in [
+            "S3ssion0nPath99",
+            "T0kenInQuery77",
+            "hunter2hunter2",
+            "C00kieValue4242",
+            "NewT0kenInLocation",
+            "Csrf0nThePage55",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        // One value, one pseudonym: the cookie and the page's echo of it.
+        let p = redact.secret("C00kieValue4242");
+        assert_eq!(text.matches(&p).count(), 3, "{text}");
+        assert!(
+            text.contains("\"next\"") || text.contains("next=%2Fhome"),
+            "{text}"
+        );
     }
 }

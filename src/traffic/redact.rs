@@ -27,7 +27,21 @@ const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization", "x-api
 
 /// Words that make a name secret besides the credential words of
 /// `taphook check` ([`is_credential_name`]).
-const MORE_SECRET_WORDS: &[&str] = &["passwd", "jwt", "session_key", "sessionid"];
+const MORE_SECRET_WORDS: &[&str] = &[
+    "jwt",
+    "session_key",
+    "sessionid",
+    "session_id",
+    "session-id",
+    "signature",
+];
+
+/// Names secret as a whole (as parts of a name they would be too common).
+const SECRET_NAMES: &[&str] = &["sid", "auth", "sig"];
+
+/// Headers whose value is a URL: its query and path are redacted like a
+/// request's.
+const URL_HEADERS: &[&str] = &["location", "content-location", "referer", "refresh"];
 
 /// What `record.redact_mode: remove` writes.
 pub const REDACTED: &str = "REDACTED";
@@ -66,11 +80,7 @@ pub struct Redactor {
 impl Redactor {
     /// A redactor with a key of its own (made now, kept nowhere).
     pub fn new(extra: &[String], mode: RedactMode) -> Self {
-        let key = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let key = crate::filter::hash::random_secret();
         Self::with_key(extra, mode, HashKey::new(key.as_bytes()))
     }
 
@@ -94,6 +104,7 @@ impl Redactor {
         let n = name.to_ascii_lowercase();
         is_credential_name(&n)
             || MORE_SECRET_WORDS.iter().any(|w| n.contains(w))
+            || SECRET_NAMES.contains(&n.as_str())
             || self.extra.contains(&n)
     }
 
@@ -135,7 +146,23 @@ impl Redactor {
                 _ => self.secret(value),
             },
             n if self.secret_header(n) => self.secret(value),
+            n if URL_HEADERS.contains(&n) => self.url(value),
             _ => self.known(value),
+        }
+    }
+
+    /// A URL (or a path) with its query's secret parameters and every
+    /// secret seen replaced.
+    pub fn url(&self, value: &str) -> String {
+        match value.split_once('?') {
+            Some((path, query)) => format!(
+                "{}?{}",
+                self.known(path),
+                form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(self.pairs(query))
+                    .finish()
+            ),
+            None => self.known(value),
         }
     }
 
@@ -221,7 +248,7 @@ impl Redactor {
     }
 
     /// `text` with every secret value seen so far replaced. Secrets are
-    /// found as whole words (runs of letters, digits and `-_.~+/%`, with
+    /// found as whole words (runs of letters, digits and `-_.~+%`, with
     /// any `=` padding), by one look-up each: linear in the text however
     /// many secrets the run has seen.
     fn known(&self, text: &str) -> String {
@@ -250,9 +277,10 @@ impl Redactor {
     }
 }
 
-/// The byte ranges of a text's words: runs of letters, digits and `-_.~+/%`.
+/// The byte ranges of a text's words: runs of letters, digits and `-_.~+%`
+/// (a `/` ends a word, so a secret is found as a path's segment).
 fn words(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let in_word = |b: u8| b.is_ascii_alphanumeric() || b"-_.~+/%".contains(&b);
+    let in_word = |b: u8| b.is_ascii_alphanumeric() || b"-_.~+%".contains(&b);
     let bytes = text.as_bytes();
     let mut i = 0;
     std::iter::from_fn(move || {

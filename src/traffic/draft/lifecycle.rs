@@ -328,9 +328,22 @@ impl std::fmt::Display for Link {
 /// How `later` refers back to `upload`: a value the upload's answer
 /// handed out, or the uploaded file's name.
 fn refers_back(upload: &Seen<'_>, later: &Seen<'_>) -> Option<Link> {
-    if let Some(c) = later.request_values().find(|c| upload.hands_out(&c.value)) {
-        return Some(Link::HandedOut(c.place.describe()));
-    }
+    let handed_out = |credential: bool| {
+        later
+            .request_values()
+            .filter(|c| c.place.credential == credential)
+            .find(|c| upload.hands_out(&c.value))
+            .map(|c| Link::HandedOut(c.place.describe()))
+    };
+    // An id first, then the file's name, then a token the upload's page
+    // handed out (its form's CSRF field: the form was that page's).
+    handed_out(false)
+        .or_else(|| file_name(upload, later))
+        .or_else(|| handed_out(true))
+}
+
+/// The field of `later` that carries the file `upload` sent.
+fn file_name(upload: &Seen<'_>, later: &Seen<'_>) -> Option<Link> {
     let names = upload.filenames();
     let carries_name = |v: &Value| match v {
         Value::String(s) => names
@@ -423,11 +436,7 @@ fn guard_uploads(props: &mut [Proposal], seen: &[Seen<'_>]) {
 /// OneSchema's where a word of the path says it plainly, else the method
 /// and the path's last word.
 pub fn named(method: &str, template: &str) -> String {
-    let last = template
-        .rsplit('/')
-        .find(|s| !s.is_empty() && !s.starts_with('{'))
-        .unwrap_or("root")
-        .to_ascii_lowercase();
+    let last = last_word(template);
     let ends_with_param = template.trim_end_matches('/').ends_with('}');
     let suggested = match () {
         _ if method == "DELETE" && ends_with_param => Some("embed_closed"),
@@ -443,14 +452,18 @@ pub fn named(method: &str, template: &str) -> String {
         .unwrap_or_else(|| path_named(method, template))
 }
 
-/// The method and the path's last word: `post_validate`.
-pub fn path_named(method: &str, template: &str) -> String {
-    let last = template
+/// The last segment of a path template that is not a parameter.
+fn last_word(template: &str) -> String {
+    template
         .rsplit('/')
         .find(|s| !s.is_empty() && !s.starts_with('{'))
         .unwrap_or("root")
-        .to_ascii_lowercase();
-    let word: String = last
+        .to_ascii_lowercase()
+}
+
+/// The method and the path's last word: `post_validate`.
+pub fn path_named(method: &str, template: &str) -> String {
+    let word: String = last_word(template)
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();

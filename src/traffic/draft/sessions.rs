@@ -63,7 +63,7 @@ fn place(
     placed: &mut [bool],
     key: usize,
 ) {
-    let covered = coverage(nodes, threads, key, props);
+    let covered = unplaced_coverage(nodes, threads, key, props, &vec![false; props.len()]);
     for (r, p) in props.iter_mut().enumerate() {
         if placed[r] {
             continue;
@@ -145,17 +145,6 @@ fn threads(nodes: &[Node]) -> Vec<usize> {
     (0..nodes.len()).map(|i| root(&mut parent, i)).collect()
 }
 
-/// Lifecycle routes the thread can be read in.
-fn coverage(nodes: &[Node], threads: &[usize], t: usize, props: &[Proposal]) -> usize {
-    nodes
-        .iter()
-        .zip(threads)
-        .filter(|(n, th)| **th == t && n.everywhere && props[n.route].lifecycle())
-        .map(|(n, _)| n.route)
-        .collect::<BTreeSet<_>>()
-        .len()
-}
-
 /// The session key's thread: the one that, with the aliases that join to
 /// it, places the most lifecycle routes (a session starts at its first
 /// step: a file id handed out by the upload beats the import id the
@@ -194,6 +183,7 @@ fn best(
     };
     candidates
         .into_iter()
+        .filter(|&t| unplaced_coverage(nodes, threads, t, props, placed) > 0)
         .max_by_key(|&t| {
             let members = || nodes.iter().zip(threads).filter(move |(_, th)| **th == t);
             let credential = members().all(|(n, _)| n.place.credential);
@@ -217,7 +207,6 @@ fn best(
                 std::cmp::Reverse(t),
             )
         })
-        .filter(|&t| unplaced_coverage(nodes, threads, t, props, placed) > 0)
 }
 
 /// Lifecycle routes that keying thread `t` would place, aliases included.

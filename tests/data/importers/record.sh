@@ -48,11 +48,22 @@ wait_port "$upstream"
 recorder=$!
 pids+=($recorder)
 wait_port "$proxy"
-python3 "$dir/drive.py" "http://127.0.0.1:$proxy" --quiet
-python3 "$dir/drive.py" "http://127.0.0.1:$proxy" --fail --quiet
+python3 "$dir/drive.py" "http://127.0.0.1:$proxy" --quiet | tee "$work/sessions.jsonl"
+python3 "$dir/drive.py" "http://127.0.0.1:$proxy" --fail --quiet | tee -a "$work/sessions.jsonl"
 kill -INT "$recorder"
 wait "$recorder" || true
 har=$(ls "$work"/out/*.har)
+# The drivers print the sessions' cookies and tokens: none may be in the
+# recording (they are replaced by pseudonyms).
+python3 - "$work/sessions.jsonl" "$har" <<'PY'
+import json, sys
+text = open(sys.argv[2]).read()
+for line in open(sys.argv[1]):
+    for key, value in json.loads(line).items():
+        secret = any(w in key for w in ("csrf", "session", "token", "cookie"))
+        if secret and isinstance(value, str) and len(value) >= 8 and value in text:
+            sys.exit(f"the recording holds {key} in clear")
+PY
 cp "$har" "$dir/session.har"
 grep -E '^(recorded|next)' "$work/record.log" >&2 || true
 echo "wrote $dir/session.har" >&2
