@@ -229,6 +229,19 @@ fn no_credential_of_a_recording_reaches_an_event() {
             "{}: a cookie value in the recording is not a pseudonym",
             dir.display()
         );
+        // The pages' hidden CSRF fields too.
+        for (at, _) in text.match_indices("csrf") {
+            let rest = &text[at..text.len().min(at + 120)];
+            let field = "value=\\\"";
+            if let Some(v) = rest.find(field) {
+                let value = &rest[v + field.len()..];
+                assert!(
+                    value.starts_with("redacted:"),
+                    "{}: a CSRF field in clear: {rest}",
+                    dir.display()
+                );
+            }
+        }
         let (_, _, derived) = score(&dir);
         for e in &derived {
             let shown = format!("{} {}", e.session, e.data);
