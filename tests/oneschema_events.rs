@@ -402,3 +402,57 @@ async fn a_dedup_key_with_a_missing_part_does_not_merge_steps() {
     assert_eq!(got.len(), 2);
     assert_ne!(got[0].json()["uuid"], got[1].json()["uuid"]);
 }
+
+/// File names as a browser sends them (RFC 7578, RFC 6266): a quoted `;`
+/// is part of the name (it was cut at it), an escaped quote is a quote,
+/// and `filename*` (RFC 5987) wins over `filename`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_names_with_semicolons_quotes_and_utf8_arrive_whole() {
+    let rules = hooks(&[webhook(
+        "uploads",
+        "/hooks/uploads",
+        "    events: [file_uploaded]\n",
+    )]);
+    let stack = Stack::with_rules(rules).await;
+    let cases = [
+        (r#"filename="Q1 report; final.csv""#, "Q1 report; final.csv"),
+        (
+            r#"filename="a \"quoted\" name.csv""#,
+            "a \"quoted\" name.csv",
+        ),
+        (
+            r#"filename="rates.csv"; filename*=UTF-8''%E2%82%AC%20rates.csv"#,
+            "\u{20ac} rates.csv",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (param, _) in &cases {
+        let id = stack
+            .create_embed(json!({"template_key": "contacts"}), true)
+            .await;
+        let body = format!(
+            "--b0undary\r\nContent-Disposition: form-data; name=\"file\"; {param}\r\nContent-Type: text/csv\r\n\r\nname\r\nAda\r\n--b0undary--\r\n"
+        );
+        let r = stack
+            .post(
+                &format!("/v1/embeds/{id}/upload"),
+                "multipart/form-data; boundary=b0undary",
+                body.into_bytes(),
+            )
+            .await;
+        assert!(r.status().is_success());
+        ids.push(id);
+    }
+    let got = stack
+        .receiver
+        .wait_for("/hooks/uploads", cases.len(), Duration::from_secs(10))
+        .await;
+    for (id, (_, filename)) in ids.iter().zip(&cases) {
+        let event = got
+            .iter()
+            .map(|r| r.json())
+            .find(|e| e["embed_id"] == *id)
+            .unwrap_or_else(|| panic!("no upload event for {id}: {}", stack.log()));
+        assert_eq!(event["data"]["filename"], *filename, "{event}");
+    }
+}

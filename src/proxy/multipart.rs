@@ -2,7 +2,8 @@
 //! headers. File contents are never buffered: outside a part's header
 //! block, only enough bytes to spot a delimiter split across chunks are
 //! kept. Header blocks are parsed by `httparse`, `Content-Disposition`
-//! by `mailparse`.
+//! by `parse-net`
+//! (`mailparse` for a header that is not RFC syntax).
 
 use memchr::memmem;
 
@@ -193,19 +194,90 @@ fn parse_part_headers(block: &[u8]) -> Option<FilePart> {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| String::from_utf8_lossy(h.value).into_owned())
     };
-    let disposition = mailparse::parse_content_disposition(&value("content-disposition")?);
-    let filename = disposition.params.get("filename")?.clone();
+    let raw = parsed
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-disposition"))?
+        .value;
+    let (field, filename) = disposition(raw)?;
     let clip = |s: String| s.chars().take(MAX_FIELD_CHARS).collect::<String>();
     Some(FilePart {
-        field: clip(disposition.params.get("name").cloned().unwrap_or_default()),
+        field: clip(field),
         filename: clip(filename),
         content_type: value("content-type").map(clip),
     })
 }
 
+/// A part's field name and file name from its `Content-Disposition`
+/// (RFC 7578, RFC 6266): quoted strings may hold `;` and escaped quotes,
+/// and `filename*` (RFC 5987, `UTF-8''...`) wins over `filename`. A
+/// header that is not RFC syntax is read leniently (`mailparse`) rather
+/// than losing the file. `None` when the part carries no file name.
+pub fn disposition(raw: &[u8]) -> Option<(String, String)> {
+    let Ok(cd) = parse_net::parse_content_disposition(raw) else {
+        let lenient = mailparse::parse_content_disposition(&String::from_utf8_lossy(raw));
+        let filename = lenient.params.get("filename")?.clone();
+        return Some((
+            lenient.params.get("name").cloned().unwrap_or_default(),
+            filename,
+        ));
+    };
+    let filename = cd.filename().and_then(|f| {
+        let mut buf = vec![0u8; f.max_decoded_len()];
+        f.decode_into(&mut buf).ok().map(str::to_string)
+    })?;
+    let field = cd.name().map(|w| word(&w)).unwrap_or_default();
+    Some((field, filename))
+}
+
+/// A token or a quoted string, unescaped.
+fn word(w: &parse_net::text::Word<'_>) -> String {
+    if let Some(s) = w.as_str() {
+        return s.to_string();
+    }
+    let mut buf = vec![0u8; w.len()];
+    w.unescape_into(&mut buf)
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_are_read_as_the_rfcs_say() {
+        let cases: &[(&[u8], &str, &str)] = &[
+            // A quoted `;` is part of the name (issue 24: it was cut).
+            (
+                br#"form-data; name="file"; filename="Q1 report; final.csv""#,
+                "file",
+                "Q1 report; final.csv",
+            ),
+            (
+                br#"form-data; name="up"load"; filename="a "quoted" name.csv""#,
+                "up\"load",
+                "a \"quoted\" name.csv",
+            ),
+            // `filename*` wins over `filename`, and is UTF-8 percent-decoded.
+            (
+                b"form-data; name=file; filename=\"rates.csv\"; filename*=UTF-8''%E2%82%AC%20rates.csv",
+                "file",
+                "\u{20ac} rates.csv",
+            ),
+            (b"form-data; name=file; filename=plain.csv", "file", "plain.csv"),
+            // Not RFC syntax (an unquoted space): still seen.
+            (b"form-data; name=file; filename=my file.csv", "file", "my file.csv"),
+        ];
+        for (raw, field, filename) in cases {
+            assert_eq!(
+                disposition(raw),
+                Some((field.to_string(), filename.to_string())),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert_eq!(disposition(br#"form-data; name="note""#), None);
+    }
 
     const BODY: &[u8] = b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"contacts.csv\"\r\nContent-Type: text/csv\r\n\r\na,b\r\n1,2\r\n\r\n--XyZ\r\nContent-Disposition: form-data; name=\"more\"; filename=\"b.xlsx\"\r\n\r\n\r\n--XyZ--\r\n";
 
