@@ -505,6 +505,30 @@ async fn a_person_follows_sessions_and_fixes_deliveries_from_the_console() {
         "the page's console has errors: {errors:?}"
     );
     assert!(c.get_alert_text().await.is_err(), "no alert is open");
+
+    // A session key is chosen by end users: whatever it is (a dot segment,
+    // `/`, `?`, `#`, `%`, spaces, non-ASCII, 1 KiB), its page shows that
+    // session and nothing else (issue 24: `.` and `..` opened `/v1/`).
+    let long = "k".repeat(1024);
+    for (i, key) in [".", "..", "a/../b?c=d#e", "50% off é", long.as_str()]
+        .iter()
+        .enumerate()
+    {
+        let template = format!("odd-key-{i}");
+        let event =
+            json!({"event_type": "file_uploaded", "embed_id": key, "template_key": template});
+        assert_eq!(api(&stack, "POST", "/v1/events", Some(event)).await.0, 202);
+        api_until(
+            &stack,
+            &format!("/v1/session?key={}", urlencode(key)),
+            |b| b["session"]["embed_id"] == *key,
+        )
+        .await;
+        open(c, &format!("#/sessions/{}", urlencode(key))).await;
+        wait_text(c, "#session-summary dd", &template).await;
+        wait_count(c, "#timeline li[data-event=file_uploaded]", 1).await;
+    }
+
     // Ends the browser session: chromedriver closes Chromium.
     c.clone().close().await.unwrap();
 }

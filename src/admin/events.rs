@@ -39,6 +39,30 @@ pub async fn list(
     Path(embed_id): Path<String>,
     Query(page): Query<Page>,
 ) -> Result<Response, ApiError> {
+    list_of(shared, embed_id, page).await
+}
+
+/// `GET /v1/session/events?key=&limit=&cursor=`: [`list`] for any key
+/// (in the query, where no browser rewrites a `.` or `..`).
+#[derive(Deserialize)]
+pub struct KeyPage {
+    key: String,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+pub async fn list_by_query(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<KeyPage>,
+) -> Result<Response, ApiError> {
+    let page = Page {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    list_of(shared, q.key, page).await
+}
+
+async fn list_of(shared: Arc<Shared>, embed_id: String, page: Page) -> Result<Response, ApiError> {
     let limit = page_limit(page.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let from = match page.cursor.as_deref() {
         None => 0,

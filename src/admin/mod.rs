@@ -81,6 +81,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/sessions", get(sessions::list))
         .route("/v1/sessions/{key}", get(sessions::show))
         .route("/v1/sessions/{key}/deliveries", get(sessions::deliveries))
+        // The same by `?key=`: any key, `.` and `..` included (the console's).
+        .route("/v1/session", get(sessions::show_by_query))
+        .route("/v1/session/deliveries", get(sessions::deliveries_by_query))
+        .route("/v1/session/events", get(events::list_by_query))
         .route("/v1/overview", get(sessions::overview))
         .route(
             "/v1/event-webhooks/{key}/stats",

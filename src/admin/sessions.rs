@@ -96,10 +96,30 @@ pub async fn list(
     )
 }
 
+/// `?key=`: a session key in the query, where no browser rewrites it (a
+/// key `.` or `..` in a path is collapsed away as a dot segment, `%2e`
+/// too; `/`, `?` and `#` would end the segment).
+#[derive(Deserialize)]
+pub struct KeyQuery {
+    key: String,
+}
+
 pub async fn show(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
+    show_key(shared, key).await
+}
+
+/// `GET /v1/session?key=`: [`show`], for any key.
+pub async fn show_by_query(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Response, ApiError> {
+    show_key(shared, q.key).await
+}
+
+async fn show_key(shared: Arc<Shared>, key: String) -> Result<Response, ApiError> {
     let progress = {
         let key = key.clone();
         on_store(&shared, move |store| store.get_progress(&key)).await?
@@ -131,8 +151,20 @@ pub async fn deliveries(
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
+    deliveries_of(&shared, key).await
+}
+
+/// `GET /v1/session/deliveries?key=`: [`deliveries`], for any key.
+pub async fn deliveries_by_query(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Response, ApiError> {
+    deliveries_of(&shared, q.key).await
+}
+
+async fn deliveries_of(shared: &Arc<Shared>, key: String) -> Result<Response, ApiError> {
     let limit = MAX_DELIVERIES;
-    let mut rows = listed(&shared, Filter::Any, None, Some(key), 0, limit + 1).await?;
+    let mut rows = listed(shared, Filter::Any, None, Some(key), 0, limit + 1).await?;
     let truncated = rows.len() > limit;
     rows.truncate(limit);
     Ok(Json(json!({"deliveries": rows, "truncated": truncated})).into_response())

@@ -372,7 +372,7 @@ async function allEvents(key) {
     const qs = new URLSearchParams({ limit: "1000", ...(cursor ? { cursor } : {}) });
     let pageData;
     try {
-      pageData = await api(`/embeds/${enc(key)}/events?${qs}`);
+      pageData = await api(`/session/events?key=${enc(key)}&${qs}`);
     } catch (e) {
       if (e.status === 404) return events;
       throw e;
@@ -431,7 +431,7 @@ async function session(ctx, key) {
       summary,
       async () => {
         try {
-          return (await api(`/sessions/${enc(key)}`)).session;
+          return (await api(`/session?key=${enc(key)}`)).session;
         } catch (e) {
           if (e.status === 404) return null;
           throw e;
@@ -457,7 +457,7 @@ async function session(ctx, key) {
       ctx,
       region,
       async () => {
-        const [events, deliveries] = await Promise.all([allEvents(key), api(`/sessions/${enc(key)}/deliveries`)]);
+        const [events, deliveries] = await Promise.all([allEvents(key), api(`/session/deliveries?key=${enc(key)}`)]);
         return { events, deliveries: deliveries.deliveries };
       },
       (data) => timeline(data.events, data.deliveries, open),
