@@ -254,7 +254,7 @@ mod tests {
                 "Q1 report; final.csv",
             ),
             (
-                br#"form-data; name="up"load"; filename="a "quoted" name.csv""#,
+                br#"form-data; name="up\"load"; filename="a \"quoted\" name.csv""#,
                 "up\"load",
                 "a \"quoted\" name.csv",
             ),
