@@ -191,6 +191,9 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The log filter when `RUST_LOG` is not set.
+const DEFAULT_LOG: &str = "info,pingora_core=warn,pingora_proxy=warn";
+
 /// Crates that see the proxied and delivered traffic: at debug and trace
 /// they log headers and bodies verbatim (`Authorization`, cookies, JWTs,
 /// webhook secrets), so they never log below info, whatever `RUST_LOG` says.
@@ -211,10 +214,8 @@ const TRAFFIC_CRATES: &[&str] = &[
 /// Logs to stderr, as text or (`log.format: json`) one JSON object per
 /// line: the line's fields at the top level, and under `span` the context
 /// it was written in (an event's `event` UUID and `request_id`, a
-/// delivery's `webhook` and `delivery`).
-/// `RUST_LOG` when it is not set.
-const DEFAULT_LOG: &str = "info,pingora_core=warn,pingora_proxy=warn";
-
+/// delivery's `webhook` and `delivery`). `default` is the filter when
+/// `RUST_LOG` is not set.
 fn init_logging(format: LogFormat, default: &str) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -381,25 +382,28 @@ fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A HAR file's exchanges, or those of every `*.har` file of a directory
-/// in name order (numbered on from one file to the next); errors name
-/// the file.
-fn read_har(har: &Path) -> anyhow::Result<Vec<crate::traffic::har::Recorded>> {
-    let files = if har.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(har)
+/// The exchanges of HAR files, in order: each path a file, or a directory
+/// whose `*.har` files are read in name order; entries are numbered on
+/// from one file to the next. Errors name the file.
+fn read_har(hars: &[PathBuf]) -> anyhow::Result<Vec<crate::traffic::har::Recorded>> {
+    let mut files = Vec::new();
+    for har in hars {
+        if !har.is_dir() {
+            files.push(har.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(har)
             .with_context(|| format!("cannot read {}", har.display()))?
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "har"))
             .collect();
-        files.sort();
-        if files.is_empty() {
+        found.sort();
+        if found.is_empty() {
             bail!("{}: no .har file in the directory", har.display());
         }
-        files
-    } else {
-        vec![har.to_path_buf()]
-    };
+        files.extend(found);
+    }
     let mut all = Vec::new();
     for f in files {
         let text =
@@ -416,7 +420,7 @@ fn read_har(har: &Path) -> anyhow::Result<Vec<crate::traffic::har::Recorded>> {
 
 fn explain(har: &Path, rules_dir: &Path, environment: &str, json: bool) -> anyhow::Result<()> {
     let rules = rules::load_dir(rules_dir, &process_env).map_err(|p| anyhow::anyhow!("{p}"))?;
-    let recorded = read_har(har)?;
+    let recorded = read_har(&[har.to_path_buf()])?;
     let reports = crate::traffic::explain::explain(&rules, &recorded, environment);
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -427,14 +431,7 @@ fn explain(har: &Path, rules_dir: &Path, environment: &str, json: bool) -> anyho
 }
 
 fn draft(hars: &[PathBuf], why: bool, tests: Option<&Path>) -> anyhow::Result<()> {
-    let mut recorded = Vec::new();
-    for har in hars {
-        let first = recorded.len();
-        recorded.extend(read_har(har)?.into_iter().map(|mut r| {
-            r.entry += first;
-            r
-        }));
-    }
+    let recorded = read_har(hars)?;
     let draft = crate::traffic::draft::Draft::of(&recorded);
     let source = hars
         .iter()

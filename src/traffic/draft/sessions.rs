@@ -302,13 +302,13 @@ fn join_through_aliases(
     loop {
         let mut joined = None;
         'routes: for r in (0..props.len()).filter(|&r| !placed[r]) {
-            let mut mine: Vec<&Node> = nodes
+            let mut mine: Vec<(&Node, usize)> = nodes
                 .iter()
-                .filter(|n| n.route == r && n.everywhere)
+                .zip(threads.iter().copied())
+                .filter(|(n, _)| n.route == r && n.everywhere)
                 .collect();
-            mine.sort_by_key(|n| (n.place.credential, rank(n.place.source)));
-            for n in mine {
-                let t = threads[nodes.iter().position(|m| std::ptr::eq(m, n)).unwrap_or(0)];
+            mine.sort_by_key(|(n, _)| (n.place.credential, rank(n.place.source)));
+            for (n, t) in mine {
                 let earlier = nodes.iter().zip(threads).find(|(m, th)| {
                     **th == t
                         && placed[m.route]
