@@ -35,12 +35,14 @@ pub struct Proposal {
 }
 
 impl Proposal {
-    fn new(event: &str, s: &Seen<'_>, index: usize) -> Self {
+    /// A proposal for `event` on the method and path of `s`, with no
+    /// exchange yet.
+    pub fn new(event: &str, s: &Seen<'_>) -> Self {
         Self {
             event: event.to_string(),
             method: s.x.method.clone(),
             template: s.template.clone(),
-            exchanges: vec![index],
+            exchanges: Vec::new(),
             evidence: Vec::new(),
             when: None,
             data: Vec::new(),
@@ -126,7 +128,8 @@ impl Proposals {
                 p.evidence.push(why);
             }
             None => {
-                let mut p = Proposal::new(event, s, i);
+                let mut p = Proposal::new(event, s);
+                p.exchanges.push(i);
                 p.evidence.push(why);
                 p.when = when;
                 self.0.push(p);

@@ -128,20 +128,10 @@ pub fn ends(seen: &[Seen<'_>], members: &[usize], what: &str) -> Vec<Proposal> {
             continue;
         };
         let first = members[expected.iter().position(|e| *e).unwrap_or(0)];
-        let mut p = Proposal {
-            event: event.to_string(),
-            method: seen[first].x.method.clone(),
-            template: seen[first].template.clone(),
-            exchanges: Vec::new(),
-            evidence: Vec::new(),
-            when: Some(when.clone()),
-            data,
-            poll_id: poll_id(seen, members),
-            session: None,
-            session_alias: Vec::new(),
-            dedup_key: None,
-            session_why: Vec::new(),
-        };
+        let mut p = Proposal::new(event, &seen[first]);
+        p.when = Some(when.clone());
+        p.data = data;
+        p.poll_id = poll_id(seen, members);
         let fields: Vec<String> = answers
             .iter()
             .flat_map(|a| a.keys())
