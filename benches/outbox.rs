@@ -36,6 +36,7 @@ fn event(i: usize) -> StoredEvent {
         ),
         registered: None,
         request_id: None,
+        test: false,
     }
 }
 

@@ -48,6 +48,8 @@ pub struct Shared {
     pub jetstream: Option<Arc<JetStream>>,
     /// The key of the `hash` operator.
     pub hash_key: HashKey,
+    /// Each webhook's attempts per hour, for 7 days.
+    pub history: Arc<crate::history::History>,
 }
 
 /// Events pushed through the admin API waiting for the pipeline.
@@ -118,7 +120,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(config.admin_listen)
         .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
     admin_listener.set_nonblocking(true)?;
-    if !config.admin_listen.ip().is_loopback() && config.admin_token.is_none() {
+    if !config.admin_listen.ip().is_loopback() && config.admin_tokens.is_empty() {
         tracing::warn!(addr = %config.admin_listen, "admin listener binds a non-loopback address without admin_token");
     }
     let upstream = config.upstream.resolve().map_err(anyhow::Error::msg)?;
@@ -180,8 +182,14 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
             ),
         };
     let hash_key = hash_key(&config)?;
+    let history = Arc::new(crate::history::History::from_rows(
+        store
+            .hours(crate::history::hour_of(crate::store::sqlite::now_ms()) - crate::history::HOURS)
+            .context("cannot read the webhooks' history from the data directory")?,
+    ));
     let shared = Arc::new(Shared {
         hash_key,
+        history: history.clone(),
         rules: ArcSwap::from_pointee(rules),
         metrics,
         sessions,
@@ -211,6 +219,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     if let Some(js) = &jetstream {
         deliver_rt.spawn(crate::rules::replicate::follow(shared.clone(), js.clone()));
     }
+    deliver_rt.spawn(keep_history(history.clone(), store.clone()));
     let delivering = match &jetstream {
         Some(js) => deliver_rt.spawn(crate::deliver::jetstream::supervise(
             dispatcher,
@@ -293,8 +302,31 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         deliver_rt.block_on(js.flush(Duration::from_secs(5)));
     }
     deliver_rt.shutdown_timeout(Duration::from_secs(1));
+    write_history(&history, &store);
     store.close();
     Ok(())
+}
+
+/// How often the webhooks' history is written to the store.
+const HISTORY_EVERY: Duration = Duration::from_secs(5);
+
+/// Writes the webhooks' changed hours every [`HISTORY_EVERY`].
+async fn keep_history(history: Arc<crate::history::History>, store: Arc<Store>) {
+    let mut every = tokio::time::interval(HISTORY_EVERY);
+    loop {
+        every.tick().await;
+        write_history(&history, &store);
+    }
+}
+
+fn write_history(history: &crate::history::History, store: &Store) {
+    let (rows, oldest) = history.changed(crate::store::sqlite::now_ms());
+    if rows.is_empty() {
+        return;
+    }
+    if let Err(e) = store.put_hours(rows, oldest) {
+        tracing::warn!(error = %e, "webhook history not written");
+    }
 }
 
 /// The file in `data_dir` that keeps the `hash` key when the config

@@ -16,6 +16,88 @@ use crate::rules::source::Document;
 use crate::rules::units::{Dur, Size};
 use crate::secret::Secret;
 
+/// What an admin token may do; each role can do what the ones before it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything that is read.
+    Read,
+    /// Also retry, replay, enable and test events.
+    Operate,
+    /// Also webhooks and the OS1 registry.
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Operate => "operate",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// A token of the admin API: its name (what the audit trail records,
+/// never the token) and its role.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub token: Secret,
+    pub role: Role,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminToken {
+    name: String,
+    token: Secret,
+    role: Role,
+}
+
+/// `admin_token` (as `admin_token`, role admin) and `admin_tokens`,
+/// checked: names given and distinct, tokens given and distinct.
+fn admin_tokens(
+    single: Option<Secret>,
+    listed: Vec<RawAdminToken>,
+    doc: &Document,
+    problems: &mut Vec<Problem>,
+) -> Vec<AdminToken> {
+    let mut out: Vec<AdminToken> = Vec::new();
+    if let Some(token) = single.filter(|t| !t.expose().is_empty()) {
+        out.push(AdminToken {
+            name: "admin_token".into(),
+            token,
+            role: Role::Admin,
+        });
+    }
+    for (i, t) in listed.into_iter().enumerate() {
+        let at = |field: &str| format!("/admin_tokens/{i}/{field}");
+        if t.name.trim().is_empty() {
+            problems.push(doc.problem(&at("name"), "must not be empty"));
+            continue;
+        }
+        if t.token.expose().is_empty() {
+            problems.push(doc.problem(&at("token"), "must not be empty (is its ${ENV} variable set?)"));
+            continue;
+        }
+        if out.iter().any(|o| o.name == t.name) {
+            problems.push(doc.problem(&at("name"), format!("`{}` is used by another token", t.name)));
+            continue;
+        }
+        if out.iter().any(|o| o.token == t.token) {
+            problems.push(doc.problem(&at("token"), format!("`{}` has the same token as another one (each token is one name and one role)", t.name)));
+            continue;
+        }
+        out.push(AdminToken {
+            name: t.name,
+            token: t.token,
+            role: t.role,
+        });
+    }
+    out
+}
+
 /// The running configuration, lowered and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -23,6 +105,9 @@ pub struct Config {
     pub upstream: Upstream,
     pub admin_listen: SocketAddr,
     pub admin_token: Option<Secret>,
+    /// Every token of the admin API with its name and role:
+    /// `admin_tokens`, and `admin_token` as `admin_token` (role `admin`).
+    pub admin_tokens: Vec<AdminToken>,
     pub rules_dir: PathBuf,
     pub data_dir: PathBuf,
     pub environment_name: String,
@@ -166,6 +251,8 @@ struct RawConfig {
     admin_listen: String,
     #[serde(default)]
     admin_token: Option<Secret>,
+    #[serde(default)]
+    admin_tokens: Vec<RawAdminToken>,
     #[serde(default)]
     session_secret: Option<Secret>,
     #[serde(default = "defaults::rules_dir")]
@@ -331,7 +418,7 @@ impl Config {
         if !doc.problems.is_empty() {
             return Err(Problems(doc.problems.clone()));
         }
-        let raw: RawConfig = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
+        let mut raw: RawConfig = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
             let keys: Vec<String> = e
                 .path()
                 .to_string()
@@ -386,6 +473,12 @@ impl Config {
                 .map_err(|why| problems.push(doc.problem("/delivery/rate_limit", why)))
                 .ok()
         });
+        let admin_tokens = admin_tokens(
+            raw.admin_token.clone(),
+            std::mem::take(&mut raw.admin_tokens),
+            doc,
+            &mut problems,
+        );
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
@@ -397,6 +490,7 @@ impl Config {
             listen,
             upstream,
             admin_listen,
+            admin_tokens,
             admin_token: raw.admin_token.filter(|t| !t.expose().is_empty()),
             rules_dir: base.join(raw.rules_dir),
             data_dir: base.join(raw.data_dir),

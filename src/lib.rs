@@ -21,6 +21,7 @@ pub mod derive;
 pub mod event;
 pub mod filter;
 pub mod funnel;
+pub mod history;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

@@ -138,6 +138,7 @@ impl Pipeline {
                         session: event.session.clone(),
                         registered,
                         request_id: event.request_id.clone(),
+                        test: false,
                     });
                     if let Err(e) = self.shared.outbox.enqueue(&decision.webhook.key, stored) {
                         metrics

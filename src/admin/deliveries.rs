@@ -1,9 +1,14 @@
 //! The outbox through the admin API:
-//! `GET /v1/deliveries?state=pending|failed|dead|delivered&webhook=&session=&limit=&cursor=`,
-//! `GET /v1/deliveries/{id}` (with every attempt), `POST /v1/deliveries/{id}/retry`,
-//! `POST /v1/deliveries/replay` (`{"webhook", "since", "include_delivered"}`),
-//! and `POST /v1/event-webhooks/{key}/enable` for a webhook that was
-//! disabled (410) or paused.
+//! `GET /v1/deliveries?state=pending|held|failed|dead|delivered&webhook=&session=&limit=&cursor=`,
+//! `GET /v1/deliveries/{id}` (with every attempt in full),
+//! `GET /v1/deliveries/{id}/payload?part=`, `POST /v1/deliveries/{id}/retry`,
+//! `POST /v1/deliveries/retry` (bulk: `{"webhook", "state", "session",
+//! "since", "dry_run"}`), `POST /v1/deliveries/replay` (`{"webhook",
+//! "since", "include_delivered"}`), and `POST /v1/event-webhooks/{key}/enable`
+//! for a webhook that was disabled (410) or paused.
+//!
+//! A pending delivery of a disabled webhook is shown `held`, with the
+//! reason and no next attempt: nothing goes out until it is enabled.
 
 use std::sync::Arc;
 
@@ -20,7 +25,8 @@ use super::{page_limit, parse_json, ApiError, JsonBody};
 use crate::app::Shared;
 use crate::deliver::formats;
 use crate::store::sqlite::{
-    DeliveryInfo, Filter, State as DeliveryState, Store, StoreError, StoredEvent, WebhookChange,
+    DeliveryInfo, Filter, Retry, State as DeliveryState, Store, StoreError, StoredEvent,
+    WebhookChange,
 };
 
 const DEFAULT_LIMIT: usize = 100;
@@ -45,13 +51,14 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let filter = match q.state.as_deref().unwrap_or("pending") {
         "pending" => Filter::State(DeliveryState::Pending),
+        "held" => Filter::Held,
         "failed" => Filter::Failed,
         "dead" => Filter::State(DeliveryState::Dead),
         "delivered" => Filter::State(DeliveryState::Delivered),
         other => {
             return Err(bad(
                 "invalid_state",
-                format!("unknown state `{other}` (pending, failed, dead, delivered)"),
+                format!("unknown state `{other}` (pending, held, failed, dead, delivered)"),
             ))
         }
     };
@@ -74,7 +81,7 @@ pub async fn list(
 }
 
 /// Up to `limit` deliveries matching `filter`, `webhook` and `session`
-/// after `after`, from whichever store there is.
+/// after `after`, from whichever store there is, as shown ([`shown`]).
 pub(super) async fn listed(
     shared: &Shared,
     filter: Filter,
@@ -83,17 +90,47 @@ pub(super) async fn listed(
     after: i64,
     limit: usize,
 ) -> Result<Vec<DeliveryInfo>, ApiError> {
-    match &shared.jetstream {
+    let mut rows = match &shared.jetstream {
         Some(js) => internal(
             js.list_deliveries(filter, webhook.as_deref(), session.as_deref(), after, limit)
                 .await,
-        ),
+        )?,
         None => {
             on_store(shared, move |store| {
                 store.list_deliveries(filter, webhook.as_deref(), session.as_deref(), after, limit)
             })
-            .await
+            .await?
         }
+    };
+    shown(shared, &mut rows);
+    Ok(rows)
+}
+
+/// Pending deliveries of a disabled webhook are `held`: the reason, and
+/// no next attempt (nothing goes out until the webhook is enabled).
+pub(super) fn shown(shared: &Shared, rows: &mut [DeliveryInfo]) {
+    let mut disabled: std::collections::HashMap<String, Option<String>> = Default::default();
+    for row in rows.iter_mut().filter(|r| r.state == "pending") {
+        let reason = disabled
+            .entry(row.webhook.clone())
+            .or_insert_with(|| disabled_reason(shared, &row.webhook))
+            .clone();
+        if let Some(reason) = reason {
+            row.state = "held".into();
+            row.held_reason = Some(format!(
+                "webhook `{}` is disabled ({reason}); nothing is sent until it is enabled (POST /v1/event-webhooks/{{key}}/enable)",
+                row.webhook
+            ));
+            row.next_attempt_at = None;
+        }
+    }
+}
+
+/// Why `webhook` is disabled, if it is.
+fn disabled_reason(shared: &Shared, webhook: &str) -> Option<String> {
+    match &shared.jetstream {
+        Some(js) => js.webhook_health(webhook).disabled,
+        None => shared.store.webhook_state(webhook).ok()?.disabled,
     }
 }
 
@@ -101,16 +138,24 @@ pub async fn show(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let (delivery, attempts, event) = match &shared.jetstream {
+    let (mut delivery, mut attempts, event) = match &shared.jetstream {
         Some(js) => {
             let (delivery, event) =
                 internal(js.delivery(id).await)?.ok_or_else(|| not_found(id))?;
-            (delivery, Vec::new(), Some(event))
+            let attempts = internal(js.attempts(&delivery.webhook, &delivery.event_uuid).await)?;
+            (delivery, attempts, Some(event))
         }
         None => on_store(&shared, move |store| store.delivery(id))
             .await?
             .ok_or_else(|| not_found(id))?,
     };
+    delivery.attempts = delivery.attempts.max(attempts.len() as u32);
+    shown(&shared, std::slice::from_mut(&mut delivery));
+    for a in &mut attempts {
+        if let Some(request) = &mut a.request {
+            request.payload_url = Some(format!("/v1/deliveries/{id}/payload?part={}", a.part));
+        }
+    }
     let payload = event.map(|e| payload(&shared, &delivery.webhook, &e));
     Ok(
         Json(json!({"delivery": delivery, "attempts": attempts, "payload": payload}))
@@ -121,7 +166,7 @@ pub async fn show(
 /// What the delivery sends, part by part, as its webhook's format makes
 /// it now: each body (JSON when it is JSON), with the session's embed JWT
 /// masked wherever it appears. Without the webhook (deleted), the event.
-fn payload(shared: &Shared, webhook: &str, event: &StoredEvent) -> Value {
+pub(super) fn payload(shared: &Shared, webhook: &str, event: &StoredEvent) -> Value {
     let jwt = event.event.embed_jwt.as_str().filter(|j| !j.is_empty());
     let bodies: Vec<Value> = match shared.rules.load().webhook(webhook) {
         Some(w) => formats::requests(w, &event.derived())
@@ -173,6 +218,128 @@ pub async fn retry(
         Json(json!({"id": id, "state": "pending"})),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct PartQuery {
+    part: Option<usize>,
+}
+
+/// `GET /v1/deliveries/{id}/payload?part=`: the body one part sends, as
+/// its webhook's format makes it now (the session's embed JWT masked).
+pub async fn payload_part(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<i64>,
+    Query(q): Query<PartQuery>,
+) -> Result<Response, ApiError> {
+    let (delivery, event) = match &shared.jetstream {
+        Some(js) => internal(js.delivery(id).await)?.ok_or_else(|| not_found(id))?,
+        None => {
+            let (delivery, _, event) = on_store(&shared, move |store| store.delivery(id))
+                .await?
+                .ok_or_else(|| not_found(id))?;
+            let event = event.ok_or_else(|| ApiError::internal("the stored event is unreadable"))?;
+            (delivery, event)
+        }
+    };
+    let part = q.part.unwrap_or(0);
+    let Value::Array(mut bodies) = payload(&shared, &delivery.webhook, &event) else {
+        return Err(ApiError::internal("no payload"));
+    };
+    if part >= bodies.len() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("delivery {id} has {} part(s); there is no part {part}", bodies.len()),
+        ));
+    }
+    Ok(Json(bodies.swap_remove(part)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryBody {
+    #[serde(default)]
+    webhook: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    since: Option<Value>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /v1/deliveries/retry`: sends again every delivery of `state`
+/// (`dead` by default, `failed` or `delivered`), of `webhook` and
+/// `session` when given, created since `since`; `{"requeued": n}`, or
+/// with `dry_run` `{"would_requeue": n}` and nothing changed.
+pub async fn retry_matching(
+    State(shared): State<Arc<Shared>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let body: RetryBody = parse_json(&body)?;
+    let (state, failed) = match body.state.as_deref().unwrap_or("dead") {
+        "dead" => (DeliveryState::Dead, false),
+        "failed" => (DeliveryState::Pending, true),
+        "delivered" => (DeliveryState::Delivered, false),
+        other => {
+            return Err(bad(
+                "invalid_state",
+                format!("cannot retry `{other}` deliveries (dead, failed, delivered)"),
+            ))
+        }
+    };
+    let since = match &body.since {
+        None | Some(Value::Null) => 0,
+        Some(v) => parse_since(v).ok_or_else(|| {
+            bad(
+                "invalid_since",
+                "since is an RFC 3339 time, seconds since the epoch, or a duration ago like `2h`",
+            )
+        })?,
+    };
+    if let Some(w) = &body.webhook {
+        super::webhooks::require(&shared, w)?;
+    }
+    let retry = Retry {
+        state,
+        failed,
+        webhook: body.webhook.clone(),
+        session: body.session.clone(),
+        since,
+    };
+    let n = match &shared.jetstream {
+        Some(_) if state != DeliveryState::Dead => {
+            return Err(bad(
+                "unsupported",
+                "with the jetstream store only dead letters are sent again (failed ones are retried on their schedule; delivered ones are not kept)",
+            ))
+        }
+        Some(js) if body.dry_run => internal(js.count_dead(&retry).await)?,
+        Some(js) => internal(js.requeue_dead(&retry).await)?,
+        None if body.dry_run => {
+            let retry = retry.clone();
+            on_store(&shared, move |store| store.count_matching(&retry)).await?
+        }
+        None => on_store(&shared, move |store| store.retry_matching(retry)).await?,
+    };
+    let filter = json!({
+        "webhook": body.webhook, "state": body.state.as_deref().unwrap_or("dead"),
+        "session": body.session, "since": since, "dry_run": body.dry_run,
+    });
+    let answer = if body.dry_run {
+        json!({"would_requeue": n})
+    } else {
+        tracing::info!(count = n, "deliveries sent again through the admin API");
+        json!({"requeued": n})
+    };
+    let mut response = Json(answer.clone()).into_response();
+    response
+        .extensions_mut()
+        .insert(super::audit::Detail(json!({"filter": filter, "result": answer})));
+    Ok(response)
 }
 
 #[derive(Deserialize)]

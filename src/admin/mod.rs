@@ -1,13 +1,19 @@
 //! The admin listener, served by axum inside a Pingora background
 //! service: `/metrics`, `/healthz`, `/readyz` without auth, and the
-//! `/v1` API behind the bearer `admin_token`.
+//! `/v1` API behind bearer tokens with roles ([`access`]), every change
+//! recorded in the audit trail ([`audit`]).
 
+mod access;
+mod audit;
 mod console;
 mod deliveries;
 pub use deliveries::parse_since_text;
 mod events;
+mod history;
 mod registry;
+mod search;
 mod sessions;
+mod test_event;
 mod webhooks;
 
 use std::sync::atomic::Ordering;
@@ -17,7 +23,7 @@ use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -110,9 +116,25 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 .put(webhooks::update)
                 .delete(webhooks::delete),
         )
+        .route("/v1/whoami", get(access::whoami))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/search", get(search::search))
+        .route(
+            "/v1/deliveries/retry",
+            axum::routing::post(deliveries::retry_matching),
+        )
+        .route("/v1/deliveries/{id}/payload", get(deliveries::payload_part))
+        .route(
+            "/v1/event-webhooks/{key}/test",
+            axum::routing::post(test_event::send),
+        )
+        .route(
+            "/v1/event-webhooks/{key}/history",
+            get(history::show),
+        )
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
-            require_token,
+            access::require_token,
         ));
     Router::new()
         .route("/metrics", get(metrics))
@@ -148,54 +170,6 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
             "starting or shutting down",
         )
     }
-}
-
-/// The `/v1` API needs `Authorization: Bearer <admin_token>`; without a
-/// configured token it is closed. Every 401 carries `WWW-Authenticate:
-/// Bearer` (RFC 6750) and never echoes what was sent.
-async fn require_token(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(token) = &shared.config.admin_token else {
-        return unauthorized(
-            "the admin API is closed: set admin_token in the config",
-            None,
-        );
-    };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::derive::jwt::bearer);
-    match given {
-        Some(t) if token_matches(t.as_bytes(), token.expose().as_bytes()) => {
-            next.run(request).await
-        }
-        Some(_) => unauthorized("wrong bearer token", Some("invalid_token")),
-        None => unauthorized("missing bearer token", None),
-    }
-}
-
-fn unauthorized(message: &str, reason: Option<&str>) -> Response {
-    let challenge = match reason {
-        Some(e) => format!("Bearer realm=\"taphook admin\", error=\"{e}\""),
-        None => "Bearer realm=\"taphook admin\"".to_string(),
-    };
-    let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
-    if let Ok(v) = header::HeaderValue::from_str(&challenge) {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    response
-}
-
-/// Compares in constant time: both sides are hashed first, so neither
-/// the token's bytes nor its length show in how long a wrong guess takes.
-fn token_matches(given: &[u8], token: &[u8]) -> bool {
-    use sha2::{Digest, Sha256};
-    use subtle::ConstantTimeEq;
-    Sha256::digest(given).ct_eq(&Sha256::digest(token)).into()
 }
 
 /// An error in the admin API's shape: `{"error": {"code", "message"}}`.
@@ -297,6 +271,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let failed = audit::Failed(self.code, self.message.clone());
         let mut body = json!({"code": self.code, "message": self.message});
         if !self.problems.is_empty() {
             body["problems"] = json!(self.problems);
@@ -304,7 +279,9 @@ impl IntoResponse for ApiError {
         if !self.fields.is_empty() {
             body["fields"] = json!(self.fields);
         }
-        (self.status, Json(json!({"error": body}))).into_response()
+        let mut response = (self.status, Json(json!({"error": body}))).into_response();
+        response.extensions_mut().insert(failed);
+        response
     }
 }
 
@@ -514,14 +491,6 @@ async fn mark_ready_when_proxy_accepts(shared: Arc<Shared>) {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn compares_tokens() {
-        assert!(super::token_matches(b"abc", b"abc"));
-        assert!(!super::token_matches(b"abc", b"abd"));
-        assert!(!super::token_matches(b"abc", b"abcd"));
-        assert!(!super::token_matches(b"", b"a"));
-    }
-
     #[test]
     fn json_content_types() {
         let json = |ct: &str| {

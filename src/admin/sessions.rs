@@ -40,7 +40,7 @@ pub struct ListQuery {
 }
 
 /// What the API shows of a session's progress.
-fn view(key: &str, progress: &Progress) -> Value {
+pub(super) fn view(key: &str, progress: &Progress) -> Value {
     let reached: serde_json::Map<String, Value> = progress
         .reached
         .iter()

@@ -24,7 +24,7 @@ use super::retry::Attempt;
 use super::{delivery_span, Dispatcher};
 use crate::rules::model::Ordering;
 use crate::store::jetstream::{
-    order_of, JetStream, WebhookHealth, ATTEMPTS, DUE, LAST_STATUS, PART,
+    order_of, JetStream, WebhookHealth, ATTEMPTED, ATTEMPTS, DUE, LAST_STATUS, PART,
 };
 use crate::store::sqlite::{now_ms, Due, StoredEvent};
 
@@ -292,11 +292,44 @@ async fn start_allowed(
     }
 }
 
-/// The message `due` moves on to (`kind`: retry, dead, held), after
-/// `attempts` attempts, keeping its place `order` in its session.
-fn moved(kind: &str, due: &Due, attempts: u32, order: u64) -> (HeaderMap, bytes::Bytes) {
+/// The message `due` moves on to (`kind`: retry, dead, held), with
+/// `attempts` of its retry budget spent and `attempted` attempts made,
+/// keeping its place `order` in its session.
+fn moved(
+    kind: &str,
+    due: &Due,
+    attempts: u32,
+    attempted: u32,
+    order: u64,
+) -> (HeaderMap, bytes::Bytes) {
     let id = JetStream::move_id(kind, due.id as u64);
-    JetStream::delivery_message(&id, &due.event, due.part, attempts, Some(order))
+    let (mut headers, body) =
+        JetStream::delivery_message(&id, &due.event, due.part, attempts, Some(order));
+    headers.insert(ATTEMPTED, attempted.to_string().as_str());
+    (headers, body)
+}
+
+/// Keeps the attempt's request and response on the attempts stream, in
+/// the background (a record lost is logged; the delivery goes on).
+fn keep_attempt(js: &Arc<JetStream>, key: &str, due: &Due, outcome: &crate::deliver::Outcome) {
+    let Some(exchange) = outcome.exchange.clone() else {
+        return;
+    };
+    let attempt = crate::store::sqlite::AttemptInfo {
+        n: 0,
+        at: now_ms(),
+        part: due.part,
+        outcome: outcome.attempt.label(),
+        duration_ms: outcome.duration.as_millis() as i64,
+        request: Some(exchange.request),
+        response: Some(exchange.response),
+    };
+    let (js, key, uuid) = (js.clone(), key.to_string(), due.event.event.uuid.clone());
+    tokio::spawn(async move {
+        if let Err(e) = js.record_attempt(&key, &uuid, &attempt).await {
+            tracing::warn!(webhook = %key, error = %e, "attempt record not kept");
+        }
+    });
 }
 
 fn header<T: std::str::FromStr>(headers: Option<&HeaderMap>, name: &str) -> Option<T> {
@@ -304,7 +337,7 @@ fn header<T: std::str::FromStr>(headers: Option<&HeaderMap>, name: &str) -> Opti
 }
 
 /// One attempt of the delivery `msg` holds, and what follows from it.
-async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe: bool) {
+async fn deliver(d: &Dispatcher, js: &Arc<JetStream>, key: &str, msg: Message, probe: bool) {
     let Ok(event) = serde_json::from_slice::<StoredEvent>(&msg.payload) else {
         tracing::error!(webhook = %key, "unreadable delivery message; terminated");
         let _ = msg.ack_with(AckKind::Term).await;
@@ -317,6 +350,7 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
         part: header(msg.headers.as_ref(), PART).unwrap_or(0),
         event: std::sync::Arc::new(event),
     };
+    let attempted: u32 = header(msg.headers.as_ref(), ATTEMPTED).unwrap_or(0);
     let order = order_of(msg.headers.as_ref(), sequence);
     let session = due.event.session_key();
     let span = delivery_span(key, &due);
@@ -341,6 +375,7 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
             }
         }
         let outcome = d.attempt(&webhook, &due).await;
+        keep_attempt(js, key, &due, &outcome);
         // What follows (state, moves) gets a fresh ack_wait.
         let _ = msg.ack_with(AckKind::Progress).await;
         let label = outcome.attempt.label();
@@ -391,17 +426,21 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
         if let Err(e) = state {
             tracing::warn!(error = %e, "webhook state not shared");
         }
-        if gone || (probe && !outcome.attempt.succeeded()) {
-            // Waits in the queue: neither a 410 nor a failed probe spends
-            // the delivery's retries.
-            let _ = msg.ack_with(AckKind::Nak(Some(HOLD))).await;
-            return;
-        }
-        let settled = if outcome.attempt.succeeded() {
+        let settled = if gone || (probe && !outcome.attempt.succeeded()) {
+            // Waits, parked: neither a 410 nor a failed probe spends the
+            // delivery's retries, but both are attempts, counted.
+            let at = now_ms() + HOLD.as_millis() as i64;
+            let (mut headers, body) = moved("wait", &due, due.attempts, attempted + 1, order);
+            headers.insert(DUE, at.to_string().as_str());
+            headers.insert(LAST_STATUS, label.as_str());
+            let subject = js.names.retry_subject(key, session.as_deref());
+            js.publish_now(subject, headers, body).await
+        } else if outcome.attempt.succeeded() {
             if (due.part as usize) + 1 < outcome.parts {
                 let id = JetStream::move_id("part", due.id as u64);
-                let (headers, body) =
+                let (mut headers, body) =
                     JetStream::delivery_message(&id, &due.event, due.part + 1, 0, Some(order));
+                headers.insert(ATTEMPTED, (attempted + 1).to_string().as_str());
                 let subject = js.names.delivery_subject(key, session.as_deref());
                 js.publish_now(subject, headers, body).await
             } else {
@@ -417,7 +456,8 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
                     let jitter = fastrand::u64(0..=(delay.as_millis() as u64 / 10));
                     let at = now_ms() + delay.as_millis() as i64 + jitter as i64;
                     tracing::debug!(attempt = ?outcome.attempt, ?delay, "attempt failed; retrying");
-                    let (mut headers, body) = moved("retry", &due, due.attempts + 1, order);
+                    let (mut headers, body) =
+                        moved("retry", &due, due.attempts + 1, attempted + 1, order);
                     headers.insert(DUE, at.to_string().as_str());
                     headers.insert(LAST_STATUS, label.as_str());
                     let subject = js.names.retry_subject(key, session.as_deref());
@@ -426,7 +466,8 @@ async fn deliver(d: &Dispatcher, js: &JetStream, key: &str, msg: Message, probe:
                 None => {
                     tracing::warn!(attempt = ?outcome.attempt, "delivery failed; dead letter");
                     metrics.deliveries.with_label_values(&[key, "dead"]).inc();
-                    let (mut headers, body) = moved("dead", &due, due.attempts + 1, order);
+                    let (mut headers, body) =
+                        moved("dead", &due, due.attempts + 1, attempted + 1, order);
                     headers.insert(LAST_STATUS, label.as_str());
                     js.publish_now(js.names.dead_subject(key), headers, body).await
                 }
@@ -476,7 +517,8 @@ async fn its_turn(
         until,
         "an earlier delivery of the session is not settled; held"
     );
-    let (mut headers, body) = moved("held", due, due.attempts, order);
+    let attempted = header(msg.headers.as_ref(), ATTEMPTED).unwrap_or(0);
+    let (mut headers, body) = moved("held", due, due.attempts, attempted, order);
     headers.insert(DUE, until.to_string().as_str());
     if let Some(status) = msg.headers.as_ref().and_then(|h| h.get(LAST_STATUS)) {
         headers.insert(LAST_STATUS, status.as_str());

@@ -19,6 +19,7 @@
 //! connection that failed, unless `delivery.allow_private_networks`
 //! covers it.
 
+pub mod exchange;
 pub mod formats;
 pub mod guard;
 pub mod jetstream;
@@ -44,8 +45,6 @@ use formats::Outgoing;
 use guard::{Guard, GuardedResolver, Refused};
 use retry::{parse_retry_after, Attempt};
 
-/// Bytes of a receiver's response body kept with an attempt.
-const RESPONSE_EXCERPT: usize = 1024;
 /// Bytes of a response body read at most (then the connection is dropped).
 const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
 /// The longest a scheduler sleeps before looking at the outbox again.
@@ -80,11 +79,12 @@ impl Failing {
 }
 
 /// What one attempt came to, as the scheduler records it.
-struct Outcome {
-    attempt: Attempt,
-    duration: Duration,
-    response: Option<String>,
-    parts: usize,
+pub(crate) struct Outcome {
+    pub(crate) attempt: Attempt,
+    pub(crate) duration: Duration,
+    /// What was sent and what came back (`None`: nothing was sent).
+    pub(crate) exchange: Option<exchange::Exchange>,
+    pub(crate) parts: usize,
 }
 
 /// Runs the schedulers, the outbox gauges and the retention sweep.
@@ -495,8 +495,16 @@ impl Dispatcher {
     }
 
     /// Sends the delivery's current part once.
-    async fn attempt(&self, webhook: &Webhook, due: &Due) -> Outcome {
-        let requests = formats::requests(webhook, &due.event.derived());
+    pub(crate) async fn attempt(&self, webhook: &Webhook, due: &Due) -> Outcome {
+        let mut requests = formats::requests(webhook, &due.event.derived());
+        if due.event.test {
+            for r in &mut requests {
+                r.headers.push((
+                    http::header::HeaderName::from_static("taphook-test"),
+                    http::header::HeaderValue::from_static("1"),
+                ));
+            }
+        }
         let Some(request) = requests.get(due.part as usize) else {
             // Nothing left to send (the format changed): done.
             return Outcome {
@@ -505,12 +513,12 @@ impl Dispatcher {
                     retry_after: None,
                 },
                 duration: Duration::ZERO,
-                response: None,
+                exchange: None,
                 parts: requests.len(),
             };
         };
         let started = Instant::now();
-        let (attempt, response) = self.send(webhook, request).await;
+        let (attempt, exchange) = self.send(webhook, request, due.part).await;
         let duration = started.elapsed();
         let metrics = &self.shared.metrics;
         metrics
@@ -524,18 +532,46 @@ impl Dispatcher {
             .delivery_duration
             .with_label_values(&[&webhook.key])
             .observe(duration.as_secs_f64());
+        self.shared
+            .history
+            .attempt(&webhook.key, attempt.class(), duration, now_ms());
         Outcome {
             attempt,
             duration,
-            response,
+            exchange: Some(exchange),
             parts: requests.len(),
         }
     }
 
-    async fn send(&self, webhook: &Webhook, request: &Outgoing) -> (Attempt, Option<String>) {
+    async fn send(
+        &self,
+        webhook: &Webhook,
+        request: &Outgoing,
+        part: u32,
+    ) -> (Attempt, exchange::Exchange) {
+        let started = Instant::now();
+        let mut shown = exchange::Exchange {
+            request: exchange::Sent {
+                method: "POST".into(),
+                url: exchange::shown_url(&webhook.url),
+                body_bytes: request.body.len(),
+                part,
+                ..Default::default()
+            },
+            response: Default::default(),
+        };
+        let failed = |shown: &mut exchange::Exchange, kind: &str, message: String| {
+            shown.response.total_ms = started.elapsed().as_millis() as u64;
+            shown.response.error = Some(exchange::Failure {
+                kind: kind.into(),
+                message,
+            });
+        };
         // A host written as an address never reaches the resolver.
         if let Err(refused) = self.guard.check_url(&webhook.url) {
-            return (self.refused(webhook, &refused), None);
+            let attempt = self.refused(webhook, &refused);
+            failed(&mut shown, "ssrf", attempt.label());
+            return (attempt, shown);
         }
         let timeout = webhook
             .timeout
@@ -554,28 +590,53 @@ impl Dispatcher {
                 builder = builder.header(name, value);
             }
         }
-        match builder.send().await {
+        let built = match builder.build() {
+            Ok(built) => built,
+            Err(e) => {
+                let attempt = Attempt::Error(error_chain(&e));
+                failed(&mut shown, "other", attempt.label());
+                return (attempt, shown);
+            }
+        };
+        shown.request.headers = exchange::shown_headers(built.headers());
+        match self.client.execute(built).await {
             Ok(mut response) => {
+                shown.response.first_byte_ms = Some(started.elapsed().as_millis() as u64);
                 let status = response.status().as_u16();
                 let retry_after = response
                     .headers()
                     .get(http::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after);
-                let excerpt = read_excerpt(&mut response).await;
-                (
-                    Attempt::Status {
-                        status,
-                        retry_after,
-                    },
-                    Some(excerpt),
-                )
+                shown.response.status = Some(status);
+                shown.response.headers = exchange::shown_headers(response.headers());
+                let (body, truncated) = read_excerpt(&mut response).await;
+                shown.response.body = Some(body);
+                shown.response.body_truncated = truncated;
+                shown.response.total_ms = started.elapsed().as_millis() as u64;
+                let attempt = Attempt::Status {
+                    status,
+                    retry_after,
+                };
+                (attempt, shown)
             }
-            Err(e) => match guard::refusal(&e) {
-                Some(refused) => (self.refused(webhook, refused), None),
-                None if e.is_timeout() => (Attempt::Timeout, None),
-                None => (Attempt::Error(error_chain(&e)), None),
-            },
+            Err(e) => {
+                let (attempt, kind) = match guard::refusal(&e) {
+                    Some(refused) => (self.refused(webhook, refused), "ssrf"),
+                    None if e.is_timeout() => (Attempt::Timeout, "timeout"),
+                    None => {
+                        let chain = error_chain(&e);
+                        let kind = exchange::failure_kind(&e, &chain);
+                        (Attempt::Error(chain), kind)
+                    }
+                };
+                let message = match &attempt {
+                    Attempt::Timeout => format!("no answer within {}", humantime::format_duration(timeout)),
+                    other => other.label(),
+                };
+                failed(&mut shown, kind, message);
+                (attempt, shown)
+            }
         }
     }
 
@@ -674,7 +735,11 @@ impl Dispatcher {
             part: due.part,
             outcome: label,
             duration: outcome.duration,
-            response: outcome.response,
+            response: outcome
+                .exchange
+                .as_ref()
+                .and_then(|e| e.response.body.clone()),
+            detail: outcome.exchange.as_ref().map(exchange::Exchange::to_json),
             state,
             attempts,
             next_part,
@@ -875,21 +940,23 @@ fn delivery_span(webhook: &str, due: &Due) -> tracing::Span {
     )
 }
 
-/// The start of a response body, for the attempt log; the rest (up to a
-/// limit) is read and dropped so the connection can be reused.
-async fn read_excerpt(response: &mut reqwest::Response) -> String {
+/// The start of a response body, for the attempt log, and whether there
+/// was more; the rest (up to a limit) is read and dropped so the
+/// connection can be reused.
+async fn read_excerpt(response: &mut reqwest::Response) -> (String, bool) {
+    let limit = exchange::BODY_EXCERPT;
     let mut kept = Vec::new();
     let mut read = 0;
     while let Ok(Some(chunk)) = response.chunk().await {
         read += chunk.len();
-        if kept.len() < RESPONSE_EXCERPT {
-            kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_EXCERPT - kept.len())]);
+        if kept.len() < limit {
+            kept.extend_from_slice(&chunk[..chunk.len().min(limit - kept.len())]);
         }
         if read > RESPONSE_BODY_LIMIT {
             break;
         }
     }
-    String::from_utf8_lossy(&kept).into_owned()
+    (String::from_utf8_lossy(&kept).into_owned(), read > kept.len())
 }
 
 /// The error and its causes, without the URL (which may hold secrets).

@@ -42,7 +42,9 @@ use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::events::{EventLog, Logged};
-use super::sqlite::{lock, DeliveryInfo, Filter, State, StoreError, StoredEvent};
+use super::sqlite::{
+    lock, AttemptInfo, DeliveryInfo, Filter, Retry, State, StoreError, StoredEvent,
+};
 use super::{MemorySessions, Outbox, Session, SessionStore};
 use crate::config::JetStreamConfig;
 use crate::event::Event;
@@ -51,8 +53,11 @@ use crate::metrics::Metrics;
 mod order;
 pub use order::{keep_order, order_of, session_in};
 
-/// Headers a delivery message carries besides `Nats-Msg-Id`.
+/// Headers a delivery message carries besides `Nats-Msg-Id`: the retry
+/// budget spent, and every attempt made (a 410 and a failed probe spend
+/// no budget, but are attempts).
 pub const ATTEMPTS: &str = "Taphook-Attempts";
+pub const ATTEMPTED: &str = "Taphook-Attempted";
 pub const PART: &str = "Taphook-Part";
 /// A parked retry's due time (ms since the epoch).
 pub const DUE: &str = "Taphook-Due";
@@ -124,6 +129,13 @@ impl Names {
     }
     pub fn dead_stream(&self) -> String {
         format!("{}_DEAD", self.prefix)
+    }
+    /// Every attempt's request and response, by webhook and event.
+    pub fn attempts_stream(&self) -> String {
+        format!("{}_ATTEMPTS", self.prefix)
+    }
+    pub fn attempts_subject(&self, webhook: &str, event_uuid: &str) -> String {
+        format!("{}.attempts.{}.{}", self.prefix, token(webhook), token(event_uuid))
     }
     pub fn sessions_bucket(&self) -> String {
         format!("{}_sessions", self.prefix)
@@ -331,6 +343,7 @@ impl JetStream {
                 )
             },
             limits(names.dead_stream(), vec![format!("{p}.dead.>")]),
+            limits(names.attempts_stream(), vec![format!("{p}.attempts.>")]),
             // KV buckets, made as their streams: `create_key_value` reads
             // account fields NATS 2.9 does not send.
             bucket(names.sessions_bucket(), retention),
@@ -991,7 +1004,7 @@ impl JetStream {
             Some((self.names.deliveries_stream(), filter))
         };
         match filter {
-            Filter::State(State::Pending) => queued("*"),
+            Filter::State(State::Pending) | Filter::Held => queued("*"),
             Filter::Failed => queued("retry"),
             Filter::State(State::Dead) => {
                 let w = webhook.map_or("*".to_string(), token);
@@ -1039,7 +1052,7 @@ impl JetStream {
                     // not failed.
                     delivery_info(&m, session)
                         .map(|(info, _)| info)
-                        .filter(|info| filter != Filter::Failed || info.attempts > 0)
+                        .filter(|info| filter != Filter::Failed || last_failed(info))
                 })
                 .await,
             );
@@ -1084,6 +1097,9 @@ impl JetStream {
         let msg_id = format!("requeue:{}:{}", self.names.dead_stream(), m.sequence);
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         headers.insert(ATTEMPTS, "0");
+        if let Some(attempted) = m.headers.get(ATTEMPTED) {
+            headers.insert(ATTEMPTED, attempted.as_str());
+        }
         let part = m.headers.get(PART).map_or("0", |v| v.as_str());
         headers.insert(PART, part);
         // Back in its session's order where it was.
@@ -1102,6 +1118,67 @@ impl JetStream {
             ))
         })?;
         Ok(true)
+    }
+
+    /// The ids of the dead letters a bulk retry matches.
+    async fn dead_matching(&self, retry: &Retry) -> Result<Vec<i64>, StoreError> {
+        let dead = self.stream(&self.names.dead_stream()).await?;
+        let w = retry.webhook.as_deref().map_or("*".to_string(), token);
+        let subject = format!("{}.dead.{w}", self.names.prefix);
+        Ok(read_subject(&dead, &subject, 1, usize::MAX, |m| {
+            let of_session = retry.session.is_none() || session_in(&m.payload) == retry.session;
+            (unix_ms(&m) >= retry.since && of_session).then(|| -(m.sequence as i64))
+        })
+        .await)
+    }
+
+    /// How many dead letters a bulk retry would send again.
+    pub async fn count_dead(&self, retry: &Retry) -> Result<usize, StoreError> {
+        Ok(self.dead_matching(retry).await?.len())
+    }
+
+    /// Sends again the dead letters a bulk retry matches; how many.
+    pub async fn requeue_dead(&self, retry: &Retry) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for id in self.dead_matching(retry).await? {
+            n += usize::from(self.requeue(id).await?);
+        }
+        Ok(n)
+    }
+
+    /// Keeps an attempt's record (what was sent and what came back) on
+    /// the attempts stream, under its webhook and event.
+    pub async fn record_attempt(
+        &self,
+        webhook: &str,
+        event_uuid: &str,
+        attempt: &AttemptInfo,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(attempt).unwrap_or_default();
+        self.publish_now(
+            self.names.attempts_subject(webhook, event_uuid),
+            HeaderMap::new(),
+            Bytes::from(body),
+        )
+        .await
+    }
+
+    /// Every attempt kept of `webhook`'s delivery of `event_uuid`, in order.
+    pub async fn attempts(
+        &self,
+        webhook: &str,
+        event_uuid: &str,
+    ) -> Result<Vec<AttemptInfo>, StoreError> {
+        let stream = self.stream(&self.names.attempts_stream()).await?;
+        let subject = self.names.attempts_subject(webhook, event_uuid);
+        let mut out: Vec<AttemptInfo> = read_subject(&stream, &subject, 1, 1000, |m| {
+            serde_json::from_slice(&m.payload).ok()
+        })
+        .await;
+        for (i, a) in out.iter_mut().enumerate() {
+            a.n = i as u32 + 1;
+        }
+        Ok(out)
     }
 
     /// Sends again the dead letters of `webhook` since `since` (ms).
@@ -1266,6 +1343,13 @@ async fn read_subject<T>(
     out
 }
 
+/// Whether a delivery's last attempt failed.
+fn last_failed(info: &DeliveryInfo) -> bool {
+    info.last_status
+        .as_deref()
+        .is_some_and(|s| !(s.len() == 3 && s.starts_with('2')))
+}
+
 fn unix_ms(m: &StreamMessage) -> i64 {
     (m.time.unix_timestamp_nanos() / 1_000_000) as i64
 }
@@ -1296,7 +1380,9 @@ fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<(DeliveryIn
         event_uuid: event.event.uuid.clone(),
         event_type: event.event.event_type.clone(),
         state: if dead { "dead" } else { "pending" }.into(),
-        attempts: header(ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
+        attempts: header(ATTEMPTED).and_then(|v| v.parse().ok()).unwrap_or(0),
+        retries_spent: header(ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
+        held_reason: None,
         part: header(PART).and_then(|v| v.parse().ok()).unwrap_or(0),
         next_attempt_at: match kind {
             "dead" => None,
@@ -1304,6 +1390,7 @@ fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<(DeliveryIn
             _ => Some(at),
         },
         last_status: header(LAST_STATUS),
+        test: event.test,
         created_at: at,
         updated_at: at,
     };

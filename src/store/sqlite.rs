@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     outcome TEXT NOT NULL,
     duration_ms INTEGER NOT NULL,
     response TEXT,
+    detail TEXT,
     PRIMARY KEY (delivery_id, n)
 );
 CREATE TABLE IF NOT EXISTS sessions (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at INTEGER NOT NULL);
@@ -71,6 +72,18 @@ CREATE TABLE IF NOT EXISTS session_progress (
 );
 CREATE INDEX IF NOT EXISTS session_progress_idle ON session_progress (last_event_at) WHERE watched = 1;
 CREATE INDEX IF NOT EXISTS session_progress_recent ON session_progress (last_event_at, key);
+CREATE TABLE IF NOT EXISTS webhook_hours (
+    webhook TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (webhook, hour)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (at);
 CREATE TABLE IF NOT EXISTS webhook_state (
     webhook TEXT PRIMARY KEY,
     disabled TEXT,
@@ -122,6 +135,9 @@ pub struct StoredEvent {
     /// The id of the request the event came from, for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// A test event sent through the admin API (`Taphook-Test: 1`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
 }
 
 impl StoredEvent {
@@ -187,24 +203,83 @@ pub struct DeliveryInfo {
     pub session: Option<String>,
     pub event_uuid: String,
     pub event_type: String,
+    /// `pending`, `held` (its webhook is disabled: nothing goes out until
+    /// it is enabled), `delivered` or `dead`.
     pub state: String,
+    /// Every attempt made, whatever came of it.
     pub attempts: u32,
+    /// The attempts the webhook's retry policy counted (a 410, a probe of
+    /// a paused webhook and earlier parts spend none).
+    pub retries_spent: u32,
+    /// Why a `held` delivery waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_reason: Option<String>,
     pub part: u32,
+    /// When the next attempt is due: `null` when none will be made
+    /// (delivered, dead, held).
     pub next_attempt_at: Option<i64>,
+    /// A test event's delivery (`POST /v1/event-webhooks/{key}/test`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
     pub last_status: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
-/// One attempt, kept for inspection.
-#[derive(Debug, Clone, Serialize)]
+/// One attempt, kept for inspection: what was sent and what came back
+/// (`request` and `response`, [`crate::deliver::exchange`]; absent for
+/// attempts recorded before they were kept).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttemptInfo {
     pub n: u32,
     pub at: i64,
     pub part: u32,
     pub outcome: String,
     pub duration_ms: i64,
-    pub response: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<crate::deliver::exchange::Sent>,
+    /// The response (status, headers, the body's first 4 KiB, timings),
+    /// or the error with its kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<crate::deliver::exchange::Received>,
+}
+
+impl AttemptInfo {
+    /// An attempt from its stored columns.
+    pub fn from_stored(
+        n: u32,
+        at: i64,
+        part: u32,
+        outcome: String,
+        duration_ms: i64,
+        excerpt: Option<String>,
+        detail: Option<&str>,
+    ) -> Self {
+        let detail = detail.and_then(|d| {
+            serde_json::from_str::<crate::deliver::exchange::Exchange>(d).ok()
+        });
+        let (request, response) = match detail {
+            Some(e) => (Some(e.request), Some(e.response)),
+            // Kept before requests and responses were: the body excerpt.
+            None => (
+                None,
+                excerpt.map(|body| crate::deliver::exchange::Received {
+                    body: Some(body),
+                    total_ms: duration_ms.max(0) as u64,
+                    ..Default::default()
+                }),
+            ),
+        };
+        Self {
+            n,
+            at,
+            part,
+            outcome,
+            duration_ms,
+            request,
+            response,
+        }
+    }
 }
 
 /// A webhook's delivery state: disabled (410) or failing since a time.
@@ -219,11 +294,30 @@ pub struct WebhookState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
     State(State),
-    /// Pending, with at least one failed attempt.
+    /// Pending (held included) whose last attempt failed.
     Failed,
+    /// Pending, of a webhook that is disabled.
+    Held,
     /// Every state.
     Any,
 }
+
+/// Which deliveries a bulk retry sends again: those of `state` (dead,
+/// failed: pending whose last attempt failed, or delivered), of `webhook`
+/// and `session` when given, created at or after `since` (ms).
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub state: State,
+    pub failed: bool,
+    pub webhook: Option<String>,
+    pub session: Option<String>,
+    pub since: i64,
+}
+
+/// The deliveries a [`Retry`] matches (`?1` webhook, `?2` since, `?3`
+/// session, `?4` state, `?5` failed only).
+const RETRY_MATCHES: &str = "(?1 IS NULL OR webhook = ?1) AND created_at >= ?2 AND (?3 IS NULL OR session = ?3) AND state = ?4
+    AND (?5 = 0 OR (last_status IS NOT NULL AND last_status NOT GLOB '2[0-9][0-9]'))";
 
 /// A change to a webhook's delivery state, applied atomically by the
 /// writer (so concurrent attempts and the admin API cannot undo each other).
@@ -255,6 +349,8 @@ pub struct AttemptRecord {
     pub outcome: String,
     pub duration: Duration,
     pub response: Option<String>,
+    /// What was sent and what came back, as JSON.
+    pub detail: Option<String>,
     /// The delivery afterwards.
     pub state: State,
     pub attempts: u32,
@@ -312,6 +408,21 @@ enum Op {
     },
     Sweep {
         cutoff: i64,
+    },
+    /// Re-queues every delivery `Retry` matches.
+    Retry {
+        retry: Retry,
+        reply: mpsc::Sender<usize>,
+    },
+    /// Hours of webhook history changed, and the oldest hour kept.
+    PutHours {
+        rows: Vec<(String, i64, String)>,
+        oldest: i64,
+    },
+    /// An entry of the audit trail (JSON).
+    Audit {
+        at: i64,
+        entry: String,
     },
     Flush(mpsc::Sender<()>),
     FlushAsync(tokio::sync::oneshot::Sender<()>),
@@ -526,6 +637,110 @@ impl Store {
         rx.recv().map_err(|_| StoreError::Closed)
     }
 
+    /// Sends every delivery `retry` matches again (due now, its retry
+    /// budget fresh); how many.
+    pub fn retry_matching(&self, retry: Retry) -> Result<usize, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Retry { retry, reply: tx })?;
+        rx.recv().map_err(|_| StoreError::Closed)
+    }
+
+    /// How many deliveries `retry` matches now (a dry run).
+    pub fn count_matching(&self, retry: &Retry) -> Result<usize, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT COUNT(*) FROM deliveries WHERE {RETRY_MATCHES}"))?
+                .query_row(
+                    params![
+                        retry.webhook,
+                        retry.since,
+                        retry.session,
+                        retry.state.name(),
+                        retry.failed as i64
+                    ],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as usize)
+        })
+    }
+
+    /// Writes changed hours of webhook history; hours before `oldest` go.
+    pub fn put_hours(&self, rows: Vec<(String, i64, String)>, oldest: i64) -> Result<(), StoreError> {
+        self.send(Op::PutHours { rows, oldest })
+    }
+
+    /// The id of `webhook`'s delivery of `event_uuid`, if there is one.
+    pub fn delivery_id(&self, webhook: &str, event_uuid: &str) -> Result<Option<i64>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT id FROM deliveries WHERE webhook = ?1 AND event_uuid = ?2")?
+                .query_row([webhook, event_uuid], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Events among the newest `scan` whose UUID is `uuid`, or whose
+    /// data has `path` (a JSON path under `$.data`) equal to `value`,
+    /// newest first: `(session, created_at, event)`.
+    pub fn find_events(
+        &self,
+        uuid: Option<&str>,
+        field: Option<(&str, &str)>,
+        scan: usize,
+        limit: usize,
+    ) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let (path, value) = field.map_or((None, None), |(p, v)| (Some(format!("$.data.{p}")), Some(v)));
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT session, created_at, event FROM
+                   (SELECT session, created_at, event FROM events INDEXED BY events_time ORDER BY created_at DESC LIMIT ?4)
+                 WHERE (?1 IS NULL OR json_extract(event, '$.uuid') = ?1)
+                   AND (?2 IS NULL OR CAST(json_extract(event, ?2) AS TEXT) = ?3)
+                 LIMIT ?5",
+            )?
+            .query_map(params![uuid, path, value, scan as i64, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
+        })
+    }
+
+    /// Deliveries of any of `uuids`, newest first.
+    pub fn deliveries_of(&self, uuids: &[String], limit: usize) -> Result<Vec<DeliveryInfo>, StoreError> {
+        let list = serde_json::to_string(uuids).unwrap_or_default();
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "{DELIVERY_COLUMNS} WHERE event_uuid IN (SELECT value FROM json_each(?1)) ORDER BY id DESC LIMIT ?2"
+            ))?
+            .query_map(params![list, limit as i64], info_row)?
+            .collect()
+        })
+    }
+
+    /// Every kept hour of webhook history from `oldest` on.
+    pub fn hours(&self, oldest: i64) -> Result<Vec<(String, i64, String)>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT webhook, hour, value FROM webhook_hours WHERE hour >= ?1")?
+                .query_map([oldest], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+    }
+
+    /// Appends an entry (JSON) to the audit trail.
+    pub fn audit(&self, entry: String) -> Result<(), StoreError> {
+        self.send(Op::Audit { at: now_ms(), entry })
+    }
+
+    /// Audit entries, newest first, before sequence `before` (`None`: the
+    /// newest): `(seq, entry)`.
+    pub fn audit_page(&self, before: Option<i64>, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT seq, entry FROM audit WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?
+                .query_map(params![before.unwrap_or(i64::MAX), limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect()
+        })
+    }
+
     /// Deletes events, sessions and finished deliveries older than `cutoff` (ms).
     pub fn sweep(&self, cutoff: i64) -> Result<(), StoreError> {
         self.send(Op::Sweep { cutoff })
@@ -675,28 +890,22 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<Vec<DeliveryInfo>, StoreError> {
-        let (state, failed_only) = match filter {
-            Filter::State(s) => (Some(s.name()), false),
-            Filter::Failed => (Some("pending"), true),
-            Filter::Any => (None, false),
+        let (state, kind) = match filter {
+            Filter::State(s) => (Some(s.name()), 0),
+            Filter::Failed => (Some("pending"), 1),
+            Filter::Held => (Some("pending"), 2),
+            Filter::Any => (None, 0),
         };
         // One statement per index: a session's deliveries, a state's, or all.
         let sql = match (session, state) {
-            (Some(_), _) => format!("{DELIVERY_COLUMNS} INDEXED BY deliveries_session WHERE session = ?6 AND id > ?2 AND (?1 IS NULL OR state = ?1) AND (?3 IS NULL OR webhook = ?3) AND (?4 = 0 OR attempts > 0) ORDER BY id LIMIT ?5"),
-            (None, Some(_)) => format!("{DELIVERY_COLUMNS} WHERE state = ?1 AND id > ?2 AND (?3 IS NULL OR webhook = ?3) AND (?4 = 0 OR attempts > 0) AND ?6 IS NULL ORDER BY id LIMIT ?5"),
+            (Some(_), _) => format!("{DELIVERY_COLUMNS} INDEXED BY deliveries_session WHERE session = ?6 AND id > ?2 AND (?1 IS NULL OR state = ?1) AND (?3 IS NULL OR webhook = ?3) AND {KIND} ORDER BY id LIMIT ?5"),
+            (None, Some(_)) => format!("{DELIVERY_COLUMNS} WHERE state = ?1 AND id > ?2 AND (?3 IS NULL OR webhook = ?3) AND {KIND} AND ?6 IS NULL ORDER BY id LIMIT ?5"),
             (None, None) => format!("{DELIVERY_COLUMNS} WHERE ?1 IS NULL AND id > ?2 AND (?3 IS NULL OR webhook = ?3) AND ?4 = 0 AND ?6 IS NULL ORDER BY id LIMIT ?5"),
         };
         self.read(|c| {
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(
-                params![
-                    state,
-                    after,
-                    webhook,
-                    failed_only as i64,
-                    limit as i64,
-                    session
-                ],
+                params![state, after, webhook, kind, limit as i64, session],
                 info_row,
             )?;
             rows.collect()
@@ -711,10 +920,11 @@ impl Store {
                 .query_row([id], delivery_row)
                 .optional()?;
             let Some((info, event)) = found else { return Ok(None) };
-            let mut st = c.prepare_cached("SELECT ROW_NUMBER() OVER (ORDER BY n), at, part, outcome, duration_ms, response FROM attempts WHERE delivery_id = ?1 ORDER BY n")?;
+            let mut st = c.prepare_cached("SELECT ROW_NUMBER() OVER (ORDER BY n), at, part, outcome, duration_ms, response, detail FROM attempts WHERE delivery_id = ?1 ORDER BY n")?;
             let attempts = st
                 .query_map([id], |r| {
-                    Ok(AttemptInfo { n: r.get(0)?, at: r.get(1)?, part: r.get(2)?, outcome: r.get(3)?, duration_ms: r.get(4)?, response: r.get(5)? })
+                    let detail: Option<String> = r.get(6)?;
+                    Ok(AttemptInfo::from_stored(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, detail.as_deref()))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Some((info, attempts, event)))
@@ -917,7 +1127,8 @@ fn like_escaped(text: &str) -> String {
 
 /// Brings a store written by an earlier version up to this schema: the
 /// deliveries' `session` column (for a session's deliveries), filled in
-/// from the stored events once.
+/// from the stored events once, and the attempts' `detail` (what was
+/// sent and what came back).
 fn migrate(c: &Connection) -> rusqlite::Result<()> {
     let has_session: bool = c.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('deliveries') WHERE name = 'session'",
@@ -932,12 +1143,28 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
-    c.execute_batch("CREATE INDEX IF NOT EXISTS deliveries_session ON deliveries (session, id);")
+    c.execute_batch("CREATE INDEX IF NOT EXISTS deliveries_session ON deliveries (session, id);")?;
+    let has_detail: bool = c.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('attempts') WHERE name = 'detail'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_detail {
+        c.execute_batch("ALTER TABLE attempts ADD COLUMN detail TEXT;")?;
+    }
+    Ok(())
 }
 
 /// What the admin API reads of a delivery, in the order [`delivery_row`]
-/// takes it.
-const DELIVERY_COLUMNS: &str = "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at, session FROM deliveries";
+/// takes it: with the count of every attempt made (the `attempts` column
+/// is the retry budget spent).
+const DELIVERY_COLUMNS: &str = "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at, session, (SELECT COUNT(*) FROM attempts a WHERE a.delivery_id = deliveries.id) FROM deliveries";
+
+/// The listing's kind (`?4`): 0 every one of the state, 1 failed (the
+/// last attempt did not succeed), 2 held (the webhook is disabled).
+const KIND: &str = "(?4 = 0
+   OR (?4 = 1 AND last_status IS NOT NULL AND last_status NOT GLOB '2[0-9][0-9]')
+   OR (?4 = 2 AND webhook IN (SELECT webhook FROM webhook_state WHERE disabled IS NOT NULL)))";
 
 fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
     delivery_row(r).map(|(info, _)| info)
@@ -960,8 +1187,11 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryInfo, Option
             .map(|e| e.event.event_type.clone())
             .unwrap_or_default(),
         next_attempt_at: (state == "pending").then_some(next_at),
+        test: event.as_ref().is_some_and(|e| e.test),
         state,
-        attempts: r.get(5)?,
+        attempts: r.get(12)?,
+        retries_spent: r.get(5)?,
+        held_reason: None,
         part: r.get(6)?,
         last_status: r.get(8)?,
         created_at: r.get(9)?,
@@ -1079,7 +1309,9 @@ fn writer_loop(
         for (op, result) in group.into_iter().zip(results) {
             match op {
                 Op::Requeue { reply, .. } => drop(reply.send(result.changed > 0)),
-                Op::Replay { reply, .. } => drop(reply.send(result.changed)),
+                Op::Replay { reply, .. } | Op::Retry { reply, .. } => {
+                    let _ = reply.send(result.changed);
+                }
                 Op::Flush(reply) => drop(reply.send(())),
                 Op::FlushAsync(reply) => drop(reply.send(())),
                 Op::Outcome { reply, .. } => drop(reply.send(())),
@@ -1110,7 +1342,9 @@ fn hand_off(handoff: &Handoff, group: &[Op], results: &[Effect]) {
                     inserted.push((webhook.clone(), due));
                 }
             }
-            Op::Requeue { .. } | Op::Replay { .. } => reread |= effect.changed > 0,
+            Op::Requeue { .. } | Op::Replay { .. } | Op::Retry { .. } => {
+                reread |= effect.changed > 0
+            }
             Op::Webhook { change, .. } => {
                 reread |= matches!(
                     change,
@@ -1212,8 +1446,8 @@ fn apply(
         Op::Outcome { record: r, .. } => {
             let at = now_ms();
             tx.prepare_cached(
-                "INSERT INTO attempts (delivery_id, n, at, part, outcome, duration_ms, response)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO attempts (delivery_id, n, at, part, outcome, duration_ms, response, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 r.id,
@@ -1222,7 +1456,8 @@ fn apply(
                 r.part,
                 r.outcome,
                 r.duration.as_millis() as i64,
-                r.response
+                r.response,
+                r.detail
             ])?;
             counters.attempt += 1;
             // Only a pending delivery: one whose webhook was deleted while
@@ -1323,7 +1558,40 @@ fn apply(
                 .execute(params![webhook, since, now_ms(), *include_delivered as i64])?;
             effect.wake = effect.changed > 0;
         }
+        Op::Retry { retry, .. } => {
+            effect.changed = tx
+                .prepare_cached(&format!(
+                    "UPDATE deliveries SET part = CASE WHEN state = 'delivered' THEN 0 ELSE part END,
+                       state = 'pending', attempts = 0, next_at = ?6, updated_at = ?6
+                     WHERE {RETRY_MATCHES}"
+                ))?
+                .execute(params![
+                    retry.webhook,
+                    retry.since,
+                    retry.session,
+                    retry.state.name(),
+                    retry.failed as i64,
+                    now_ms()
+                ])?;
+            effect.wake = effect.changed > 0;
+        }
+        Op::PutHours { rows, oldest } => {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO webhook_hours (webhook, hour, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (webhook, hour) DO UPDATE SET value = ?3",
+            )?;
+            for (webhook, hour, value) in rows {
+                put.execute(params![webhook, hour, value])?;
+            }
+            tx.prepare_cached("DELETE FROM webhook_hours WHERE hour < ?1")?
+                .execute([oldest])?;
+        }
+        Op::Audit { at, entry } => {
+            tx.prepare_cached("INSERT INTO audit (at, entry) VALUES (?1, ?2)")?
+                .execute(params![at, entry])?;
+        }
         Op::Sweep { cutoff } => {
+            tx.execute("DELETE FROM audit WHERE at < ?1", [cutoff])?;
             tx.execute("DELETE FROM events WHERE created_at < ?1", [cutoff])?;
             tx.execute("DELETE FROM sessions WHERE updated_at < ?1", [cutoff])?;
             tx.execute(
@@ -1365,6 +1633,7 @@ mod tests {
             },
             session: None,
             request_id: None,
+            test: false,
             registered: None,
         }
     }
@@ -1377,6 +1646,7 @@ mod tests {
             outcome: label.into(),
             duration: Duration::ZERO,
             response: None,
+            detail: None,
             state,
             attempts,
             next_part: 0,
@@ -1466,6 +1736,7 @@ mod tests {
             .record_outcome(AttemptRecord {
                 duration: Duration::from_millis(12),
                 response: Some("oops".into()),
+                detail: None,
                 ..outcome(id, State::Dead, 3, 0, "500")
             })
             .unwrap();
@@ -1482,7 +1753,10 @@ mod tests {
         assert_eq!(
             (
                 attempts[0].outcome.as_str(),
-                attempts[0].response.as_deref()
+                attempts[0]
+                    .response
+                    .as_ref()
+                    .and_then(|r| r.body.as_deref())
             ),
             ("500", Some("oops"))
         );
