@@ -946,7 +946,7 @@ async fn a_failing_webhook_is_paused_and_probed_cluster_wide() {
             .map(|d| {
                 (
                     d["event_uuid"].as_str().unwrap().to_string(),
-                    d["attempts"].as_i64().unwrap(),
+                    d["retries_spent"].as_i64().unwrap(),
                 )
             })
             .collect();

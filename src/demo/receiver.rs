@@ -23,7 +23,13 @@ pub enum Reply {
     Hang,
     /// Answers with the status after a delay in milliseconds.
     Slow(u64, u16),
+    /// Answers with the status, an `x-receiver` header, a cookie and a
+    /// body of [`VERBOSE_BODY`] bytes (what an attempt's record keeps).
+    Verbose(u16),
 }
+
+/// The size of a [`Reply::Verbose`] body.
+pub const VERBOSE_BODY: usize = 5000;
 
 /// One request as received.
 #[derive(Debug, Clone)]
@@ -164,7 +170,7 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> Response
             .or_else(|| inner.defaults.get(&recorded.path).copied())
             .unwrap_or(Reply::Status(200));
         recorded.status = match reply {
-            Reply::Status(s) | Reply::RetryAfter(s, _) | Reply::Slow(_, s) => s,
+            Reply::Status(s) | Reply::RetryAfter(s, _) | Reply::Slow(_, s) | Reply::Verbose(s) => s,
             Reply::Hang => 200,
         };
         inner.received.push(recorded.clone());
@@ -186,6 +192,15 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 .unwrap_or(StatusCode::OK)
                 .into_response()
         }
+        Reply::Verbose(s) => (
+            StatusCode::from_u16(s).unwrap_or(StatusCode::OK),
+            [
+                ("x-receiver", "taphook-demo"),
+                ("set-cookie", "rid=receiver-secret-cookie; Path=/; HttpOnly"),
+            ],
+            "r".repeat(VERBOSE_BODY),
+        )
+            .into_response(),
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::OK.into_response()
