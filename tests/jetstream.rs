@@ -885,6 +885,36 @@ async fn a_410_disables_the_webhook_cluster_wide_until_enabled() {
     for i in 0..2 {
         wait_gauge(&cluster, i, "taphook_webhook_disabled{webhook=\"a\"}", 1.0).await;
     }
+    // Shown as it is: held (and why), its attempt counted, no retry
+    // spent, no next attempt, listed as failed; the attempt in full.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        let (_, page) = cluster
+            .api(1, "GET", "/v1/deliveries?state=failed&webhook=a", None)
+            .await;
+        if let Some(d) = page["deliveries"].as_array().and_then(|d| d.first()) {
+            break d.clone();
+        }
+        assert!(Instant::now() < deadline, "the 410'd delivery is not listed as failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(held["state"], "held", "{held}");
+    assert_eq!(held["attempts"], 1, "{held}");
+    assert_eq!(held["retries_spent"], 0, "{held}");
+    assert_eq!(held["next_attempt_at"], Value::Null, "{held}");
+    assert!(held["held_reason"].as_str().unwrap().contains("410 Gone"));
+    let id = held["id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, shown) = cluster.api(0, "GET", &format!("/v1/deliveries/{id}"), None).await;
+        if shown["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
+            assert_eq!(shown["attempts"][0]["response"]["status"], 410, "{shown}");
+            assert_eq!(shown["attempts"][0]["request"]["method"], "POST");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt record: {shown}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for i in 0..4 {
         cluster.create_embed(i % 2, "contacts").await;
     }

@@ -103,6 +103,9 @@ pub(super) async fn listed(
         }
     };
     shown(shared, &mut rows);
+    if filter == Filter::Held {
+        rows.retain(|r| r.state == "held");
+    }
     Ok(rows)
 }
 

@@ -1004,8 +1004,9 @@ impl JetStream {
             Some((self.names.deliveries_stream(), filter))
         };
         match filter {
-            Filter::State(State::Pending) | Filter::Held => queued("*"),
-            Filter::Failed => queued("retry"),
+            // Failed: parked for a retry, or back in the queue after a
+            // 410 or a failed probe (the last status says which).
+            Filter::State(State::Pending) | Filter::Held | Filter::Failed => queued("*"),
             Filter::State(State::Dead) => {
                 let w = webhook.map_or("*".to_string(), token);
                 let dead = format!("{}.dead.{w}", self.names.prefix);
