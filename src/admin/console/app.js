@@ -15,6 +15,13 @@ const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 const live = document.getElementById("live");
 const signOutButton = document.getElementById("sign-out");
+const who = document.getElementById("who");
+const searchForm = document.getElementById("search-form");
+const searchInput = document.getElementById("search");
+
+/** The signed-in token: `{name, role, can: {read, operate, admin}}`. */
+let me = null;
+const can = (role) => Boolean(me && me.can && me.can[role]);
 
 // ---------------------------------------------------------------- DOM
 
@@ -53,13 +60,31 @@ function badge(text, kind) {
 
 const pad = (n, w = 2) => String(n).padStart(w, "0");
 
-/** A time in ms as local `YYYY-MM-DD HH:MM:SS.mmm`. */
+/** The local zone's offset at `d`, as `UTC+01:00`. */
+function zone(d) {
+  const offset = -d.getTimezoneOffset();
+  const sign = offset < 0 ? "-" : "+";
+  const abs = Math.abs(offset);
+  return `UTC${sign}${pad(Math.floor(abs / 60))}:${pad(abs % 60)}`;
+}
+
+/** How long ago (or ahead) `ms` is: `2 min ago`, `in 5 s`. */
+function relative(ms, now = Date.now()) {
+  const diff = Math.round((now - ms) / 1000);
+  const abs = Math.abs(diff);
+  const [n, unit] =
+    abs < 60 ? [abs, "s"] : abs < 3600 ? [Math.floor(abs / 60), "min"] : abs < 86400 ? [Math.floor(abs / 3600), "h"] : [Math.floor(abs / 86400), "d"];
+  if (abs < 1) return "now";
+  return diff >= 0 ? `${n} ${unit} ago` : `in ${n} ${unit}`;
+}
+
+/** A time in ms as local `YYYY-MM-DD HH:MM:SS.mmm UTC+hh:mm (2 min ago)`. */
 function time(ms) {
   if (ms === null || ms === undefined) return "";
   const d = new Date(ms);
   if (Number.isNaN(d.getTime())) return String(ms);
   const date = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
-  return `${date} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+  return `${date} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)} ${zone(d)} (${relative(ms)})`;
 }
 
 function json(value) {
@@ -208,6 +233,9 @@ function page(title, ...children) {
 
 function showSignIn(message) {
   generation++;
+  me = null;
+  who.hidden = true;
+  searchForm.hidden = true;
   nav.hidden = true;
   live.hidden = true;
   signOutButton.hidden = true;
@@ -221,8 +249,9 @@ function showSignIn(message) {
       onsubmit: async (event) => {
         event.preventDefault();
         sessionStorage.setItem(TOKEN_KEY, input.value);
+        me = null;
         try {
-          await api("/event-webhooks");
+          await api("/whoami");
           route();
         } catch (e) {
           if (e.status !== 401) status.textContent = errorText(e);
@@ -230,7 +259,7 @@ function showSignIn(message) {
       },
     },
     h("h1", {}, "Sign in"),
-    h("p", { class: "muted" }, "Use the admin token (admin_token in taphook's config). It stays in this tab's session storage and is sent only to this taphook."),
+    h("p", { class: "muted" }, "Use an admin token (admin_token or admin_tokens in taphook's config). It stays in this tab's session storage and is sent only to this taphook."),
     h("label", {}, "Admin token", input),
     h("button", { type: "submit" }, "Sign in"),
     status,
@@ -384,19 +413,62 @@ async function allEvents(key) {
   return events;
 }
 
-function deliveryChip(d) {
+/** Whether a delivery's last attempt failed. */
+const lastFailed = (d) => Boolean(d.last_status) && !/^2\d\d$/.test(d.last_status);
+
+/** The state a delivery is shown in: `failed` for a pending one whose last attempt failed. */
+function shownState(d) {
+  return d.state === "pending" && lastFailed(d) ? "failed" : d.state;
+}
+
+/** A button that sends delivery `d` again, writing what came of it into `status`. */
+function retryButton(d, status, after) {
+  const button = h(
+    "button",
+    {
+      type: "button",
+      class: "retry secondary",
+      onclick: async () => {
+        button.disabled = true;
+        status.className = "";
+        status.textContent = "Sending again…";
+        try {
+          await api(`/deliveries/${enc(d.id)}/retry`, { method: "POST" });
+          status.className = "notice";
+          status.textContent = `Delivery ${d.id} queued: it goes out now.`;
+          if (after) await after();
+        } catch (e) {
+          status.className = "error";
+          status.textContent = errorText(e);
+        } finally {
+          button.disabled = false;
+        }
+      },
+    },
+    "Retry",
+  );
+  return button;
+}
+
+function deliveryChip(d, status) {
+  const state = shownState(d);
+  const retryable = can("operate") && (d.state === "dead" || state === "failed" || d.state === "delivered");
   return h(
     "li",
-    { "data-webhook": d.webhook },
+    { "data-webhook": d.webhook, "data-id": String(d.id) },
     link(d.webhook, ["deliveries", String(d.id)]),
     " ",
-    badge(d.state === "pending" && d.attempts > 0 ? "failed" : d.state, d.state === "pending" && d.attempts > 0 ? "failed" : d.state),
+    badge(state, state),
+    d.state === "held" ? " " : "",
+    d.test ? badge("test", "stage") : "",
     d.attempts ? ` ${d.attempts} attempt${d.attempts === 1 ? "" : "s"}` : "",
     d.last_status ? ` · ${d.last_status}` : "",
+    d.held_reason ? h("span", { class: "muted held-reason" }, ` · ${d.held_reason}`) : "",
+    retryable ? [" ", retryButton(d, status)] : "",
   );
 }
 
-function timeline(events, deliveries, open) {
+function timeline(events, deliveries, open, status) {
   const byEvent = new Map();
   for (const d of deliveries) {
     if (!byEvent.has(d.event_uuid)) byEvent.set(d.event_uuid, []);
@@ -414,7 +486,7 @@ function timeline(events, deliveries, open) {
         { "data-event": e.event_type },
         h("div", { class: "head" }, h("span", { class: "type" }, e.event_type), badge(e.trigger_type, "stage"), h("span", { class: "muted" }, time(e.created_at * 1000)), h("code", { class: "muted" }, e.uuid)),
         details,
-        sent.length ? h("ul", { class: "deliveries" }, sent.map(deliveryChip)) : h("p", { class: "muted" }, "Sent to no webhook."),
+        sent.length ? h("ul", { class: "deliveries" }, sent.map((d) => deliveryChip(d, status))) : h("p", { class: "muted" }, "Sent to no webhook."),
       );
     }),
   );
@@ -423,7 +495,8 @@ function timeline(events, deliveries, open) {
 async function session(ctx, key) {
   const summary = h("div", { class: "card", id: "session-summary" });
   const region = h("div", { id: "session-timeline" });
-  page(`Session ${key}`, summary, h("h2", {}, "Timeline"), region);
+  const status = h("p", { role: "status", id: "timeline-status" });
+  page(`Session ${key}`, summary, h("h2", {}, "Timeline"), status, region);
   const open = new Set();
   await Promise.all([
     liveRegion(
@@ -460,7 +533,7 @@ async function session(ctx, key) {
         const [events, deliveries] = await Promise.all([allEvents(key), api(`/session/deliveries?key=${enc(key)}`)]);
         return { events, deliveries: deliveries.deliveries };
       },
-      (data) => timeline(data.events, data.deliveries, open),
+      (data) => timeline(data.events, data.deliveries, open, status),
       2000,
     ),
   ]);
@@ -468,7 +541,9 @@ async function session(ctx, key) {
 
 // ---------------------------------------------------------------- deliveries
 
-const STATES = ["pending", "failed", "dead", "delivered"];
+const STATES = ["pending", "held", "failed", "dead", "delivered"];
+/** States a bulk retry can send again. */
+const RETRYABLE = ["dead", "failed", "delivered"];
 
 async function webhookKeys() {
   const data = await api("/event-webhooks");
@@ -491,7 +566,7 @@ function deliveryRow(d) {
     h("td", {}, d.webhook),
     h("td", {}, d.session === null ? "" : link(d.session, ["sessions", d.session])),
     h("td", {}, d.event_type),
-    h("td", {}, badge(d.state)),
+    h("td", {}, badge(shownState(d), shownState(d)), d.test ? [" ", badge("test", "stage")] : ""),
     h("td", { class: "num" }, String(d.attempts)),
     h("td", {}, d.last_status || ""),
     h("td", {}, time(d.next_attempt_at)),
@@ -526,7 +601,8 @@ async function deliveries(ctx, params) {
     h("button", { type: "submit" }, "Filter"),
   );
   const region = h("div", { id: "deliveries" });
-  page("Deliveries", filters, region, replayForm(keys));
+  const bulk = can("operate") && RETRYABLE.includes(state) ? retryThese({ state, webhook, session: sessionKey }) : null;
+  page("Deliveries", filters, bulk, region, can("operate") ? replayForm(keys) : null);
   const query = (cursor) => {
     const q = new URLSearchParams({ state, limit: "100" });
     if (webhook) q.set("webhook", webhook);
@@ -537,6 +613,66 @@ async function deliveries(ctx, params) {
   const draw = (data) =>
     pagedTable(["#id", "webhook", "session", "event", "state", "#attempts", "last status", "next attempt", "created"], "deliveries", deliveryRow, query, data, `No ${state} deliveries.`);
   await liveRegion(ctx, region, () => api(query()), draw, 5000);
+}
+
+/**
+ * "Retry these": counts what the current filter matches (a dry run),
+ * asks, then sends them again.
+ */
+function retryThese(filter) {
+  const body = { state: filter.state };
+  if (filter.webhook) body.webhook = filter.webhook;
+  if (filter.session) body.session = filter.session;
+  const status = h("p", { role: "status", id: "bulk-status" });
+  const confirmBox = h("div", { id: "bulk-confirm", class: "toolbar" });
+  const start = h(
+    "button",
+    {
+      type: "button",
+      id: "retry-these",
+      class: "secondary",
+      onclick: async () => {
+        status.className = "";
+        status.textContent = "Counting…";
+        confirmBox.replaceChildren();
+        try {
+          const { would_requeue: n } = await api("/deliveries/retry", { method: "POST", body: { ...body, dry_run: true } });
+          if (n === 0) {
+            status.textContent = "Nothing matches this filter.";
+            return;
+          }
+          status.textContent = `${n} ${filter.state} deliver${n === 1 ? "y matches" : "ies match"} this filter.`;
+          const yes = h(
+            "button",
+            {
+              type: "button",
+              id: "retry-these-confirm",
+              onclick: async () => {
+                yes.disabled = true;
+                try {
+                  const done = await api("/deliveries/retry", { method: "POST", body });
+                  status.className = "notice";
+                  status.textContent = `${done.requeued} deliver${done.requeued === 1 ? "y" : "ies"} sent again.`;
+                } catch (e) {
+                  status.className = "error";
+                  status.textContent = errorText(e);
+                }
+                confirmBox.replaceChildren();
+              },
+            },
+            `Send ${n} again`,
+          );
+          const no = h("button", { type: "button", class: "secondary", onclick: () => { confirmBox.replaceChildren(); status.textContent = "Cancelled."; } }, "Cancel");
+          confirmBox.replaceChildren(yes, " ", no);
+        } catch (e) {
+          status.className = "error";
+          status.textContent = errorText(e);
+        }
+      },
+    },
+    "Retry these",
+  );
+  return h("div", { class: "card", id: "bulk" }, h("div", { class: "toolbar" }, start), status, confirmBox);
 }
 
 function replayForm(keys) {
@@ -578,7 +714,42 @@ function replayForm(keys) {
   );
 }
 
-function attemptRows(attempts) {
+function headerList(headers) {
+  if (!headers || headers.length === 0) return h("p", { class: "muted" }, "(none)");
+  return h("dl", { class: "kv headers" }, headers.map(([name, value]) => [h("dt", {}, name), h("dd", {}, value)]));
+}
+
+/** What an attempt sent and what came back. */
+function exchange(a, id) {
+  const req = a.request;
+  const res = a.response;
+  const sent = req
+    ? h(
+        "div",
+        { class: "sent" },
+        h("h4", {}, "Sent"),
+        h("p", {}, h("code", {}, `${req.method} ${req.url}`)),
+        headerList(req.headers),
+        h("p", {}, `body: ${req.body_bytes} bytes · `, link("payload", ["deliveries", String(id)], { part: String(req.part) })),
+      )
+    : h("p", { class: "muted" }, "What was sent was not kept for this attempt.");
+  let back = h("p", { class: "muted" }, "No response kept.");
+  if (res && res.error) {
+    back = h("div", { class: "received" }, h("h4", {}, "No response"), h("p", { class: "error" }, badge(res.error.kind, "failed"), " ", res.error.message), h("p", { class: "muted" }, `after ${res.total_ms} ms`));
+  } else if (res) {
+    back = h(
+      "div",
+      { class: "received" },
+      h("h4", {}, "Received"),
+      h("p", {}, res.status !== undefined ? `HTTP ${res.status}` : "", res.first_byte_ms !== undefined ? ` · first byte ${res.first_byte_ms} ms` : "", ` · total ${res.total_ms} ms`),
+      headerList(res.headers),
+      res.body !== undefined ? h("pre", {}, res.body + (res.body_truncated ? "\n… (first 4 KiB)" : "")) : null,
+    );
+  }
+  return h("details", { class: "exchange" }, h("summary", {}, "request and response"), sent, back);
+}
+
+function attemptRows(attempts, id) {
   return attempts.map((a) =>
     h(
       "tr",
@@ -588,12 +759,12 @@ function attemptRows(attempts) {
       h("td", { class: "num" }, String(a.part)),
       h("td", {}, badge(a.outcome, /^2\d\d$/.test(a.outcome) ? "delivered" : "failed")),
       h("td", { class: "num" }, `${a.duration_ms} ms`),
-      h("td", {}, a.response ? h("pre", {}, a.response) : ""),
+      h("td", {}, exchange(a, id)),
     ),
   );
 }
 
-async function delivery(ctx, id) {
+async function delivery(ctx, id, params) {
   const status = h("p", { role: "status", id: "retry-status" });
   const retry = h(
     "button",
@@ -619,7 +790,8 @@ async function delivery(ctx, id) {
     "Retry",
   );
   const region = h("div", { id: "delivery" });
-  page(`Delivery ${id}`, h("div", { class: "toolbar" }, retry), status, region);
+  page(`Delivery ${id}`, can("operate") ? h("div", { class: "toolbar" }, retry) : null, status, region);
+  const part = params && params.get("part");
   await liveRegion(
     ctx,
     region,
@@ -634,7 +806,7 @@ async function delivery(ctx, id) {
             "dl",
             { class: "kv" },
             h("dt", {}, "state"),
-            h("dd", { id: "delivery-state" }, badge(d.state)),
+            h("dd", { id: "delivery-state" }, badge(shownState(d), shownState(d)), d.test ? [" ", badge("test", "stage")] : "", d.held_reason ? h("div", { class: "muted", id: "held-reason" }, d.held_reason) : ""),
             h("dt", {}, "webhook"),
             h("dd", {}, link(d.webhook, ["deliveries"], { state: d.state, webhook: d.webhook })),
             h("dt", {}, "session"),
@@ -642,11 +814,11 @@ async function delivery(ctx, id) {
             h("dt", {}, "event"),
             h("dd", {}, `${d.event_type} `, h("code", {}, d.event_uuid)),
             h("dt", {}, "attempts"),
-            h("dd", {}, String(d.attempts)),
+            h("dd", { id: "delivery-attempts" }, String(d.attempts), h("span", { class: "muted" }, ` (${d.retries_spent} counted against the retry policy)`)),
             h("dt", {}, "part"),
             h("dd", {}, String(d.part)),
             h("dt", {}, "next attempt"),
-            h("dd", {}, d.next_attempt_at === null ? "(none)" : time(d.next_attempt_at)),
+            h("dd", { id: "delivery-next" }, d.next_attempt_at === null ? (d.state === "held" ? "(none while the webhook is disabled)" : "(none)") : time(d.next_attempt_at)),
             h("dt", {}, "last status"),
             h("dd", {}, d.last_status || "(none)"),
             h("dt", {}, "created"),
@@ -656,13 +828,15 @@ async function delivery(ctx, id) {
           ),
         ),
         h("h2", {}, "Attempts"),
-        table(["#", "at", "#part", "outcome", "#duration", "response"], attemptRows(data.attempts), "No attempts kept (none yet, or the JetStream store, which keeps none)."),
+        table(["#", "at", "#part", "outcome", "#duration", "request and response"], attemptRows(data.attempts, d.id), "No attempts yet."),
         h("h2", {}, "Payload"),
         h("p", { class: "muted" }, "As the webhook's format sends it now, with the session's embed JWT masked."),
         h(
           "div",
           { id: "payload" },
-          data.payload === null ? h("p", { class: "muted" }, "Not available.") : data.payload.map((body, i) => [data.payload.length > 1 ? h("h3", {}, `Part ${i}`) : null, json(body)]),
+          data.payload === null
+            ? h("p", { class: "muted" }, "Not available.")
+            : data.payload.map((body, i) => (part !== null && part !== undefined && String(i) !== part ? null : [data.payload.length > 1 ? h("h3", {}, `Part ${i}`) : null, json(body)])),
         ),
       ];
     },
@@ -694,7 +868,7 @@ function percent(rate) {
 async function webhooks(ctx) {
   const region = h("div", { id: "webhooks" });
   const status = h("p", { role: "status", id: "webhook-status" });
-  page("Webhooks", h("div", { class: "toolbar" }, link("New webhook", ["webhooks", "new"])), status, region);
+  page("Webhooks", can("admin") ? h("div", { class: "toolbar" }, link("New webhook", ["webhooks", "new"])) : null, status, region);
   const fetchAll = async () => {
     const list = (await api("/event-webhooks")).event_webhooks;
     const stats = await Promise.all(list.map((w) => api(`/event-webhooks/${enc(w.webhook_key)}/stats`)));
@@ -719,7 +893,7 @@ async function webhooks(ctx) {
         h(
           "tr",
           { "data-webhook": w.webhook_key },
-          h("td", {}, h("strong", {}, w.webhook_key), w.description ? h("div", { class: "muted" }, w.description) : null, h("div", { class: "muted url" }, w.url)),
+          h("td", {}, h("strong", {}, link(w.webhook_key, ["webhooks", w.webhook_key])), w.description ? h("div", { class: "muted" }, w.description) : null, h("div", { class: "muted url" }, w.url)),
           h("td", {}, w.format),
           h("td", {}, w.events.join(", ")),
           h("td", {}, w.filter === null ? h("span", { class: "muted" }, "(none)") : h("code", {}, JSON.stringify(w.filter))),
@@ -731,15 +905,169 @@ async function webhooks(ctx) {
           h(
             "td",
             {},
-            w.disabled || w.paused ? h("button", { type: "button", class: "enable", onclick: enable(w.webhook_key) }, "Enable") : null,
+            (w.disabled || w.paused) && can("operate") ? h("button", { type: "button", class: "enable", onclick: enable(w.webhook_key) }, "Enable") : null,
             " ",
-            w.managed_by_api ? link("Edit", ["webhooks", w.webhook_key, "edit"]) : h("span", { class: "muted", title: `defined in ${w.defined_at}` }, "rules file"),
+            !can("admin") ? null : w.managed_by_api ? link("Edit", ["webhooks", w.webhook_key, "edit"]) : h("span", { class: "muted", title: `defined in ${w.defined_at}` }, "rules file"),
           ),
         ),
       ),
       "No webhooks.",
     );
   reload = await liveRegion(ctx, region, fetchAll, draw, 5000);
+}
+
+/** Attempts per hour for 7 days: stacked bars (succeeded, failed) and the p99 line. */
+function historyChart(hours) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  const width = 840;
+  const height = 160;
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("id", "history-chart");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", "Attempts per hour by outcome, last 7 days");
+  const ok = (hr) => hr.outcomes["2xx"] || 0;
+  const peak = Math.max(1, ...hours.map((hr) => hr.attempts));
+  const slot = width / hours.length;
+  hours.forEach((hr, i) => {
+    const failed = hr.attempts - ok(hr);
+    let y = height;
+    for (const [n, cls] of [[ok(hr), "delivered"], [failed, "failed"]]) {
+      if (n === 0) continue;
+      const bar = document.createElementNS(ns, "rect");
+      const barHeight = (n / peak) * (height - 10);
+      y -= barHeight;
+      bar.setAttribute("x", String(i * slot));
+      bar.setAttribute("y", String(y));
+      bar.setAttribute("width", String(Math.max(1, slot - 1)));
+      bar.setAttribute("height", String(barHeight));
+      bar.setAttribute("class", cls);
+      const title = document.createElementNS(ns, "title");
+      title.textContent = `${time(hr.at)}: ${n} ${cls}`;
+      bar.append(title);
+      svg.append(bar);
+    }
+  });
+  return svg;
+}
+
+async function webhookPage(ctx, key) {
+  const region = h("div", { id: "webhook-history" });
+  const status = h("p", { role: "status", id: "test-status" });
+  let testForm = null;
+  if (can("operate")) {
+    const w = await api(`/event-webhooks/${enc(key)}`);
+    const types = w.events.includes("*") ? ["ping"] : w.events;
+    const typeSelect = select("event_type", types.map((t) => [t, t]), types[0], "test-event-type");
+    const custom = h("input", { name: "custom_type", id: "test-event-custom", placeholder: "or another type" });
+    testForm = h(
+      "form",
+      {
+        class: "inline card",
+        id: "test-event",
+        onsubmit: async (event) => {
+          event.preventDefault();
+          status.className = "";
+          status.textContent = "Sending a test event…";
+          try {
+            const sent = await api(`/event-webhooks/${enc(key)}/test`, { method: "POST", body: { event_type: custom.value.trim() || typeSelect.value } });
+            status.className = "notice";
+            status.replaceChildren(
+              `Test event ${sent.event.uuid} sent (marked Taphook-Test: 1). `,
+              sent.delivery_id === null ? "" : link("Follow its delivery", ["deliveries", String(sent.delivery_id)]),
+            );
+          } catch (e) {
+            status.className = "error";
+            status.textContent = errorText(e);
+          }
+        },
+      },
+      h("label", {}, "Event type", typeSelect),
+      h("label", {}, "Other type", custom),
+      h("button", { type: "submit" }, "Send test event"),
+    );
+  }
+  page(`Webhook ${key}`, testForm, status, h("h2", {}, "Health, last 7 days"), region);
+  await liveRegion(
+    ctx,
+    region,
+    () => api(`/event-webhooks/${enc(key)}/history`),
+    (data) => {
+      const busy = data.hours.filter((hr) => hr.attempts > 0).reverse();
+      return [
+        h("p", { class: "muted" }, `${data.attempts} attempts in 7 days${data.scope === "instance" ? " through this instance" : ""}.`),
+        historyChart(data.hours),
+        table(
+          ["hour", "#attempts", "outcomes", "#p50", "#p99"],
+          busy.map((hr) =>
+            h(
+              "tr",
+              {},
+              h("td", {}, time(hr.at)),
+              h("td", { class: "num" }, String(hr.attempts)),
+              h("td", {}, Object.entries(hr.outcomes).map(([k, n]) => `${k}: ${n}`).join(", ")),
+              h("td", { class: "num" }, hr.p50_ms === null ? "" : `${hr.p50_ms} ms`),
+              h("td", { class: "num" }, hr.p99_ms === null ? "" : `${hr.p99_ms} ms`),
+            ),
+          ),
+          "No attempts in the last 7 days.",
+        ),
+      ];
+    },
+    10000,
+  );
+}
+
+// ---------------------------------------------------------------- search
+
+async function searchPage(ctx, params) {
+  const q = params.get("q") || "";
+  searchInput.value = q;
+  const region = h("div", { id: "search-results" });
+  page(`Search: ${q}`, region);
+  if (!q) {
+    region.replaceChildren(h("p", { class: "muted" }, "Type a delivery id, an event UUID, a session key, a webhook key, or field=value."));
+    return;
+  }
+  const data = await api(`/search?q=${enc(q)}`);
+  if (!ctx.alive()) return;
+  const section = (title, id, rows, headings) => [h("h2", {}, title), h("div", { id }, table(headings, rows, "None."))];
+  region.replaceChildren(
+    ...section("Sessions", "found-sessions", data.sessions.map(sessionRow), ["session", "template_key", "stage", "last event", "at"]),
+    ...section(
+      "Events",
+      "found-events",
+      data.events.map((e) => h("tr", {}, h("td", {}, e.event.event_type), h("td", {}, h("code", {}, e.event.uuid)), h("td", {}, link(e.session_key, ["sessions", e.session_key])), h("td", {}, time(e.event.created_at * 1000)))),
+      ["event", "uuid", "session", "created"],
+    ),
+    ...section("Deliveries", "found-deliveries", data.deliveries.map(deliveryRow), ["#id", "webhook", "session", "event", "state", "#attempts", "last status", "next attempt", "created"]),
+    ...section("Webhooks", "found-webhooks", data.webhooks.map((w) => h("tr", {}, h("td", {}, link(w.webhook_key, ["webhooks", w.webhook_key])))), ["webhook"]),
+    data.note ? h("p", { class: "muted" }, data.note) : null,
+  );
+}
+
+// ---------------------------------------------------------------- audit
+
+function auditRow(e) {
+  return h(
+    "tr",
+    {},
+    h("td", {}, time(e.at)),
+    h("td", {}, e.token_name),
+    h("td", {}, e.role),
+    h("td", {}, h("code", {}, e.action)),
+    h("td", {}, e.target, e.detail ? h("div", { class: "muted" }, JSON.stringify(e.detail)) : null),
+    h("td", {}, badge(e.outcome.result === "ok" ? `${e.outcome.status}` : `${e.outcome.status} ${e.outcome.result}`, e.outcome.result === "ok" ? "delivered" : "failed"), e.outcome.message ? h("div", { class: "muted" }, e.outcome.message) : null),
+  );
+}
+
+async function audit(ctx) {
+  const region = h("div", { id: "audit" });
+  page("Audit", h("p", { class: "muted" }, "Every change made through the admin API, newest first: who (the token's name), what, on what, and what came of it."), region);
+  const query = (cursor) => `/audit?limit=50${cursor ? `&cursor=${enc(cursor)}` : ""}`;
+  await liveRegion(ctx, region, () => api(query()), (data) => pagedTable(["time", "token", "role", "action", "target", "outcome"], "entries", auditRow, query, data, "Nothing changed yet."), 5000);
 }
 
 const FORMATS = ["oneschema", "dromo", "dromo-basic", "flatfile"];
@@ -847,6 +1175,9 @@ const ROUTES = [
   [/^\/webhooks$/, "webhooks", webhooks],
   [/^\/webhooks\/new$/, "webhooks", (ctx) => webhookForm(ctx)],
   [/^\/webhooks\/([^/]+)\/edit$/, "webhooks", webhookForm],
+  [/^\/webhooks\/([^/]+)$/, "webhooks", webhookPage],
+  [/^\/search$/, "search", searchPage],
+  [/^\/audit$/, "audit", audit],
 ];
 
 function decode(part) {
@@ -862,6 +1193,16 @@ async function route() {
     showSignIn("");
     return;
   }
+  if (!me) {
+    try {
+      me = await api("/whoami");
+    } catch {
+      return;
+    }
+  }
+  who.textContent = `signed in as ${me.name} (${me.role})`;
+  who.hidden = false;
+  searchForm.hidden = false;
   nav.hidden = false;
   signOutButton.hidden = false;
   const raw = location.hash.replace(/^#/, "") || "/overview";
@@ -877,11 +1218,16 @@ async function route() {
   for (const a of nav.querySelectorAll("a")) a.classList.toggle("current", a.dataset.section === section);
   const args = pattern.exec(path).slice(1).map(decode);
   try {
-    await view(ctx, ...(args.length ? args : [params]));
+    await view(ctx, ...(args.length ? [...args, params] : [params]));
   } catch (e) {
     if (e.status !== 401 && ctx.alive()) page("Something went wrong", h("p", { class: "error" }, errorText(e)));
   }
 }
+
+searchForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  location.hash = `#/search?${new URLSearchParams({ q: searchInput.value.trim() })}`;
+});
 
 window.addEventListener("hashchange", route);
 route();
