@@ -533,6 +533,176 @@ async fn a_person_follows_sessions_and_fixes_deliveries_from_the_console() {
     c.clone().close().await.unwrap();
 }
 
+/// Issue 24: "what happened to this user's import, who retried it, and is
+/// this receiver healthy", answered from the console alone, each with a
+/// token that can do no more than it needs: a read-only token sees a 410'd
+/// delivery held (why, every attempt counted, no next attempt) and no
+/// control it cannot use; an operate token retries from the timeline,
+/// retries a filter's dead letters after seeing the count, sends a test
+/// event, searches, and reads the audit trail that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_answers_what_happened_who_retried_and_is_the_receiver_healthy() {
+    const OPS: &str = "ops-t0ken-9f8e7d6c";
+    const READER: &str = "reader-t0ken-1a2b3c4d";
+    let hooks = [
+        webhook("gone", "/hooks/gone", "    events: [embed_initialized]\n"),
+        webhook(
+            "crm",
+            "/hooks/crm",
+            "    events: [import_submitted]\n    retry: { max_retries: 0 }\n",
+        ),
+    ];
+    let stack = Stack::start(Setup {
+        rules: vec![("hooks.yaml", format!("webhooks:\n{}", hooks.concat()))],
+        config: &format!(
+            "admin_token: {TOKEN}\nadmin_tokens:\n  - {{name: olga-ops, token: {OPS}, role: operate}}\n  - {{name: rita-read, token: {READER}, role: read}}\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    stack.receiver.script("/hooks/gone", &[Reply::Status(410)]);
+    stack.receiver.default_reply("/hooks/crm", Reply::Status(500));
+    let id = stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    stack.finish_session(id).await;
+    let held = api_until(&stack, "/v1/deliveries?state=held", |b| {
+        b["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await["deliveries"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let dead = api_until(&stack, "/v1/deliveries?state=dead&webhook=crm", |b| {
+        b["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await["deliveries"][0]["id"]
+        .as_i64()
+        .unwrap();
+
+    let browser = browser().await;
+    let c = &browser.client;
+    c.goto(&format!("http://{}/console/", stack.admin))
+        .await
+        .unwrap();
+
+    // A read-only token: who is signed in, the held delivery as it is,
+    // and no control it could not use.
+    fill(c, "#token", READER).await;
+    click(c, "#signin button[type=submit]").await;
+    wait_text(c, "#who", "signed in as rita-read (read)").await;
+    open(c, &format!("#/deliveries/{held}")).await;
+    wait_text(c, "#delivery-state", "held").await;
+    wait_text(c, "#held-reason", "410 Gone").await;
+    let attempts = wait_text(c, "#delivery-attempts", "1").await;
+    assert!(attempts.starts_with("1 (0 counted"), "{attempts}");
+    wait_text(c, "#delivery-next", "none while the webhook is disabled").await;
+    wait_text(c, "#delivery table", "410").await;
+    let created = wait_text(c, "#delivery .kv", "UTC").await;
+    assert!(created.contains(" ago)"), "times show their zone and how long ago: {created}");
+    wait_count(c, "#retry", 0).await;
+    screenshot(c, "delivery-held").await;
+    open(c, "#/deliveries?state=failed").await;
+    wait_count(c, &format!("#deliveries tr[data-id='{held}']"), 1).await;
+    wait_text(c, &format!("#deliveries tr[data-id='{held}']"), "held").await;
+    wait_count(c, "#retry-these", 0).await;
+    wait_count(c, "#replay", 0).await;
+    open(c, &format!("#/sessions/{id}")).await;
+    wait_text(c, "#timeline li[data-webhook=gone]", "held").await;
+    wait_text(c, "#timeline li[data-webhook=crm]", "dead").await;
+    wait_count(c, "#timeline button.retry", 0).await;
+    open(c, "#/webhooks").await;
+    wait_text(c, "tr[data-webhook=gone] td.state", "disabled").await;
+    wait_count(c, "button.enable", 0).await;
+    wait_count(c, "main a[href='#/webhooks/new']", 0).await;
+    click(c, "#sign-out").await;
+
+    // An operate token: retry on the timeline's chip.
+    fill(c, "#token", OPS).await;
+    click(c, "#signin button[type=submit]").await;
+    wait_text(c, "#who", "signed in as olga-ops (operate)").await;
+    stack.receiver.default_reply("/hooks/crm", Reply::Status(200));
+    open(c, &format!("#/sessions/{id}")).await;
+    click(c, &format!("#timeline li[data-id='{dead}'] button.retry")).await;
+    wait_text(c, "#timeline-status", &format!("Delivery {dead} queued")).await;
+    wait_text(c, &format!("#timeline li[data-id='{dead}']"), "delivered").await;
+    assert_eq!(stack.receiver.received_on("/hooks/crm").len(), 2);
+    screenshot(c, "timeline-retry").await;
+
+    // Retry these: three dead letters of a filter, counted, then sent.
+    stack.receiver.default_reply("/hooks/crm", Reply::Status(500));
+    for i in 0..3 {
+        let event = json!({"event_type": "import_submitted", "embed_id": format!("bulk-{i}")});
+        assert_eq!(api(&stack, "POST", "/v1/events", Some(event)).await.0, 202);
+    }
+    api_until(&stack, "/v1/deliveries?state=dead&webhook=crm", |b| {
+        b["deliveries"].as_array().is_some_and(|d| d.len() == 3)
+    })
+    .await;
+    stack.receiver.default_reply("/hooks/crm", Reply::Status(200));
+    open(c, "#/deliveries?state=dead&webhook=crm").await;
+    wait_count(c, "#deliveries tbody tr", 3).await;
+    click(c, "#retry-these").await;
+    wait_text(c, "#bulk-status", "3 dead deliveries match this filter").await;
+    assert_eq!(
+        stack.receiver.received_on("/hooks/crm").len(),
+        5,
+        "counting sends nothing"
+    );
+    click(c, "#retry-these-confirm").await;
+    wait_text(c, "#bulk-status", "3 deliveries sent again").await;
+    stack.receiver.wait_for("/hooks/crm", 8, WAIT).await;
+
+    // Is the receiver healthy: its page, and a test event through it.
+    open(c, "#/webhooks").await;
+    click(c, "tr[data-webhook=crm] a[href='#/webhooks/crm']").await;
+    wait_text(c, "#webhook-history", "attempts in 7 days").await;
+    wait_text(c, "#webhook-history table", "5xx: 4").await;
+    wait_count(c, "#history-chart rect.failed", 1).await;
+    click(c, "#test-event button[type=submit]").await;
+    wait_text(c, "#test-status", "Taphook-Test: 1").await;
+    let got = stack.receiver.wait_for("/hooks/crm", 9, WAIT).await;
+    assert_eq!(got[8].header("taphook-test"), Some("1"));
+    assert_eq!(got[8].json()["event_type"], "import_submitted");
+    screenshot(c, "webhook-health").await;
+    click(c, "#test-status a").await;
+    wait_text(c, "#delivery-state", "delivered").await;
+    wait_text(c, "#delivery-state", "test").await;
+    // Every attempt in full: what was sent, what came back.
+    c.execute("document.querySelectorAll('#delivery details.exchange').forEach((d) => d.open = true)", vec![])
+        .await
+        .unwrap();
+    let exchange = wait_text(c, "#delivery details.exchange", "taphook-test").await;
+    assert!(exchange.contains("POST http://") && exchange.contains("HTTP 200"), "{exchange}");
+    screenshot(c, "delivery-attempts").await;
+
+    // Find anything from the box on every page: a delivery id, a field.
+    fill(c, "#search", &dead.to_string()).await;
+    c.execute("document.getElementById('search-form').requestSubmit()", vec![])
+        .await
+        .unwrap();
+    wait_text(c, "#found-deliveries", "crm").await;
+    fill(c, "#search", "filename=contacts.csv").await;
+    c.execute("document.getElementById('search-form').requestSubmit()", vec![])
+        .await
+        .unwrap();
+    wait_text(c, "#found-events", "file_uploaded").await;
+    wait_text(c, "#found-sessions", &id.to_string()).await;
+    screenshot(c, "search").await;
+
+    // Who retried it: the audit trail names the token for each change.
+    click(c, "nav a[data-section=audit]").await;
+    let newest = wait_text(c, "#audit tbody tr", "olga-ops").await;
+    assert!(newest.contains("/v1/event-webhooks/crm/test"), "{newest}");
+    let all = wait_text(c, "#audit tbody", &format!("/v1/deliveries/{dead}/retry")).await;
+    assert!(all.contains("POST /v1/deliveries/retry"), "{all}");
+    assert!(!all.contains(OPS) && !all.contains(READER), "a token shown");
+    screenshot(c, "audit").await;
+
+    let errors = console_errors(c).await;
+    assert!(errors.is_empty(), "the page's console has errors: {errors:?}");
+    c.clone().close().await.unwrap();
+}
+
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {

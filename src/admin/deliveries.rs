@@ -121,7 +121,7 @@ pub(super) fn shown(shared: &Shared, rows: &mut [DeliveryInfo]) {
         if let Some(reason) = reason {
             row.state = "held".into();
             row.held_reason = Some(format!(
-                "webhook `{}` is disabled ({reason}); nothing is sent until it is enabled (POST /v1/event-webhooks/{{key}}/enable)",
+                "webhook `{0}` is disabled ({reason}); nothing is sent until it is enabled (POST /v1/event-webhooks/{0}/enable)",
                 row.webhook
             ));
             row.next_attempt_at = None;

@@ -226,7 +226,7 @@ async function liveRegion(ctx, region, fetchData, draw, ms) {
 }
 
 function page(title, ...children) {
-  main.replaceChildren(h("h1", {}, title), ...children);
+  main.replaceChildren(h("h1", {}, title), ...children.filter((c) => c !== null && c !== undefined && c !== false));
 }
 
 // ---------------------------------------------------------------- sign in
@@ -743,7 +743,7 @@ function exchange(a, id) {
       h("h4", {}, "Received"),
       h("p", {}, res.status !== undefined ? `HTTP ${res.status}` : "", res.first_byte_ms !== undefined ? ` · first byte ${res.first_byte_ms} ms` : "", ` · total ${res.total_ms} ms`),
       headerList(res.headers),
-      res.body !== undefined ? h("pre", {}, res.body + (res.body_truncated ? "\n… (first 4 KiB)" : "")) : null,
+      res.body ? h("pre", {}, res.body + (res.body_truncated ? "\n… (first 4 KiB)" : "")) : h("p", { class: "muted" }, "(empty body)"),
     );
   }
   return h("details", { class: "exchange" }, h("summary", {}, "request and response"), sent, back);
@@ -1044,7 +1044,7 @@ async function searchPage(ctx, params) {
     ),
     ...section("Deliveries", "found-deliveries", data.deliveries.map(deliveryRow), ["#id", "webhook", "session", "event", "state", "#attempts", "last status", "next attempt", "created"]),
     ...section("Webhooks", "found-webhooks", data.webhooks.map((w) => h("tr", {}, h("td", {}, link(w.webhook_key, ["webhooks", w.webhook_key])))), ["webhook"]),
-    data.note ? h("p", { class: "muted" }, data.note) : null,
+    ...(data.note ? [h("p", { class: "muted" }, data.note)] : []),
   );
 }
 
