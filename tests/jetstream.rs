@@ -941,6 +941,21 @@ async fn a_410_disables_the_webhook_cluster_wide_until_enabled() {
         .await;
     assert_eq!(got.len(), 5, "{}", cluster.logs());
     wait_gauge(&cluster, 0, "taphook_webhook_disabled{webhook=\"a\"}", 0.0).await;
+    // The audit trail is the cluster's: the enable made through replica 1
+    // is listed by replica 0.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, audit) = cluster.api(0, "GET", "/v1/audit", None).await;
+        let entries = audit["entries"].as_array().cloned().unwrap_or_default();
+        if let Some(e) = entries.first() {
+            assert_eq!(e["action"], "POST /v1/event-webhooks/{key}/enable", "{audit}");
+            assert_eq!(e["target"], "/v1/event-webhooks/a/enable");
+            assert_eq!(e["outcome"]["status"], 200);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no audit entry on replica 0: {audit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A webhook failing for `pause_after` is paused on every replica: one

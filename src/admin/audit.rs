@@ -1,9 +1,10 @@
 //! The audit trail: every state-changing call to the `/v1` API, allowed
 //! or refused, with the token's name (never the token), its role, the
 //! action (method and route), its target (the path called, and what the
-//! handler adds: a filter, a count), the outcome and the time. Kept in
-//! the embedded store like events (`events_retention`), listed newest
-//! first at `GET /v1/audit?limit=&cursor=`.
+//! handler adds: a filter, a count), the outcome and the time. Kept like
+//! events (`events_retention`): in the embedded store, or with JetStream
+//! on a stream every instance writes to; listed newest first at
+//! `GET /v1/audit?limit=&cursor=`.
 
 use std::sync::Arc;
 
@@ -63,8 +64,22 @@ pub fn record(
     if let Some(Detail(detail)) = extensions.get::<Detail>() {
         entry["detail"] = detail.clone();
     }
-    if let Err(e) = shared.store.audit(entry.to_string()) {
-        tracing::error!(error = %e, action = %entry["action"], token = %caller.name, "audit entry not stored");
+    let action = entry["action"].to_string();
+    let token = caller.name.clone();
+    match &shared.jetstream {
+        Some(js) => {
+            let js = js.clone();
+            tokio::spawn(async move {
+                if let Err(e) = js.audit(entry.to_string()).await {
+                    tracing::error!(error = %e, %action, %token, "audit entry not stored");
+                }
+            });
+        }
+        None => {
+            if let Err(e) = shared.store.audit(entry.to_string()) {
+                tracing::error!(error = %e, %action, %token, "audit entry not stored");
+            }
+        }
     }
 }
 
@@ -90,7 +105,10 @@ pub async fn list(
             )
         })?),
     };
-    let mut rows = on_store(&shared, move |store| store.audit_page(before, limit + 1)).await?;
+    let mut rows = match &shared.jetstream {
+        Some(js) => super::deliveries::internal(js.audit_page(before, limit + 1).await)?,
+        None => on_store(&shared, move |store| store.audit_page(before, limit + 1)).await?,
+    };
     let has_next = rows.len() > limit;
     rows.truncate(limit);
     let next = has_next

@@ -130,6 +130,13 @@ impl Names {
     pub fn dead_stream(&self) -> String {
         format!("{}_DEAD", self.prefix)
     }
+    /// The admin API's audit trail, shared by every instance.
+    pub fn audit_stream(&self) -> String {
+        format!("{}_AUDIT", self.prefix)
+    }
+    pub fn audit_subject(&self) -> String {
+        format!("{}.audit", self.prefix)
+    }
     /// Every attempt's request and response, by webhook and event.
     pub fn attempts_stream(&self) -> String {
         format!("{}_ATTEMPTS", self.prefix)
@@ -344,6 +351,7 @@ impl JetStream {
             },
             limits(names.dead_stream(), vec![format!("{p}.dead.>")]),
             limits(names.attempts_stream(), vec![format!("{p}.attempts.>")]),
+            limits(names.audit_stream(), vec![format!("{p}.audit")]),
             // KV buckets, made as their streams: `create_key_value` reads
             // account fields NATS 2.9 does not send.
             bucket(names.sessions_bucket(), retention),
@@ -1162,6 +1170,49 @@ impl JetStream {
             Bytes::from(body),
         )
         .await
+    }
+
+    /// Appends an entry (JSON) to the shared audit trail.
+    pub async fn audit(&self, entry: String) -> Result<(), StoreError> {
+        self.publish_now(self.names.audit_subject(), HeaderMap::new(), Bytes::from(entry))
+            .await
+    }
+
+    /// Audit entries, newest first, before sequence `before` (`None`: the
+    /// newest): `(seq, entry)`. The trail is one subject, so its
+    /// sequences run without gaps from the oldest kept.
+    pub async fn audit_page(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut stream = self.stream(&self.names.audit_stream()).await?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| StoreError::Nats(format!("cannot read the audit stream: {e}")))?
+            .state
+            .clone();
+        if state.messages == 0 {
+            return Ok(Vec::new());
+        }
+        let end = before.map_or(state.last_sequence + 1, |b| b.max(0) as u64);
+        let start = end.saturating_sub(limit as u64).max(state.first_sequence);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let subject = self.names.audit_subject();
+        let mut page = read_subject(&stream, &subject, start, (end - start) as usize, |m| {
+            (m.sequence < end).then(|| {
+                (
+                    m.sequence as i64,
+                    String::from_utf8_lossy(&m.payload).into_owned(),
+                )
+            })
+        })
+        .await;
+        page.reverse();
+        Ok(page)
     }
 
     /// Every attempt kept of `webhook`'s delivery of `event_uuid`, in order.
