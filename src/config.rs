@@ -78,15 +78,27 @@ fn admin_tokens(
             continue;
         }
         if t.token.expose().is_empty() {
-            problems.push(doc.problem(&at("token"), "must not be empty (is its ${ENV} variable set?)"));
+            problems.push(doc.problem(
+                &at("token"),
+                "must not be empty (is its ${ENV} variable set?)",
+            ));
             continue;
         }
         if out.iter().any(|o| o.name == t.name) {
-            problems.push(doc.problem(&at("name"), format!("`{}` is used by another token", t.name)));
+            problems.push(doc.problem(
+                &at("name"),
+                format!("`{}` is used by another token", t.name),
+            ));
             continue;
         }
         if out.iter().any(|o| o.token == t.token) {
-            problems.push(doc.problem(&at("token"), format!("`{}` has the same token as another one (each token is one name and one role)", t.name)));
+            problems.push(doc.problem(
+                &at("token"),
+                format!(
+                    "`{}` has the same token as another one (each token is one name and one role)",
+                    t.name
+                ),
+            ));
             continue;
         }
         out.push(AdminToken {

@@ -81,8 +81,8 @@ pub struct HourView {
 #[derive(Default)]
 pub struct History {
     hours: Mutex<HashMap<String, BTreeMap<i64, Hour>>>,
-    /// Hours changed since the last write to the store.
-    dirty: Mutex<HashSet<(String, i64)>>,
+    /// Hours changed since the last write to the store, per webhook.
+    dirty: Mutex<HashMap<String, HashSet<i64>>>,
 }
 
 impl History {
@@ -115,8 +115,13 @@ impl History {
             }
         }
         let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        if !dirty.contains(&(webhook.to_string(), hour)) {
-            dirty.insert((webhook.to_string(), hour));
+        match dirty.get_mut(webhook) {
+            Some(hours) => {
+                hours.insert(hour);
+            }
+            None => {
+                dirty.insert(webhook.to_string(), HashSet::from([hour]));
+            }
         }
     }
 
@@ -143,11 +148,11 @@ impl History {
     /// The hours changed since the last call, as rows to write, and the
     /// oldest hour still kept (older rows may go).
     pub fn changed(&self, now: i64) -> (Vec<(String, i64, String)>, i64) {
-        let dirty: Vec<(String, i64)> = std::mem::take(
-            &mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()),
-        )
-        .into_iter()
-        .collect();
+        let dirty: Vec<(String, i64)> =
+            std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .flat_map(|(w, hours)| hours.into_iter().map(move |h| (w.clone(), h)))
+                .collect();
         let hours = self.hours.lock().unwrap_or_else(|e| e.into_inner());
         let rows = dirty
             .into_iter()

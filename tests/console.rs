@@ -561,7 +561,9 @@ async fn an_operator_answers_what_happened_who_retried_and_is_the_receiver_healt
     })
     .await;
     stack.receiver.script("/hooks/gone", &[Reply::Status(410)]);
-    stack.receiver.default_reply("/hooks/crm", Reply::Status(500));
+    stack
+        .receiver
+        .default_reply("/hooks/crm", Reply::Status(500));
     let id = stack
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;
@@ -598,7 +600,10 @@ async fn an_operator_answers_what_happened_who_retried_and_is_the_receiver_healt
     wait_text(c, "#delivery-next", "none while the webhook is disabled").await;
     wait_text(c, "#delivery table", "410").await;
     let created = wait_text(c, "#delivery .kv", "UTC").await;
-    assert!(created.contains(" ago)"), "times show their zone and how long ago: {created}");
+    assert!(
+        created.contains(" ago)"),
+        "times show their zone and how long ago: {created}"
+    );
     wait_count(c, "#retry", 0).await;
     screenshot(c, "delivery-held").await;
     open(c, "#/deliveries?state=failed").await;
@@ -620,7 +625,9 @@ async fn an_operator_answers_what_happened_who_retried_and_is_the_receiver_healt
     fill(c, "#token", OPS).await;
     click(c, "#signin button[type=submit]").await;
     wait_text(c, "#who", "signed in as olga-ops (operate)").await;
-    stack.receiver.default_reply("/hooks/crm", Reply::Status(200));
+    stack
+        .receiver
+        .default_reply("/hooks/crm", Reply::Status(200));
     open(c, &format!("#/sessions/{id}")).await;
     click(c, &format!("#timeline li[data-id='{dead}'] button.retry")).await;
     wait_text(c, "#timeline-status", &format!("Delivery {dead} queued")).await;
@@ -629,7 +636,9 @@ async fn an_operator_answers_what_happened_who_retried_and_is_the_receiver_healt
     screenshot(c, "timeline-retry").await;
 
     // Retry these: three dead letters of a filter, counted, then sent.
-    stack.receiver.default_reply("/hooks/crm", Reply::Status(500));
+    stack
+        .receiver
+        .default_reply("/hooks/crm", Reply::Status(500));
     for i in 0..3 {
         let event = json!({"event_type": "import_submitted", "embed_id": format!("bulk-{i}")});
         assert_eq!(api(&stack, "POST", "/v1/events", Some(event)).await.0, 202);
@@ -638,7 +647,9 @@ async fn an_operator_answers_what_happened_who_retried_and_is_the_receiver_healt
         b["deliveries"].as_array().is_some_and(|d| d.len() == 3)
     })
     .await;
-    stack.receiver.default_reply("/hooks/crm", Reply::Status(200));
+    stack
+        .receiver
+        .default_reply("/hooks/crm", Reply::Status(200));
     open(c, "#/deliveries?state=dead&webhook=crm").await;
     wait_count(c, "#deliveries tbody tr", 3).await;
     click(c, "#retry-these").await;
@@ -668,23 +679,35 @@ async fn an_operator_answers_what_happened_who_retried_and_is_the_receiver_healt
     wait_text(c, "#delivery-state", "delivered").await;
     wait_text(c, "#delivery-state", "test").await;
     // Every attempt in full: what was sent, what came back.
-    c.execute("document.querySelectorAll('#delivery details.exchange').forEach((d) => d.open = true)", vec![])
-        .await
-        .unwrap();
+    c.execute(
+        "document.querySelectorAll('#delivery details.exchange').forEach((d) => d.open = true)",
+        vec![],
+    )
+    .await
+    .unwrap();
     let exchange = wait_text(c, "#delivery details.exchange", "taphook-test").await;
-    assert!(exchange.contains("POST http://") && exchange.contains("HTTP 200"), "{exchange}");
+    assert!(
+        exchange.contains("POST http://") && exchange.contains("HTTP 200"),
+        "{exchange}"
+    );
     screenshot(c, "delivery-attempts").await;
 
     // Find anything from the box on every page: a delivery id, a field.
     fill(c, "#search", &dead.to_string()).await;
-    c.execute("document.getElementById('search-form').requestSubmit()", vec![])
-        .await
-        .unwrap();
+    c.execute(
+        "document.getElementById('search-form').requestSubmit()",
+        vec![],
+    )
+    .await
+    .unwrap();
     wait_text(c, "#found-deliveries", "crm").await;
     fill(c, "#search", "filename=contacts.csv").await;
-    c.execute("document.getElementById('search-form').requestSubmit()", vec![])
-        .await
-        .unwrap();
+    c.execute(
+        "document.getElementById('search-form').requestSubmit()",
+        vec![],
+    )
+    .await
+    .unwrap();
     wait_text(c, "#found-events", "file_uploaded").await;
     wait_text(c, "#found-sessions", &id.to_string()).await;
     screenshot(c, "search").await;
@@ -699,7 +722,10 @@ async fn an_operator_answers_what_happened_who_retried_and_is_the_receiver_healt
     screenshot(c, "audit").await;
 
     let errors = console_errors(c).await;
-    assert!(errors.is_empty(), "the page's console has errors: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "the page's console has errors: {errors:?}"
+    );
     c.clone().close().await.unwrap();
 }
 

@@ -895,7 +895,10 @@ async fn a_410_disables_the_webhook_cluster_wide_until_enabled() {
         if let Some(d) = page["deliveries"].as_array().and_then(|d| d.first()) {
             break d.clone();
         }
-        assert!(Instant::now() < deadline, "the 410'd delivery is not listed as failed");
+        assert!(
+            Instant::now() < deadline,
+            "the 410'd delivery is not listed as failed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(held["state"], "held", "{held}");
@@ -906,7 +909,9 @@ async fn a_410_disables_the_webhook_cluster_wide_until_enabled() {
     let id = held["id"].as_i64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, shown) = cluster.api(0, "GET", &format!("/v1/deliveries/{id}"), None).await;
+        let (_, shown) = cluster
+            .api(0, "GET", &format!("/v1/deliveries/{id}"), None)
+            .await;
         if shown["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
             assert_eq!(shown["attempts"][0]["response"]["status"], 410, "{shown}");
             assert_eq!(shown["attempts"][0]["request"]["method"], "POST");
@@ -948,12 +953,18 @@ async fn a_410_disables_the_webhook_cluster_wide_until_enabled() {
         let (_, audit) = cluster.api(0, "GET", "/v1/audit", None).await;
         let entries = audit["entries"].as_array().cloned().unwrap_or_default();
         if let Some(e) = entries.first() {
-            assert_eq!(e["action"], "POST /v1/event-webhooks/{key}/enable", "{audit}");
+            assert_eq!(
+                e["action"], "POST /v1/event-webhooks/{key}/enable",
+                "{audit}"
+            );
             assert_eq!(e["target"], "/v1/event-webhooks/a/enable");
             assert_eq!(e["outcome"]["status"], 200);
             break;
         }
-        assert!(Instant::now() < deadline, "no audit entry on replica 0: {audit}");
+        assert!(
+            Instant::now() < deadline,
+            "no audit entry on replica 0: {audit}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -79,7 +79,10 @@ async fn every_documented_operation_is_served() {
             );
         }
     }
-    assert!(routes >= 25, "the router's routes were not found ({routes})");
+    assert!(
+        routes >= 25,
+        "the router's routes were not found ({routes})"
+    );
     // The check can fail: undocumented routes are not served.
     assert!(!routed(&stack, "GET", "/v1/nope").await);
     assert!(!routed(&stack, "PATCH", "/v1/apps/x").await);

@@ -52,7 +52,11 @@ async fn api(stack: &Stack, method: &str, path: &str, body: Option<Value>) -> (u
 async fn ping(stack: &Stack, i: usize, session: &str, filename: &str) {
     let url = reqwest::Url::parse_with_params(
         &stack.url("/_fixtures/empty"),
-        &[("i", i.to_string().as_str()), ("s", session), ("f", filename)],
+        &[
+            ("i", i.to_string().as_str()),
+            ("s", session),
+            ("f", filename),
+        ],
     )
     .unwrap();
     let r = stack.client.get(url).send().await.unwrap();
@@ -101,10 +105,7 @@ async fn a_delivery_stopped_by_a_410_is_held_with_every_attempt_counted() {
     })
     .await;
     let id = ids(&failed)[0];
-    let held = wait_until(&stack, "/v1/deliveries?state=held", |b| {
-        !ids(b).is_empty()
-    })
-    .await;
+    let held = wait_until(&stack, "/v1/deliveries?state=held", |b| !ids(b).is_empty()).await;
     assert_eq!(ids(&held), [id]);
     let (_, shown) = api(&stack, "GET", &format!("/v1/deliveries/{id}"), None).await;
     let d = &shown["delivery"];
@@ -185,7 +186,14 @@ async fn every_attempt_is_shown_in_full_without_a_secret() {
     let id = ids(&page)[0];
     let (_, shown) = api(&stack, "GET", &format!("/v1/deliveries/{id}"), None).await;
     let text = shown.to_string();
-    for secret in ["url-pass", "hook-user", "query-secret", "basic-pass-word", "receiver-secret-cookie", SECRET_A] {
+    for secret in [
+        "url-pass",
+        "hook-user",
+        "query-secret",
+        "basic-pass-word",
+        "receiver-secret-cookie",
+        SECRET_A,
+    ] {
         assert!(!text.contains(secret), "`{secret}` shown: {text}");
     }
     let attempts = shown["attempts"].as_array().unwrap();
@@ -194,7 +202,10 @@ async fn every_attempt_is_shown_in_full_without_a_secret() {
     let request = &first["request"];
     assert_eq!(request["method"], "POST");
     let url = request["url"].as_str().unwrap();
-    assert!(url.starts_with(&format!("http://{}/hooks/full?token=", stack.receiver.addr)), "{url}");
+    assert!(
+        url.starts_with(&format!("http://{}/hooks/full?token=", stack.receiver.addr)),
+        "{url}"
+    );
     assert!(url.ends_with("&team=7"), "{url}");
     let header = |headers: &Value, name: &str| -> Option<String> {
         headers
@@ -220,7 +231,10 @@ async fn every_attempt_is_shown_in_full_without_a_secret() {
     assert_eq!(payload, sent.json(), "the payload link shows the body sent");
     let response = &first["response"];
     assert_eq!(response["status"], 500);
-    assert_eq!(header(&response["headers"], "x-receiver").unwrap(), "taphook-demo");
+    assert_eq!(
+        header(&response["headers"], "x-receiver").unwrap(),
+        "taphook-demo"
+    );
     assert_eq!(
         header(&response["headers"], "set-cookie").unwrap(),
         "rid=********; Path=/; HttpOnly"
@@ -255,9 +269,10 @@ async fn every_attempt_is_shown_in_full_without_a_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_name_their_kind() {
     let closed = taphook::demo::free_port().unwrap();
-    let mut rules = ping_rules(&[
-        ("slow", "    timeout: 200ms\n    retry: { max_retries: 0 }\n"),
-    ]);
+    let mut rules = ping_rules(&[(
+        "slow",
+        "    timeout: 200ms\n    retry: { max_retries: 0 }\n",
+    )]);
     rules.push((
         "closed.yaml",
         format!("webhooks:\n  - key: closed\n    url: http://127.0.0.1:{closed}/in\n    events: [ping]\n    retry: {{ max_retries: 0 }}\n"),
@@ -268,15 +283,28 @@ async fn failed_attempts_name_their_kind() {
         ..Default::default()
     })
     .await;
-    stack.receiver.script("/hooks/slow", &[Reply::Slow(2000, 200)]);
+    stack
+        .receiver
+        .script("/hooks/slow", &[Reply::Slow(2000, 200)]);
     ping(&stack, 1, "s1", "a.csv").await;
     for (key, kind) in [("slow", "timeout"), ("closed", "connect")] {
-        let page = wait_until(&stack, &format!("/v1/deliveries?state=dead&webhook={key}"), |b| {
-            !ids(b).is_empty()
-        })
+        let page = wait_until(
+            &stack,
+            &format!("/v1/deliveries?state=dead&webhook={key}"),
+            |b| !ids(b).is_empty(),
+        )
         .await;
-        let (_, shown) = api(&stack, "GET", &format!("/v1/deliveries/{}", ids(&page)[0]), None).await;
-        assert_eq!(shown["attempts"][0]["response"]["error"]["kind"], kind, "{shown}");
+        let (_, shown) = api(
+            &stack,
+            "GET",
+            &format!("/v1/deliveries/{}", ids(&page)[0]),
+            None,
+        )
+        .await;
+        assert_eq!(
+            shown["attempts"][0]["response"]["error"]["kind"], kind,
+            "{shown}"
+        );
     }
 }
 
@@ -285,26 +313,42 @@ async fn failed_attempts_name_their_kind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_retry_counts_first_then_sends_again() {
     let stack = start(&[("bulk", "    retry: { max_retries: 0 }\n")], "").await;
-    stack.receiver.default_reply("/hooks/bulk", Reply::Status(500));
+    stack
+        .receiver
+        .default_reply("/hooks/bulk", Reply::Status(500));
     for (i, s) in [(1, "a"), (2, "a"), (3, "b")] {
         ping(&stack, i, s, "x.csv").await;
     }
     wait_until(&stack, "/v1/deliveries?state=dead", |b| ids(b).len() == 3).await;
     let stack = &stack;
-    let retry = |body: Value| async move { api(stack, "POST", "/v1/deliveries/retry", Some(body)).await };
+    let retry =
+        |body: Value| async move { api(stack, "POST", "/v1/deliveries/retry", Some(body)).await };
     let (status, dry) = retry(json!({"webhook": "bulk", "state": "dead", "dry_run": true})).await;
     assert_eq!((status, dry.clone()), (200, json!({"would_requeue": 3})));
     let (_, dry) = retry(json!({"state": "dead", "session": "b", "dry_run": true})).await;
     assert_eq!(dry, json!({"would_requeue": 1}));
-    let (_, dry) = retry(json!({"state": "dead", "since": "2099-01-01T00:00:00Z", "dry_run": true})).await;
+    let (_, dry) =
+        retry(json!({"state": "dead", "since": "2099-01-01T00:00:00Z", "dry_run": true})).await;
     assert_eq!(dry, json!({"would_requeue": 0}));
     settle(Duration::from_millis(300)).await;
-    assert_eq!(stack.receiver.received_on("/hooks/bulk").len(), 3, "a dry run sends nothing");
-    stack.receiver.default_reply("/hooks/bulk", Reply::Status(200));
+    assert_eq!(
+        stack.receiver.received_on("/hooks/bulk").len(),
+        3,
+        "a dry run sends nothing"
+    );
+    stack
+        .receiver
+        .default_reply("/hooks/bulk", Reply::Status(200));
     let (status, done) = retry(json!({"webhook": "bulk", "session": "a"})).await;
     assert_eq!((status, done), (200, json!({"requeued": 2})));
-    stack.receiver.wait_for("/hooks/bulk", 5, Duration::from_secs(10)).await;
-    wait_until(&stack, "/v1/deliveries?state=delivered", |b| ids(b).len() == 2).await;
+    stack
+        .receiver
+        .wait_for("/hooks/bulk", 5, Duration::from_secs(10))
+        .await;
+    wait_until(&stack, "/v1/deliveries?state=delivered", |b| {
+        ids(b).len() == 2
+    })
+    .await;
     let (_, dead) = api(&stack, "GET", "/v1/deliveries?state=dead", None).await;
     assert_eq!(dead["deliveries"][0]["session"], "b");
     let (status, bad) = retry(json!({"state": "pending"})).await;
@@ -317,9 +361,7 @@ async fn bulk_retry_counts_first_then_sends_again() {
 /// signing, marked as a test by `Taphook-Test: 1` and in the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_event_goes_out_signed_and_marked() {
-    let signed = format!(
-        "    signing: {{ scheme: standard-webhooks, secrets: [{SECRET_A}] }}\n"
-    );
+    let signed = format!("    signing: {{ scheme: standard-webhooks, secrets: [{SECRET_A}] }}\n");
     let stack = start(&[("t", &signed)], "").await;
     let (status, sent) = api(
         &stack,
@@ -330,7 +372,10 @@ async fn a_test_event_goes_out_signed_and_marked() {
     .await;
     assert_eq!(status, 202, "{sent}");
     assert_eq!(sent["test"], true);
-    let got = stack.receiver.wait_for("/hooks/t", 1, Duration::from_secs(10)).await;
+    let got = stack
+        .receiver
+        .wait_for("/hooks/t", 1, Duration::from_secs(10))
+        .await;
     let request = &got[0];
     assert_eq!(request.header("taphook-test"), Some("1"));
     assert_eq!(request.json()["event_type"], "ping");
@@ -342,10 +387,25 @@ async fn a_test_event_goes_out_signed_and_marked() {
     let (_, shown) = api(&stack, "GET", &format!("/v1/deliveries/{id}"), None).await;
     assert_eq!(shown["delivery"]["test"], true, "{shown}");
     // A type the webhook does not take, and an unknown webhook.
-    let (status, e) = api(&stack, "POST", "/v1/event-webhooks/t/test", Some(json!({"event_type": "file_uploaded"}))).await;
+    let (status, e) = api(
+        &stack,
+        "POST",
+        "/v1/event-webhooks/t/test",
+        Some(json!({"event_type": "file_uploaded"})),
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(e["error"]["message"].as_str().unwrap().contains("ping"), "{e}");
-    let (status, _) = api(&stack, "POST", "/v1/event-webhooks/nope/test", Some(json!({"event_type": "ping"}))).await;
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("ping"),
+        "{e}"
+    );
+    let (status, _) = api(
+        &stack,
+        "POST",
+        "/v1/event-webhooks/nope/test",
+        Some(json!({"event_type": "ping"})),
+    )
+    .await;
     assert_eq!(status, 404);
 }
 
@@ -356,27 +416,48 @@ async fn search_finds_sessions_events_deliveries_and_webhooks() {
     let stack = start(&[("found", "")], "").await;
     ping(&stack, 1, "sess-one", "contacts.csv").await;
     ping(&stack, 2, "sess-two", "orders.csv").await;
-    stack.receiver.wait_for("/hooks/found", 2, Duration::from_secs(10)).await;
+    stack
+        .receiver
+        .wait_for("/hooks/found", 2, Duration::from_secs(10))
+        .await;
     let stack = &stack;
     let search = |q: &str| {
         let path = format!("/v1/search?q={}", urlencode(q));
         async move { api(stack, "GET", &path, None).await.1 }
     };
-    let by_field = wait_until(stack, &format!("/v1/search?q={}", urlencode("filename=contacts.csv")), |b| {
-        b["events"].as_array().is_some_and(|e| e.len() == 1) && !b["deliveries"].as_array().unwrap().is_empty()
-    })
+    let by_field = wait_until(
+        stack,
+        &format!("/v1/search?q={}", urlencode("filename=contacts.csv")),
+        |b| {
+            b["events"].as_array().is_some_and(|e| e.len() == 1)
+                && !b["deliveries"].as_array().unwrap().is_empty()
+        },
+    )
     .await;
-    assert_eq!(by_field["events"][0]["event"]["data"]["filename"], "contacts.csv");
+    assert_eq!(
+        by_field["events"][0]["event"]["data"]["filename"],
+        "contacts.csv"
+    );
     assert_eq!(by_field["sessions"][0]["session_key"], "sess-one");
-    let uuid = by_field["events"][0]["event"]["uuid"].as_str().unwrap().to_string();
+    let uuid = by_field["events"][0]["event"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let delivery = by_field["deliveries"][0]["id"].as_i64().unwrap();
     let by_uuid = search(&uuid).await;
     assert_eq!(by_uuid["events"].as_array().unwrap().len(), 1, "{by_uuid}");
     assert_eq!(by_uuid["deliveries"][0]["id"], delivery);
     let by_id = search(&delivery.to_string()).await;
-    assert_eq!(by_id["deliveries"][0]["event_uuid"], uuid.as_str(), "{by_id}");
+    assert_eq!(
+        by_id["deliveries"][0]["event_uuid"],
+        uuid.as_str(),
+        "{by_id}"
+    );
     let by_session = search("sess-two").await;
-    assert_eq!(by_session["sessions"][0]["session_key"], "sess-two", "{by_session}");
+    assert_eq!(
+        by_session["sessions"][0]["session_key"], "sess-two",
+        "{by_session}"
+    );
     assert!(by_session["events"].as_array().unwrap().is_empty());
     let by_webhook = search("found").await;
     assert_eq!(by_webhook["webhooks"][0]["webhook_key"], "found");
@@ -394,7 +475,10 @@ fn urlencode(q: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_history_counts_attempts_per_hour_across_a_restart() {
     let mut stack = start(
-        &[("h", "    retry: { on: [503], max_retries: 3, backoff: [50ms] }\n")],
+        &[(
+            "h",
+            "    retry: { on: [503], max_retries: 3, backoff: [50ms] }\n",
+        )],
         "",
     )
     .await;
@@ -403,11 +487,17 @@ async fn webhook_history_counts_attempts_per_hour_across_a_restart() {
         .script("/hooks/h", &[Reply::Status(503), Reply::Slow(100, 200)]);
     ping(&stack, 1, "s", "a.csv").await;
     ping(&stack, 2, "s", "a.csv").await;
-    stack.receiver.wait_for("/hooks/h", 3, Duration::from_secs(10)).await;
+    stack
+        .receiver
+        .wait_for("/hooks/h", 3, Duration::from_secs(10))
+        .await;
     let check = |b: &Value| {
         let hours = b["hours"].as_array().unwrap();
         let last = &hours[hours.len() - 1];
-        hours.len() == 169 && last["attempts"] == 3 && last["outcomes"]["5xx"] == 1 && last["outcomes"]["2xx"] == 2
+        hours.len() == 169
+            && last["attempts"] == 3
+            && last["outcomes"]["5xx"] == 1
+            && last["outcomes"]["2xx"] == 2
     };
     let history = wait_until(&stack, "/v1/event-webhooks/h/history", check).await;
     let last = history["hours"].as_array().unwrap().last().unwrap().clone();
@@ -419,7 +509,12 @@ async fn webhook_history_counts_attempts_per_hour_across_a_restart() {
     stack.restart().await;
     let (_, after) = api(&stack, "GET", "/v1/event-webhooks/h/history", None).await;
     assert!(check(&after), "{after}");
-    assert_eq!(api(&stack, "GET", "/v1/event-webhooks/nope/history", None).await.0, 404);
+    assert_eq!(
+        api(&stack, "GET", "/v1/event-webhooks/nope/history", None)
+            .await
+            .0,
+        404
+    );
 }
 
 /// Item 8: tokens with roles; a call beyond its role is a 403 naming the
@@ -437,21 +532,43 @@ async fn scoped_tokens_and_the_audit_trail() {
     let id = ids(&dead)[0];
     let (status, me) = stack.api(READ, "GET", "/v1/whoami", None).await;
     assert_eq!(status, 200);
-    assert_eq!(me, json!({"name": "alice-read", "role": "read", "can": {"read": true, "operate": false, "admin": false}}));
+    assert_eq!(
+        me,
+        json!({"name": "alice-read", "role": "read", "can": {"read": true, "operate": false, "admin": false}})
+    );
     // read: reads, cannot retry.
-    assert_eq!(stack.api(READ, "GET", "/v1/deliveries?state=dead", None).await.0, 200);
-    let (status, e) = stack.api(READ, "POST", &format!("/v1/deliveries/{id}/retry"), None).await;
+    assert_eq!(
+        stack
+            .api(READ, "GET", "/v1/deliveries?state=dead", None)
+            .await
+            .0,
+        200
+    );
+    let (status, e) = stack
+        .api(READ, "POST", &format!("/v1/deliveries/{id}/retry"), None)
+        .await;
     assert_eq!(status, 403);
-    assert!(e["error"]["message"].as_str().unwrap().contains("`operate`"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`operate`"),
+        "{e}"
+    );
     // operate: retries and tests, cannot change a webhook.
     stack.receiver.default_reply("/hooks/r", Reply::Status(200));
-    let (status, _) = stack.api(OPERATE, "POST", &format!("/v1/deliveries/{id}/retry"), None).await;
+    let (status, _) = stack
+        .api(OPERATE, "POST", &format!("/v1/deliveries/{id}/retry"), None)
+        .await;
     assert_eq!(status, 202);
     let (status, e) = stack
         .api(OPERATE, "DELETE", "/v1/event-webhooks/r", None)
         .await;
     assert_eq!(status, 403);
-    assert!(e["error"]["message"].as_str().unwrap().contains("`admin`"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("`admin`"),
+        "{e}"
+    );
     // admin (admin_token): everything.
     let (status, _) = api(&stack, "POST", "/v1/event-webhooks/r/enable", None).await;
     assert_eq!(status, 200);
@@ -468,7 +585,9 @@ async fn scoped_tokens_and_the_audit_trail() {
     assert_eq!(entries[1]["outcome"]["needed_role"], "admin");
     assert_eq!(audit["has_next_page"], true);
     let cursor = audit["next_cursor"].as_str().unwrap();
-    let (_, older) = stack.api(READ, "GET", &format!("/v1/audit?cursor={cursor}"), None).await;
+    let (_, older) = stack
+        .api(READ, "GET", &format!("/v1/audit?cursor={cursor}"), None)
+        .await;
     let older = older["entries"].as_array().unwrap();
     assert_eq!(older.len(), 2, "{older:?}");
     assert_eq!(older[0]["token_name"], "oscar-ops");
@@ -503,8 +622,12 @@ fn duplicate_token_names_are_a_config_error() {
         .arg(&config)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("taphook.yaml:"), "{text}");
-    assert!(text.contains("role") || text.contains("`a` is used by another token"), "{text}");
+    assert!(
+        text.contains("role") || text.contains("`a` is used by another token"),
+        "{text}"
+    );
 }

@@ -241,7 +241,8 @@ pub async fn payload_part(
             let (delivery, _, event) = on_store(&shared, move |store| store.delivery(id))
                 .await?
                 .ok_or_else(|| not_found(id))?;
-            let event = event.ok_or_else(|| ApiError::internal("the stored event is unreadable"))?;
+            let event =
+                event.ok_or_else(|| ApiError::internal("the stored event is unreadable"))?;
             (delivery, event)
         }
     };
@@ -253,7 +254,10 @@ pub async fn payload_part(
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("delivery {id} has {} part(s); there is no part {part}", bodies.len()),
+            format!(
+                "delivery {id} has {} part(s); there is no part {part}",
+                bodies.len()
+            ),
         ));
     }
     Ok(Json(bodies.swap_remove(part)).into_response())
@@ -339,9 +343,9 @@ pub async fn retry_matching(
         json!({"requeued": n})
     };
     let mut response = Json(answer.clone()).into_response();
-    response
-        .extensions_mut()
-        .insert(super::audit::Detail(json!({"filter": filter, "result": answer})));
+    response.extensions_mut().insert(super::audit::Detail(
+        json!({"filter": filter, "result": answer}),
+    ));
     Ok(response)
 }
 

@@ -128,10 +128,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/v1/event-webhooks/{key}/test",
             axum::routing::post(test_event::send),
         )
-        .route(
-            "/v1/event-webhooks/{key}/history",
-            get(history::show),
-        )
+        .route("/v1/event-webhooks/{key}/history", get(history::show))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             access::require_token,

@@ -120,7 +120,10 @@ pub async fn search(
                     continue;
                 };
                 events.push(json!({"session_key": session_key, "logged_at": at, "event": event}));
-                if !sessions.iter().any(|s| s["session_key"] == json!(session_key)) {
+                if !sessions
+                    .iter()
+                    .any(|s| s["session_key"] == json!(session_key))
+                {
                     sessions.extend(session(&shared, &session_key).await?);
                 }
             }

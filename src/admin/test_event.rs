@@ -75,10 +75,13 @@ pub async fn send(
         request_id: None,
         test: true,
     });
-    shared
-        .outbox
-        .enqueue(&key, stored)
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+    shared.outbox.enqueue(&key, stored).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    })?;
     let delivery_id = match &shared.jetstream {
         Some(_) => None,
         None => {

@@ -174,14 +174,20 @@ mod tests {
             .parse()
             .unwrap();
         let shown = shown_url(&url);
-        assert_eq!(shown, format!("https://hooks.example/in?token={MASK}&team=7"));
+        assert_eq!(
+            shown,
+            format!("https://hooks.example/in?token={MASK}&team=7")
+        );
         assert!(!shown.contains("pw") && !shown.contains("abc"));
     }
 
     #[test]
     fn headers_keep_signatures_and_mask_credentials() {
         let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Basic dXNlcjpwdw=="));
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Basic dXNlcjpwdw=="),
+        );
         h.insert("x-api-key", HeaderValue::from_static("k-123"));
         h.insert("webhook-signature", HeaderValue::from_static("v1,abc="));
         h.insert("content-type", HeaderValue::from_static("application/json"));

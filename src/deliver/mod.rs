@@ -631,7 +631,9 @@ impl Dispatcher {
                     }
                 };
                 let message = match &attempt {
-                    Attempt::Timeout => format!("no answer within {}", humantime::format_duration(timeout)),
+                    Attempt::Timeout => {
+                        format!("no answer within {}", humantime::format_duration(timeout))
+                    }
                     other => other.label(),
                 };
                 failed(&mut shown, kind, message);
@@ -956,7 +958,10 @@ async fn read_excerpt(response: &mut reqwest::Response) -> (String, bool) {
             break;
         }
     }
-    (String::from_utf8_lossy(&kept).into_owned(), read > kept.len())
+    (
+        String::from_utf8_lossy(&kept).into_owned(),
+        read > kept.len(),
+    )
 }
 
 /// The error and its causes, without the URL (which may hold secrets).

@@ -142,7 +142,12 @@ impl Names {
         format!("{}_ATTEMPTS", self.prefix)
     }
     pub fn attempts_subject(&self, webhook: &str, event_uuid: &str) -> String {
-        format!("{}.attempts.{}.{}", self.prefix, token(webhook), token(event_uuid))
+        format!(
+            "{}.attempts.{}.{}",
+            self.prefix,
+            token(webhook),
+            token(event_uuid)
+        )
     }
     pub fn sessions_bucket(&self) -> String {
         format!("{}_sessions", self.prefix)
@@ -1174,8 +1179,12 @@ impl JetStream {
 
     /// Appends an entry (JSON) to the shared audit trail.
     pub async fn audit(&self, entry: String) -> Result<(), StoreError> {
-        self.publish_now(self.names.audit_subject(), HeaderMap::new(), Bytes::from(entry))
-            .await
+        self.publish_now(
+            self.names.audit_subject(),
+            HeaderMap::new(),
+            Bytes::from(entry),
+        )
+        .await
     }
 
     /// Audit entries, newest first, before sequence `before` (`None`: the

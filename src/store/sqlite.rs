@@ -255,9 +255,8 @@ impl AttemptInfo {
         excerpt: Option<String>,
         detail: Option<&str>,
     ) -> Self {
-        let detail = detail.and_then(|d| {
-            serde_json::from_str::<crate::deliver::exchange::Exchange>(d).ok()
-        });
+        let detail =
+            detail.and_then(|d| serde_json::from_str::<crate::deliver::exchange::Exchange>(d).ok());
         let (request, response) = match detail {
             Some(e) => (Some(e.request), Some(e.response)),
             // Kept before requests and responses were: the body excerpt.
@@ -648,23 +647,29 @@ impl Store {
     /// How many deliveries `retry` matches now (a dry run).
     pub fn count_matching(&self, retry: &Retry) -> Result<usize, StoreError> {
         self.read(|c| {
-            c.prepare_cached(&format!("SELECT COUNT(*) FROM deliveries WHERE {RETRY_MATCHES}"))?
-                .query_row(
-                    params![
-                        retry.webhook,
-                        retry.since,
-                        retry.session,
-                        retry.state.name(),
-                        retry.failed as i64
-                    ],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|n| n as usize)
+            c.prepare_cached(&format!(
+                "SELECT COUNT(*) FROM deliveries WHERE {RETRY_MATCHES}"
+            ))?
+            .query_row(
+                params![
+                    retry.webhook,
+                    retry.since,
+                    retry.session,
+                    retry.state.name(),
+                    retry.failed as i64
+                ],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as usize)
         })
     }
 
     /// Writes changed hours of webhook history; hours before `oldest` go.
-    pub fn put_hours(&self, rows: Vec<(String, i64, String)>, oldest: i64) -> Result<(), StoreError> {
+    pub fn put_hours(
+        &self,
+        rows: Vec<(String, i64, String)>,
+        oldest: i64,
+    ) -> Result<(), StoreError> {
         self.send(Op::PutHours { rows, oldest })
     }
 
@@ -687,7 +692,9 @@ impl Store {
         scan: usize,
         limit: usize,
     ) -> Result<Vec<(String, i64, String)>, StoreError> {
-        let (path, value) = field.map_or((None, None), |(p, v)| (Some(format!("$.data.{p}")), Some(v)));
+        let (path, value) = field.map_or((None, None), |(p, v)| {
+            (Some(format!("$.data.{p}")), Some(v))
+        });
         self.read(|c| {
             c.prepare_cached(
                 "SELECT session, created_at, event FROM
@@ -704,7 +711,11 @@ impl Store {
     }
 
     /// Deliveries of any of `uuids`, newest first.
-    pub fn deliveries_of(&self, uuids: &[String], limit: usize) -> Result<Vec<DeliveryInfo>, StoreError> {
+    pub fn deliveries_of(
+        &self,
+        uuids: &[String],
+        limit: usize,
+    ) -> Result<Vec<DeliveryInfo>, StoreError> {
         let list = serde_json::to_string(uuids).unwrap_or_default();
         self.read(|c| {
             c.prepare_cached(&format!(
@@ -726,18 +737,27 @@ impl Store {
 
     /// Appends an entry (JSON) to the audit trail.
     pub fn audit(&self, entry: String) -> Result<(), StoreError> {
-        self.send(Op::Audit { at: now_ms(), entry })
+        self.send(Op::Audit {
+            at: now_ms(),
+            entry,
+        })
     }
 
     /// Audit entries, newest first, before sequence `before` (`None`: the
     /// newest): `(seq, entry)`.
-    pub fn audit_page(&self, before: Option<i64>, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+    pub fn audit_page(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
         self.read(|c| {
-            c.prepare_cached("SELECT seq, entry FROM audit WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?
-                .query_map(params![before.unwrap_or(i64::MAX), limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
-                .collect()
+            c.prepare_cached(
+                "SELECT seq, entry FROM audit WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+            )?
+            .query_map(params![before.unwrap_or(i64::MAX), limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect()
         })
     }
 
