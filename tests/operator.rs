@@ -345,11 +345,11 @@ async fn bulk_retry_counts_first_then_sends_again() {
         .receiver
         .wait_for("/hooks/bulk", 5, Duration::from_secs(10))
         .await;
-    wait_until(&stack, "/v1/deliveries?state=delivered", |b| {
+    wait_until(stack, "/v1/deliveries?state=delivered", |b| {
         ids(b).len() == 2
     })
     .await;
-    let (_, dead) = api(&stack, "GET", "/v1/deliveries?state=dead", None).await;
+    let (_, dead) = api(stack, "GET", "/v1/deliveries?state=dead", None).await;
     assert_eq!(dead["deliveries"][0]["session"], "b");
     let (status, bad) = retry(json!({"state": "pending"})).await;
     assert_eq!(status, 400, "{bad}");
@@ -463,7 +463,7 @@ async fn search_finds_sessions_events_deliveries_and_webhooks() {
     assert_eq!(by_webhook["webhooks"][0]["webhook_key"], "found");
     let nothing = search("filename=nothing.csv").await;
     assert!(nothing["events"].as_array().unwrap().is_empty());
-    assert_eq!(api(&stack, "GET", "/v1/search?q=", None).await.0, 400);
+    assert_eq!(api(stack, "GET", "/v1/search?q=", None).await.0, 400);
 }
 
 fn urlencode(q: &str) -> String {
