@@ -907,6 +907,12 @@ async fn a_410_disables_the_webhook_cluster_wide_until_enabled() {
     assert_eq!(held["next_attempt_at"], Value::Null, "{held}");
     assert!(held["held_reason"].as_str().unwrap().contains("410 Gone"));
     let id = held["id"].as_i64().unwrap();
+    let (_, listed) = cluster
+        .api(0, "GET", "/v1/deliveries?state=held", None)
+        .await;
+    assert_eq!(listed["deliveries"][0]["id"], id, "{listed}");
+    let (_, whoami) = cluster.api(0, "GET", "/v1/whoami", None).await;
+    assert_eq!(whoami["store"], "jetstream");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, shown) = cluster

@@ -128,9 +128,12 @@ impl Drop for Killed {
     }
 }
 
-/// The `taphook` binary with these arguments (`RUST_LOG=warn`).
+/// The `taphook` binary with these arguments (`RUST_LOG=warn`): this
+/// build's, or the one `TAPHOOK_BIN` names (another build, to compare
+/// against in the same session).
 pub fn spawn(args: &[&str]) -> Killed {
-    spawn_bin(env!("CARGO_BIN_EXE_taphook"), args)
+    let bin = std::env::var("TAPHOOK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_taphook").into());
+    spawn_bin(&bin, args)
 }
 
 /// A `taphook` binary (another build: a baseline) with these arguments.

@@ -149,13 +149,19 @@ fn percent_decoded(path: &str) -> String {
         .into_owned()
 }
 
-/// `GET /v1/whoami`: the signed-in token's name, its role, and what it
-/// may do (the console hides the rest).
-pub async fn whoami(caller: axum::Extension<Caller>) -> Response {
+/// `GET /v1/whoami`: the signed-in token's name, its role, what it may
+/// do (the console hides the rest), and the store.
+pub async fn whoami(
+    State(shared): State<Arc<Shared>>,
+    caller: axum::Extension<Caller>,
+) -> Response {
     let can = |role: Role| caller.role >= role;
     Json(json!({
         "name": caller.name,
         "role": caller.role.name(),
+        // What the deliveries API can do depends on it (the JetStream
+        // store sends dead letters again, not pending or delivered ones).
+        "store": if shared.jetstream.is_some() { "jetstream" } else { "embedded" },
         "can": {
             "read": can(Role::Read),
             "operate": can(Role::Operate),

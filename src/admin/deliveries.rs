@@ -313,6 +313,13 @@ pub async fn retry_matching(
     let retry = Retry {
         state,
         failed,
+        webhooks: shared
+            .rules
+            .load()
+            .webhooks
+            .iter()
+            .map(|w| w.key.clone())
+            .collect(),
         webhook: body.webhook.clone(),
         session: body.session.clone(),
         since,

@@ -95,7 +95,7 @@ async fn list_of(shared: Arc<Shared>, embed_id: String, page: Page) -> Result<Re
 }
 
 /// The envelope with its JWT masked (`null` stays `null`).
-fn masked(mut event: crate::event::Event) -> crate::event::Event {
+pub(super) fn masked(mut event: crate::event::Event) -> crate::event::Event {
     if !event.embed_jwt.is_null() {
         event.embed_jwt = serde_json::Value::String(crate::secret::MASK.into());
     }

@@ -116,9 +116,11 @@ pub async fn search(
                 uuids.push(asked.text.clone());
             }
             for (session_key, at, event) in found {
-                let Ok(event) = serde_json::from_str::<Value>(&event) else {
+                let Ok(event) = serde_json::from_str::<crate::event::Event>(&event) else {
                     continue;
                 };
+                // As the events API shows it: the embed JWT masked.
+                let event = super::events::masked(event);
                 events.push(json!({"session_key": session_key, "logged_at": at, "event": event}));
                 if !sessions
                     .iter()
@@ -128,8 +130,17 @@ pub async fn search(
                 }
             }
             {
-                let mut of_events =
-                    on_store(&shared, move |store| store.deliveries_of(&uuids, LIMIT)).await?;
+                let webhooks: Vec<String> = shared
+                    .rules
+                    .load()
+                    .webhooks
+                    .iter()
+                    .map(|w| w.key.clone())
+                    .collect();
+                let mut of_events = on_store(&shared, move |store| {
+                    store.deliveries_of(&webhooks, &uuids, LIMIT)
+                })
+                .await?;
                 shown(&shared, &mut of_events);
                 for d in of_events {
                     if !deliveries.iter().any(|e: &DeliveryInfo| e.id == d.id) {

@@ -24,7 +24,7 @@ use super::retry::Attempt;
 use super::{delivery_span, Dispatcher};
 use crate::rules::model::Ordering;
 use crate::store::jetstream::{
-    order_of, JetStream, WebhookHealth, ATTEMPTED, ATTEMPTS, DUE, LAST_STATUS, PART,
+    attempted, order_of, JetStream, WebhookHealth, ATTEMPTED, ATTEMPTS, DUE, LAST_STATUS, PART,
 };
 use crate::store::sqlite::{now_ms, Due, StoredEvent};
 
@@ -350,7 +350,7 @@ async fn deliver(d: &Dispatcher, js: &Arc<JetStream>, key: &str, msg: Message, p
         part: header(msg.headers.as_ref(), PART).unwrap_or(0),
         event: std::sync::Arc::new(event),
     };
-    let attempted: u32 = header(msg.headers.as_ref(), ATTEMPTED).unwrap_or(0);
+    let attempted = msg.headers.as_ref().map_or(0, attempted);
     let order = order_of(msg.headers.as_ref(), sequence);
     let session = due.event.session_key();
     let span = delivery_span(key, &due);
@@ -517,7 +517,7 @@ async fn its_turn(
         until,
         "an earlier delivery of the session is not settled; held"
     );
-    let attempted = header(msg.headers.as_ref(), ATTEMPTED).unwrap_or(0);
+    let attempted = msg.headers.as_ref().map_or(0, attempted);
     let (mut headers, body) = moved("held", due, due.attempts, attempted, order);
     headers.insert(DUE, until.to_string().as_str());
     if let Some(status) = msg.headers.as_ref().and_then(|h| h.get(LAST_STATUS)) {

@@ -553,7 +553,7 @@ impl Dispatcher {
         let mut shown = exchange::Exchange {
             request: exchange::Sent {
                 method: "POST".into(),
-                url: exchange::shown_url(&webhook.url),
+                url: crate::secret::redact_url(&webhook.url),
                 body_bytes: request.body.len(),
                 part,
                 ..Default::default()

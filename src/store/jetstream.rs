@@ -1066,7 +1066,11 @@ impl JetStream {
                     // not failed.
                     delivery_info(&m, session)
                         .map(|(info, _)| info)
-                        .filter(|info| filter != Filter::Failed || last_failed(info))
+                        .filter(|info| match filter {
+                            Filter::Failed => last_failed(info),
+                            Filter::Held => self.webhook_health(&info.webhook).disabled.is_some(),
+                            _ => true,
+                        })
                 })
                 .await,
             );
@@ -1134,14 +1138,17 @@ impl JetStream {
         Ok(true)
     }
 
-    /// The ids of the dead letters a bulk retry matches.
+    /// The ids of the dead letters a bulk retry matches (of webhooks that
+    /// exist: a deleted one's would wait for it forever).
     async fn dead_matching(&self, retry: &Retry) -> Result<Vec<i64>, StoreError> {
         let dead = self.stream(&self.names.dead_stream()).await?;
         let w = retry.webhook.as_deref().map_or("*".to_string(), token);
         let subject = format!("{}.dead.{w}", self.names.prefix);
         Ok(read_subject(&dead, &subject, 1, usize::MAX, |m| {
             let of_session = retry.session.is_none() || session_in(&m.payload) == retry.session;
-            (unix_ms(&m) >= retry.since && of_session).then(|| -(m.sequence as i64))
+            let webhook = m.subject.as_str().rsplit('.').next().map(untoken)?;
+            let known = retry.webhooks.contains(&webhook);
+            (unix_ms(&m) >= retry.since && of_session && known).then(|| -(m.sequence as i64))
         })
         .await)
     }
@@ -1404,6 +1411,19 @@ async fn read_subject<T>(
     out
 }
 
+/// The attempts a delivery message says were made: `Taphook-Attempted`,
+/// and at least `Taphook-Attempts` (the retries spent), which a message
+/// from a build before the count carries alone.
+pub fn attempted(headers: &HeaderMap) -> u32 {
+    let read = |name: &str| -> u32 {
+        headers
+            .get(name)
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(0)
+    };
+    read(ATTEMPTED).max(read(ATTEMPTS))
+}
+
 /// Whether a delivery's last attempt failed.
 fn last_failed(info: &DeliveryInfo) -> bool {
     info.last_status
@@ -1441,7 +1461,9 @@ fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<(DeliveryIn
         event_uuid: event.event.uuid.clone(),
         event_type: event.event.event_type.clone(),
         state: if dead { "dead" } else { "pending" }.into(),
-        attempts: header(ATTEMPTED).and_then(|v| v.parse().ok()).unwrap_or(0),
+        // A message moved by an earlier build has no count of every
+        // attempt: at least the retries it spent.
+        attempts: attempted(&m.headers),
         retries_spent: header(ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
         held_reason: None,
         part: header(PART).and_then(|v| v.parse().ok()).unwrap_or(0),

@@ -308,15 +308,19 @@ pub enum Filter {
 pub struct Retry {
     pub state: State,
     pub failed: bool,
+    /// The webhooks that exist: a deleted one's dead letters would wait
+    /// for it forever.
+    pub webhooks: Vec<String>,
     pub webhook: Option<String>,
     pub session: Option<String>,
     pub since: i64,
 }
 
 /// The deliveries a [`Retry`] matches (`?1` webhook, `?2` since, `?3`
-/// session, `?4` state, `?5` failed only).
+/// session, `?4` state, `?5` failed only, `?6` the webhooks that exist).
 const RETRY_MATCHES: &str = "(?1 IS NULL OR webhook = ?1) AND created_at >= ?2 AND (?3 IS NULL OR session = ?3) AND state = ?4
-    AND (?5 = 0 OR (last_status IS NOT NULL AND last_status NOT GLOB '2[0-9][0-9]'))";
+    AND (?5 = 0 OR (last_status IS NOT NULL AND last_status NOT GLOB '2[0-9][0-9]'))
+    AND webhook IN (SELECT value FROM json_each(?6))";
 
 /// A change to a webhook's delivery state, applied atomically by the
 /// writer (so concurrent attempts and the admin API cannot undo each other).
@@ -453,6 +457,10 @@ pub struct Store {
     path: PathBuf,
     ops: Mutex<Option<mpsc::SyncSender<Op>>>,
     reader: Mutex<Connection>,
+    /// A second reader for the admin API's long reads (search, bulk
+    /// counts, the audit trail), so they never hold up the schedulers'
+    /// reads on `reader`.
+    inspector: Mutex<Connection>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The checkpointer: dropping the sender stops it.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
@@ -508,9 +516,10 @@ impl Store {
         // nothing else writes.
         let checkpoint_conn = open().map_err(err)?;
         let reader = open().map_err(err)?;
+        let inspector = open().map_err(err)?;
         // A reader's page cache is emptied whenever another connection
         // committed (WAL), so under writes a large one only holds memory.
-        for c in [&reader, &checkpoint_conn] {
+        for c in [&reader, &checkpoint_conn, &inspector] {
             c.execute_batch("PRAGMA cache_size=-2048;").map_err(err)?;
         }
         let (tx, rx) = mpsc::sync_channel(QUEUE_BOUND);
@@ -522,6 +531,7 @@ impl Store {
             path: path.clone(),
             ops: Mutex::new(Some(tx)),
             reader: Mutex::new(reader),
+            inspector: Mutex::new(inspector),
             writer: Mutex::new(None),
             checkpointer: Mutex::new(None),
             committed: committed.clone(),
@@ -646,7 +656,7 @@ impl Store {
 
     /// How many deliveries `retry` matches now (a dry run).
     pub fn count_matching(&self, retry: &Retry) -> Result<usize, StoreError> {
-        self.read(|c| {
+        self.inspect(|c| {
             c.prepare_cached(&format!(
                 "SELECT COUNT(*) FROM deliveries WHERE {RETRY_MATCHES}"
             ))?
@@ -656,7 +666,8 @@ impl Store {
                     retry.since,
                     retry.session,
                     retry.state.name(),
-                    retry.failed as i64
+                    retry.failed as i64,
+                    serde_json::to_string(&retry.webhooks).unwrap_or_default()
                 ],
                 |r| r.get::<_, i64>(0),
             )
@@ -695,7 +706,7 @@ impl Store {
         let (path, value) = field.map_or((None, None), |(p, v)| {
             (Some(format!("$.data.{p}")), Some(v))
         });
-        self.read(|c| {
+        self.inspect(|c| {
             c.prepare_cached(
                 "SELECT session, created_at, event FROM
                    (SELECT session, created_at, event FROM events INDEXED BY events_time ORDER BY created_at DESC LIMIT ?4)
@@ -710,25 +721,28 @@ impl Store {
         })
     }
 
-    /// Deliveries of any of `uuids`, newest first.
+    /// Deliveries of any of `uuids` to any of `webhooks`, newest first
+    /// (each pair is a lookup in the `(webhook, event_uuid)` index).
     pub fn deliveries_of(
         &self,
+        webhooks: &[String],
         uuids: &[String],
         limit: usize,
     ) -> Result<Vec<DeliveryInfo>, StoreError> {
-        let list = serde_json::to_string(uuids).unwrap_or_default();
-        self.read(|c| {
+        let webhooks = serde_json::to_string(webhooks).unwrap_or_default();
+        let uuids = serde_json::to_string(uuids).unwrap_or_default();
+        self.inspect(|c| {
             c.prepare_cached(&format!(
-                "{DELIVERY_COLUMNS} WHERE event_uuid IN (SELECT value FROM json_each(?1)) ORDER BY id DESC LIMIT ?2"
+                "{DELIVERY_COLUMNS} WHERE webhook IN (SELECT value FROM json_each(?1)) AND event_uuid IN (SELECT value FROM json_each(?2)) ORDER BY id DESC LIMIT ?3"
             ))?
-            .query_map(params![list, limit as i64], info_row)?
+            .query_map(params![webhooks, uuids, limit as i64], info_row)?
             .collect()
         })
     }
 
     /// Every kept hour of webhook history from `oldest` on.
     pub fn hours(&self, oldest: i64) -> Result<Vec<(String, i64, String)>, StoreError> {
-        self.read(|c| {
+        self.inspect(|c| {
             c.prepare_cached("SELECT webhook, hour, value FROM webhook_hours WHERE hour >= ?1")?
                 .query_map([oldest], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect()
@@ -750,7 +764,7 @@ impl Store {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<(i64, String)>, StoreError> {
-        self.read(|c| {
+        self.inspect(|c| {
             c.prepare_cached(
                 "SELECT seq, entry FROM audit WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
             )?
@@ -795,6 +809,14 @@ impl Store {
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         Ok(f(&lock(&self.reader))?)
+    }
+
+    /// A long read of the admin API, on a connection of its own.
+    fn inspect<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        Ok(f(&lock(&self.inspector))?)
     }
 
     /// Up to `limit` of `webhook`'s pending deliveries due at `now`, oldest
@@ -1582,7 +1604,7 @@ fn apply(
             effect.changed = tx
                 .prepare_cached(&format!(
                     "UPDATE deliveries SET part = CASE WHEN state = 'delivered' THEN 0 ELSE part END,
-                       state = 'pending', attempts = 0, next_at = ?6, updated_at = ?6
+                       state = 'pending', attempts = 0, next_at = ?7, updated_at = ?7
                      WHERE {RETRY_MATCHES}"
                 ))?
                 .execute(params![
@@ -1591,6 +1613,7 @@ fn apply(
                     retry.session,
                     retry.state.name(),
                     retry.failed as i64,
+                    serde_json::to_string(&retry.webhooks).unwrap_or_default(),
                     now_ms()
                 ])?;
             effect.wake = effect.changed > 0;

@@ -22,6 +22,10 @@ const searchInput = document.getElementById("search");
 /** The signed-in token: `{name, role, can: {read, operate, admin}}`. */
 let me = null;
 const can = (role) => Boolean(me && me.can && me.can[role]);
+/** With the JetStream store only dead letters are sent again. */
+const onlyDeadRetries = () => Boolean(me && me.store === "jetstream");
+/** Whether delivery `d` can be sent again from here. */
+const retryable = (d) => can("operate") && (d.state === "dead" || (!onlyDeadRetries() && (shownState(d) === "failed" || d.state === "delivered")));
 
 // ---------------------------------------------------------------- DOM
 
@@ -452,7 +456,6 @@ function retryButton(d, status, after) {
 
 function deliveryChip(d, status) {
   const state = shownState(d);
-  const retryable = can("operate") && (d.state === "dead" || state === "failed" || d.state === "delivered");
   return h(
     "li",
     { "data-webhook": d.webhook, "data-id": String(d.id) },
@@ -464,7 +467,7 @@ function deliveryChip(d, status) {
     d.attempts ? ` ${d.attempts} attempt${d.attempts === 1 ? "" : "s"}` : "",
     d.last_status ? ` · ${d.last_status}` : "",
     d.held_reason ? h("span", { class: "muted held-reason" }, ` · ${d.held_reason}`) : "",
-    retryable ? [" ", retryButton(d, status)] : "",
+    retryable(d) ? [" ", retryButton(d, status)] : "",
   );
 }
 
@@ -601,7 +604,7 @@ async function deliveries(ctx, params) {
     h("button", { type: "submit" }, "Filter"),
   );
   const region = h("div", { id: "deliveries" });
-  const bulk = can("operate") && RETRYABLE.includes(state) ? retryThese({ state, webhook, session: sessionKey }) : null;
+  const bulk = can("operate") && RETRYABLE.includes(state) && (state === "dead" || !onlyDeadRetries()) ? retryThese({ state, webhook, session: sessionKey }) : null;
   page("Deliveries", filters, bulk, region, can("operate") ? replayForm(keys) : null);
   const query = (cursor) => {
     const q = new URLSearchParams({ state, limit: "100" });
@@ -790,7 +793,8 @@ async function delivery(ctx, id, params) {
     "Retry",
   );
   const region = h("div", { id: "delivery" });
-  page(`Delivery ${id}`, can("operate") ? h("div", { class: "toolbar" }, retry) : null, status, region);
+  const toolbar = h("div", { class: "toolbar" });
+  page(`Delivery ${id}`, toolbar, status, region);
   const part = params && params.get("part");
   await liveRegion(
     ctx,
@@ -798,6 +802,7 @@ async function delivery(ctx, id, params) {
     () => api(`/deliveries/${enc(id)}`),
     (data) => {
       const d = data.delivery;
+      toolbar.replaceChildren(...(retryable(d) ? [retry] : []));
       return [
         h(
           "div",
