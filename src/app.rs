@@ -219,7 +219,14 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     if let Some(js) = &jetstream {
         deliver_rt.spawn(crate::rules::replicate::follow(shared.clone(), js.clone()));
     }
-    deliver_rt.spawn(keep_history(history.clone(), store.clone()));
+    let keeper = Arc::new(HistoryKeeper {
+        history: history.clone(),
+        store: store.clone(),
+        shared: jetstream
+            .clone()
+            .map(|js| (js, instance_id(&shared.config.data_dir))),
+    });
+    deliver_rt.spawn(keeper.clone().run());
     let delivering = match &jetstream {
         Some(js) => deliver_rt.spawn(crate::deliver::jetstream::supervise(
             dispatcher,
@@ -298,11 +305,11 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     let _ = deliver_rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(30), deriving).await });
     let _ = deliver_rt.block_on(delivering);
+    let _ = deliver_rt.block_on(tokio::time::timeout(Duration::from_secs(2), keeper.write()));
     if let Some(js) = &jetstream {
         deliver_rt.block_on(js.flush(Duration::from_secs(5)));
     }
     deliver_rt.shutdown_timeout(Duration::from_secs(1));
-    write_history(&history, &store);
     store.close();
     Ok(())
 }
@@ -310,23 +317,68 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
 /// How often the webhooks' history is written to the store.
 const HISTORY_EVERY: Duration = Duration::from_secs(5);
 
-/// Writes the webhooks' changed hours every [`HISTORY_EVERY`].
-async fn keep_history(history: Arc<crate::history::History>, store: Arc<Store>) {
-    let mut every = tokio::time::interval(HISTORY_EVERY);
-    loop {
-        every.tick().await;
-        write_history(&history, &store);
+/// Writes the webhooks' changed hours to the data directory and, with
+/// JetStream, this instance's hours of each changed webhook to the shared
+/// history bucket.
+struct HistoryKeeper {
+    history: Arc<crate::history::History>,
+    store: Arc<Store>,
+    /// The JetStream store and this instance's id there.
+    shared: Option<(Arc<JetStream>, String)>,
+}
+
+impl HistoryKeeper {
+    /// Every [`HISTORY_EVERY`], until the runtime stops.
+    async fn run(self: Arc<Self>) {
+        let mut every = tokio::time::interval(HISTORY_EVERY);
+        loop {
+            every.tick().await;
+            self.write().await;
+        }
+    }
+
+    async fn write(&self) {
+        let (rows, oldest) = self.history.changed(crate::store::sqlite::now_ms());
+        if rows.is_empty() {
+            return;
+        }
+        let mut webhooks: Vec<String> = rows.iter().map(|(w, _, _)| w.clone()).collect();
+        webhooks.sort();
+        webhooks.dedup();
+        if let Err(e) = self.store.put_hours(rows, oldest) {
+            tracing::warn!(error = %e, "webhook history not written");
+        }
+        let Some((js, instance)) = &self.shared else {
+            return;
+        };
+        for webhook in webhooks {
+            let hours = serde_json::to_vec(&self.history.snapshot(&webhook)).unwrap_or_default();
+            if let Err(e) = js.put_history(&webhook, instance, hours.into()).await {
+                tracing::warn!(%webhook, error = %e, "webhook history not shared");
+            }
+        }
     }
 }
 
-fn write_history(history: &crate::history::History, store: &Store) {
-    let (rows, oldest) = history.changed(crate::store::sqlite::now_ms());
-    if rows.is_empty() {
-        return;
+/// The file in `data_dir` that keeps this instance's id in the shared
+/// history (the same across its restarts, so its hours are not counted
+/// twice).
+const INSTANCE_ID_FILE: &str = "instance_id";
+
+/// This instance's id, kept in `data_dir` (made on the first start; a
+/// new one for this run if it cannot be written).
+fn instance_id(data_dir: &std::path::Path) -> String {
+    let path = data_dir.join(INSTANCE_ID_FILE);
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        if !id.trim().is_empty() {
+            return id.trim().to_string();
+        }
     }
-    if let Err(e) = store.put_hours(rows, oldest) {
-        tracing::warn!(error = %e, "webhook history not written");
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    if let Err(e) = write_private(&path, &id) {
+        tracing::warn!(file = %path.display(), error = %e, "cannot keep this instance's id; its history gets a new one each start");
     }
+    id
 }
 
 /// The file in `data_dir` that keeps the `hash` key when the config

@@ -4,7 +4,9 @@
 //! store every few seconds and at shutdown (the `webhook_hours` table),
 //! so it survives restarts; read back at start. Bounded: 169 hours per
 //! webhook, older hours are dropped from memory and the store. With the
-//! JetStream store it is each instance's own attempts, in its local file.
+//! JetStream store each instance also puts its hours of each webhook in a
+//! KV bucket (one key per webhook and instance), and a view adds up every
+//! instance's hours.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -31,6 +33,16 @@ impl Hour {
     fn add(&mut self, class: &str, latency: Duration) {
         *self.outcomes.entry(class.to_string()).or_default() += 1;
         *self.latency.entry(bucket(latency)).or_default() += 1;
+    }
+
+    /// Adds another instance's counts of the same hour.
+    pub fn merge(&mut self, other: &Hour) {
+        for (class, n) in &other.outcomes {
+            *self.outcomes.entry(class.clone()).or_default() += n;
+        }
+        for (b, n) in &other.latency {
+            *self.latency.entry(*b).or_default() += n;
+        }
     }
 
     /// The latency under which `q` (0 to 1) of the hour's attempts fell,
@@ -65,6 +77,30 @@ fn upper_ms(bucket: u32) -> f64 {
 /// The hour `ms` falls in (its start, in hours since the epoch).
 pub fn hour_of(ms: i64) -> i64 {
     ms.div_euclid(HOUR_MS)
+}
+
+/// The last [`HOURS`] hours up to `now` of the hours `parts` hold (each
+/// instance's, added up), oldest first, one entry per hour (empty hours
+/// included).
+pub fn view(parts: &[BTreeMap<i64, Hour>], now: i64) -> Vec<HourView> {
+    let current = hour_of(now);
+    (current - HOURS + 1..=current)
+        .map(|h| {
+            let mut hour = Hour::default();
+            for part in parts {
+                if let Some(p) = part.get(&h) {
+                    hour.merge(p);
+                }
+            }
+            HourView {
+                at: h * HOUR_MS,
+                attempts: hour.outcomes.values().sum(),
+                p50_ms: hour.percentile(0.5),
+                p99_ms: hour.percentile(0.99),
+                outcomes: hour.outcomes,
+            }
+        })
+        .collect()
 }
 
 /// One hour as the API shows it.
@@ -128,21 +164,13 @@ impl History {
     /// The last [`HOURS`] hours of `webhook` up to `now`, oldest first,
     /// one entry per hour (empty hours included).
     pub fn view(&self, webhook: &str, now: i64) -> Vec<HourView> {
-        let current = hour_of(now);
+        view(&[self.snapshot(webhook)], now)
+    }
+
+    /// This process's hours of `webhook`.
+    pub fn snapshot(&self, webhook: &str) -> BTreeMap<i64, Hour> {
         let hours = self.hours.lock().unwrap_or_else(|e| e.into_inner());
-        let kept = hours.get(webhook);
-        (current - HOURS + 1..=current)
-            .map(|h| {
-                let hour = kept.and_then(|k| k.get(&h));
-                HourView {
-                    at: h * HOUR_MS,
-                    attempts: hour.map_or(0, |h| h.outcomes.values().sum()),
-                    outcomes: hour.map(|h| h.outcomes.clone()).unwrap_or_default(),
-                    p50_ms: hour.and_then(|h| h.percentile(0.5)),
-                    p99_ms: hour.and_then(|h| h.percentile(0.99)),
-                }
-            })
-            .collect()
+        hours.get(webhook).cloned().unwrap_or_default()
     }
 
     /// The hours changed since the last call, as rows to write, and the
@@ -201,6 +229,10 @@ mod tests {
         assert_eq!(last.outcomes["5xx"], 1);
         assert_eq!(view[view.len() - 3].attempts, 1);
         assert_eq!(view[view.len() - 2].attempts, 0);
+        // Two instances' hours add up.
+        let both = view(&[history.snapshot("a"), back.snapshot("a")], now);
+        assert_eq!(both.last().unwrap().attempts, 4);
+        assert_eq!(both.last().unwrap().outcomes["5xx"], 2);
         // An hour older than 7 days is dropped when the webhook gets a new one.
         history.attempt("a", "2xx", Duration::from_millis(1), now + HOURS * HOUR_MS);
         let later = history.view("a", now + HOURS * HOUR_MS);

@@ -321,6 +321,29 @@ async fn traffic_spread_over_three_replicas_arrives_once_per_webhook() {
         delivered.iter().filter(|n| **n > 0.0).count() >= 2,
         "{delivered:?}"
     );
+    // Webhook a's 7-day history is the cluster's: every replica's attempts
+    // (each shares its hours every 5 s), asked of any one of them.
+    let mut attempted = 0;
+    for i in 0..cluster.replicas.len() {
+        let text = cluster.metrics(i).await;
+        let a = "taphook_deliveries_total{outcome=\"delivered\",webhook=\"a\"}";
+        attempted += usize::from(metric_value(&text, a) > 0.0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, history) = cluster
+            .api(2, "GET", "/v1/event-webhooks/a/history", None)
+            .await;
+        if history["attempts"] == 60 {
+            assert_eq!(history["instances"], attempted, "{history}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the history does not add up to the cluster's 60 attempts: {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // The header step derived through another replica than the session's
     // creation still carries the session's template_key.
     let headers: Vec<Value> = cluster

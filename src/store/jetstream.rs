@@ -161,6 +161,10 @@ impl Names {
     pub fn rates_bucket(&self) -> String {
         format!("{}_rates", self.prefix)
     }
+    /// Each instance's hourly history of each webhook.
+    pub fn history_bucket(&self) -> String {
+        format!("{}_history", self.prefix)
+    }
     pub fn event_subject(&self, session: &str) -> String {
         format!("{}.events.{}", self.prefix, token(session))
     }
@@ -260,6 +264,8 @@ pub struct JetStream {
     webhooks: kv::Store,
     /// Each rate-limited webhook's token bucket, shared ([`JetStream::claim_starts`]).
     rates: kv::Store,
+    /// Each instance's hours of each webhook: `<webhook>.<instance>`.
+    history: kv::Store,
     /// The last state of each webhook seen in `webhooks` (watched).
     states: std::sync::Mutex<std::collections::HashMap<String, WebhookHealth>>,
     cache: MemorySessions,
@@ -365,6 +371,9 @@ impl JetStream {
             bucket(names.webhooks_bucket(), Duration::ZERO),
             // A rate limit's bucket matters for a burst's length at most.
             bucket(names.rates_bucket(), Duration::from_secs(3600)),
+            // An instance's history of a webhook matters for 7 days after
+            // its last write.
+            bucket(names.history_bucket(), Duration::from_secs(8 * 86400)),
         ];
         for config in streams {
             let name = config.name.clone();
@@ -393,8 +402,13 @@ impl JetStream {
             .get_key_value(names.rates_bucket())
             .await
             .map_err(|e| StoreError::Nats(format!("cannot open the rates bucket: {e}")))?;
+        let history = js
+            .get_key_value(names.history_bucket())
+            .await
+            .map_err(|e| StoreError::Nats(format!("cannot open the history bucket: {e}")))?;
         let (buffer, writes) = mpsc::channel(config.buffer);
         let this = Arc::new(Self {
+            history,
             names,
             client,
             js,
@@ -1182,6 +1196,41 @@ impl JetStream {
             Bytes::from(body),
         )
         .await
+    }
+
+    /// Puts this instance's hours of `webhook` (JSON) in the history bucket.
+    pub async fn put_history(
+        &self,
+        webhook: &str,
+        instance: &str,
+        hours: Bytes,
+    ) -> Result<(), StoreError> {
+        self.history
+            .put(format!("{}.{}", token(webhook), token(instance)), hours)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Nats(format!("cannot write the webhook's history: {e}")))
+    }
+
+    /// Every instance's hours of `webhook` (JSON each).
+    pub async fn history_of(&self, webhook: &str) -> Result<Vec<Bytes>, StoreError> {
+        let prefix = format!("{}.", token(webhook));
+        let keys: Vec<String> = self
+            .history
+            .keys()
+            .await
+            .map_err(|e| StoreError::Nats(format!("cannot list the history bucket: {e}")))?
+            .filter_map(|k| async move { k.ok() })
+            .filter(|k| std::future::ready(k.starts_with(&prefix)))
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Ok(Some(value)) = self.history.get(key).await {
+                out.push(value);
+            }
+        }
+        Ok(out)
     }
 
     /// Appends an entry (JSON) to the shared audit trail.

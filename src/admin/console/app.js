@@ -1002,7 +1002,7 @@ async function webhookPage(ctx, key) {
     (data) => {
       const busy = data.hours.filter((hr) => hr.attempts > 0).reverse();
       return [
-        h("p", { class: "muted" }, `${data.attempts} attempts in 7 days${data.scope === "instance" ? " through this instance" : ""}.`),
+        h("p", { class: "muted" }, `${data.attempts} attempts in 7 days${data.instances > 1 ? `, through ${data.instances} instances` : ""}.`),
         historyChart(data.hours),
         table(
           ["hour", "#attempts", "outcomes", "#p50", "#p99"],
