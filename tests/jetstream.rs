@@ -321,6 +321,25 @@ async fn traffic_spread_over_three_replicas_arrives_once_per_webhook() {
         delivered.iter().filter(|n| **n > 0.0).count() >= 2,
         "{delivered:?}"
     );
+    // Search finds an event by its UUID through any replica, with its
+    // deliveries to both webhooks.
+    let uuid = headers_uuid(&cluster);
+    let (_, found) = cluster
+        .api(1, "GET", &format!("/v1/search?q={uuid}"), None)
+        .await;
+    assert_eq!(
+        found["events"][0]["event"]["uuid"],
+        uuid.as_str(),
+        "{found}"
+    );
+    let mut hooks: Vec<&str> = found["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["webhook"].as_str())
+        .collect();
+    hooks.sort();
+    assert!(hooks.iter().all(|h| ["a", "b"].contains(h)), "{found}");
     // Webhook a's 7-day history is the cluster's: every replica's attempts
     // (each shares its hours every 5 s), asked of any one of them.
     let mut attempted = 0;
@@ -888,6 +907,18 @@ async fn wait_gauge(cluster: &Cluster, i: usize, sample: &str, expected: f64) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The UUID of an event that reached `/a` (embed_initialized: its session
+/// has no later step waiting, so its deliveries are settled or dead).
+fn headers_uuid(cluster: &Cluster) -> String {
+    cluster
+        .arrivals("/a")
+        .into_values()
+        .map(|(_, e)| e)
+        .find(|e| e["event_type"] == "header_selected")
+        .and_then(|e| e["uuid"].as_str().map(str::to_string))
+        .expect("a header_selected event")
 }
 
 /// A 410 disables the webhook on every replica; its deliveries wait until

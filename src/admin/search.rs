@@ -3,10 +3,12 @@
 //! `field=value` in event data (`filename=contacts.csv`, a dotted path
 //! for nested fields). Answers with the matching sessions, events,
 //! deliveries and webhooks. Events are looked for among the newest
-//! [`SCAN`] events of the embedded store's log; with the JetStream store,
-//! events are not searched (by session key, delivery id or webhook key
-//! they are found).
+//! [`SCAN`] events of the embedded store's log, or the newest
+//! [`SCAN_JETSTREAM`] of the JetStream event stream (read in batches
+//! through an ephemeral consumer); their deliveries are looked up by
+//! webhook and UUID (embedded), or among their sessions' (JetStream).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -16,16 +18,21 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::deliveries::{internal, on_store, shown};
+use super::deliveries::{internal, listed, on_store, shown};
 use super::ApiError;
 use crate::app::Shared;
+use crate::event::Event;
 use crate::funnel::Progress;
-use crate::store::sqlite::DeliveryInfo;
+use crate::store::sqlite::{DeliveryInfo, Filter};
 
-/// Events looked through at most, newest first.
+/// Events looked through at most in the embedded store, newest first.
 pub const SCAN: usize = 200_000;
+/// Events looked through at most in the JetStream event stream.
+pub const SCAN_JETSTREAM: usize = 50_000;
 /// Results of each kind at most.
 const LIMIT: usize = 50;
+/// Sessions whose deliveries are read (JetStream) at most.
+const SESSIONS_READ: usize = 10;
 
 #[derive(Deserialize)]
 pub struct SearchQuery {
@@ -35,33 +42,54 @@ pub struct SearchQuery {
 /// What `q` may be.
 struct Asked {
     text: String,
-    /// `field=value`, with a field name that can be a JSON path.
-    field: Option<(String, String)>,
+    /// `field=value`: the field's path under `data` (each name letters,
+    /// digits, `_` or `-`) and the value.
+    field: Option<(Vec<String>, String)>,
 }
 
 fn asked(q: &str) -> Asked {
     let text = q.trim().to_string();
     let field = text.split_once('=').and_then(|(f, v)| {
-        let f = f.trim();
-        let plain = !f.is_empty()
-            && f.split('.').all(|part| {
-                !part.is_empty()
-                    && part
-                        .chars()
-                        .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
-            });
-        plain.then(|| (quoted_path(f), v.trim().to_string()))
+        let path: Vec<String> = f.trim().split('.').map(str::to_string).collect();
+        let plain = path.iter().all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        });
+        plain.then(|| (path, v.trim().to_string()))
     });
     Asked { text, field }
 }
 
-/// `a.b` as the JSON path `"a"."b"` (each name quoted).
-fn quoted_path(field: &str) -> String {
-    field
-        .split('.')
+/// A path as SQLite's JSON path under `$.data`, each name quoted.
+fn json_path(path: &[String]) -> String {
+    path.iter()
         .map(|p| format!("\"{p}\""))
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// Whether `event` is what was asked: its UUID, or its data's field
+/// equal to the value (a number or a boolean as it is written).
+fn matches(asked: &Asked, event: &Event) -> bool {
+    match &asked.field {
+        None => event.uuid == asked.text,
+        Some((path, value)) => {
+            let mut at = &event.data;
+            for name in path {
+                match at.get(name) {
+                    Some(v) => at = v,
+                    None => return false,
+                }
+            }
+            match at {
+                Value::String(s) => s == value,
+                Value::Number(_) | Value::Bool(_) => at.to_string() == *value,
+                _ => false,
+            }
+        }
+    }
 }
 
 pub async fn search(
@@ -82,84 +110,105 @@ pub async fn search(
     if let Ok(id) = asked.text.parse::<i64>() {
         deliveries.extend(delivery(&shared, id).await?);
     }
+    let found = find_events(&shared, &asked).await?;
+    let mut uuids: Vec<String> = found.iter().map(|(_, _, e)| e.uuid.clone()).collect();
+    // A delivery of an event the log does not hold (a test event, or one
+    // past the scan) is found by its UUID too.
+    if asked.field.is_none() && !uuids.contains(&asked.text) {
+        uuids.push(asked.text.clone());
+    }
+    let of_sessions: BTreeSet<String> = found.iter().map(|(s, _, _)| s.clone()).collect();
     let mut events = Vec::new();
-    let mut note = None;
-    match &shared.jetstream {
-        Some(_) => {
-            note = Some("with the jetstream store, events are not searched: search a session key, a delivery id or a webhook key");
+    for (session_key, at, event) in found {
+        // As the events API shows it: the embed JWT masked.
+        let event = super::events::masked(event);
+        events.push(json!({"session_key": session_key, "logged_at": at, "event": event}));
+    }
+    for key in &of_sessions {
+        if !sessions.iter().any(|s| s["session_key"] == json!(key)) {
+            sessions.extend(session(&shared, key).await?);
         }
-        None => {
-            let (uuid, field) = match &asked.field {
-                Some((f, v)) => (None, Some((f.clone(), v.clone()))),
-                None => (Some(asked.text.clone()), None),
-            };
-            let found = on_store(&shared, move |store| {
-                store.find_events(
-                    uuid.as_deref(),
-                    field.as_ref().map(|(f, v)| (f.as_str(), v.as_str())),
-                    SCAN,
-                    LIMIT,
-                )
-            })
-            .await?;
-            let mut uuids: Vec<String> = found
-                .iter()
-                .filter_map(|(_, _, e)| {
-                    serde_json::from_str::<Value>(e).ok()?["uuid"]
-                        .as_str()
-                        .map(str::to_string)
-                })
-                .collect();
-            // A delivery of an event the log does not hold (a test event,
-            // or one past the log's scan) is found by its UUID too.
-            if asked.field.is_none() && !uuids.contains(&asked.text) {
-                uuids.push(asked.text.clone());
-            }
-            for (session_key, at, event) in found {
-                let Ok(event) = serde_json::from_str::<crate::event::Event>(&event) else {
-                    continue;
-                };
-                // As the events API shows it: the embed JWT masked.
-                let event = super::events::masked(event);
-                events.push(json!({"session_key": session_key, "logged_at": at, "event": event}));
-                if !sessions
-                    .iter()
-                    .any(|s| s["session_key"] == json!(session_key))
-                {
-                    sessions.extend(session(&shared, &session_key).await?);
-                }
-            }
-            {
-                let webhooks: Vec<String> = shared
-                    .rules
-                    .load()
-                    .webhooks
-                    .iter()
-                    .map(|w| w.key.clone())
-                    .collect();
-                let mut of_events = on_store(&shared, move |store| {
-                    store.deliveries_of(&webhooks, &uuids, LIMIT)
-                })
-                .await?;
-                shown(&shared, &mut of_events);
-                for d in of_events {
-                    if !deliveries.iter().any(|e: &DeliveryInfo| e.id == d.id) {
-                        deliveries.push(d);
-                    }
-                }
-            }
+    }
+    for d in deliveries_of(&shared, &uuids, &of_sessions).await? {
+        if !deliveries.iter().any(|e: &DeliveryInfo| e.id == d.id) {
+            deliveries.push(d);
         }
     }
     sessions.truncate(LIMIT);
+    deliveries.truncate(LIMIT);
     Ok(Json(json!({
         "q": asked.text,
         "sessions": sessions,
         "events": events,
         "deliveries": deliveries,
         "webhooks": webhooks,
-        "note": note,
     }))
     .into_response())
+}
+
+/// The events asked for, newest first: `(session, logged at, event)`.
+async fn find_events(
+    shared: &Shared,
+    asked: &Asked,
+) -> Result<Vec<(String, i64, Event)>, ApiError> {
+    if let Some(js) = &shared.jetstream {
+        return internal(
+            js.find_events(SCAN_JETSTREAM, LIMIT, |e| matches(asked, e))
+                .await,
+        );
+    }
+    let (uuid, field) = match &asked.field {
+        Some((path, value)) => (None, Some((json_path(path), value.clone()))),
+        None => (Some(asked.text.clone()), None),
+    };
+    let rows = on_store(shared, move |store| {
+        store.find_events(
+            uuid.as_deref(),
+            field.as_ref().map(|(f, v)| (f.as_str(), v.as_str())),
+            SCAN,
+            LIMIT,
+        )
+    })
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(session, at, json)| Some((session, at, serde_json::from_str(&json).ok()?)))
+        .collect())
+}
+
+/// The deliveries of the events `uuids`: by webhook and UUID in the
+/// embedded store; among their sessions' deliveries with JetStream.
+async fn deliveries_of(
+    shared: &Shared,
+    uuids: &[String],
+    sessions: &BTreeSet<String>,
+) -> Result<Vec<DeliveryInfo>, ApiError> {
+    if shared.jetstream.is_some() {
+        let mut out = Vec::new();
+        for key in sessions.iter().take(SESSIONS_READ) {
+            let of_session = listed(shared, Filter::Any, None, Some(key.clone()), 0, 1000).await?;
+            out.extend(
+                of_session
+                    .into_iter()
+                    .filter(|d| uuids.contains(&d.event_uuid)),
+            );
+        }
+        return Ok(out);
+    }
+    let webhooks: Vec<String> = shared
+        .rules
+        .load()
+        .webhooks
+        .iter()
+        .map(|w| w.key.clone())
+        .collect();
+    let uuids = uuids.to_vec();
+    let mut found = on_store(shared, move |store| {
+        store.deliveries_of(&webhooks, &uuids, LIMIT)
+    })
+    .await?;
+    shown(shared, &mut found);
+    Ok(found)
 }
 
 /// Webhooks whose key is `q` or contains it.
@@ -210,13 +259,35 @@ mod tests {
         let a = asked(" filename=contacts.csv ");
         assert_eq!(
             a.field,
-            Some(("\"filename\"".into(), "contacts.csv".into()))
+            Some((vec!["filename".to_string()], "contacts.csv".to_string()))
         );
+        assert_eq!(json_path(&a.field.unwrap().0), "\"filename\"");
         let a = asked("meta.sheet = Q1");
-        assert_eq!(a.field, Some(("\"meta\".\"sheet\"".into(), "Q1".into())));
+        assert_eq!(
+            json_path(&a.field.as_ref().unwrap().0),
+            "\"meta\".\"sheet\""
+        );
         // Not a field name: searched as text.
-        assert_eq!(asked("a b=c").field, None);
-        assert_eq!(asked("=c").field, None);
-        assert_eq!(asked("event-1234").field, None);
+        assert!(asked("a b=c").field.is_none());
+        assert!(asked("=c").field.is_none());
+        assert!(asked("event-1234").field.is_none());
+        assert!(asked("a.\"b=c").field.is_none());
+    }
+
+    #[test]
+    fn events_match_by_uuid_or_by_a_data_field() {
+        let event: Event = serde_json::from_value(json!({
+            "uuid": "u-1", "embed_id": 1, "embed_jwt": null, "environment_name": "P",
+            "template_key": null, "event_type": "file_uploaded", "trigger_type": "user",
+            "data": {"filename": "c.csv", "rows": 3, "meta": {"sheet": "Q1"}}, "created_at": 1.0
+        }))
+        .unwrap();
+        assert!(matches(&asked("u-1"), &event));
+        assert!(!matches(&asked("u-2"), &event));
+        assert!(matches(&asked("filename=c.csv"), &event));
+        assert!(matches(&asked("rows=3"), &event));
+        assert!(matches(&asked("meta.sheet=Q1"), &event));
+        assert!(!matches(&asked("meta=Q1"), &event));
+        assert!(!matches(&asked("filename=d.csv"), &event));
     }
 }

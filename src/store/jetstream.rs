@@ -1233,6 +1233,69 @@ impl JetStream {
         Ok(out)
     }
 
+    /// Events among the newest `scan` of the event stream that `keep`
+    /// takes, newest first, at most `limit`: `(session, stored at, event)`.
+    /// Read through an ephemeral ordered consumer (the messages stream in
+    /// batches, not one request each), within [`LIST_TIMEOUT`].
+    pub async fn find_events(
+        &self,
+        scan: usize,
+        limit: usize,
+        keep: impl Fn(&Event) -> bool,
+    ) -> Result<Vec<(String, i64, Event)>, StoreError> {
+        let nats = |e: &dyn std::fmt::Display| {
+            StoreError::Nats(format!("cannot read the event stream: {e}"))
+        };
+        let mut stream = self.stream(&self.names.events_stream()).await?;
+        let state = stream.info().await.map_err(|e| nats(&e))?.state.clone();
+        if state.messages == 0 {
+            return Ok(Vec::new());
+        }
+        let last = state.last_sequence;
+        let start = last
+            .saturating_sub(scan as u64 - 1)
+            .max(state.first_sequence);
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.events.>", self.names.prefix),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| nats(&e))?;
+        let mut found = VecDeque::new();
+        let read = async {
+            while let Some(Ok(m)) = messages.next().await {
+                let Ok(info) = m.info() else { break };
+                let sequence = info.stream_sequence;
+                let at = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+                if let Ok(event) = serde_json::from_slice::<Event>(&m.payload) {
+                    if keep(&event) {
+                        let session = m
+                            .subject
+                            .as_str()
+                            .rsplit('.')
+                            .next()
+                            .map(untoken)
+                            .unwrap_or_default();
+                        found.push_back((session, at, event));
+                        if found.len() > limit {
+                            found.pop_front();
+                        }
+                    }
+                }
+                if sequence >= last {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LIST_TIMEOUT, read).await;
+        Ok(found.into_iter().rev().collect())
+    }
+
     /// Appends an entry (JSON) to the shared audit trail.
     pub async fn audit(&self, entry: String) -> Result<(), StoreError> {
         self.publish_now(

@@ -981,7 +981,7 @@ async function webhookPage(ctx, key) {
             status.className = "notice";
             status.replaceChildren(
               `Test event ${sent.event.uuid} sent (marked Taphook-Test: 1). `,
-              sent.delivery_id === null ? "" : link("Follow its delivery", ["deliveries", String(sent.delivery_id)]),
+              sent.delivery_id === null ? link("Find its delivery", ["search"], { q: sent.event.uuid }) : link("Follow its delivery", ["deliveries", String(sent.delivery_id)]),
             );
           } catch (e) {
             status.className = "error";
