@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(view[view.len() - 3].attempts, 1);
         assert_eq!(view[view.len() - 2].attempts, 0);
         // Two instances' hours add up.
-        let both = view(&[history.snapshot("a"), back.snapshot("a")], now);
+        let both = super::view(&[history.snapshot("a"), back.snapshot("a")], now);
         assert_eq!(both.last().unwrap().attempts, 4);
         assert_eq!(both.last().unwrap().outcomes["5xx"], 2);
         // An hour older than 7 days is dropped when the webhook gets a new one.

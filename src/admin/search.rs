@@ -85,7 +85,9 @@ fn matches(asked: &Asked, event: &Event) -> bool {
             }
             match at {
                 Value::String(s) => s == value,
-                Value::Number(_) | Value::Bool(_) => at.to_string() == *value,
+                Value::Number(_) | Value::Bool(_) => {
+                    serde_json::from_str::<Value>(value).is_ok_and(|v| v == *at)
+                }
                 _ => false,
             }
         }
