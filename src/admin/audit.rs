@@ -12,8 +12,6 @@ use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -97,7 +95,7 @@ pub async fn list(
     let limit = page_limit(q.limit.as_deref(), 50, 500)?;
     let before = match q.cursor.as_deref() {
         None => None,
-        Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+        Some(c) => Some(super::decode_cursor::<i64>("seq", c).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_cursor",
@@ -112,7 +110,10 @@ pub async fn list(
     let has_next = rows.len() > limit;
     rows.truncate(limit);
     let next = has_next
-        .then(|| rows.last().map(|(seq, _)| encode_cursor(*seq)))
+        .then(|| {
+            rows.last()
+                .map(|(seq, _)| super::encode_cursor("seq", *seq))
+        })
         .flatten();
     let entries: Vec<Value> = rows
         .into_iter()
@@ -126,17 +127,4 @@ pub async fn list(
         Json(json!({"entries": entries, "next_cursor": next, "has_next_page": has_next}))
             .into_response(),
     )
-}
-
-fn encode_cursor(seq: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<i64> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    std::str::from_utf8(&bytes)
-        .ok()?
-        .strip_prefix("seq:")?
-        .parse()
-        .ok()
 }

@@ -16,8 +16,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -65,14 +63,14 @@ pub async fn list(
     let limit = page_limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = match q.cursor.as_deref() {
         None => 0,
-        Some(c) => decode_cursor(c)
+        Some(c) => super::decode_cursor::<i64>("id", c)
             .ok_or_else(|| bad("invalid_cursor", "cursor is not one this API returned"))?,
     };
     let mut rows = listed(&shared, filter, q.webhook, q.session, after, limit + 1).await?;
     let has_next = rows.len() > limit;
     rows.truncate(limit);
     let next = has_next
-        .then(|| rows.last().map(|r| encode_cursor(r.id)))
+        .then(|| rows.last().map(|r| super::encode_cursor("id", r.id)))
         .flatten();
     Ok(
         Json(json!({"deliveries": rows, "next_cursor": next, "has_next_page": has_next}))
@@ -298,28 +296,14 @@ pub async fn retry_matching(
             ))
         }
     };
-    let since = match &body.since {
-        None | Some(Value::Null) => 0,
-        Some(v) => parse_since(v).ok_or_else(|| {
-            bad(
-                "invalid_since",
-                "since is an RFC 3339 time, seconds since the epoch, or a duration ago like `2h`",
-            )
-        })?,
-    };
+    let since = since_ms(body.since.as_ref())?;
     if let Some(w) = &body.webhook {
         super::webhooks::require(&shared, w)?;
     }
     let retry = Retry {
         state,
         failed,
-        webhooks: shared
-            .rules
-            .load()
-            .webhooks
-            .iter()
-            .map(|w| w.key.clone())
-            .collect(),
+        webhooks: shared.rules.load().webhook_keys(),
         webhook: body.webhook.clone(),
         session: body.session.clone(),
         since,
@@ -371,15 +355,7 @@ pub async fn replay(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let body: ReplayBody = parse_json(&body)?;
-    let since = match &body.since {
-        None | Some(Value::Null) => 0,
-        Some(v) => parse_since(v).ok_or_else(|| {
-            bad(
-                "invalid_since",
-                "since is an RFC 3339 time, seconds since the epoch, or a duration ago like `2h`",
-            )
-        })?,
-    };
+    let since = since_ms(body.since.as_ref())?;
     let n = match &shared.jetstream {
         Some(_) if body.include_delivered => {
             return Err(bad(
@@ -430,6 +406,19 @@ pub async fn enable(
     Ok(Json(json!({"webhook_key": key, "disabled": null, "paused": false})).into_response())
 }
 
+/// A body's `since` in ms (absent or null: the beginning), or a 400.
+fn since_ms(since: Option<&Value>) -> Result<i64, ApiError> {
+    match since {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => parse_since(v).ok_or_else(|| {
+            bad(
+                "invalid_since",
+                "since is an RFC 3339 time, seconds since the epoch, or a duration ago like `2h`",
+            )
+        }),
+    }
+}
+
 /// A point in time in ms: RFC 3339, seconds since the epoch, or a
 /// duration before now (`2h`).
 pub fn parse_since(v: &Value) -> Option<i64> {
@@ -477,17 +466,4 @@ fn not_found(id: i64) -> ApiError {
         "not_found",
         format!("no delivery {id}"),
     )
-}
-
-fn encode_cursor(id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("id:{id}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<i64> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    std::str::from_utf8(&bytes)
-        .ok()?
-        .strip_prefix("id:")?
-        .parse()
-        .ok()
 }

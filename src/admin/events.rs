@@ -14,8 +14,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -66,7 +64,7 @@ async fn list_of(shared: Arc<Shared>, embed_id: String, page: Page) -> Result<Re
     let limit = page_limit(page.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let from = match page.cursor.as_deref() {
         None => 0,
-        Some(c) => decode_cursor(c).ok_or_else(|| {
+        Some(c) => super::decode_cursor::<u64>("seq", c).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_cursor",
@@ -88,7 +86,7 @@ async fn list_of(shared: Arc<Shared>, embed_id: String, page: Page) -> Result<Re
     let events: Vec<_> = logged.into_iter().map(|l| masked(l.event)).collect();
     Ok(Json(json!({
         "events": events,
-        "next_cursor": next.map(encode_cursor),
+        "next_cursor": next.map(|n| super::encode_cursor("seq", n)),
         "has_next_page": next.is_some(),
     }))
     .into_response())
@@ -100,19 +98,6 @@ pub(super) fn masked(mut event: crate::event::Event) -> crate::event::Event {
         event.embed_jwt = serde_json::Value::String(crate::secret::MASK.into());
     }
     event
-}
-
-fn encode_cursor(seq: u64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<u64> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    std::str::from_utf8(&bytes)
-        .ok()?
-        .strip_prefix("seq:")?
-        .parse()
-        .ok()
 }
 
 /// The envelope's fields a pushed event may carry.

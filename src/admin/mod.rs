@@ -282,6 +282,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// An opaque page cursor for position `n` of kind `kind` (`seq`, `id`).
+fn encode_cursor(kind: &str, n: impl std::fmt::Display) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{n}"))
+}
+
+/// The position in a cursor [`encode_cursor`] made with `kind`.
+fn decode_cursor<T: std::str::FromStr>(kind: &str, cursor: &str) -> Option<T> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    std::str::from_utf8(&bytes)
+        .ok()?
+        .strip_prefix(kind)?
+        .strip_prefix(':')?
+        .parse()
+        .ok()
+}
+
 /// A page size from the query: `default` when absent, else 1 to `max`.
 fn page_limit(text: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
     let limit = text.map_or(Ok(default), str::parse::<usize>).unwrap_or(0);

@@ -197,13 +197,7 @@ async fn deliveries_of(
         }
         return Ok(out);
     }
-    let webhooks: Vec<String> = shared
-        .rules
-        .load()
-        .webhooks
-        .iter()
-        .map(|w| w.key.clone())
-        .collect();
+    let webhooks: Vec<String> = shared.rules.load().webhook_keys();
     let uuids = uuids.to_vec();
     let mut found = on_store(shared, move |store| {
         store.deliveries_of(&webhooks, &uuids, LIMIT)

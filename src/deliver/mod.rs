@@ -176,14 +176,7 @@ impl Dispatcher {
 
     /// Sets the outbox gauges from the store's counts.
     fn refresh_gauges(&self) {
-        let keys: Vec<String> = self
-            .shared
-            .rules
-            .load()
-            .webhooks
-            .iter()
-            .map(|w| w.key.clone())
-            .collect();
+        let keys: Vec<String> = self.shared.rules.load().webhook_keys();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let Ok(counts) = self.store.counts(&keys) else {
             return;

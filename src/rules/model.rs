@@ -45,6 +45,11 @@ impl Rules {
     pub fn webhook(&self, key: &str) -> Option<&Arc<Webhook>> {
         self.webhooks.iter().find(|w| w.key == key)
     }
+
+    /// Every webhook's key.
+    pub fn webhook_keys(&self) -> Vec<String> {
+        self.webhooks.iter().map(|w| w.key.clone()).collect()
+    }
 }
 
 /// One recogniser of a lifecycle step.

@@ -425,22 +425,25 @@ function shownState(d) {
   return d.state === "pending" && lastFailed(d) ? "failed" : d.state;
 }
 
-/** A button that sends delivery `d` again, writing what came of it into `status`. */
-function retryButton(d, status, after) {
+/**
+ * A button that sends delivery `id` again, writing what came of it into
+ * `status` (`queued`: the notice once it is queued).
+ */
+function retryButton(id, status, { elementId, className = "retry secondary", queued } = {}) {
   const button = h(
     "button",
     {
       type: "button",
-      class: "retry secondary",
+      id: elementId,
+      class: className,
       onclick: async () => {
         button.disabled = true;
         status.className = "";
         status.textContent = "Sending again…";
         try {
-          await api(`/deliveries/${enc(d.id)}/retry`, { method: "POST" });
+          await api(`/deliveries/${enc(id)}/retry`, { method: "POST" });
           status.className = "notice";
-          status.textContent = `Delivery ${d.id} queued: it goes out now.`;
-          if (after) await after();
+          status.textContent = queued || `Delivery ${id} queued: it goes out now.`;
         } catch (e) {
           status.className = "error";
           status.textContent = errorText(e);
@@ -467,7 +470,7 @@ function deliveryChip(d, status) {
     d.attempts ? ` ${d.attempts} attempt${d.attempts === 1 ? "" : "s"}` : "",
     d.last_status ? ` · ${d.last_status}` : "",
     d.held_reason ? h("span", { class: "muted held-reason" }, ` · ${d.held_reason}`) : "",
-    retryable(d) ? [" ", retryButton(d, status)] : "",
+    retryable(d) ? [" ", retryButton(d.id, status)] : "",
   );
 }
 
@@ -769,29 +772,7 @@ function attemptRows(attempts, id) {
 
 async function delivery(ctx, id, params) {
   const status = h("p", { role: "status", id: "retry-status" });
-  const retry = h(
-    "button",
-    {
-      type: "button",
-      id: "retry",
-      onclick: async () => {
-        retry.disabled = true;
-        status.className = "";
-        status.textContent = "Sending again…";
-        try {
-          await api(`/deliveries/${enc(id)}/retry`, { method: "POST" });
-          status.className = "notice";
-          status.textContent = "Queued: it goes out now, and this page follows it.";
-        } catch (e) {
-          status.className = "error";
-          status.textContent = errorText(e);
-        } finally {
-          retry.disabled = false;
-        }
-      },
-    },
-    "Retry",
-  );
+  const retry = retryButton(id, status, { elementId: "retry", className: "", queued: "Queued: it goes out now, and this page follows it." });
   const region = h("div", { id: "delivery" });
   const toolbar = h("div", { class: "toolbar" });
   page(`Delivery ${id}`, toolbar, status, region);
