@@ -305,7 +305,9 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     let _ = deliver_rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(30), deriving).await });
     let _ = deliver_rt.block_on(delivering);
-    let _ = deliver_rt.block_on(tokio::time::timeout(Duration::from_secs(2), keeper.write()));
+    // The last hours of history (the timeout is made inside the runtime).
+    let _ = deliver_rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(2), keeper.write()).await });
     if let Some(js) = &jetstream {
         deliver_rt.block_on(js.flush(Duration::from_secs(5)));
     }
