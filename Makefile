@@ -33,6 +33,9 @@ test-prereqs:
 	  echo "installing nats-server (for the JetStream backend's tests)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends nats-server >/dev/null; \
 	  $(SUDO) systemctl disable --now nats-server >/dev/null 2>&1 || true; }
+	@{ command -v curl && command -v openssl; } >/dev/null 2>&1 || { \
+	  echo "installing curl and openssl (the TLS and HTTP/2 tests speak through curl; openssl makes an RSA key)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends curl openssl >/dev/null; }
 	@python3 -c 'import ensurepip, venv' 2>/dev/null || { \
 	  echo "installing python3-venv (for the real importer the walkthrough test runs)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null; }

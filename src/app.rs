@@ -123,7 +123,19 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     if !config.admin_listen.ip().is_loopback() && config.admin_tokens.is_empty() {
         tracing::warn!(addr = %config.admin_listen, "admin listener binds a non-loopback address without admin_token");
     }
-    let upstream = config.upstream.resolve().map_err(anyhow::Error::msg)?;
+    let upstream = crate::proxy::upstream::peer(
+        config.upstream.resolve().map_err(anyhow::Error::msg)?,
+        &config.upstream,
+        &config.upstream_tls,
+    )
+    .context("cannot set up TLS to the upstream (upstream_tls)")?;
+    let listener_tls = match &config.tls {
+        Some(tls) => Some(
+            crate::proxy::tls::settings(tls)
+                .context("cannot set up TLS on the proxy listener (tls)")?,
+        ),
+        None => None,
+    };
     let budget = Budget::with_gauge(
         config.max_total_capture_bytes,
         metrics.capture_bytes.clone(),
@@ -273,7 +285,26 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         &server.configuration,
         Tap::new(shared.clone(), tx, upstream, budget),
     );
-    proxy.add_tcp(&listen);
+    match listener_tls {
+        Some((settings, certificates)) => {
+            proxy.add_tls_with_settings(&listen, None, settings);
+            server.add_service(background_service(
+                "tls certificate reloader",
+                crate::proxy::tls::CertReloader {
+                    certificates,
+                    metrics: shared.metrics.clone(),
+                },
+            ));
+        }
+        None => proxy.add_tcp(&listen),
+    }
+    if shared.config.listen_h2c {
+        if let Some(app) = proxy.app_logic_mut() {
+            let mut options = pingora::apps::HttpServerOptions::default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+    }
     server.add_service(proxy_listener.serve(proxy));
     let signal: Box<dyn ShutdownSignalWatch> = match stop {
         Stop::Signals => {

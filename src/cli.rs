@@ -266,8 +266,10 @@ fn check(config: Option<PathBuf>, rules_dir: Option<PathBuf>, path: Option<PathB
         (None, None, None) => (Some(PathBuf::from("taphook.yaml")), None),
     };
     let loaded = match (config, rules_dir) {
-        (Some(c), _) => Config::load(&c, &process_env)
-            .and_then(|cfg| rules::load_dir(&cfg.rules_dir, &process_env)),
+        (Some(c), _) => Config::load(&c, &process_env).and_then(|cfg| {
+            tls_files(&c, &cfg)?;
+            rules::load_dir(&cfg.rules_dir, &process_env)
+        }),
         (_, Some(r)) => rules::load_dir(&r, &process_env),
         (None, None) => unreachable!("one of them is set above"),
     };
@@ -289,6 +291,26 @@ fn check(config: Option<PathBuf>, rules_dir: Option<PathBuf>, path: Option<PathB
             eprintln!("{} problem(s) found", problems.0.len());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The TLS files the config names, read as taphook will at start: the
+/// listener's pair (and its client CA), the upstream's CA and client pair.
+fn tls_files(path: &std::path::Path, cfg: &Config) -> Result<(), rules::Problems> {
+    let mut problems = Vec::new();
+    if let Some(tls) = &cfg.tls {
+        if let Err(e) = crate::proxy::tls::settings(tls) {
+            problems.push(rules::Problem::new(path, 1, e.to_string()));
+        }
+    }
+    let anywhere = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    if let Err(e) = crate::proxy::upstream::peer(anywhere, &cfg.upstream, &cfg.upstream_tls) {
+        problems.push(rules::Problem::new(path, 1, e.to_string()));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(rules::Problems(problems))
     }
 }
 

@@ -110,11 +110,61 @@ fn admin_tokens(
     out
 }
 
+/// `tls`: the proxy listener speaks TLS (1.2 and 1.3, ALPN `h2` and
+/// `http/1.1`) with this certificate chain and key (PEM), re-read on
+/// SIGHUP and when the files change; `client_ca` asks clients for a
+/// certificate signed by one of these CAs (mTLS).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Whether taphook speaks HTTP/2 to an `https` upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamH2 {
+    /// HTTP/2 when the upstream offers it (ALPN), else HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Off,
+}
+
+/// `upstream_tls`: how an `https` upstream is verified and spoken to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// CA certificates (PEM) to verify the upstream with, instead of the
+    /// system's roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The name to send (SNI) and verify, when not the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// A client certificate chain and key (PEM) for mTLS to the upstream.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    #[serde(default)]
+    pub h2: UpstreamH2,
+}
+
 /// The running configuration, lowered and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// TLS on the proxy listener.
+    pub tls: Option<ListenerTls>,
+    /// HTTP/2 without TLS (prior knowledge) on the proxy listener, beside
+    /// HTTP/1.1.
+    pub listen_h2c: bool,
     pub upstream: Upstream,
+    pub upstream_tls: UpstreamTls,
     pub admin_listen: SocketAddr,
     pub admin_token: Option<Secret>,
     /// Every token of the admin API with its name and role:
@@ -209,6 +259,8 @@ pub enum LogFormat {
 pub struct Upstream {
     pub host: String,
     pub port: u16,
+    /// `https://`: TLS to the importer (`upstream_tls`).
+    pub tls: bool,
 }
 
 impl Upstream {
@@ -258,7 +310,13 @@ pub struct Delivery {
 struct RawConfig {
     #[serde(default = "defaults::listen")]
     listen: String,
+    #[serde(default)]
+    tls: Option<ListenerTls>,
+    #[serde(default)]
+    listen_h2c: bool,
     upstream: String,
+    #[serde(default)]
+    upstream_tls: UpstreamTls,
     #[serde(default = "defaults::admin_listen")]
     admin_listen: String,
     #[serde(default)]
@@ -462,8 +520,10 @@ impl Config {
             Upstream {
                 host: String::new(),
                 port: 0,
+                tls: false,
             }
         });
+        check_tls(&raw, base, doc, &mut problems);
         let mut allow_private_networks = Vec::new();
         for (i, text) in raw.delivery.allow_private_networks.iter().enumerate() {
             match Cidr::parse(text) {
@@ -500,7 +560,19 @@ impl Config {
             .unwrap_or(Duration::from_secs(30 * 86400));
         Ok(Self {
             listen,
+            tls: raw.tls.as_ref().map(|t| ListenerTls {
+                cert: base.join(&t.cert),
+                key: base.join(&t.key),
+                client_ca: t.client_ca.as_ref().map(|p| base.join(p)),
+            }),
+            listen_h2c: raw.listen_h2c,
             upstream,
+            upstream_tls: UpstreamTls {
+                ca: raw.upstream_tls.ca.as_ref().map(|p| base.join(p)),
+                client_cert: raw.upstream_tls.client_cert.as_ref().map(|p| base.join(p)),
+                client_key: raw.upstream_tls.client_key.as_ref().map(|p| base.join(p)),
+                ..raw.upstream_tls.clone()
+            },
             admin_listen,
             admin_tokens,
             admin_token: raw.admin_token.filter(|t| !t.expose().is_empty()),
@@ -736,13 +808,39 @@ pub fn parse_cidr(text: &str) -> Result<(std::net::IpAddr, u8), String> {
     Ok((addr, prefix))
 }
 
-/// `http://host:port` (no TLS: the proxy speaks plain HTTP upstream).
+/// The TLS keys that go together: a client key with its certificate,
+/// `upstream_tls` only for an `https` upstream, no `listen_h2c` with `tls`
+/// (over TLS, HTTP/2 is chosen by ALPN).
+fn check_tls(raw: &RawConfig, _base: &Path, doc: &Document, problems: &mut Vec<Problem>) {
+    let t = &raw.upstream_tls;
+    if t.client_cert.is_some() != t.client_key.is_some() {
+        problems.push(doc.problem(
+            "/upstream_tls",
+            "`client_cert` and `client_key` go together: give both or neither",
+        ));
+    }
+    let https = raw.upstream.starts_with("https://");
+    if !https && *t != UpstreamTls::default() {
+        problems.push(doc.problem(
+            "/upstream_tls",
+            "`upstream_tls` is for an `https://` upstream; this one is plain http",
+        ));
+    }
+    if raw.listen_h2c && raw.tls.is_some() {
+        problems.push(doc.problem(
+            "/listen_h2c",
+            "`listen_h2c` is HTTP/2 without TLS; with `tls`, clients choose HTTP/2 by ALPN",
+        ));
+    }
+}
+
+/// `http://host:port` or `https://host:port`.
 fn parse_upstream(text: &str) -> Result<Upstream, String> {
     // Messages never echo the URL: it may carry credentials.
     let url = reqwest::Url::parse(text).map_err(|e| format!("`upstream`: invalid URL: {e}"))?;
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Err(format!(
-            "`upstream`: scheme `{}` is not supported: taphook speaks plain http to the importer",
+            "`upstream`: scheme `{}` is not supported: use http:// or https://",
             url.scheme()
         ));
     }
@@ -750,7 +848,7 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
         return Err("`upstream`: credentials in the URL are not supported".into());
     }
     if url.path() != "/" && !url.path().is_empty() || url.query().is_some() {
-        return Err("`upstream`: give only http://host:port, without a path or query".into());
+        return Err("`upstream`: give only http(s)://host:port, without a path or query".into());
     }
     let host = url.host_str().ok_or("`upstream`: the URL has no host")?;
     let host = host
@@ -760,6 +858,7 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
     Ok(Upstream {
         host,
         port: url.port_or_known_default().unwrap_or(80),
+        tls: url.scheme() == "https",
     })
 }
 
@@ -793,7 +892,8 @@ mod tests {
             c.upstream,
             Upstream {
                 host: "127.0.0.1".into(),
-                port: 9000
+                port: 9000,
+                tls: false,
             }
         );
         assert_eq!(c.rules_dir, Path::new("/etc/taphook/./rules"));
@@ -865,12 +965,27 @@ mod tests {
                 .starts_with("taphook.yaml:3: `delivery.timeout`: invalid duration `soon`"),
             "{err}"
         );
-        let err = load("upstream: https://x:1\n").unwrap_err();
+        let c = load("upstream: https://importer.internal\nupstream_tls:\n  ca: ca.pem\n  server_name: importer\n").unwrap();
+        assert_eq!((c.upstream.port, c.upstream.tls), (443, true));
+        assert_eq!(
+            c.upstream_tls.ca.as_deref(),
+            Some(Path::new("/etc/taphook/ca.pem"))
+        );
+        let err = load("upstream: ftp://x:1\n").unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("taphook.yaml:1: `upstream`: scheme `https`"),
+                .starts_with("taphook.yaml:1: `upstream`: scheme `ftp`"),
             "{err}"
         );
+        let err = load("upstream: http://x:1\nupstream_tls: { ca: ca.pem }\n").unwrap_err();
+        assert!(err.to_string().contains("plain http"), "{err}");
+        let err =
+            load("upstream: https://x:1\nupstream_tls: { client_cert: c.pem }\n").unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+        let err =
+            load("upstream: http://x:1\nlisten_h2c: true\ntls: { cert: c.pem, key: k.pem }\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("ALPN"), "{err}");
         let err = load("upstream: http://user:pw@x:1\n").unwrap_err();
         assert!(!err.to_string().contains("pw"), "{err}");
         let err = load("upstream: http://x:1\nlisten_typo: 1\n").unwrap_err();

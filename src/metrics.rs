@@ -28,6 +28,8 @@ pub struct Metrics {
     pub webhook_disabled: IntGaugeVec,
     pub webhook_paused: IntGaugeVec,
     pub rules_reloads: IntCounterVec,
+    /// Reads of a changed TLS certificate on the listener, by result.
+    pub tls_reloads: IntCounterVec,
     /// Bytes the tap's body copies hold now.
     pub capture_bytes: IntGauge,
     pub proxy_request_duration: HistogramVec,
@@ -127,6 +129,11 @@ impl Metrics {
         let rules_reloads = counter(
             "taphook_rules_reloads_total",
             "Rules loads, by result.",
+            &["result"],
+        );
+        let tls_reloads = counter(
+            "taphook_tls_reloads_total",
+            "Reloads of the listener's TLS certificate that changed it, by result (error: the current one is kept).",
             &["result"],
         );
         let events_duplicate = IntCounter::new(
@@ -286,6 +293,7 @@ impl Metrics {
             webhook_disabled,
             webhook_paused,
             rules_reloads,
+            tls_reloads,
             capture_bytes,
         }
     }
@@ -298,6 +306,7 @@ impl Metrics {
         }
         for result in ["success", "error"] {
             self.rules_reloads.with_label_values(&[result]);
+            self.tls_reloads.with_label_values(&[result]);
         }
         for key in webhooks {
             for outcome in ["delivered", "dead"] {

@@ -7,8 +7,9 @@
 
 pub mod listener;
 pub mod multipart;
+pub mod tls;
+pub mod upstream;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -32,8 +33,9 @@ use multipart::MultipartScanner;
 pub struct Tap {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Exchange>,
-    /// The importer's address, resolved once at start.
-    upstream: SocketAddr,
+    /// The importer: its address, resolved once at start, and how it is
+    /// spoken to (plain or TLS), cloned for each request.
+    upstream: HttpPeer,
     budget: Arc<Budget>,
     dropped: AtomicU64,
     untapped: Untapped,
@@ -48,7 +50,7 @@ impl Tap {
     pub fn new(
         shared: Arc<Shared>,
         queue: mpsc::Sender<Exchange>,
-        upstream: SocketAddr,
+        upstream: HttpPeer,
         budget: Arc<Budget>,
     ) -> Self {
         Self {
@@ -297,7 +299,7 @@ impl ProxyHttp for Tap {
         _session: &mut Session,
         _ctx: &mut TapCtx,
     ) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        Ok(Box::new(self.upstream.clone()))
     }
 
     async fn request_body_filter(

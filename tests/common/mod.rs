@@ -41,6 +41,9 @@ pub struct Setup<'a> {
     pub config: &'a str,
     /// Point the proxy at a port nothing listens on.
     pub upstream_down: bool,
+    /// Point the proxy at this upstream URL instead of the reference
+    /// importer (another taphook over TLS, say).
+    pub upstream: Option<&'a str>,
     /// `RUST_LOG` for taphook (default `info,taphook=debug`).
     pub log_filter: Option<&'a str>,
     /// `delivery.allow_private_networks`, a YAML list. `None`: loopback
@@ -104,7 +107,9 @@ impl Stack {
 
     pub async fn start(setup: Setup<'_>) -> Stack {
         let receiver = Receiver::start().await.expect("receiver");
-        let (importer, upstream) = if setup.upstream_down {
+        let (importer, upstream) = if let Some(url) = setup.upstream {
+            (None, url.to_string())
+        } else if setup.upstream_down {
             (None, format!("http://127.0.0.1:{}", free_port().unwrap()))
         } else {
             let imp = ReferenceImporter::start().await.expect("importer");

@@ -1,0 +1,524 @@
+//! TLS on both sides and HTTP/2 (issue 25), with real sockets and
+//! certificates made here (rcgen): curl over TLS with HTTP/2 and
+//! HTTP/1.1, the same events as plain HTTP/1.1; an HTTPS upstream with a
+//! private CA (another taphook), verified, and refused with a wrong CA; a
+//! certificate replaced on disk and picked up with a connection held open
+//! across it; a bad new pair kept out; mTLS accepted and refused; h2c.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// A CA and what it signed, as PEM files in a directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("taphook test CA {name}"));
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn ca_path(&self) -> String {
+        path_of(&self.path("ca.pem"))
+    }
+
+    /// A leaf for `names` signed by the CA, with `key` (a new ECDSA P-256
+    /// key when `None`), written to `<stem>.pem` (leaf then CA: a chain)
+    /// and `<stem>.key`; its serial, to tell certificates apart.
+    fn leaf(&self, stem: &str, names: &[&str], key: Option<KeyPair>) -> Vec<u8> {
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = key.unwrap_or_else(|| KeyPair::generate().unwrap());
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let chain = format!("{}{}", cert.pem(), self.ca.pem());
+        write_atomically(&self.path(&format!("{stem}.pem")), &chain);
+        write_atomically(&self.path(&format!("{stem}.key")), &key.serialize_pem());
+        cert.der().to_vec()
+    }
+}
+
+/// Writes through a rename, as renewals do (a reader never sees half).
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// An RSA key (ring signs with RSA keys but does not make them).
+fn rsa_key(dir: &Path) -> KeyPair {
+    let path = dir.join("rsa.key");
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl genpkey");
+    KeyPair::from_pem(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+const PING_RULES: &str = "routes:\n  - name: ping\n    event: ping\n    method: GET\n    path: /_fixtures/empty\n    dedup_key: [\"ping\", \"$query.i\"]\n    data:\n      i: $query.i\n      ua: $request.headers.user-agent\nwebhooks:\n  - key: p\n    url: {receiver}/hooks/p\n    events: [ping]\n";
+
+fn tls_config(pki: &Pki, extra: &str) -> String {
+    format!(
+        "tls:\n  cert: {}\n  key: {}\n{extra}",
+        path_of(&pki.path("server.pem")),
+        path_of(&pki.path("server.key"))
+    )
+}
+
+async fn start(config: &str) -> Stack {
+    Stack::start(Setup {
+        rules: vec![("ping.yaml", PING_RULES.to_string())],
+        config,
+        ..Default::default()
+    })
+    .await
+}
+
+/// curl with these arguments; its stdout, or the failure.
+fn curl(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "10",
+            "--noproxy",
+            "*",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The pings received so far, by `i`: (count, user agent).
+fn pings(stack: &Stack) -> Vec<Value> {
+    let mut got: Vec<Value> = stack
+        .receiver
+        .received_on("/hooks/p")
+        .iter()
+        .map(|r| r.json()["data"].clone())
+        .collect();
+    got.sort_by_key(|d| d["i"].as_str().unwrap_or_default().to_string());
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_speaks_http2_and_http1_and_taps_the_same_events() {
+    let pki = Pki::new("a");
+    pki.leaf("server", &["localhost", "127.0.0.1"], None);
+    let stack = start(&tls_config(&pki, "")).await;
+    let base = format!("https://localhost:{}", stack.proxy.port());
+    let resolve = format!("localhost:{}:127.0.0.1", stack.proxy.port());
+    let ca = pki.ca_path();
+    let fetch = |i: usize, version: &str| {
+        let url = format!("{base}/_fixtures/empty?i={i}");
+        let args = [
+            version,
+            "--cacert",
+            ca.as_str(),
+            "--resolve",
+            resolve.as_str(),
+            "-A",
+            "taphook-test",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            url.as_str(),
+        ];
+        curl(&args)
+    };
+    assert_eq!(fetch(1, "--http2").unwrap(), "2 204");
+    assert_eq!(fetch(2, "--http1.1").unwrap(), "1.1 204");
+    // Plain HTTP to a TLS listener is not served.
+    let plain = format!(
+        "http://127.0.0.1:{}/_fixtures/empty?i=3",
+        stack.proxy.port()
+    );
+    assert!(curl(&["-o", "/dev/null", plain.as_str()]).is_err());
+    // Without the CA the client refuses the certificate: nothing is skipped.
+    let url = format!("{base}/_fixtures/empty?i=4");
+    let refused = curl(&["--resolve", resolve.as_str(), url.as_str()]).unwrap_err();
+    assert!(refused.contains("certificate"), "{refused}");
+    // The same events over HTTP/2 as over HTTP/1.1: same route, same data,
+    // the request's headers without pseudo-headers.
+    stack
+        .receiver
+        .wait_for("/hooks/p", 2, Duration::from_secs(10))
+        .await;
+    let got = pings(&stack);
+    assert_eq!(
+        got,
+        vec![
+            json!({"i": "1", "ua": "taphook-test"}),
+            json!({"i": "2", "ua": "taphook-test"})
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rsa_certificate_serves_as_well() {
+    let pki = Pki::new("rsa");
+    let key = rsa_key(pki.dir.path());
+    pki.leaf("server", &["localhost"], Some(key));
+    let stack = start(&tls_config(&pki, "")).await;
+    let url = format!(
+        "https://localhost:{}/_fixtures/empty?i=1",
+        stack.proxy.port()
+    );
+    let resolve = format!("localhost:{}:127.0.0.1", stack.proxy.port());
+    let out = curl(&[
+        "--cacert",
+        &pki.ca_path(),
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
+    assert_eq!(out.unwrap(), "204");
+}
+
+/// A client that trusts `ca` (and presents `identity`, when given).
+fn connector(ca: &Path, identity: Option<(&Path, &Path)>) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    // Every connection a full handshake: a resumed session shows the
+    // certificate of the session it resumes, not the one served now.
+    config.resumption = rustls::client::Resumption::disabled();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn connect(stack: &Stack, connector: &tokio_rustls::TlsConnector) -> std::io::Result<Tls> {
+    let tcp = tokio::net::TcpStream::connect(stack.proxy).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// One keep-alive HTTP/1.1 request on `stream`; the status.
+async fn get(stream: &mut Tls, i: usize) -> u16 {
+    let request = format!(
+        "GET /_fixtures/empty?i={i} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: raw\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // A 204 has no body: the head ends the response.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.unwrap();
+        assert_eq!(
+            n,
+            1,
+            "the connection closed: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    text.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn served_certificate(stream: &Tls) -> Vec<u8> {
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_picked_up_without_dropping_a_connection() {
+    let pki = Pki::new("renew");
+    let first = pki.leaf("server", &["localhost"], None);
+    let stack = start(&tls_config(&pki, "")).await;
+    let trust = connector(&pki.path("ca.pem"), None);
+    let mut held = connect(&stack, &trust).await.unwrap();
+    assert_eq!(served_certificate(&held), first);
+    assert_eq!(get(&mut held, 1).await, 204);
+    // Renewed in place, as certbot or cert-manager do.
+    let second = pki.leaf("server", &["localhost"], None);
+    stack
+        .wait_metric("taphook_tls_reloads_total{result=\"success\"}", 1.0)
+        .await;
+    // The connection opened before goes on; a new one gets the new pair.
+    assert_eq!(get(&mut held, 2).await, 204);
+    let fresh = connect(&stack, &trust).await.unwrap();
+    assert_eq!(served_certificate(&fresh), second);
+    // A key that does not go with the certificate: kept out, said why,
+    // the current pair still served.
+    let mismatched = KeyPair::generate().unwrap();
+    write_atomically(&pki.path("server.key"), &mismatched.serialize_pem());
+    stack
+        .wait_metric("taphook_tls_reloads_total{result=\"error\"}", 1.0)
+        .await;
+    let after = connect(&stack, &trust).await.unwrap();
+    assert_eq!(served_certificate(&after), second);
+    assert!(
+        stack.log().contains("TLS certificate not reloaded"),
+        "{}",
+        stack.log()
+    );
+    assert_eq!(get(&mut held, 3).await, 204);
+    // SIGHUP reads the pair again too.
+    pki.leaf("server", &["localhost"], None);
+    let pid = stack.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    stack
+        .wait_metric("taphook_tls_reloads_total{result=\"success\"}", 2.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_asked_for_with_client_ca() {
+    let pki = Pki::new("server");
+    pki.leaf("server", &["localhost"], None);
+    let clients = Pki::new("clients");
+    clients.leaf("caller", &["internal-caller"], None);
+    let strangers = Pki::new("strangers");
+    strangers.leaf("caller", &["someone"], None);
+    let extra = format!("  client_ca: {}\n", clients.ca_path());
+    let stack = start(&tls_config(&pki, &extra)).await;
+    let with = |p: &Pki| {
+        connector(
+            &pki.path("ca.pem"),
+            Some((&p.path("caller.pem"), &p.path("caller.key"))),
+        )
+    };
+    let mut accepted = connect(&stack, &with(&clients)).await.unwrap();
+    assert_eq!(get(&mut accepted, 1).await, 204);
+    // No certificate, or one of another CA: no request gets through.
+    for connector in [with(&strangers), connector(&pki.path("ca.pem"), None)] {
+        let refused = match connect(&stack, &connector).await {
+            Err(_) => true,
+            // TLS 1.3: the server's refusal arrives after the client's
+            // handshake ends, with the first read.
+            Ok(mut s) => {
+                let _ = s
+                    .write_all(b"GET /_fixtures/empty?i=9 HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await;
+                let mut buf = [0u8; 64];
+                !matches!(s.read(&mut buf).await, Ok(n) if n > 0)
+            }
+        };
+        assert!(
+            refused,
+            "a request got through without a client certificate of the CA"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_by_prior_knowledge() {
+    let stack = start("listen_h2c: true\n").await;
+    let url = format!(
+        "http://127.0.0.1:{}/_fixtures/empty?i=1",
+        stack.proxy.port()
+    );
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &url,
+    ]);
+    assert_eq!(out.unwrap(), "2 204");
+    // HTTP/1.1 still works on the same listener.
+    let url = format!(
+        "http://127.0.0.1:{}/_fixtures/empty?i=2",
+        stack.proxy.port()
+    );
+    let out = curl(&[
+        "--http1.1",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &url,
+    ]);
+    assert_eq!(out.unwrap(), "1.1 204");
+    stack
+        .receiver
+        .wait_for("/hooks/p", 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(pings(&stack).len(), 2);
+}
+
+/// An HTTPS upstream with a private CA: here another taphook with TLS in
+/// front of the importer. Verified against `upstream_tls.ca`; with the
+/// wrong CA every request is a 502 and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_verified_against_its_ca() {
+    let pki = Pki::new("upstream");
+    pki.leaf("server", &["importer.internal"], None);
+    let front = start(&tls_config(&pki, "")).await;
+    let upstream = format!("https://127.0.0.1:{}", front.proxy.port());
+    let verified = Stack::start(Setup {
+        upstream: Some(&upstream),
+        config: &format!(
+            "upstream_tls:\n  ca: {}\n  server_name: importer.internal\n",
+            pki.ca_path()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let started = Instant::now();
+    let r = verified
+        .client
+        .get(verified.url("/_fixtures/empty?i=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", verified.log());
+    // The request went through the TLS front and got tapped there.
+    front
+        .receiver
+        .wait_for("/hooks/p", 1, Duration::from_secs(10))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let other = Pki::new("other");
+    let refused = Stack::start(Setup {
+        upstream: Some(&upstream),
+        config: &format!(
+            "upstream_tls:\n  ca: {}\n  server_name: importer.internal\n",
+            other.ca_path()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let r = refused
+        .client
+        .get(refused.url("/_fixtures/empty?i=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !refused.log().to_lowercase().contains("certificate") {
+        assert!(
+            Instant::now() < deadline,
+            "no reason logged:\n{}",
+            refused.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The wrong name is refused too, even with the right CA.
+    let misnamed = Stack::start(Setup {
+        upstream: Some(&upstream),
+        config: &format!(
+            "upstream_tls:\n  ca: {}\n  server_name: elsewhere\n",
+            pki.ca_path()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let r = misnamed
+        .client
+        .get(misnamed.url("/_fixtures/empty?i=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+}
+
+#[test]
+fn a_bad_certificate_is_a_clear_start_up_error() {
+    let pki = Pki::new("bad");
+    pki.leaf("server", &["localhost"], None);
+    std::fs::write(pki.path("server.key"), "not a key\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    let config = dir.path().join("taphook.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{}\nadmin_listen: 127.0.0.1:{}\nupstream: http://127.0.0.1:9\nrules_dir: rules\ndata_dir: data\n{}",
+            taphook::demo::free_port().unwrap(),
+            taphook::demo::free_port().unwrap(),
+            tls_config(&pki, "")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("tls.key"), "{text}");
+    assert!(text.contains(&path_of(&pki.path("server.key"))), "{text}");
+    // `taphook check` reads the files as a start would.
+    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("taphook.yaml:1: tls.key"), "{text}");
+}
