@@ -137,6 +137,7 @@ fn families() -> BTreeMap<String, Family> {
     add(&mut out, &m.webhook_rate_limited);
     add(&mut out, &m.webhook_rate_limit_wait);
     add(&mut out, &m.rules_reloads);
+    add(&mut out, &m.tls_reloads);
     add(&mut out, &m.capture_bytes);
     add(&mut out, &m.proxy_request_duration);
     add(&mut out, &m.funnel_sessions);
