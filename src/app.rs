@@ -1,7 +1,6 @@
 //! Wiring: one Pingora `Server` with the proxy, the pipeline, the admin
 //! listener and the rules reloader as its services.
 
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +98,14 @@ pub fn log_warnings(rules: &Rules) {
     }
 }
 
+/// How the process starts: on its own sockets, or taking them over from
+/// the taphook running on the same `data_dir` ([`crate::upgrade`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    Fresh,
+    Upgrade,
+}
+
 /// How the server is asked to stop.
 pub enum Stop {
     /// SIGTERM (graceful), SIGINT (fast); SIGHUP reloads the rules.
@@ -108,18 +115,30 @@ pub enum Stop {
 }
 
 /// Builds and runs taphook until it is stopped.
-pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
+pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::Result<()> {
     log_warnings(&rules);
+    let data_dir = config.data_dir.clone();
     let metrics = Arc::new(Metrics::new());
     metrics.init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));
     metrics.rules_reloads.with_label_values(&["success"]).inc();
+    // The process this one takes over, found before anything is bound.
+    let previous = match launch {
+        Launch::Upgrade => Some(crate::upgrade::running(&config.data_dir)?),
+        Launch::Fresh => None,
+    };
     // Both listeners are bound first: a taken port is a start-up error,
-    // and no other process can take it while the rest starts.
-    let proxy_listener = BoundSocket::bind(config.listen)
-        .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
+    // and no other process can take it while the rest starts. Taking
+    // over, the proxy's socket comes from the running process instead.
+    let proxy_listener = match launch {
+        Launch::Fresh => Some(
+            BoundSocket::bind(config.listen)
+                .with_context(|| format!("cannot listen on {} (listen)", config.listen))?,
+        ),
+        Launch::Upgrade => None,
+    };
+    // The admin listener is shared (SO_REUSEPORT) while two processes run.
+    let admin_listener = crate::proxy::listener::bind_shared(config.admin_listen)
         .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
-    admin_listener.set_nonblocking(true)?;
     if !config.admin_listen.ip().is_loopback() && config.admin_tokens.is_empty() {
         tracing::warn!(addr = %config.admin_listen, "admin listener binds a non-loopback address without admin_token");
     }
@@ -156,8 +175,12 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
         StoreBackend::Embedded => Durability::Full,
         StoreBackend::JetStream(_) => Durability::Normal,
     };
-    let store = Store::open_with(&config.data_dir, durability)
-        .context("cannot open the data directory (data_dir)")?;
+    let store = match launch {
+        Launch::Fresh => Store::open_with(&config.data_dir, durability),
+        // The running process writes on while it drains.
+        Launch::Upgrade => Store::open_beside(&config.data_dir, durability),
+    }
+    .context("cannot open the data directory (data_dir)")?;
     {
         let accepted = metrics.outbox_accepted.clone();
         *store.on_accept.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -239,14 +262,24 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
             .map(|js| (js, instance_id(&shared.config.data_dir))),
     });
     deliver_rt.spawn(keeper.clone().run());
-    let delivering = match &jetstream {
-        Some(js) => deliver_rt.spawn(crate::deliver::jetstream::supervise(
-            dispatcher,
-            js.clone(),
-            deliveries_stopped,
-            drain,
-        )),
-        None => deliver_rt.spawn(dispatcher.supervise(deliveries_stopped, drain)),
+    // Taking over: the running process's in-flight deliveries get their
+    // time to finish before this one reads the outbox.
+    let hold = match launch {
+        Launch::Upgrade => shared.config.delivery.shutdown_timeout + Duration::from_secs(1),
+        Launch::Fresh => Duration::ZERO,
+    };
+    let delivering = {
+        let jetstream = jetstream.clone();
+        deliver_rt.spawn(async move {
+            tokio::time::sleep(hold).await;
+            match jetstream {
+                Some(js) => {
+                    crate::deliver::jetstream::supervise(dispatcher, js, deliveries_stopped, drain)
+                        .await
+                }
+                None => dispatcher.supervise(deliveries_stopped, drain).await,
+            }
+        })
     };
     let recorder = match &shared.config.record {
         Some(r) => Some({
@@ -279,8 +312,21 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     // get their time before the runtimes stop.
     conf.graceful_shutdown_timeout_seconds =
         Some(shared.config.delivery.shutdown_timeout.as_secs() + 2);
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    // The sockets pass through data_dir (Pingora's default is one path
+    // for every server on the machine).
+    conf.upgrade_sock = crate::upgrade::upgrade_sock(&shared.config.data_dir)
+        .display()
+        .to_string();
+    let opt = pingora::server::configuration::Opt {
+        upgrade: launch == Launch::Upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if let Some(pid) = previous {
+        crate::upgrade::ask_to_hand_over(pid);
+    }
     server.bootstrap();
+    crate::upgrade::write_pid(&shared.config.data_dir);
     let mut proxy = pingora::proxy::http_proxy_service(
         &server.configuration,
         Tap::new(shared.clone(), tx, upstream, budget),
@@ -305,7 +351,14 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
             app.server_options = Some(options);
         }
     }
-    server.add_service(proxy_listener.serve(proxy));
+    match proxy_listener {
+        Some(bound) => {
+            server.add_service(bound.serve(proxy));
+        }
+        None => {
+            server.add_service(proxy);
+        }
+    }
     let signal: Box<dyn ShutdownSignalWatch> = match stop {
         Stop::Signals => {
             let signals: Box<dyn ShutdownSignalWatch> = Box::new(Signals { stop: stop_watch });
@@ -344,6 +397,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop) -> anyhow::Result<()> {
     }
     deliver_rt.shutdown_timeout(Duration::from_secs(1));
     store.close();
+    crate::upgrade::remove_pid(&data_dir);
     Ok(())
 }
 
@@ -490,14 +544,19 @@ struct Signals {
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
         ) else {
-            tracing::error!("cannot watch SIGTERM/SIGINT; stopping");
+            tracing::error!("cannot watch SIGTERM/SIGINT/SIGQUIT; stopping");
             return self.stop.stop(ShutdownSignal::FastShutdown);
         };
         tokio::select! {
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: handing the listening sockets to the new process, then stopping; in-flight requests finish");
+                self.stop.stop(ShutdownSignal::GracefulUpgrade)
+            }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: stopping; in-flight deliveries may finish");
                 self.stop.stop(ShutdownSignal::GracefulTerminate)

@@ -31,6 +31,11 @@ enum Command {
         /// The config file.
         #[arg(long, default_value = "taphook.yaml")]
         config: PathBuf,
+        /// Take over from the taphook running on the same data_dir: its
+        /// listening sockets pass to this process, it finishes its
+        /// in-flight requests and exits. No connection is refused.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and its rules directory, or a rules directory.
     Check {
@@ -145,7 +150,7 @@ pub fn main() -> ExitCode {
         _ => init_logging(LogFormat::Text, DEFAULT_LOG),
     }
     let result = match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, upgrade } => run(&config, upgrade),
         Command::Check {
             config,
             rules,
@@ -250,11 +255,16 @@ fn load_config(path: &Path) -> anyhow::Result<(Config, Rules)> {
     Ok((config, rules))
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
+fn run(path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let (config, rules) =
         load_config(path).with_context(|| format!("cannot start with {}", path.display()))?;
     init_logging(config.log, DEFAULT_LOG);
-    crate::app::run(config, rules, crate::app::Stop::Signals)
+    let launch = if upgrade {
+        crate::app::Launch::Upgrade
+    } else {
+        crate::app::Launch::Fresh
+    };
+    crate::app::run(config, rules, crate::app::Stop::Signals, launch)
 }
 
 fn check(config: Option<PathBuf>, rules_dir: Option<PathBuf>, path: Option<PathBuf>) -> ExitCode {

@@ -29,3 +29,4 @@ pub mod rules;
 pub mod secret;
 pub mod store;
 pub mod traffic;
+pub mod upgrade;

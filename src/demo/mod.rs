@@ -124,7 +124,9 @@ async fn demo() -> anyhow::Result<()> {
     println!("webhook receiver    {}  (/hooks/oneschema, /hooks/dromo, /hooks/dromo-basic, /hooks/flatfile)\n", receiver.url(""));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let server = std::thread::spawn(move || app::run(config, rules, Stop::Channel(stop_rx)));
+    let server = std::thread::spawn(move || {
+        app::run(config, rules, Stop::Channel(stop_rx), app::Launch::Fresh)
+    });
     wait_ready(admin, proxy).await?;
 
     let mut arrivals = receiver.subscribe();

@@ -17,6 +17,19 @@ use async_trait::async_trait;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
 
+/// A listening socket other processes may bind too (SO_REUSEPORT): the
+/// admin listener, which the process being upgraded holds until it exits.
+pub fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// A TCP socket bound and listening, not yet served.
 pub struct BoundSocket {
     addr: SocketAddr,

@@ -483,6 +483,19 @@ impl Store {
 
     /// Opens (or creates) `dir/taphook.db`, commits as durable as asked.
     pub fn open_with(dir: &Path, durability: Durability) -> Result<Arc<Self>, StoreError> {
+        Self::open_as(dir, durability, false)
+    }
+
+    /// Opens the store while another process (the one `run --upgrade`
+    /// takes over) still writes to it as it drains: this process numbers
+    /// its deliveries, attempts and events from [`LEAP`] above the highest
+    /// so far, so the two never give out the same id. SQLite's locks
+    /// order the two writers' commits.
+    pub fn open_beside(dir: &Path, durability: Durability) -> Result<Arc<Self>, StoreError> {
+        Self::open_as(dir, durability, true)
+    }
+
+    fn open_as(dir: &Path, durability: Durability, beside: bool) -> Result<Arc<Self>, StoreError> {
         let pragmas = match durability {
             // 16 MiB of page cache (the default is 2 MiB): the outbox's
             // indexes stay in memory instead of being read back per commit.
@@ -525,7 +538,10 @@ impl Store {
         let (tx, rx) = mpsc::sync_channel(QUEUE_BOUND);
         let committed = Arc::new(tokio::sync::Notify::new());
         let webhook_epoch = Arc::new(AtomicU64::new(0));
-        let counters = Counters::load(&writer_conn).map_err(err)?;
+        let mut counters = Counters::load(&writer_conn).map_err(err)?;
+        if beside {
+            counters = counters.leap();
+        }
         let handoff = Arc::new(Handoff::new(LANE_CAP, counters.delivery - 1));
         let store = Arc::new(Self {
             path: path.clone(),
@@ -1260,7 +1276,21 @@ struct Counters {
     delivery: i64,
 }
 
+/// How far above the highest id a process opening the store beside a
+/// draining one starts numbering: more than one process gives out in its
+/// life (a million a second for twelve days), and i64 holds millions of
+/// such leaps.
+pub const LEAP: i64 = 1 << 40;
+
 impl Counters {
+    fn leap(self) -> Self {
+        Self {
+            attempt: self.attempt + LEAP,
+            event: self.event + LEAP,
+            delivery: self.delivery + LEAP,
+        }
+    }
+
     fn load(conn: &Connection) -> rusqlite::Result<Self> {
         Ok(Self {
             attempt: conn.query_row("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts", [], |r| {

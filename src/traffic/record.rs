@@ -502,7 +502,12 @@ pub fn capture(c: &Capture) -> anyhow::Result<()> {
         if c.redact_mode == "remove" { "REDACTED" } else { "pseudonyms" },
         c.listen
     );
-    crate::app::run(config, rules, crate::app::Stop::Signals)?;
+    crate::app::run(
+        config,
+        rules,
+        crate::app::Stop::Signals,
+        crate::app::Launch::Fresh,
+    )?;
     let written: Vec<PathBuf> = recordings(&out)
         .into_iter()
         .filter(|p| !before.contains(p))

@@ -294,6 +294,11 @@ impl Stack {
         self.child.id()
     }
 
+    /// How the taphook process ended, once it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Is the taphook process still running?
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -1,0 +1,231 @@
+//! Restarts that drop nothing (issue 25): `taphook run --upgrade` takes
+//! the listening sockets from the running process while requests keep
+//! coming, over new and kept-alive connections, and while a slow upload is
+//! in flight: no request fails, the upload completes, the old process
+//! exits cleanly, and every event is delivered once.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const PING_RULES: &str = "routes:\n  - name: ping\n    event: ping\n    method: GET\n    path: /_fixtures/empty\n    dedup_key: [\"ping\", \"$query.i\"]\n    data:\n      i: $query.i\nwebhooks:\n  - key: p\n    url: {receiver}/hooks/p\n    events: [ping]\n";
+
+/// Kills the new process when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `taphook run --upgrade` on the stack's config, logging beside it.
+fn upgrade(stack: &Stack) -> Killed {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(stack.dir.path().join("taphook.log"))
+        .unwrap();
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_taphook"))
+            .args(["run", "--upgrade", "--config"])
+            .arg(stack.dir.path().join("taphook.yaml"))
+            .env("RUST_LOG", "info,taphook=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A body that arrives over `seconds`, a chunk every 100 ms.
+fn slow_body(seconds: u64) -> (reqwest::Body, usize) {
+    let chunks = (seconds * 10) as usize;
+    let chunk = vec![b'x'; 64 * 1024];
+    let total = chunks * chunk.len();
+    let stream = futures::stream::unfold(0usize, move |i| {
+        let chunk = chunk.clone();
+        async move {
+            if i == chunks {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let frame = http_body::Frame::data(bytes::Bytes::from(chunk));
+            Some((Ok::<_, std::io::Error>(frame), i + 1))
+        }
+    });
+    (
+        reqwest::Body::wrap(http_body_util::StreamBody::new(stream)),
+        total,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_under_load_drops_nothing() {
+    let mut stack = Stack::start(Setup {
+        rules: vec![("ping.yaml", PING_RULES.to_string())],
+        ..Default::default()
+    })
+    .await;
+    let old_pid = stack.pid();
+    let pid_file = stack.dir.path().join("data").join("taphook.pid");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        old_pid.to_string()
+    );
+
+    // Requests all along: half on one kept-alive client, half each on a
+    // new connection.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut load = Vec::new();
+    for worker in 0..2 {
+        let (stop, sent, failures) = (stop.clone(), sent.clone(), failures.clone());
+        let base = stack.url("/_fixtures/empty");
+        load.push(tokio::spawn(async move {
+            let kept = reqwest::Client::builder().no_proxy().build().unwrap();
+            while !stop.load(Ordering::Acquire) {
+                let i = sent.fetch_add(1, Ordering::AcqRel);
+                let client = if worker == 0 {
+                    kept.clone()
+                } else {
+                    reqwest::Client::builder()
+                        .no_proxy()
+                        .pool_max_idle_per_host(0)
+                        .build()
+                        .unwrap()
+                };
+                match client.get(format!("{base}?i={i}")).send().await {
+                    Ok(r) if r.status() == 204 => {}
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{i}: {}", r.status())),
+                    Err(e) => failures.lock().unwrap().push(format!("{i}: {e}")),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // An upload in flight across the upgrade.
+    let (body, total) = slow_body(3);
+    let upload = {
+        let client = stack.client.clone();
+        let url = stack.url("/_fixtures/count");
+        tokio::spawn(async move { client.post(url).body(body).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut new = upgrade(&stack);
+    // The old process hands over, drains and exits on its own.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = stack.exit_status() {
+            break status;
+        }
+        assert!(
+            matches!(new.0.try_wait(), Ok(None)),
+            "the new process exited:\n{}",
+            stack.log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the old process did not exit:\n{}",
+            stack.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "the old process: {status}\n{}",
+        stack.log()
+    );
+    // Some more requests served by the new process alone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Release);
+    for task in load {
+        task.await.unwrap();
+    }
+    let response = upload
+        .await
+        .unwrap()
+        .expect("the upload in flight completes");
+    assert_eq!(response.status(), 200);
+    let counted: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(counted["bytes"], total);
+    let failures = failures.lock().unwrap().clone();
+    let sent = sent.load(Ordering::Acquire);
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {failures:?}\n{}",
+        failures.len(),
+        stack.log()
+    );
+    assert!(sent > 100, "only {sent} requests were sent");
+
+    // Every request's event delivered, once (the old process's and the
+    // new one's, through one store).
+    let got = stack
+        .receiver
+        .wait_for("/hooks/p", sent, Duration::from_secs(30))
+        .await;
+    let mut seen: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["data"]["i"].as_str().unwrap().to_string())
+        .collect();
+    seen.sort();
+    let before = seen.len();
+    seen.dedup();
+    assert_eq!(before, seen.len(), "an event was delivered twice");
+    assert_eq!(seen.len(), sent, "{}", stack.log());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        new.0.id().to_string(),
+        "the new process serves data_dir now"
+    );
+    assert_eq!(stack.admin_status("/readyz").await, 200);
+    // The new process served its share: the admin listener is its alone now.
+    let metrics = stack.metrics().await;
+    let served: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("taphook_proxy_requests_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(served > 0.0, "the new process served nothing:\n{metrics}");
+    assert!(
+        stack
+            .log()
+            .contains("SIGQUIT: handing the listening sockets"),
+        "{}",
+        stack.log()
+    );
+    let _ = new.0.kill();
+}
+
+#[test]
+fn an_upgrade_without_a_running_taphook_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    let config = dir.path().join("taphook.yaml");
+    std::fs::write(
+        &config,
+        "listen: 127.0.0.1:1\nadmin_listen: 127.0.0.1:1\nupstream: http://127.0.0.1:9\nrules_dir: rules\ndata_dir: data\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
+        .args(["run", "--upgrade", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(text.contains("no running taphook found"), "{text}");
+}
