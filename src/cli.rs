@@ -37,6 +37,14 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
     },
+    /// Replace the running taphook without dropping a connection: starts
+    /// `taphook run --upgrade` in the background and returns once it
+    /// serves (what the systemd unit's `ExecReload` runs).
+    Upgrade {
+        /// The config file (its data_dir finds the running process).
+        #[arg(long, default_value = "taphook.yaml")]
+        config: PathBuf,
+    },
     /// Validate a config file and its rules directory, or a rules directory.
     Check {
         #[arg(long, conflicts_with_all = ["rules", "path"])]
@@ -151,6 +159,7 @@ pub fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run { config, upgrade } => run(&config, upgrade),
+        Command::Upgrade { config } => upgrade(&config),
         Command::Check {
             config,
             rules,
@@ -265,6 +274,28 @@ fn run(path: &Path, upgrade: bool) -> anyhow::Result<()> {
         crate::app::Launch::Fresh
     };
     crate::app::run(config, rules, crate::app::Stop::Signals, launch)
+}
+
+fn upgrade(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path, &process_env).map_err(|problems| {
+        anyhow::anyhow!(
+            "cannot upgrade with {}:\n{}",
+            path.display(),
+            problems
+                .0
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let pid =
+        crate::upgrade::start_upgrade(path, &config.data_dir, std::time::Duration::from_secs(60))?;
+    println!(
+        "taphook (pid {pid}) serves {} now; the previous process finishes its requests and exits",
+        config.listen
+    );
+    Ok(())
 }
 
 fn check(config: Option<PathBuf>, rules_dir: Option<PathBuf>, path: Option<PathBuf>) -> ExitCode {

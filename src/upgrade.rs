@@ -17,6 +17,54 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
+/// Tells systemd (`Type=notify`, when `NOTIFY_SOCKET` is set) that this
+/// process is ready and is the service's main process: after an upgrade,
+/// the new process takes the old one's place.
+pub fn notify_ready() {
+    let state = [
+        sd_notify::NotifyState::MainPid(std::process::id()),
+        sd_notify::NotifyState::Ready,
+    ];
+    if let Err(e) = sd_notify::notify(false, &state) {
+        tracing::warn!(error = %e, "cannot tell systemd this process is ready");
+    }
+}
+
+/// `taphook upgrade`: starts `taphook run --upgrade` on `config` in the
+/// background (its output where this command's goes: the journal under
+/// systemd) and returns once it serves `data_dir` (its pid in the pid
+/// file) or fails. What `systemctl reload taphook` runs.
+pub fn start_upgrade(config: &Path, data_dir: &Path, limit: Duration) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt as _;
+    let old = running(data_dir)?;
+    let exe = std::env::current_exe().context("cannot find this taphook's binary")?;
+    let mut child = std::process::Command::new(exe)
+        .args(["run", "--upgrade", "--config"])
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        // Its own session: it outlives this command.
+        .process_group(0)
+        .spawn()
+        .context("cannot start the new taphook")?;
+    let new = child.id();
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the new taphook exited before taking over ({status}); pid {old} still serves");
+        }
+        let serving = std::fs::read_to_string(pid_file(data_dir))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        if serving == Some(new) {
+            return Ok(new);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the new taphook (pid {new}) did not take over within {limit:?}; pid {old} still serves");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The pid file of the process serving `data_dir`.
 pub fn pid_file(data_dir: &Path) -> PathBuf {
     data_dir.join("taphook.pid")

@@ -229,3 +229,103 @@ fn an_upgrade_without_a_running_taphook_says_so() {
     assert!(!out.status.success());
     assert!(text.contains("no running taphook found"), "{text}");
 }
+
+/// `taphook upgrade` (what the systemd unit's reload runs) returns once the
+/// new process serves, and the old one exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_command_returns_once_the_new_process_serves() {
+    let mut stack = Stack::start(Setup {
+        rules: vec![("ping.yaml", PING_RULES.to_string())],
+        ..Default::default()
+    })
+    .await;
+    // The new process inherits the command's output (the journal under
+    // systemd): a file here, not a pipe a test would wait on forever.
+    let printed = stack.dir.path().join("upgrade.out");
+    let status = Command::new(env!("CARGO_BIN_EXE_taphook"))
+        .args(["upgrade", "--config"])
+        .arg(stack.dir.path().join("taphook.yaml"))
+        .stdout(std::fs::File::create(&printed).unwrap())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(&printed).unwrap();
+    assert!(status.success(), "{text}\n{}", stack.log());
+    let pid: u32 = text
+        .split("(pid ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text:?}"));
+    // Killed at the end, whatever happens (it runs in its own group).
+    let _new = scopeguard(pid);
+    let pid_file = stack.dir.path().join("data").join("taphook.pid");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
+    stack.ping(1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.exit_status().is_none() {
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.ping(2).await;
+    stack
+        .receiver
+        .wait_for("/hooks/p", 2, Duration::from_secs(15))
+        .await;
+}
+
+/// Kills `pid` when dropped.
+fn scopeguard(pid: u32) -> impl Drop {
+    struct Guard(u32);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    Guard(pid)
+}
+
+/// Under systemd (`Type=notify`), taphook says when it is ready and that it
+/// is the main process (after an upgrade, the new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_and_the_main_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    let (proxy, admin) = (
+        taphook::demo::free_port().unwrap(),
+        taphook::demo::free_port().unwrap(),
+    );
+    std::fs::write(
+        dir.path().join("taphook.yaml"),
+        format!("listen: 127.0.0.1:{proxy}\nadmin_listen: 127.0.0.1:{admin}\nupstream: http://127.0.0.1:9\nrules_dir: rules\ndata_dir: data\n"),
+    )
+    .unwrap();
+    let child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_taphook"))
+            .args(["run", "--config"])
+            .arg(dir.path().join("taphook.yaml"))
+            .env("NOTIFY_SOCKET", &socket_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("a notification");
+    let message = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(message.contains("READY=1"), "{message}");
+    assert!(
+        message.contains(&format!("MAINPID={}", child.0.id())),
+        "{message}"
+    );
+}

@@ -504,6 +504,7 @@ async fn mark_ready_when_proxy_accepts(shared: Arc<Shared>) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     shared.ready.store(true, Ordering::Release);
+    crate::upgrade::notify_ready();
 }
 
 #[cfg(test)]
