@@ -329,3 +329,96 @@ async fn systemd_hears_ready_and_the_main_pid() {
         "{message}"
     );
 }
+
+/// An upstream that answers every request with `101 Switching Protocols`
+/// and then echoes what it reads (enough of a WebSocket server for a
+/// proxy, which passes the upgraded bytes through untouched).
+async fn echo_upstream() -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let reply = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                if s.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A WebSocket open across the upgrade goes on through the old process
+/// until the client is done with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_lives_through_an_upgrade() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let upstream = echo_upstream().await;
+    let mut stack = Stack::start(Setup {
+        upstream: Some(&upstream),
+        ..Default::default()
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(stack.proxy).await.unwrap();
+    let mut ws = tokio::io::BufReader::new(tcp);
+    ws.get_mut()
+        .write_all(b"GET /socket HTTP/1.1\r\nHost: importer\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut status = String::new();
+    ws.read_line(&mut status).await.unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    loop {
+        let mut line = String::new();
+        ws.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut new = None;
+    for i in 0..20 {
+        if i == 3 {
+            new = Some(upgrade(&stack));
+        }
+        let message = format!("message {i}\n");
+        ws.get_mut().write_all(message.as_bytes()).await.unwrap();
+        let mut echo = String::new();
+        tokio::time::timeout(Duration::from_secs(5), ws.read_line(&mut echo))
+            .await
+            .expect("an echo")
+            .unwrap();
+        assert_eq!(
+            echo,
+            message,
+            "the socket broke at message {i}:\n{}",
+            stack.log()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    drop(ws);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.exit_status().is_none() {
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // New connections go to the new process.
+    let tcp = tokio::net::TcpStream::connect(stack.proxy).await;
+    assert!(tcp.is_ok());
+    drop(new);
+}
