@@ -92,7 +92,8 @@ pub async fn require_token(
         next.run(request).await
     };
     if changes {
-        audit::record(&shared, &caller, &method, &route, &target, &response);
+        let entry = audit::entry(&caller, &method, &route, &target, &response);
+        audit::record(&shared, entry).await;
     }
     response
 }

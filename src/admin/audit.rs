@@ -32,16 +32,17 @@ pub struct Detail(pub Value);
 #[derive(Debug, Clone)]
 pub struct Failed(pub &'static str, pub String);
 
-/// Writes the entry of a state-changing call (a lost entry is logged:
-/// the call itself has happened).
-pub fn record(
-    shared: &Shared,
+/// How long a call waits for its audit entry to be stored.
+const AUDIT_WRITE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The entry of a state-changing call, from its answer.
+pub fn entry(
     caller: &Caller,
     method: &Method,
     route: &str,
     target: &str,
     response: &Response,
-) {
+) -> Value {
     let status = response.status();
     let extensions = response.extensions();
     let outcome = if let Some(Denied(needed)) = extensions.get::<Denied>() {
@@ -62,23 +63,28 @@ pub fn record(
     if let Some(Detail(detail)) = extensions.get::<Detail>() {
         entry["detail"] = detail.clone();
     }
-    let action = entry["action"].to_string();
-    let token = caller.name.clone();
-    match &shared.jetstream {
-        Some(js) => {
-            let js = js.clone();
-            tokio::spawn(async move {
-                if let Err(e) = js.audit(entry.to_string()).await {
-                    tracing::error!(error = %e, %action, %token, "audit entry not stored");
-                }
-            });
-        }
-        None => {
-            if let Err(e) = shared.store.audit(entry.to_string()) {
-                tracing::error!(error = %e, %action, %token, "audit entry not stored");
+    entry
+}
+
+/// Writes an entry before the call answers: whoever reads the trail after
+/// a call sees it there. A lost entry is logged (the call itself has
+/// happened).
+pub async fn record(shared: &Shared, entry: Value) {
+    let written = async {
+        match &shared.jetstream {
+            Some(js) => js.audit(entry.to_string()).await,
+            None => {
+                shared.store.audit(entry.to_string())?;
+                shared.store.committed_now().await
             }
         }
-    }
+    };
+    let failed = match tokio::time::timeout(AUDIT_WRITE, written).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("not stored within {AUDIT_WRITE:?}"),
+    };
+    tracing::error!(error = %failed, action = %entry["action"], token = %entry["token_name"], "audit entry not stored");
 }
 
 #[derive(Deserialize)]
