@@ -49,6 +49,10 @@ pub struct Shared {
     pub hash_key: HashKey,
     /// Each webhook's attempts per hour, for 7 days.
     pub history: Arc<crate::history::History>,
+    /// Stopping or handing over: responses close their connection, so
+    /// kept-alive clients reconnect (to the new process, after an
+    /// upgrade) instead of meeting a connection closed under them.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Events pushed through the admin API waiting for the pipeline.
@@ -222,7 +226,9 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
             .hours(crate::history::hour_of(crate::store::sqlite::now_ms()) - crate::history::HOURS)
             .context("cannot read the webhooks' history from the data directory")?,
     ));
+    let draining = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
+        draining: draining.clone(),
         hash_key,
         history: history.clone(),
         rules: ArcSwap::from_pointee(rules),
@@ -300,6 +306,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
     let stop_watch = StopWatch {
         stop_deliveries,
         fast: fast_stop,
+        draining,
     };
 
     let mut conf = ServerConf {
@@ -521,10 +528,12 @@ const FAST_DRAIN: Duration = Duration::from_millis(500);
 struct StopWatch {
     stop_deliveries: tokio::sync::watch::Sender<bool>,
     fast: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
 }
 
 impl StopWatch {
     fn stop(&self, signal: ShutdownSignal) -> ShutdownSignal {
+        self.draining.store(true, Ordering::Release);
         self.fast.store(
             matches!(signal, ShutdownSignal::FastShutdown),
             Ordering::Release,

@@ -322,10 +322,15 @@ impl ProxyHttp for Tap {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut TapCtx,
     ) -> Result<()> {
+        if self.shared.draining.load(Ordering::Acquire) {
+            // `Connection: close`: the client's next request opens a new
+            // connection, which the process taking over accepts.
+            session.set_keepalive(None);
+        }
         if let Some(ctx) = ctx.tapped.as_deref_mut() {
             ctx.status = resp.status.as_u16();
             ctx.response_headers = resp.headers.clone();
