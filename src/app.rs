@@ -649,27 +649,15 @@ impl Reloader {
 
 #[async_trait]
 impl BackgroundService for Reloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("cannot watch SIGHUP; rules reload by signal is off");
-            return;
-        };
-        let (_watcher, mut changes) = match self.watch() {
-            Some((w, rx)) => (Some(w), rx),
-            None => (None, tokio::sync::mpsc::unbounded_channel().1),
-        };
-        loop {
-            tokio::select! {
-                _ = hup.recv() => self.reload().await,
-                Some(()) = changes.recv() => {
-                    // Let an editor finish writing, then reload once.
-                    tokio::time::sleep(RELOAD_SETTLE).await;
-                    while changes.try_recv().is_ok() {}
-                    self.reload().await;
-                }
-                _ = shutdown.changed() => break,
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        // Let an editor finish writing, then reload once.
+        crate::reload::on_signal_or_change(
+            shutdown,
+            self.watch(),
+            RELOAD_SETTLE,
+            "the rules",
+            || self.reload(),
+        )
+        .await;
     }
 }

@@ -25,6 +25,7 @@ pub mod history;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
+pub mod reload;
 pub mod rules;
 pub mod secret;
 pub mod store;

@@ -274,27 +274,15 @@ impl CertReloader {
 
 #[async_trait]
 impl BackgroundService for CertReloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("cannot watch SIGHUP; the TLS certificate reloads on file changes only");
-            return;
-        };
-        let (_watcher, mut changes) = match self.watch() {
-            Some((w, rx)) => (Some(w), rx),
-            None => (None, tokio::sync::mpsc::unbounded_channel().1),
-        };
-        loop {
-            tokio::select! {
-                _ = hup.recv() => self.reload(),
-                Some(()) = changes.recv() => {
-                    // Let a renewal finish writing both files, then read once.
-                    tokio::time::sleep(SETTLE).await;
-                    while changes.try_recv().is_ok() {}
-                    self.reload();
-                }
-                _ = shutdown.changed() => break,
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        // Let a renewal finish writing both files, then read once.
+        crate::reload::on_signal_or_change(
+            shutdown,
+            self.watch(),
+            SETTLE,
+            "the TLS certificate",
+            || async { self.reload() },
+        )
+        .await;
     }
 }
