@@ -522,3 +522,59 @@ fn a_bad_certificate_is_a_clear_start_up_error() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("taphook.yaml:1: tls.key"), "{text}");
 }
+
+/// The upstream asks for a client certificate (mTLS): with
+/// `upstream_tls.client_cert` taphook presents one and gets through;
+/// without, every request is a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_presented_to_the_upstream() {
+    let pki = Pki::new("upstream-mtls");
+    pki.leaf("server", &["importer.internal"], None);
+    let callers = Pki::new("callers");
+    callers.leaf("taphook", &["taphook"], None);
+    let extra = format!("  client_ca: {}\n", callers.ca_path());
+    let front = start(&tls_config(&pki, &extra)).await;
+    let upstream = format!("https://127.0.0.1:{}", front.proxy.port());
+    let tls = |with_cert: bool| {
+        let mut text = format!(
+            "upstream_tls:\n  ca: {}\n  server_name: importer.internal\n",
+            pki.ca_path()
+        );
+        if with_cert {
+            text.push_str(&format!(
+                "  client_cert: {}\n  client_key: {}\n",
+                path_of(&callers.path("taphook.pem")),
+                path_of(&callers.path("taphook.key"))
+            ));
+        }
+        text
+    };
+    let config = tls(true);
+    let presenting = Stack::start(Setup {
+        upstream: Some(&upstream),
+        config: &config,
+        ..Default::default()
+    })
+    .await;
+    let r = presenting
+        .client
+        .get(presenting.url("/_fixtures/empty?i=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", presenting.log());
+    let config = tls(false);
+    let anonymous = Stack::start(Setup {
+        upstream: Some(&upstream),
+        config: &config,
+        ..Default::default()
+    })
+    .await;
+    let r = anonymous
+        .client
+        .get(anonymous.url("/_fixtures/empty?i=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+}
