@@ -612,38 +612,20 @@ impl Reloader {
         let _ = tokio::task::spawn_blocking(move || shared.reload_rules()).await;
     }
 
-    /// Watches the rules directory; file events arrive on the channel.
-    fn watch(
-        &self,
-    ) -> Option<(
-        notify::RecommendedWatcher,
-        tokio::sync::mpsc::UnboundedReceiver<()>,
-    )> {
-        use notify::Watcher as _;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let handler = move |event: notify::Result<notify::Event>| {
-            let relevant = event.is_ok_and(|e| {
-                !e.kind.is_access()
-                    && e.paths.iter().any(|p| {
-                        !p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with('.'))
-                    })
-            });
-            if relevant {
-                let _ = tx.send(());
-            }
+    /// Watches the rules directory, files whose name starts with a dot
+    /// (editors' swap files) aside.
+    fn watch(&self) -> Option<crate::reload::Changes> {
+        let hidden = |p: &std::path::Path| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
         };
-        let dir = &self.shared.config.rules_dir;
-        let watcher = notify::recommended_watcher(handler)
-            .and_then(|mut w| w.watch(dir, notify::RecursiveMode::Recursive).map(|()| w));
-        match watcher {
-            Ok(w) => Some((w, rx)),
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; reload with SIGHUP");
-                None
-            }
-        }
+        crate::reload::watch(
+            std::slice::from_ref(&self.shared.config.rules_dir),
+            notify::RecursiveMode::Recursive,
+            move |e| e.paths.iter().any(|p| !hidden(p)),
+            "the rules directory",
+        )
     }
 }
 

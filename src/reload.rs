@@ -12,6 +12,41 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// alive as long as the loop runs).
 pub type Changes = (notify::RecommendedWatcher, UnboundedReceiver<()>);
 
+/// Watches `dirs` (with `mode`) for changes `relevant` takes, for
+/// [`on_signal_or_change`]; `None`, with a warning naming `what`, when no
+/// directory can be watched (SIGHUP still reloads).
+pub fn watch(
+    dirs: &[std::path::PathBuf],
+    mode: notify::RecursiveMode,
+    relevant: impl Fn(&notify::Event) -> bool + Send + 'static,
+    what: &str,
+) -> Option<Changes> {
+    use notify::Watcher as _;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access() && relevant(&e)) {
+            let _ = tx.send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch {what}; reload it with SIGHUP");
+            return None;
+        }
+    };
+    let mut watched = 0;
+    for dir in dirs {
+        match watcher.watch(dir, mode) {
+            Ok(()) => watched += 1,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch {what}; reload it with SIGHUP")
+            }
+        }
+    }
+    (watched > 0).then_some((watcher, rx))
+}
+
 /// Calls `reload` on every SIGHUP, and once per burst of `changes` after
 /// `settle`, until `shutdown`. `what` names it in the warning when SIGHUP
 /// cannot be watched.

@@ -243,32 +243,13 @@ impl CertReloader {
         }
     }
 
-    fn watch(
-        &self,
-    ) -> Option<(
-        notify::RecommendedWatcher,
-        tokio::sync::mpsc::UnboundedReceiver<()>,
-    )> {
-        use notify::Watcher as _;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let handler = move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = tx.send(());
-            }
-        };
-        let mut watcher = match notify::recommended_watcher(handler) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the TLS certificate; reload it with SIGHUP");
-                return None;
-            }
-        };
-        for dir in self.certificates.dirs() {
-            if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the TLS certificate's directory; reload it with SIGHUP");
-            }
-        }
-        Some((watcher, rx))
+    fn watch(&self) -> Option<crate::reload::Changes> {
+        crate::reload::watch(
+            &self.certificates.dirs(),
+            notify::RecursiveMode::NonRecursive,
+            |_| true,
+            "the TLS certificate's directory",
+        )
     }
 }
 
