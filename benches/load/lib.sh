@@ -22,6 +22,27 @@ http {
 NGINX
 }
 
+# await_taphook name listen admin: waits (at most 2 minutes) until taphook
+# $name is ready, then sets PID[$name] to the process that listens (under
+# a wrapper, its child); if it does not start, prints its log and exits.
+# The caller declares `declare -A PID`.
+await_taphook() {
+  local name=$1 listen=$2 admin=$3
+  for _ in $(seq 1200); do
+    if curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null; then
+      PID[$name]=$(ss -ltnpH "sport = :$listen" | grep -oP 'pid=\K[0-9]+' | head -1)
+      return
+    fi
+    sleep 0.1
+  done
+  echo "taphook $name did not start:"; cat "$WORK/$name/taphook.log"; exit 1
+}
+
+# no_routes dir: a rules directory whose one route matches nothing.
+no_routes() {
+  printf 'routes:\n  - name: none\n    event: none\n    path: /nothing-here\n' >"$1/none.yaml"
+}
+
 # CPU ticks (user + system) of a process and its children (nginx workers).
 ticks() {
   local total=0 p

@@ -107,7 +107,7 @@ CONF
 # rules_for dir plain|shipped
 rules_for() {
   if [ "$2" = plain ]; then
-    printf 'routes:\n  - name: none\n    event: none\n    path: /nothing-here\n' >"$WORK/$1/rules/none.yaml"
+    no_routes "$WORK/$1/rules"
   else
     cp rules/oneschema.yaml rules/dromo.yaml rules/flatfile.yaml "$WORK/$1/rules/"
     printf 'webhooks:\n  - key: bench\n    url: http://127.0.0.1:%s/hooks\n    events: ["*"]\n' "$SINK" >"$WORK/$1/rules/hooks.yaml"
@@ -124,15 +124,7 @@ start_taphook() {
   rules_for "$name" "$kind"
   (cd "$WORK/$name" && RUST_LOG=warn exec "$@" "$bin" run --config taphook.yaml >taphook.log 2>&1) &
   PIDS+=($!); PORT[$name]=$listen; ADMIN[$name]=$admin
-  for _ in $(seq 1200); do
-    if curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null; then
-      # The process that listens (under a wrapper, its child).
-      PID[$name]=$(ss -ltnpH "sport = :$listen" | grep -oP 'pid=\K[0-9]+' | head -1)
-      return
-    fi
-    sleep 0.1
-  done
-  echo "taphook $name did not start:"; cat "$WORK/$name/taphook.log"; exit 1
+  await_taphook "$name" "$listen" "$admin"
 }
 # metric name admin_port [label filter]: the sum of a metric's series.
 metric() {

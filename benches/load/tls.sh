@@ -76,20 +76,13 @@ rules_dir: rules
 data_dir: data
 CONF
   if [ "$2" = plain ]; then
-    printf 'routes:\n  - name: none\n    event: none\n    path: /nothing-here\n' >"$WORK/$name/rules/none.yaml"
+    no_routes "$WORK/$name/rules"
   else
     cp rules/oneschema.yaml rules/dromo.yaml rules/flatfile.yaml "$WORK/$name/rules/"
   fi
   (cd "$WORK/$name" && RUST_LOG=warn exec "$BIN" run --config taphook.yaml >taphook.log 2>&1) &
   PIDS+=($!); PORT[$name]=$listen; ADMIN[$name]=$admin
-  for _ in $(seq 600); do
-    if curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null; then
-      PID[$name]=$(ss -ltnpH "sport = :$listen" | grep -oP 'pid=\K[0-9]+' | head -1)
-      return
-    fi
-    sleep 0.1
-  done
-  echo "taphook $name did not start:"; cat "$WORK/$name/taphook.log"; exit 1
+  await_taphook "$name" "$listen" "$admin"
 }
 start_taphook plain-tls plain
 start_taphook taphook-tls shipped
