@@ -616,21 +616,13 @@ async fn scoped_tokens_and_the_audit_trail() {
 #[test]
 fn duplicate_token_names_are_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    let config = dir.path().join("taphook.yaml");
-    std::fs::write(
-        &config,
-        "upstream: http://127.0.0.1:9\nrules_dir: rules\nadmin_tokens:\n  - {name: a, token: t1, role: read}\n  - {name: a, token: t2, role: admin}\n  - {name: b, token: t3, role: owner}\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taphook"))
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    let config = common::hand_config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        "admin_tokens:\n  - {name: a, token: t1, role: read}\n  - {name: a, token: t2, role: admin}\n  - {name: b, token: t3, role: owner}\n",
+    );
+    let (ok, text) = common::taphook_output(&["check", "--config"], &config.path);
+    assert!(!ok, "{text}");
     assert!(text.contains("taphook.yaml:"), "{text}");
     assert!(
         text.contains("role") || text.contains("`a` is used by another token"),

@@ -385,21 +385,8 @@ async fn record_dir_with_no_route_yet_records_every_exchange() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    let (proxy, admin) = (
-        taphook::demo::free_port().unwrap(),
-        taphook::demo::free_port().unwrap(),
-    );
-    std::fs::write(
-        dir.path().join("taphook.yaml"),
-        format!(
-            "listen: 127.0.0.1:{proxy}\nupstream: {}\nadmin_listen: 127.0.0.1:{admin}\nrules_dir: rules\ndata_dir: data\nrecord:\n  dir: rec\n",
-            importer.url()
-        ),
-    )
-    .unwrap();
-    let proxy: std::net::SocketAddr = format!("127.0.0.1:{proxy}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let config = common::hand_config(dir.path(), &importer.url(), "record:\n  dir: rec\n");
+    let (proxy, admin) = (config.proxy, config.admin);
     let mut child = common::launch(dir.path(), admin, proxy, "info")
         .await
         .unwrap();

@@ -490,36 +490,14 @@ fn a_bad_certificate_is_a_clear_start_up_error() {
     pki.leaf("server", &["localhost"], None);
     std::fs::write(pki.path("server.key"), "not a key\n").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    let config = dir.path().join("taphook.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{}\nadmin_listen: 127.0.0.1:{}\nupstream: http://127.0.0.1:9\nrules_dir: rules\ndata_dir: data\n{}",
-            taphook::demo::free_port().unwrap(),
-            taphook::demo::free_port().unwrap(),
-            tls_config(&pki, "")
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    let config = hand_config(dir.path(), "http://127.0.0.1:9", &tls_config(&pki, ""));
+    let (ok, text) = taphook_output(&["run", "--config"], &config.path);
+    assert!(!ok, "{text}");
     assert!(text.contains("tls.key"), "{text}");
     assert!(text.contains(&path_of(&pki.path("server.key"))), "{text}");
     // `taphook check` reads the files as a start would.
-    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = taphook_output(&["check", "--config"], &config.path);
+    assert!(!ok, "{text}");
     assert!(text.contains("taphook.yaml:1: tls.key"), "{text}");
 }
 

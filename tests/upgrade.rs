@@ -213,20 +213,9 @@ async fn an_upgrade_under_load_drops_nothing() {
 #[test]
 fn an_upgrade_without_a_running_taphook_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    let config = dir.path().join("taphook.yaml");
-    std::fs::write(
-        &config,
-        "listen: 127.0.0.1:1\nadmin_listen: 127.0.0.1:1\nupstream: http://127.0.0.1:9\nrules_dir: rules\ndata_dir: data\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
-        .args(["run", "--upgrade", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success());
+    let config = hand_config(dir.path(), "http://127.0.0.1:9", "");
+    let (ok, text) = taphook_output(&["run", "--upgrade", "--config"], &config.path);
+    assert!(!ok, "{text}");
     assert!(text.contains("no running taphook found"), "{text}");
 }
 
@@ -300,20 +289,11 @@ async fn systemd_hears_ready_and_the_main_pid() {
     socket
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    let (proxy, admin) = (
-        taphook::demo::free_port().unwrap(),
-        taphook::demo::free_port().unwrap(),
-    );
-    std::fs::write(
-        dir.path().join("taphook.yaml"),
-        format!("listen: 127.0.0.1:{proxy}\nadmin_listen: 127.0.0.1:{admin}\nupstream: http://127.0.0.1:9\nrules_dir: rules\ndata_dir: data\n"),
-    )
-    .unwrap();
+    let config = hand_config(dir.path(), "http://127.0.0.1:9", "");
     let child = Killed(
         Command::new(env!("CARGO_BIN_EXE_taphook"))
             .args(["run", "--config"])
-            .arg(dir.path().join("taphook.yaml"))
+            .arg(&config.path)
             .env("NOTIFY_SOCKET", &socket_path)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -467,6 +467,52 @@ pub async fn launch(
     }
 }
 
+/// A config for a taphook a test starts by hand.
+pub struct HandConfig {
+    pub path: PathBuf,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Writes `dir/taphook.yaml`: free loopback ports, `rules/` (made here),
+/// `data/`, `upstream`, then the `extra` lines.
+pub fn hand_config(dir: &Path, upstream: &str, extra: &str) -> HandConfig {
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    let proxy: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+        .parse()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+        .parse()
+        .unwrap();
+    let path = dir.join("taphook.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: {proxy}
+admin_listen: {admin}
+upstream: {upstream}
+rules_dir: rules
+data_dir: data
+{extra}"
+        ),
+    )
+    .unwrap();
+    HandConfig { path, proxy, admin }
+}
+
+/// Runs `taphook <args> <config>` to its end: whether it succeeded, and
+/// what it printed (standard error, then standard output).
+pub fn taphook_output(args: &[&str], config: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_taphook"))
+        .args(args)
+        .arg(config)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), text)
+}
+
 /// Runs `taphook check --rules` on a directory holding the OneSchema
 /// profile and `files`; returns the exit code and what it printed.
 pub fn check_rules(files: &[(&str, &str)]) -> (Option<i32>, String) {
