@@ -141,8 +141,9 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
         Launch::Upgrade => None,
     };
     // The admin listener is shared (SO_REUSEPORT) while two processes run.
-    let admin_listener = crate::proxy::listener::bind_shared(config.admin_listen)
-        .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
+    let admin_listener =
+        crate::proxy::listener::bind_shared(config.admin_listen, launch == Launch::Upgrade)
+            .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
     if !config.admin_listen.ip().is_loopback() && config.admin_tokens.is_empty() {
         tracing::warn!(addr = %config.admin_listen, "admin listener binds a non-loopback address without admin_token");
     }

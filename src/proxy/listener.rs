@@ -19,8 +19,14 @@ use pingora::services::Service;
 
 /// A listening socket other processes may bind too (SO_REUSEPORT): the
 /// admin listener, which the process being upgraded holds until it exits.
-pub fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Unless `taking_over`, the address must be free first (a plain bind is
+/// tried and released), so a port another process holds is a start-up
+/// error as before, not a port silently shared with it.
+pub fn bind_shared(addr: SocketAddr, taking_over: bool) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
+    if !taking_over {
+        drop(TcpListener::bind(addr)?);
+    }
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -107,5 +113,20 @@ impl<S: Service> Service for Bound<S> {
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
         self.inner.listen_addresses()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_shared;
+
+    #[test]
+    fn the_admin_port_is_shared_only_when_taking_over() {
+        let first = bind_shared("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = first.local_addr().unwrap();
+        // Another taphook starting on the same port: refused, as before.
+        assert!(bind_shared(addr, false).is_err());
+        // The process taking over from `first` shares it.
+        assert!(bind_shared(addr, true).is_ok());
     }
 }
