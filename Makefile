@@ -36,6 +36,9 @@ test-prereqs:
 	@{ command -v curl && command -v openssl; } >/dev/null 2>&1 || { \
 	  echo "installing curl and openssl (the TLS and HTTP/2 tests speak through curl; openssl makes an RSA key)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends curl openssl >/dev/null; }
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk (the upgrade test runs it through an upgrade)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 	@python3 -c 'import ensurepip, venv' 2>/dev/null || { \
 	  echo "installing python3-venv (for the real importer the walkthrough test runs)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null; }

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 use tokio::sync::mpsc;
 
 use crate::admin::Admin;
@@ -20,6 +21,7 @@ use crate::derive::exchange::Budget;
 use crate::filter::HashKey;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Pushed};
+use crate::proxy::drain::FirstRequestWindow;
 use crate::proxy::listener::BoundSocket;
 use crate::proxy::Tap;
 use crate::rules::{self, Rules};
@@ -335,9 +337,18 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
     }
     server.bootstrap();
     crate::upgrade::write_pid(&shared.config.data_dir);
-    let mut proxy = pingora::proxy::http_proxy_service(
+    let mut tap = pingora::proxy::http_proxy(
         &server.configuration,
         Tap::new(shared.clone(), tx, upstream, budget),
+    );
+    if shared.config.listen_h2c {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        tap.server_options = Some(options);
+    }
+    let mut proxy = Service::new(
+        "taphook proxy".to_string(),
+        FirstRequestWindow::new(tap, shared.config.shutdown_grace),
     );
     match listener_tls {
         Some((settings, certificates)) => {
@@ -351,13 +362,6 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
             ));
         }
         None => proxy.add_tcp(&listen),
-    }
-    if shared.config.listen_h2c {
-        if let Some(app) = proxy.app_logic_mut() {
-            let mut options = pingora::apps::HttpServerOptions::default();
-            options.h2c = true;
-            app.server_options = Some(options);
-        }
     }
     match proxy_listener {
         Some(bound) => {

@@ -3,7 +3,8 @@
 //! HTTP/1.1, the same events as plain HTTP/1.1; an HTTPS upstream with a
 //! private CA (another taphook), verified, and refused with a wrong CA; a
 //! certificate replaced on disk and picked up with a connection held open
-//! across it; a bad new pair kept out; mTLS accepted and refused; h2c.
+//! across it; a bad new pair kept out; mTLS accepted and refused, and its
+//! CA replaced on disk; h2c; HTTP/2 to an upstream that offers it.
 
 mod common;
 
@@ -313,7 +314,7 @@ async fn a_renewed_certificate_is_picked_up_without_dropping_a_connection() {
     let after = connect(&stack, &trust).await.unwrap();
     assert_eq!(served_certificate(&after), second);
     assert!(
-        stack.log().contains("TLS certificate not reloaded"),
+        stack.log().contains("TLS file not reloaded"),
         "{}",
         stack.log()
     );
@@ -351,22 +352,38 @@ async fn client_certificates_are_asked_for_with_client_ca() {
     assert_eq!(get(&mut accepted, 1).await, 204);
     // No certificate, or one of another CA: no request gets through.
     for connector in [with(&strangers), connector(&pki.path("ca.pem"), None)] {
-        let refused = match connect(&stack, &connector).await {
-            Err(_) => true,
-            // TLS 1.3: the server's refusal arrives after the client's
-            // handshake ends, with the first read.
-            Ok(mut s) => {
-                let _ = s
-                    .write_all(b"GET /_fixtures/empty?i=9 HTTP/1.1\r\nHost: x\r\n\r\n")
-                    .await;
-                let mut buf = [0u8; 64];
-                !matches!(s.read(&mut buf).await, Ok(n) if n > 0)
-            }
-        };
         assert!(
-            refused,
+            refused(&stack, &connector).await,
             "a request got through without a client certificate of the CA"
         );
+    }
+    // The CA file replaced: read again like the certificate, the
+    // connection already open goes on, new ones are verified against the
+    // new CA.
+    let new_ca = std::fs::read_to_string(strangers.path("ca.pem")).unwrap();
+    write_atomically(&clients.path("ca.pem"), &new_ca);
+    stack
+        .wait_metric("taphook_tls_reloads_total{result=\"success\"}", 1.0)
+        .await;
+    assert_eq!(get(&mut accepted, 2).await, 204);
+    let mut newcomer = connect(&stack, &with(&strangers)).await.unwrap();
+    assert_eq!(get(&mut newcomer, 3).await, 204);
+    assert!(refused(&stack, &with(&clients)).await);
+}
+
+/// Whether a connection made with `connector` is refused: at the
+/// handshake, or (TLS 1.3: the server's refusal arrives after the
+/// client's handshake ends) at the first read.
+async fn refused(stack: &Stack, connector: &tokio_rustls::TlsConnector) -> bool {
+    match connect(stack, connector).await {
+        Err(_) => true,
+        Ok(mut s) => {
+            let _ = s
+                .write_all(b"GET /_fixtures/empty?i=9 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await;
+            let mut buf = [0u8; 64];
+            !matches!(s.read(&mut buf).await, Ok(n) if n > 0)
+        }
     }
 }
 
@@ -555,4 +572,76 @@ async fn a_client_certificate_is_presented_to_the_upstream() {
         .await
         .unwrap();
     assert_eq!(r.status(), 502);
+}
+
+const UPLOAD_RULES: &str = "routes:\n  - name: upload\n    event: uploaded\n    method: POST\n    path: /upload\n    data:\n      version: $response.body.version\n      bytes: $response.body.bytes\nwebhooks:\n  - key: u\n    url: {receiver}/hooks/u\n    events: [uploaded]\n";
+
+/// An HTTPS server's side: the pair in `pki`'s `server.*`, ALPN `alpn`.
+fn acceptor(pki: &Pki, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject as _;
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(pki.path("server.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// An HTTPS upstream that offers HTTP/2: `upstream_tls.h2: auto` (the
+/// default) speaks it, `off` keeps to HTTP/1.1, and one that offers only
+/// HTTP/1.1 gets HTTP/1.1 from `auto`. The tap is the same on each: the
+/// upstream's answer, read back through taphook, is in the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_to_an_upstream_that_offers_it() {
+    let pki = Pki::new("h2-upstream");
+    pki.leaf("server", &["importer.internal"], None);
+    let both = upstream::spawn(Some(acceptor(&pki, &[b"h2", b"http/1.1"]))).await;
+    let h1_only = upstream::spawn(Some(acceptor(&pki, &[b"http/1.1"]))).await;
+    const CSV: &str = "id,email\n1,ada@example.com\n";
+    for (addr, h2, version) in [
+        (both, "", "HTTP/2.0"),
+        (both, "  h2: off\n", "HTTP/1.1"),
+        (h1_only, "  h2: auto\n", "HTTP/1.1"),
+    ] {
+        let upstream = format!("https://127.0.0.1:{}", addr.port());
+        let config = format!(
+            "upstream_tls:\n  ca: {}\n  server_name: importer.internal\n{h2}",
+            pki.ca_path()
+        );
+        let stack = Stack::start(Setup {
+            upstream: Some(&upstream),
+            config: &config,
+            rules: vec![("upload.yaml", UPLOAD_RULES.to_string())],
+            ..Default::default()
+        })
+        .await;
+        let r = stack
+            .client
+            .post(stack.url("/upload"))
+            .body(CSV)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", stack.log());
+        assert_eq!(r.version(), reqwest::Version::HTTP_11);
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer, json!({"version": version, "bytes": CSV.len()}), "{h2:?}");
+        let got = stack
+            .receiver
+            .wait_for("/hooks/u", 1, Duration::from_secs(10))
+            .await;
+        assert_eq!(
+            got[0].json()["data"],
+            json!({"version": version, "bytes": CSV.len()}),
+            "{h2:?}"
+        );
+    }
 }

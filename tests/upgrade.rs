@@ -1,8 +1,9 @@
 //! Restarts that drop nothing (issue 25): `taphook run --upgrade` takes
 //! the listening sockets from the running process while requests keep
-//! coming, over new and kept-alive connections, and while a slow upload is
-//! in flight: no request fails, the upload completes, the old process
-//! exits cleanly, and every event is delivered once.
+//! coming (from the test, and from `wrk` over kept-alive and new
+//! connections), and while a 512 MiB upload and a WebSocket are in
+//! flight: no request fails, the upload and the WebSocket complete, the
+//! old process exits cleanly, and every event is delivered once.
 
 mod common;
 
@@ -43,30 +44,41 @@ fn upgrade(stack: &Stack) -> Killed {
     )
 }
 
-/// A body that arrives over `seconds`, a chunk every 100 ms.
-fn slow_body(seconds: u64) -> (reqwest::Body, usize) {
-    let chunks = (seconds * 10) as usize;
-    let chunk = vec![b'x'; 64 * 1024];
-    let total = chunks * chunk.len();
-    let stream = futures::stream::unfold(0usize, move |i| {
+/// A body of `chunks` chunks of `size` bytes, one every `every`; from
+/// chunk `hold_at` on, only once `gate` is open. Its length too.
+fn paced_body(
+    chunks: usize,
+    size: usize,
+    every: Duration,
+    hold_at: usize,
+    gate: tokio::sync::watch::Receiver<bool>,
+) -> (reqwest::Body, usize) {
+    let chunk = bytes::Bytes::from(vec![b'x'; size]);
+    let stream = futures::stream::unfold((0usize, gate), move |(i, mut gate)| {
         let chunk = chunk.clone();
         async move {
             if i == chunks {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let frame = http_body::Frame::data(bytes::Bytes::from(chunk));
-            Some((Ok::<_, std::io::Error>(frame), i + 1))
+            if i == hold_at {
+                let _ = gate.wait_for(|open| *open).await;
+            }
+            tokio::time::sleep(every).await;
+            Some((
+                Ok::<_, std::io::Error>(http_body::Frame::data(chunk)),
+                (i + 1, gate),
+            ))
         }
     });
     (
         reqwest::Body::wrap(http_body_util::StreamBody::new(stream)),
-        total,
+        chunks * size,
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_under_load_drops_nothing() {
+    let _turn = HEAVY.lock().await;
     let mut stack = Stack::start(Setup {
         rules: vec![("ping.yaml", PING_RULES.to_string())],
         ..Default::default()
@@ -116,7 +128,15 @@ async fn an_upgrade_under_load_drops_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // An upload in flight across the upgrade.
-    let (body, total) = slow_body(3);
+    // 30 chunks of 64 KiB over 3 s.
+    let (open, _) = tokio::sync::watch::channel(true);
+    let (body, total) = paced_body(
+        30,
+        64 * 1024,
+        Duration::from_millis(100),
+        0,
+        open.subscribe(),
+    );
     let upload = {
         let client = stack.client.clone();
         let url = stack.url("/_fixtures/count");
@@ -310,51 +330,35 @@ async fn systemd_hears_ready_and_the_main_pid() {
     );
 }
 
-/// An upstream that answers every request with `101 Switching Protocols`
-/// and then echoes what it reads (enough of a WebSocket server for a
-/// proxy, which passes the upgraded bytes through untouched).
-async fn echo_upstream() -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+const UPLOAD_RULES: &str = "routes:\n  - name: upload\n    event: uploaded\n    method: POST\n    path: /upload\n    data:\n      bytes: $response.body.bytes\nwebhooks:\n  - key: u\n    url: {receiver}/hooks/u\n    events: [uploaded]\n";
+
+/// The tests that load the machine take turns: two at once on two cores
+/// would time each other out.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A gate that opens once the old process's proxy listener has stopped
+/// (Pingora hands the sockets over, gives the new process 5 s, then stops
+/// the old one's accept loop, which taphook logs).
+fn old_listener_stopped(stack: &Stack) -> tokio::sync::watch::Receiver<bool> {
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let log = stack.dir.path().join("taphook.log");
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let reply = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-                if s.write_all(reply.as_bytes()).await.is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("listener stopped") {
+                let _ = open.send(true);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    format!("http://{addr}")
+    gate
 }
 
-/// A WebSocket open across the upgrade goes on through the old process
-/// until the client is done with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_websocket_lives_through_an_upgrade() {
+/// An open WebSocket through the proxy: the upgrade request written by
+/// hand, the `101` read.
+async fn open_websocket(stack: &Stack) -> tokio::io::BufReader<tokio::net::TcpStream> {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-    let upstream = echo_upstream().await;
-    let mut stack = Stack::start(Setup {
-        upstream: Some(&upstream),
-        ..Default::default()
-    })
-    .await;
     let tcp = tokio::net::TcpStream::connect(stack.proxy).await.unwrap();
     let mut ws = tokio::io::BufReader::new(tcp);
     ws.get_mut()
@@ -368,37 +372,157 @@ async fn an_open_websocket_lives_through_an_upgrade() {
         let mut line = String::new();
         ws.read_line(&mut line).await.unwrap();
         if line == "\r\n" {
-            break;
+            return ws;
         }
     }
-    let mut new = None;
-    for i in 0..20 {
-        if i == 3 {
-            new = Some(upgrade(&stack));
-        }
-        let message = format!("message {i}\n");
-        ws.get_mut().write_all(message.as_bytes()).await.unwrap();
-        let mut echo = String::new();
-        tokio::time::timeout(Duration::from_secs(5), ws.read_line(&mut echo))
-            .await
-            .expect("an echo")
-            .unwrap();
-        assert_eq!(
-            echo,
-            message,
-            "the socket broke at message {i}:\n{}",
-            stack.log()
-        );
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    drop(ws);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stack.exit_status().is_none() {
-        assert!(Instant::now() < deadline, "the old process did not exit");
+}
+
+/// One message over the WebSocket and its echo.
+async fn echo(ws: &mut tokio::io::BufReader<tokio::net::TcpStream>, stack: &Stack, i: usize) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let message = format!("message {i}\n");
+    ws.get_mut().write_all(message.as_bytes()).await.unwrap();
+    let mut echoed = String::new();
+    tokio::time::timeout(Duration::from_secs(10), ws.read_line(&mut echoed))
+        .await
+        .expect("an echo")
+        .unwrap();
+    assert_eq!(
+        echoed,
+        message,
+        "the socket broke at message {i}:\n{}",
+        stack.log()
+    );
+}
+
+/// A 512 MiB upload and an open WebSocket, both in flight from before the
+/// upgrade until after the old process stopped accepting: both complete
+/// through the old process within `shutdown_grace`, the old process exits
+/// cleanly, and the upload's event is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_big_upload_and_a_websocket_live_through_an_upgrade() {
+    let _turn = HEAVY.lock().await;
+    let upstream = format!("http://{}", upstream::spawn(None).await);
+    let mut stack = Stack::start(Setup {
+        upstream: Some(&upstream),
+        config: "shutdown_grace: 20s\n",
+        rules: vec![("upload.yaml", UPLOAD_RULES.to_string())],
+        ..Default::default()
+    })
+    .await;
+    let mut ws = open_websocket(&stack).await;
+    let stopped = old_listener_stopped(&stack);
+    // 448 MiB at 100 MiB/s, the last 64 MiB once the old listener stopped.
+    const MIB: usize = 1 << 20;
+    let (body, total) = paced_body(512, MIB, Duration::from_millis(10), 448, stopped.clone());
+    let upload = {
+        let request = stack.client.post(stack.url("/upload")).body(body);
+        tokio::spawn(async move { request.send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = upgrade(&stack);
+    // The WebSocket talks on until well after the old listener stopped.
+    let mut i = 0;
+    while !*stopped.borrow() {
+        echo(&mut ws, &stack, i).await;
+        i += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        !upload.is_finished(),
+        "the upload ended before the old listener stopped"
+    );
+    for _ in 0..10 {
+        echo(&mut ws, &stack, i).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(ws);
+    let response = upload
+        .await
+        .unwrap()
+        .expect("the upload in flight completes");
+    assert_eq!(response.status(), 200, "{}", stack.log());
+    let counted: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(counted["bytes"], total);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = stack.exit_status() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "the old process: {status}\n{}",
+        stack.log()
+    );
+    let got = stack
+        .receiver
+        .wait_for("/hooks/u", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["data"]["bytes"], total);
     // New connections go to the new process.
-    let tcp = tokio::net::TcpStream::connect(stack.proxy).await;
-    assert!(tcp.is_ok());
+    assert!(tokio::net::TcpStream::connect(stack.proxy).await.is_ok());
+    drop(new);
+}
+
+/// `wrk` on kept-alive connections and, beside it, on a new connection
+/// per request: the upgrade in the middle of both is unseen (no socket
+/// error, no non-2xx answer), and the old process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_wrk_drops_nothing() {
+    let _turn = HEAVY.lock().await;
+    let mut stack = Stack::start(Setup::default()).await;
+    let url = stack.url("/_fixtures/empty");
+    let wrk = |connections: &str, extra: &[&str]| {
+        let mut command = Command::new("wrk");
+        command
+            .args(["-t1", "-c", connections, "-d9s"])
+            .args(extra)
+            .arg(&url);
+        std::thread::spawn(move || {
+            command
+                .output()
+                .expect("wrk runs (make test-prereqs installs it)")
+        })
+    };
+    let kept = wrk("4", &[]);
+    let fresh = wrk("2", &["-H", "Connection: close"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let new = upgrade(&stack);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = stack.exit_status() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "the old process: {status}\n{}",
+        stack.log()
+    );
+    for (name, run) in [("kept-alive", kept), ("new connections", fresh)] {
+        let out = run.join().unwrap();
+        let report = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "wrk ({name}): {report}");
+        assert!(!report.contains("Socket errors"), "wrk ({name}): {report}");
+        assert!(!report.contains("Non-2xx"), "wrk ({name}): {report}");
+        let requests: u64 = report
+            .split(" requests in ")
+            .next()
+            .and_then(|s| s.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(requests > 100, "wrk ({name}): {report}");
+    }
+    assert!(stack
+        .log()
+        .contains("SIGQUIT: handing the listening sockets"));
     drop(new);
 }

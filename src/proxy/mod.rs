@@ -5,6 +5,7 @@
 //! (up to `tap.max_wait`, after the client has its response) or, with
 //! `tap.when_full: drop`, drops it (counted); never the request.
 
+pub mod drain;
 pub mod listener;
 pub mod multipart;
 pub mod tls;

@@ -7,7 +7,8 @@
 //! when anything changes in the certificate's or the key's directory
 //! (cert-manager swaps a symlink, certbot renames files); a pair that does
 //! not load, or whose key does not match its certificate, leaves the
-//! current one in place and says why.
+//! current one in place and says why. The client CA (`tls.client_ca`) is
+//! read again with them, through a verifier that holds the current one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +21,11 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert, RootCertStore};
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::config::ListenerTls;
 use crate::metrics::Metrics;
@@ -49,11 +55,13 @@ pub enum TlsError {
     ClientCa { path: PathBuf, reason: String },
 }
 
-/// The certificate the listener serves now, and where it is read from.
+/// The certificate the listener serves now, and where it is read from;
+/// and the CA client certificates are verified against, if any.
 pub struct Certificates {
     current: ArcSwap<CertifiedKey>,
     cert: PathBuf,
     key: PathBuf,
+    client_ca: Option<Arc<ClientCa>>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -72,31 +80,51 @@ impl ResolvesServerCert for Certificates {
 }
 
 impl Certificates {
-    /// Reads the pair; an error names the file and the reason.
-    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+    /// Reads the pair and the client CA; an error names the file and the
+    /// reason.
+    pub fn load(tls: &ListenerTls) -> Result<Self, TlsError> {
+        let client_ca = match &tls.client_ca {
+            Some(path) => Some(Arc::new(ClientCa::load(path)?)),
+            None => None,
+        };
         Ok(Self {
-            current: ArcSwap::from_pointee(load_pair(cert, key)?),
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
+            current: ArcSwap::from_pointee(load_pair(&tls.cert, &tls.key)?),
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            client_ca,
         })
     }
 
-    /// Reads the pair again: served from the next handshake on when it
-    /// loads and matches; otherwise the current one stays. `Ok(true)`
-    /// when the served certificate changed.
-    pub fn reload(&self) -> Result<bool, TlsError> {
-        let new = load_pair(&self.cert, &self.key)?;
-        let changed = new.cert != self.current.load().cert;
-        if changed {
-            self.current.store(Arc::new(new));
+    /// Reads the pair and the client CA again, each on its own: one that
+    /// loads (and, for the pair, matches) is used from the next handshake
+    /// on; one that does not leaves the current one in place. Whether
+    /// anything changed, and what did not load.
+    pub fn reload(&self) -> (bool, Vec<TlsError>) {
+        let (mut changed, mut errors) = (false, Vec::new());
+        match load_pair(&self.cert, &self.key) {
+            Ok(pair) if pair.cert != self.current.load().cert => {
+                self.current.store(Arc::new(pair));
+                changed = true;
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(e),
         }
-        Ok(changed)
+        if let Some(ca) = &self.client_ca {
+            match ca.reload() {
+                Ok(ca_changed) => changed |= ca_changed,
+                Err(e) => errors.push(e),
+            }
+        }
+        (changed, errors)
     }
 
-    /// The directories to watch: the certificate's and the key's.
+    /// The directories to watch: the certificate's, the key's and the
+    /// client CA's.
     fn dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = [&self.cert, &self.key]
-            .iter()
+        let ca = self.client_ca.as_ref().map(|ca| &ca.path);
+        let mut dirs: Vec<PathBuf> = [Some(&self.cert), Some(&self.key), ca]
+            .into_iter()
+            .flatten()
             .filter_map(|p| p.parent().map(Path::to_path_buf))
             .map(|d| {
                 if d.as_os_str().is_empty() {
@@ -188,7 +216,7 @@ pub fn read_key(
 /// The listener's TLS settings: the reloadable certificate, ALPN `h2`
 /// then `http/1.1`, and client certificates when `client_ca` is set.
 pub fn settings(tls: &ListenerTls) -> Result<(TlsSettings, Arc<Certificates>), TlsError> {
-    let certificates = Arc::new(Certificates::load(&tls.cert, &tls.key)?);
+    let certificates = Arc::new(Certificates::load(tls)?);
     let mut settings = TlsSettings::intermediate("", "").map_err(|e| TlsError::Read {
         what: "tls.cert",
         path: tls.cert.clone(),
@@ -196,24 +224,126 @@ pub fn settings(tls: &ListenerTls) -> Result<(TlsSettings, Arc<Certificates>), T
     })?;
     settings.set_cert_resolver(certificates.clone());
     settings.enable_h2();
-    if let Some(ca) = &tls.client_ca {
+    if let Some(ca) = &certificates.client_ca {
+        settings.set_client_cert_verifier(ca.clone());
+    }
+    Ok((settings, certificates))
+}
+
+/// The CA client certificates are verified against (`tls.client_ca`),
+/// read again with the certificate. rustls lends out a verifier's list of
+/// acceptable issuers for as long as the verifier lives, so each verifier
+/// made is kept for the life of the process: a few KiB each time the CA
+/// file changes (CA bundles rotate yearly), never per handshake.
+pub struct ClientCa {
+    path: PathBuf,
+    current: ArcSwap<Verifier>,
+}
+
+/// One loaded CA: its certificates (to tell a change) and its verifier.
+struct Verifier {
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    verify: &'static dyn ClientCertVerifier,
+}
+
+impl std::fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCa")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCa {
+    fn load(path: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(Self::read(path)?),
+        })
+    }
+
+    /// Reads the CA again; `Ok(true)` when it changed.
+    fn reload(&self) -> Result<bool, TlsError> {
+        let certs = read_certs("tls.client_ca", &self.path)?;
+        if certs == self.current.load().certs {
+            return Ok(false);
+        }
+        self.current.store(Arc::new(Self::read(&self.path)?));
+        Ok(true)
+    }
+
+    fn read(path: &Path) -> Result<Verifier, TlsError> {
+        let invalid = |reason: String| TlsError::ClientCa {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let certs = read_certs("tls.client_ca", path)?;
         let mut roots = RootCertStore::empty();
-        for cert in read_certs("tls.client_ca", ca)? {
-            roots.add(cert).map_err(|e| TlsError::ClientCa {
-                path: ca.clone(),
-                reason: e.to_string(),
-            })?;
+        for cert in &certs {
+            roots
+                .add(cert.clone())
+                .map_err(|e| invalid(e.to_string()))?;
         }
         let verifier =
             pingora::tls::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto())
                 .build()
-                .map_err(|e| TlsError::ClientCa {
-                    path: ca.clone(),
-                    reason: e.to_string(),
-                })?;
-        settings.set_client_cert_verifier(verifier);
+                .map_err(|e| invalid(e.to_string()))?;
+        let verify: &'static Arc<dyn ClientCertVerifier> = Box::leak(Box::new(verifier));
+        Ok(Verifier {
+            certs,
+            verify: verify.as_ref(),
+        })
     }
-    Ok((settings, certificates))
+
+    fn verifier(&self) -> &'static dyn ClientCertVerifier {
+        self.current.load().verify
+    }
+}
+
+impl ClientCertVerifier for ClientCa {
+    fn offer_client_auth(&self) -> bool {
+        self.verifier().offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.verifier().client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.verifier().root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verifier()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verifier().supported_verify_schemes()
+    }
 }
 
 /// Changes closer together than this make one reload.
@@ -227,19 +357,17 @@ pub struct CertReloader {
 
 impl CertReloader {
     fn reload(&self) {
-        match self.certificates.reload() {
-            Ok(true) => {
-                self.metrics
-                    .tls_reloads
-                    .with_label_values(&["success"])
-                    .inc();
-                tracing::info!(cert = %self.certificates.cert.display(), "TLS certificate reloaded; new handshakes use it");
-            }
-            Ok(false) => {}
-            Err(e) => {
-                self.metrics.tls_reloads.with_label_values(&["error"]).inc();
-                tracing::error!(error = %e, "TLS certificate not reloaded; keeping the current one");
-            }
+        let (changed, errors) = self.certificates.reload();
+        if changed {
+            self.metrics
+                .tls_reloads
+                .with_label_values(&["success"])
+                .inc();
+            tracing::info!(cert = %self.certificates.cert.display(), "TLS certificate or client CA reloaded; new handshakes use it");
+        }
+        for e in errors {
+            self.metrics.tls_reloads.with_label_values(&["error"]).inc();
+            tracing::error!(error = %e, "TLS file not reloaded; keeping the current one");
         }
     }
 

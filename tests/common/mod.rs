@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod ordered;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
