@@ -17,13 +17,14 @@
 # errors and non-2xx answers are the figures.
 #
 # Usage: benches/load/tls.sh [duration_s] [connections]
-#   RUNS=3 WRK_THREADS=1 BIN=path (default: cargo build --release)
+#   RUNS=3 UPGRADE_RUNS=3 WRK_THREADS=1 BIN=path (default: cargo build --release)
 # Writes target/bench/tls.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
 CONNS=${2:-32}
 RUNS=${RUNS:-3}
+UPGRADE_RUNS=${UPGRADE_RUNS:-3}
 WRK_THREADS=${WRK_THREADS:-1}
 for pkg in wrk:wrk nginx:nginx h2load:nghttp2-client openssl:openssl; do
   command -v "${pkg%%:*}" >/dev/null || { echo "installing ${pkg#*:}"; ${SUDO:-} apt-get update -qq && ${SUDO:-} apt-get install -y -qq "${pkg#*:}" >/dev/null; }
@@ -110,20 +111,23 @@ for run in $(seq "$RUNS"); do
   done
 done
 
-# An upgrade under load: wrk on taphook-tls (keep-alive and not) while
-# `taphook upgrade` replaces the process.
+# Upgrades under load: wrk on taphook-tls (keep-alive and not) while
+# `taphook upgrade` replaces the process, UPGRADE_RUNS times (each new
+# process is the next one replaced).
 p=${PORT[taphook-tls]}
-wrk -t1 -c16 -d10s "https://127.0.0.1:$p$UNTAPPED_PATH" >"$RAW/upgrade-keepalive" &
-W1=$!
-wrk -t1 -c16 -d10s -H "Connection: close" "https://127.0.0.1:$p$UNTAPPED_PATH" >"$RAW/upgrade-close" &
-W2=$!
-sleep 3
-(cd "$WORK/taphook-tls" && "$BIN" upgrade --config taphook.yaml >"$RAW/upgrade-command" 2>&1) || { cat "$RAW/upgrade-command"; exit 1; }
-wait "$W1" "$W2"
+for run in $(seq 1 "$UPGRADE_RUNS"); do
+  wrk -t1 -c16 -d10s "https://127.0.0.1:$p$UNTAPPED_PATH" >"$RAW/upgrade-keepalive-$run" &
+  W1=$!
+  wrk -t1 -c16 -d10s -H "Connection: close" "https://127.0.0.1:$p$UNTAPPED_PATH" >"$RAW/upgrade-close-$run" &
+  W2=$!
+  sleep 3
+  (cd "$WORK/taphook-tls" && "$BIN" upgrade --config taphook.yaml >"$RAW/upgrade-command" 2>&1) || { cat "$RAW/upgrade-command"; exit 1; }
+  wait "$W1" "$W2"
+done
 
-python3 - "$RAW" "$RUNS" "${SETUPS[@]}" >"$OUT/tls.md" <<'PY'
+python3 - "$RAW" "$RUNS" "$UPGRADE_RUNS" "${SETUPS[@]}" >"$OUT/tls.md" <<'PY'
 import re, statistics, sys, pathlib
-raw, runs, setups = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+raw, runs, upgrades, setups = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 tick = 100  # USER_HZ
 def wrk(path):
     t = path.read_text()
@@ -157,7 +161,10 @@ print()
 print(f"- untapped TLS keep-alive requests/s: taphook {t['ka'] / floor['ka']:.2f}× the bare proxy (plain-tls), {t['ka'] / ng['ka']:.2f}× nginx")
 print(f"- handshakes/s: taphook {t['hs'] / ng['hs']:.2f}× nginx, {t['hs'] / floor['hs']:.2f}× the bare proxy")
 print(f"- HTTP/2 requests/s: taphook {t['h2'] / ng['h2']:.2f}× nginx")
-ka, close = wrk(raw / "upgrade-keepalive"), wrk(raw / "upgrade-close")
-print(f"- upgrade under load (`taphook upgrade` during 10 s of wrk): keep-alive {ka[1]:,} requests, {ka[2]} socket errors, {ka[3]} non-2xx; new connection per request {close[1]:,} requests, {close[2]} socket errors, {close[3]} non-2xx")
+def total(kind):
+    runs = [wrk(raw / f"upgrade-{kind}-{r}") for r in range(1, upgrades + 1)]
+    return [sum(r[i] for r in runs) for i in (1, 2, 3)]
+ka, close = total("keepalive"), total("close")
+print(f"- {upgrades} upgrades under load (`taphook upgrade` during each of {upgrades}× 10 s of wrk, over TLS): keep-alive {ka[0]:,} requests, {ka[1]} socket errors, {ka[2]} non-2xx; new connection per request {close[0]:,} requests, {close[1]} socket errors, {close[2]} non-2xx")
 PY
 cat "$OUT/tls.md"
