@@ -633,7 +633,11 @@ async fn http2_to_an_upstream_that_offers_it() {
         assert_eq!(r.status(), 200, "{}", stack.log());
         assert_eq!(r.version(), reqwest::Version::HTTP_11);
         let answer: Value = r.json().await.unwrap();
-        assert_eq!(answer, json!({"version": version, "bytes": CSV.len()}), "{h2:?}");
+        assert_eq!(
+            answer,
+            json!({"version": version, "bytes": CSV.len()}),
+            "{h2:?}"
+        );
         let got = stack
             .receiver
             .wait_for("/hooks/u", 1, Duration::from_secs(10))
