@@ -336,6 +336,24 @@ const UPLOAD_RULES: &str = "routes:\n  - name: upload\n    event: uploaded\n    
 /// would time each other out.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Waits for the old process (the stack's) to exit, at most `within`, and
+/// asserts it exited 0.
+async fn old_process_exits_cleanly(stack: &mut Stack, within: Duration) {
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = stack.exit_status() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "the old process: {status}\n{}",
+        stack.log()
+    );
+}
+
 /// A gate that opens once the old process's proxy listener has stopped
 /// (Pingora hands the sockets over, gives the new process 5 s, then stops
 /// the old one's accept loop, which taphook logs).
@@ -445,19 +463,7 @@ async fn a_big_upload_and_a_websocket_live_through_an_upgrade() {
     assert_eq!(response.status(), 200, "{}", stack.log());
     let counted: serde_json::Value = response.json().await.unwrap();
     assert_eq!(counted["bytes"], total);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(status) = stack.exit_status() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the old process did not exit");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(
-        status.success(),
-        "the old process: {status}\n{}",
-        stack.log()
-    );
+    old_process_exits_cleanly(&mut stack, Duration::from_secs(40)).await;
     let got = stack
         .receiver
         .wait_for("/hooks/u", 1, Duration::from_secs(20))
@@ -493,19 +499,7 @@ async fn an_upgrade_under_wrk_drops_nothing() {
     let fresh = wrk("2", &["-H", "Connection: close"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let new = upgrade(&stack);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = stack.exit_status() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the old process did not exit");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(
-        status.success(),
-        "the old process: {status}\n{}",
-        stack.log()
-    );
+    old_process_exits_cleanly(&mut stack, Duration::from_secs(30)).await;
     for (name, run) in [("kept-alive", kept), ("new connections", fresh)] {
         let out = run.join().unwrap();
         let report = String::from_utf8_lossy(&out.stdout).to_string()
