@@ -19,6 +19,8 @@ LABELS = {
     "direct": "direct to the upstream (untapped path)",
     "nginx": "nginx reverse proxy, untapped path",
     "nginx-tapped": "nginx reverse proxy, tapped path",
+    "pingora-bare": "bare Pingora proxy, untapped path",
+    "pingora-bare-tapped": "bare Pingora proxy, tapped path",
     "taphook-plain": "taphook, no routes",
     "taphook-untapped": "taphook, shipped rules, untapped path",
     "taphook-tapped": "taphook, shipped rules, tapped path (an event per request)",
@@ -28,6 +30,10 @@ GOALS = [
     ("untapped CPU per request", "taphook-untapped", "cpu_us", "nginx", 1.2, "max"),
     ("untapped requests/s", "taphook-untapped", "rps", "nginx", 0.9, "min"),
     ("tapped requests/s, every event delivered", "taphook-tapped", "rps", "nginx-tapped", 0.8, "min"),
+    # Issue 26: against the bare Pingora proxy, the engine's own floor.
+    ("untapped CPU per request, no routes", "taphook-plain", "cpu_us", "pingora-bare", 1.05, "max"),
+    ("tapped requests/s, every event delivered", "taphook-tapped", "rps", "pingora-bare-tapped", 0.8, "min"),
+    ("tapped p99", "taphook-tapped", "p99", "pingora-bare-tapped", 1.5, "max"),
 ]
 
 
@@ -107,7 +113,7 @@ for b in ("new", "baseline"):
         derived, accepted, delivered, dropped, duplicate = map(int, open(f).read().split())
         events[b] = dict(derived=derived, accepted=accepted, delivered=delivered, dropped=dropped, duplicate=duplicate)
 
-lines += ["", "Goals (issue 15), the new build:", ""]
+lines += ["", "Goals (issues 15 and 26):", ""]
 goals = []
 for what, setup, field, against, bound, how in GOALS:
     for b in ("new", "baseline"):

@@ -4,6 +4,10 @@
 #   direct             wrk straight to the upstream (an untapped path);
 #   nginx              nginx as a keep-alive reverse proxy, untapped path;
 #   nginx-tapped       nginx, on the path taphook taps (the tapped baseline);
+#   pingora-bare       a bare Pingora proxy (examples/bare_proxy.rs: a
+#                      ProxyHttp with one peer, same Pingora, same release
+#                      profile, same allocator), untapped path: the floor;
+#   pingora-bare-tapped  the same, on the path taphook taps;
 #   taphook-plain      taphook with no routes: Pingora alone;
 #   taphook-untapped   taphook with the shipped rules (OneSchema, Dromo,
 #                      Flatfile) and a webhook, on a path no route taps;
@@ -30,6 +34,9 @@
 #   RUNS=3 WRK_THREADS=1
 #   BIN=path           the binary (default: cargo build --release)
 #   BASELINE_BIN=path  the build before a change, measured the same way
+#   BARE_BIN=path      the bare Pingora proxy (default: cargo build --release
+#                      --example bare_proxy); it runs PROXY_THREADS threads
+#                      (default 2, taphook's default on this machine)
 #   TARGETS="nginx taphook-untapped"  a subset of the setups
 #   STRACE=0           skip the system call counts
 #   ALLOCS=1           count allocations: ALLOC_BIN (default: built with
@@ -43,7 +50,7 @@ DURATION=${1:-10}
 CONNS=${2:-32}
 RUNS=${RUNS:-3}
 WRK_THREADS=${WRK_THREADS:-1}
-ALL="direct nginx nginx-tapped taphook-plain taphook-untapped taphook-tapped"
+ALL="direct nginx nginx-tapped pingora-bare pingora-bare-tapped taphook-plain taphook-untapped taphook-tapped"
 TARGETS=${TARGETS:-$ALL}
 tools="wrk nginx"
 [ "${STRACE:-1}" = 1 ] && tools="$tools strace"
@@ -53,6 +60,7 @@ for tool in $tools; do
   command -v "$tool" >/dev/null || { echo "installing $tool"; ${SUDO:-} apt-get update -qq && ${SUDO:-} apt-get install -y -qq "$tool" >/dev/null; }
 done
 if [ -z "${BIN:-}" ]; then cargo build --release --quiet; BIN=$PWD/target/release/taphook; fi
+if [ -z "${BARE_BIN:-}" ]; then cargo build --release --quiet --example bare_proxy; BARE_BIN=$PWD/target/release/examples/bare_proxy; fi
 OUT=$PWD/target/bench
 mkdir -p "$OUT"
 rm -rf "$OUT"/load-raw
@@ -81,6 +89,10 @@ nginx_conf proxy "upstream importer { server 127.0.0.1:$UP; keepalive 64; }
 nginx_conf sink "server { listen 127.0.0.1:$SINK; location / { return 200; } }"
 for n in upstream proxy sink; do nginx -c "$WORK/$n/nginx.conf" -g 'daemon off;' & PIDS+=($!); done
 UPSTREAM_PID=${PIDS[0]}; NGINX_PID=${PIDS[1]}
+BARE=$(port)
+THREADS=${PROXY_THREADS:-2} "$BARE_BIN" "127.0.0.1:$BARE" "127.0.0.1:$UP" >"$WORK/bare.log" 2>&1 & PIDS+=($!)
+BARE_PID=$!
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$BARE/" && break; sleep 0.1; done
 # A new import id per request, unique to this wrk run: one event each.
 cat >"$WORK/tapped.lua" <<'LUA'
 local n = 0
@@ -149,7 +161,7 @@ BUILDS=("new=$BIN")
 SETUPS=()
 for t in $TARGETS; do
   case $t in
-    direct|nginx|nginx-tapped) SETUPS+=("$t") ;;
+    direct|nginx|nginx-tapped|pingora-bare|pingora-bare-tapped) SETUPS+=("$t") ;;
     taphook-plain|taphook-untapped|taphook-tapped)
       for b in "${BUILDS[@]}"; do SETUPS+=("${b%%=*}/$t"); done ;;
     *) echo "unknown target $t (one of: $ALL)"; exit 2 ;;
@@ -169,6 +181,8 @@ where() {
     direct) echo "http://127.0.0.1:$UP$UNTAPPED_PATH $UPSTREAM_PID - -" ;;
     nginx) echo "http://127.0.0.1:$NG$UNTAPPED_PATH $NGINX_PID - -" ;;
     nginx-tapped) echo "http://127.0.0.1:$NG/ $NGINX_PID - $WORK/tapped.lua" ;;
+    pingora-bare) echo "http://127.0.0.1:$BARE$UNTAPPED_PATH $BARE_PID - -" ;;
+    pingora-bare-tapped) echo "http://127.0.0.1:$BARE/ $BARE_PID - $WORK/tapped.lua" ;;
     */taphook-plain) echo "http://127.0.0.1:${PORT[$b-plain]}$UNTAPPED_PATH ${PID[$b-plain]} - -" ;;
     */taphook-untapped) echo "http://127.0.0.1:${PORT[$b-shipped]}$UNTAPPED_PATH ${PID[$b-shipped]} - -" ;;
     */taphook-tapped) echo "http://127.0.0.1:${PORT[$b-shipped]}/ ${PID[$b-shipped]} ${ADMIN[$b-shipped]} $WORK/tapped.lua" ;;
@@ -215,6 +229,7 @@ if [ "${STRACE:-1}" = 1 ]; then
     f=$(file "$s")
     pids=$pid
     [[ "$s" == nginx* ]] && pids=$(pgrep -P "$pid" | paste -sd, -)
+    [[ "$s" == pingora-bare-tapped ]] && continue
     strace -c -f -p "$pids" -o "$f.strace" 2>/dev/null &
     STRACE_PID=$!
     sleep 1

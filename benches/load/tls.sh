@@ -4,8 +4,9 @@
 # answering like an importer on an untapped path):
 #   nginx-tls         nginx terminating TLS, keep-alive to the upstream:
 #                     the reference;
-#   plain-tls         taphook with no routes over TLS: Pingora and rustls
-#                     alone, the floor;
+#   bare-tls          a bare Pingora proxy (examples/bare_proxy.rs) with
+#                     the same TLS settings: the floor;
+#   plain-tls         taphook with no routes over TLS;
 #   taphook-tls       taphook with the shipped rules, on a path no route
 #                     taps.
 # For each: keep-alive requests/s and CPU per request (wrk over HTTPS,
@@ -30,6 +31,7 @@ for pkg in wrk:wrk nginx:nginx h2load:nghttp2-client openssl:openssl; do
   command -v "${pkg%%:*}" >/dev/null || { echo "installing ${pkg#*:}"; ${SUDO:-} apt-get update -qq && ${SUDO:-} apt-get install -y -qq "${pkg#*:}" >/dev/null; }
 done
 if [ -z "${BIN:-}" ]; then cargo build --release --quiet; BIN=$PWD/target/release/taphook; fi
+if [ -z "${BARE_BIN:-}" ]; then cargo build --release --quiet --example bare_proxy; BARE_BIN=$PWD/target/release/examples/bare_proxy; fi
 OUT=$PWD/target/bench
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
@@ -87,6 +89,10 @@ CONF
 }
 start_taphook plain-tls plain
 start_taphook taphook-tls shipped
+PORT[bare-tls]=$(port)
+THREADS=${PROXY_THREADS:-2} "$BARE_BIN" "127.0.0.1:${PORT[bare-tls]}" "127.0.0.1:$UP" "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/bare.log" 2>&1 &
+PIDS+=($!); PID[bare-tls]=$!
+for _ in $(seq 100); do curl -sk -o /dev/null "https://127.0.0.1:${PORT[bare-tls]}/" && break; sleep 0.1; done
 sleep 0.5
 
 where() { # setup: "port pid"
@@ -95,7 +101,7 @@ where() { # setup: "port pid"
     *) echo "${PORT[$1]} ${PID[$1]}" ;;
   esac
 }
-SETUPS=(nginx-tls plain-tls taphook-tls)
+SETUPS=(nginx-tls bare-tls plain-tls taphook-tls)
 RAW=$OUT/tls-raw; rm -rf "$RAW"; mkdir -p "$RAW"
 for run in $(seq "$RUNS"); do
   for s in "${SETUPS[@]}"; do
@@ -151,15 +157,15 @@ for s in setups:
         hs=statistics.median(k[0] for k in hs), cpu_hs=statistics.median(cpu_hs),
         h2=statistics.median(h2(raw / f"{s}-h2-{r}") for r in range(1, runs + 1)),
         errors=sum(k[2] + k[3] for k in ka + hs))
-ng, floor = rows["nginx-tls"], rows["plain-tls"]
+ng, floor = rows["nginx-tls"], rows["bare-tls"]
 print("| setup | keep-alive req/s | CPU µs/req | handshakes/s | CPU µs/handshake | HTTP/2 req/s | errors |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 for s, r in rows.items():
     print(f"| {s} | {r['ka']:,.0f} | {r['cpu_ka']:.0f} | {r['hs']:,.0f} | {r['cpu_hs']:.0f} | {r['h2']:,.0f} | {r['errors']} |")
 t = rows["taphook-tls"]
 print()
-print(f"- untapped TLS keep-alive requests/s: taphook {t['ka'] / floor['ka']:.2f}× the bare proxy (plain-tls), {t['ka'] / ng['ka']:.2f}× nginx")
-print(f"- handshakes/s: taphook {t['hs'] / ng['hs']:.2f}× nginx, {t['hs'] / floor['hs']:.2f}× the bare proxy")
+print(f"- untapped TLS keep-alive requests/s: taphook {t['ka'] / floor['ka']:.2f}× the bare Pingora proxy, {t['ka'] / ng['ka']:.2f}× nginx; taphook with no routes {rows['plain-tls']['ka'] / floor['ka']:.2f}× the bare proxy")
+print(f"- handshakes/s: taphook {t['hs'] / ng['hs']:.2f}× nginx, {t['hs'] / floor['hs']:.2f}× the bare Pingora proxy")
 print(f"- HTTP/2 requests/s: taphook {t['h2'] / ng['h2']:.2f}× nginx")
 def total(kind):
     runs = [wrk(raw / f"upgrade-{kind}-{r}") for r in range(1, upgrades + 1)]
