@@ -363,6 +363,7 @@ fn route(i: usize, template: &str, params: Vec<String>, method: Option<&str>) ->
             file: PathBuf::from("properties.yaml"),
             line: i + 1,
         },
+        needs: taphook::derive::exchange::Needs::ALL,
     }
 }
 

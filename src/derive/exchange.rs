@@ -178,35 +178,69 @@ impl Exchange {
         first(&self.request_headers, name)
     }
 
-    /// The exchange document, without `params`, `jwt` and `session`,
-    /// which depend on the route and are filled in by derive.
+    /// The whole exchange document, without `params`, `jwt` and
+    /// `session`, which depend on the route and are filled in by derive.
     pub fn document(&self, environment_name: &str) -> Value {
-        let query = self.query.as_deref().map(parse_form).unwrap_or_default();
-        let cookies = self
-            .request_header("cookie")
-            .map(|c| parse_cookies(&c))
-            .unwrap_or_default();
-        let (req_body, req_truncated) =
-            body_value(&self.request_headers, self.request_body.as_ref());
-        let (resp_body, resp_truncated) =
-            body_value(&self.response_headers, self.response_body.as_ref());
+        self.document_with(environment_name, Needs::ALL)
+    }
+
+    /// The exchange document with only the parts in `needs` built (the
+    /// others are empty, `null` or `false`): the method, path, status and
+    /// environment always; the query, each side's headers, the cookies,
+    /// each side's parsed body (and whether it was cut short) and the
+    /// files only when some expression reads them.
+    pub fn document_with(&self, environment_name: &str, needs: Needs) -> Value {
+        let query = match &self.query {
+            Some(q) if needs.has(Needs::QUERY) => parse_form(q),
+            _ => Map::new(),
+        };
+        let cookies = match self.request_header("cookie") {
+            Some(c) if needs.has(Needs::REQUEST_COOKIES) => parse_cookies(&c),
+            _ => Map::new(),
+        };
+        let body = |wanted: u16, headers: &Headers, body: Option<&Captured>| {
+            if needs.has(wanted) {
+                body_value(headers, body)
+            } else {
+                (Value::Null, false)
+            }
+        };
+        let (req_body, req_truncated) = body(
+            Needs::REQUEST_BODY,
+            &self.request_headers,
+            self.request_body.as_ref(),
+        );
+        let (resp_body, resp_truncated) = body(
+            Needs::RESPONSE_BODY,
+            &self.response_headers,
+            self.response_body.as_ref(),
+        );
+        let headers = |wanted: u16, headers: &Headers| {
+            Value::Object(if needs.has(wanted) {
+                header_map(headers)
+            } else {
+                Map::new()
+            })
+        };
+        let files = if needs.has(Needs::REQUEST_FILES) {
+            serde_json::to_value(&self.files).unwrap_or(Value::Null)
+        } else {
+            Value::Array(Vec::new())
+        };
         let mut request = Map::new();
         request.insert(
             "headers".into(),
-            Value::Object(header_map(&self.request_headers)),
+            headers(Needs::REQUEST_HEADERS, &self.request_headers),
         );
         request.insert("cookies".into(), Value::Object(cookies));
         request.insert("body".into(), req_body);
         request.insert("truncated".into(), Value::Bool(req_truncated));
-        request.insert(
-            "files".into(),
-            serde_json::to_value(&self.files).unwrap_or(Value::Null),
-        );
+        request.insert("files".into(), files);
         let mut response = Map::new();
         response.insert("status".into(), Value::from(self.status));
         response.insert(
             "headers".into(),
-            Value::Object(header_map(&self.response_headers)),
+            headers(Needs::RESPONSE_HEADERS, &self.response_headers),
         );
         response.insert("body".into(), resp_body);
         response.insert("truncated".into(), Value::Bool(resp_truncated));
@@ -224,6 +258,72 @@ impl Exchange {
             Value::String(environment_name.to_string()),
         );
         Value::Object(doc)
+    }
+}
+
+/// The parts of an exchange's document that cost something to build
+/// (parsing, decoding, copying), and which of them some expressions read:
+/// worked out once per route at load ([`Needs::of_expr`]), so an
+/// exchange builds only what its matching routes read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs(u16);
+
+impl Needs {
+    pub const QUERY: u16 = 1;
+    pub const REQUEST_HEADERS: u16 = 1 << 1;
+    pub const REQUEST_COOKIES: u16 = 1 << 2;
+    pub const REQUEST_BODY: u16 = 1 << 3;
+    pub const REQUEST_FILES: u16 = 1 << 4;
+    pub const RESPONSE_HEADERS: u16 = 1 << 5;
+    pub const RESPONSE_BODY: u16 = 1 << 6;
+    const REQUEST: u16 =
+        Self::REQUEST_HEADERS | Self::REQUEST_COOKIES | Self::REQUEST_BODY | Self::REQUEST_FILES;
+    const RESPONSE: u16 = Self::RESPONSE_HEADERS | Self::RESPONSE_BODY;
+    /// Everything: a whole document.
+    pub const ALL: Needs = Needs(Self::QUERY | Self::REQUEST | Self::RESPONSE);
+    /// Nothing beyond what is always there.
+    pub const NONE: Needs = Needs(0);
+
+    pub fn has(self, part: u16) -> bool {
+        self.0 & part != 0
+    }
+
+    /// Both sets.
+    pub fn union(self, other: Needs) -> Needs {
+        Needs(self.0 | other.0)
+    }
+
+    /// What evaluating `expr` reads: the parts its `var` paths name, or
+    /// everything when a path is computed at run time.
+    pub fn of_expr(expr: &crate::filter::Expr) -> Needs {
+        match expr.reads() {
+            Some(paths) => paths
+                .iter()
+                .fold(Needs::NONE, |needs, path| needs.union(Self::of_path(path))),
+            None => Needs::ALL,
+        }
+    }
+
+    fn of_path(path: &str) -> Needs {
+        let mut parts = path.split('.');
+        let bits = match (parts.next().unwrap_or(""), parts.next()) {
+            // The whole document.
+            ("", _) => return Needs::ALL,
+            ("query", _) => Self::QUERY,
+            ("request", None) => Self::REQUEST,
+            ("request", Some("headers")) => Self::REQUEST_HEADERS,
+            ("request", Some("cookies")) => Self::REQUEST_COOKIES,
+            ("request", Some("body" | "truncated")) => Self::REQUEST_BODY,
+            ("request", Some("files")) => Self::REQUEST_FILES,
+            ("response", None) => Self::RESPONSE,
+            ("response", Some("headers")) => Self::RESPONSE_HEADERS,
+            ("response", Some("body" | "truncated")) => Self::RESPONSE_BODY,
+            // The method, path, status, environment, and what derive fills
+            // in (params, session, jwt) are always there; anything else
+            // is null in any document.
+            _ => 0,
+        };
+        Needs(bits)
     }
 }
 
@@ -359,6 +459,51 @@ mod tests {
             response_body: None,
             completed_at: SystemTime::now(),
         }
+    }
+
+    #[test]
+    fn builds_only_what_is_read() {
+        let ex = exchange(
+            &[("content-type", "application/json"), ("cookie", "sid=abc")],
+            br#"{"template_key":"contacts"}"#,
+        );
+        let needs =
+            |rule: serde_json::Value| Needs::of_expr(&crate::filter::Expr::compile(&rule).unwrap());
+        let body_only = needs(serde_json::json!("$request.body.template_key"));
+        let doc = ex.document_with("P", body_only);
+        assert_eq!(doc["request"]["body"]["template_key"], "contacts");
+        assert_eq!(doc["request"]["headers"], serde_json::json!({}));
+        assert_eq!(doc["request"]["cookies"], serde_json::json!({}));
+        assert_eq!(doc["query"], serde_json::json!({}));
+        assert_eq!(doc["method"], "POST");
+        assert_eq!(doc["response"]["status"], 200);
+        // What a path reads, part by part.
+        let cookies = needs(serde_json::json!("$request.cookies.sid"));
+        assert_eq!(
+            ex.document_with("P", cookies)["request"]["cookies"]["sid"],
+            "abc"
+        );
+        assert_eq!(
+            ex.document_with("P", cookies)["request"]["body"],
+            serde_json::Value::Null
+        );
+        assert!(needs(serde_json::json!("$request.truncated")).has(Needs::REQUEST_BODY));
+        assert!(!needs(serde_json::json!("$response.status")).has(Needs::RESPONSE_BODY));
+        assert_eq!(
+            needs(serde_json::json!("$request")),
+            needs(
+                serde_json::json!({"cat": ["$request.headers", "$request.cookies", "$request.body", "$request.files"]})
+            )
+        );
+        // The whole document, or a path computed when it runs: everything.
+        assert_eq!(needs(serde_json::json!({"var": ""})), Needs::ALL);
+        assert_eq!(
+            needs(serde_json::json!({"var": {"cat": ["query", ".x"]}})),
+            Needs::ALL
+        );
+        assert_eq!(ex.document_with("P", Needs::ALL), ex.document("P"));
+        // Only the always-there parts.
+        assert_eq!(needs(serde_json::json!("$params.id")), Needs::NONE);
     }
 
     #[test]

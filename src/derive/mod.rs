@@ -21,7 +21,7 @@ use crate::filter::{Expr, Scope};
 use crate::rules::model::{Route, Template, TRIGGER_TYPES};
 use crate::rules::Rules;
 use crate::store::{session_key, Session, SessionStore};
-pub use exchange::{Captured, Exchange, FilePart};
+pub use exchange::{Captured, Exchange, FilePart, Needs};
 use routes::PathMatch;
 
 /// The namespace of taphook's name-based (v5) event UUIDs.
@@ -157,7 +157,10 @@ impl Deriver {
         if matches.is_empty() {
             return None;
         }
-        let doc = exchange.document(&self.environment_name);
+        let needs = matches
+            .iter()
+            .fold(Needs::NONE, |needs, m| needs.union(m.route.needs));
+        let doc = exchange.document_with(&self.environment_name, needs);
         let bearer = exchange.request_header("authorization").and_then(|a| {
             jwt::bearer(&a).and_then(|t| jwt::claims(t, self.jwt_hs256_secret.as_deref()))
         });

@@ -73,6 +73,18 @@ impl Expr {
         &self.written
     }
 
+    /// The data paths the expression reads (each `var` with a literal
+    /// path, dotted; `""` is the whole document), or `None` when it may
+    /// read any: a path computed at run time, or an operator that reads
+    /// data by names given to it (`missing`, `missing_some`, `val`,
+    /// `exists`). Inside `map`, `filter` and the like a `var` reads the
+    /// item, not the document; its path is listed all the same (reading
+    /// more than needed is safe).
+    pub fn reads(&self) -> Option<Vec<String>> {
+        let mut paths = Vec::new();
+        collect_reads(&self.source, &mut paths).then_some(paths)
+    }
+
     /// The expression after the `$` rewrite, as JSON-logic.
     pub fn source(&self) -> &Value {
         &self.source
@@ -90,6 +102,52 @@ impl Expr {
         let arena = Bump::new();
         Scope::new(data, &arena).truthy(self)
     }
+}
+
+/// Adds the paths `value` (lowered JSON-logic) reads to `paths`; false
+/// when they cannot be known before it runs.
+fn collect_reads(value: &Value, paths: &mut Vec<String>) -> bool {
+    match value {
+        Value::Object(map) if map.len() == 1 && is_operation(value) => {
+            let Some((op, args)) = map.iter().next() else {
+                return true;
+            };
+            match op.as_str() {
+                "var" => var_path(args, paths),
+                "missing" | "missing_some" | "val" | "exists" => false,
+                op if LITERAL_OPERATORS.contains(&op) => true,
+                _ => collect_reads(args, paths),
+            }
+        }
+        Value::Object(map) => map.values().all(|v| collect_reads(v, paths)),
+        Value::Array(items) => items.iter().all(|v| collect_reads(v, paths)),
+        _ => true,
+    }
+}
+
+/// The path of a `var`: `"a.b"`, `["a.b", default]`, a number (an index),
+/// or nothing (the whole document).
+fn var_path(args: &Value, paths: &mut Vec<String>) -> bool {
+    let (path, default) = match args {
+        Value::Array(items) => (items.first(), items.get(1)),
+        one => (Some(one), None),
+    };
+    let known = match path {
+        Some(Value::String(p)) => {
+            paths.push(p.clone());
+            true
+        }
+        Some(Value::Number(n)) => {
+            paths.push(n.to_string());
+            true
+        }
+        None | Some(Value::Null) => {
+            paths.push(String::new());
+            true
+        }
+        Some(_) => false,
+    };
+    known && default.is_none_or(|d| collect_reads(d, paths))
 }
 
 /// An evaluation failed (a type error the rule did not guard against).
@@ -250,6 +308,29 @@ mod tests {
         let e = Expr::compile(&json!({"==": ["$eventtype", "usercreatedevent"]})).unwrap();
         assert!(e.test(&json!({"eventtype": "usercreatedevent"})).unwrap());
         assert!(!e.test(&json!({"eventtype": "other"})).unwrap());
+    }
+
+    #[test]
+    fn reads_lists_the_paths_an_expression_reads() {
+        let reads = |rule: Value| Expr::compile(&rule).unwrap().reads();
+        assert_eq!(
+            reads(
+                json!({"if": [{"==": ["$response.status", 201]}, "$response.body.id", {"var": ["query.x", "$request.headers.x"]}]})
+            ),
+            Some(vec![
+                "response.status".to_string(),
+                "response.body.id".to_string(),
+                "query.x".to_string(),
+                "request.headers.x".to_string()
+            ])
+        );
+        // A literal reads nothing.
+        assert_eq!(reads(json!("$$5")), Some(vec![]));
+        // The whole document.
+        assert_eq!(reads(json!({"var": ""})), Some(vec![String::new()]));
+        // A path known only when it runs, or data read by given names.
+        assert_eq!(reads(json!({"var": {"cat": ["request.", "body"]}})), None);
+        assert_eq!(reads(json!({"missing": ["request.body.a"]})), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::error::{Problem, Problems};
 use super::model::*;
 use super::raw::*;
 use super::source::{escape_pointer, Document};
+use crate::derive::exchange::Needs;
 use crate::derive::routes::{parse_template, RouteTable};
 use crate::filter::Expr;
 
@@ -289,7 +290,7 @@ impl Loader {
                 Some((k.clone(), e))
             })
             .collect();
-        let route = Route {
+        let mut route = Route {
             when: self.expr(doc, &format!("{at}/when"), raw.when.as_ref()),
             session: self.expr(doc, &format!("{at}/session"), raw.session.as_ref()),
             session_alias: self.expr(
@@ -315,7 +316,9 @@ impl Loader {
             params,
             status,
             origin,
+            needs: Needs::ALL,
         };
+        route.needs = route.reads();
         self.credentials(doc, &at, &route);
         self.routes.push(route);
     }

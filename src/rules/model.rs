@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::derive::exchange::Needs;
 use crate::derive::routes::RouteTable;
 use crate::filter::Expr;
 
@@ -74,11 +75,33 @@ pub struct Route {
     pub data: Template,
     pub capture_max: Option<usize>,
     pub origin: Origin,
+    /// What of the exchange's document its expressions read
+    /// ([`Route::reads`], worked out at load): an exchange builds only
+    /// that.
+    pub needs: Needs,
 }
 
 impl Route {
     pub fn accepts_method(&self, method: &str) -> bool {
         self.methods.is_empty() || self.methods.iter().any(|m| m == method)
+    }
+
+    /// What of the exchange's document the route's expressions read.
+    pub fn reads(&self) -> Needs {
+        let exprs = [
+            &self.when,
+            &self.session,
+            &self.session_alias,
+            &self.trigger,
+            &self.dedup_key,
+        ];
+        exprs
+            .into_iter()
+            .flatten()
+            .chain(self.remember.iter().map(|(_, e)| e))
+            .map(Needs::of_expr)
+            .chain(std::iter::once(self.data.reads()))
+            .fold(Needs::NONE, Needs::union)
     }
 }
 
@@ -113,6 +136,17 @@ pub enum Template {
 impl Template {
     pub fn empty() -> Self {
         Self::Object(Vec::new())
+    }
+
+    /// What of the exchange's document its expressions read.
+    pub fn reads(&self) -> Needs {
+        match self {
+            Self::Expr(e) => Needs::of_expr(e),
+            Self::Object(fields) => fields
+                .iter()
+                .map(|(_, t)| t.reads())
+                .fold(Needs::NONE, Needs::union),
+        }
     }
 }
 
