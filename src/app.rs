@@ -214,11 +214,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
         match &jetstream {
             Some(js) => (js.clone(), js.clone(), js.clone()),
             None => (
-                Arc::new(DurableSessions::new(
-                    store.clone(),
-                    SESSION_CACHE_BYTES,
-                    config.events_retention,
-                )),
+                durable_sessions(&store, &config, previous),
                 Arc::new(DurableEventLog::new(store.clone(), config.events_retention)),
                 store.clone(),
             ),
@@ -411,6 +407,35 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
     store.close();
     crate::upgrade::remove_pid(&data_dir);
     Ok(())
+}
+
+/// The embedded store's sessions. Taking over from `previous`, both
+/// processes write the store until it exits: until then every session is
+/// looked for in the store, then its keys are read again.
+fn durable_sessions(
+    store: &Arc<Store>,
+    config: &Config,
+    previous: Option<i32>,
+) -> Arc<DurableSessions> {
+    let sessions = Arc::new(DurableSessions::new(
+        store.clone(),
+        SESSION_CACHE_BYTES,
+        config.events_retention,
+        previous.is_none(),
+    ));
+    if let Some(pid) = previous {
+        let sessions = sessions.clone();
+        let spawned = std::thread::Builder::new()
+            .name("taphook-takeover".into())
+            .spawn(move || {
+                crate::upgrade::wait_for_exit(pid);
+                sessions.now_alone();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "every session is looked for in the store until the next start");
+        }
+    }
+    sessions
 }
 
 /// How often the webhooks' history is written to the store.

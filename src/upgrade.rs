@@ -119,6 +119,14 @@ pub fn running(data_dir: &Path) -> anyhow::Result<i32> {
     Ok(pid)
 }
 
+/// Returns once process `pid` has exited (looked at every 200 ms).
+pub fn wait_for_exit(pid: i32) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Asks `pid` to hand its listening sockets over, once this process is
 /// about to wait for them (the old process retries its connection to the
 /// upgrade socket, so the order of the two does not matter much).

@@ -126,18 +126,102 @@ pub fn session_key(value: &Value) -> Option<String> {
 }
 
 /// Sessions in the embedded store, with a write-through cache in front so
-/// the pipeline always reads its own last write.
+/// the pipeline always reads its own last write, and a filter of the keys
+/// the store holds so a session never seen costs no read.
 pub struct DurableSessions {
     cache: MemorySessions,
     store: Arc<sqlite::Store>,
+    known: KnownKeys,
 }
 
 impl DurableSessions {
-    pub fn new(store: Arc<sqlite::Store>, cache_bytes: u64, ttl: Duration) -> Self {
+    /// `alone`: no other process writes the store (false while an upgrade
+    /// hands over: see [`DurableSessions::now_alone`]).
+    pub fn new(store: Arc<sqlite::Store>, cache_bytes: u64, ttl: Duration, alone: bool) -> Self {
+        let known = KnownKeys::read(&store, alone);
         Self {
             cache: MemorySessions::new(cache_bytes, ttl),
             store,
+            known,
         }
+    }
+
+    /// This process now writes the store alone (the process it took over
+    /// from has exited): the keys are read again, and from then on a key
+    /// not among them is known to be new.
+    pub fn now_alone(&self) {
+        self.known.reload(&self.store);
+    }
+}
+
+/// The session keys (aliases included) the embedded store holds or held,
+/// as a Bloom filter: a key not in it was never written, and is not looked
+/// for on disk. A false positive (about 1%, more once more keys than
+/// planned were written since the start) is a read that finds nothing, as
+/// without the filter. Sized at the start for twice the keys held (at
+/// least a million: about 1.2 MiB), its keys read from the store then.
+struct KnownKeys {
+    filter: arc_swap::ArcSwap<fastbloom::AtomicBloomFilter>,
+    /// False while another process may write the store too: every key is
+    /// looked for then.
+    trusted: std::sync::atomic::AtomicBool,
+}
+
+/// The fewest keys a filter is sized for.
+const KNOWN_KEYS_MIN: usize = 1_000_000;
+
+impl KnownKeys {
+    fn read(store: &sqlite::Store, trusted: bool) -> Self {
+        let known = Self {
+            filter: arc_swap::ArcSwap::from_pointee(Self::filter_for(0)),
+            trusted: std::sync::atomic::AtomicBool::new(false),
+        };
+        if trusted {
+            known.reload(store);
+        }
+        known
+    }
+
+    fn filter_for(keys: u64) -> fastbloom::AtomicBloomFilter {
+        let expected = usize::try_from(keys.saturating_mul(2))
+            .unwrap_or(usize::MAX)
+            .max(KNOWN_KEYS_MIN);
+        fastbloom::AtomicBloomFilter::with_false_pos(0.01).expected_items(expected)
+    }
+
+    /// Reads every key from the store into a new filter, then trusts it.
+    fn reload(&self, store: &sqlite::Store) {
+        use std::sync::atomic::Ordering;
+        let started = std::time::Instant::now();
+        let keys = store.session_count().unwrap_or(0);
+        let filter = Arc::new(Self::filter_for(keys));
+        // Keys put from here on go into the new filter; those put before
+        // are committed by the flush, and read with the rest.
+        self.filter.store(filter.clone());
+        let read = store.flush().and_then(|()| {
+            store.each_session_key(|key| {
+                filter.insert(key);
+            })
+        });
+        match read {
+            Ok(n) => {
+                self.trusted.store(true, Ordering::Release);
+                tracing::debug!(keys = n, took = ?started.elapsed(), "session keys read");
+            }
+            Err(e) => {
+                self.trusted.store(false, Ordering::Release);
+                tracing::warn!(error = %e, "session keys not read; every session is looked for in the store");
+            }
+        }
+    }
+
+    /// False when `key` was certainly never written.
+    fn may_hold(&self, key: &str) -> bool {
+        !self.trusted.load(std::sync::atomic::Ordering::Acquire) || self.filter.load().contains(key)
+    }
+
+    fn insert(&self, key: &str) {
+        self.filter.load().insert(key);
     }
 }
 
@@ -146,6 +230,9 @@ impl SessionStore for DurableSessions {
         if let Some(s) = self.cache.get(key) {
             return Some(s);
         }
+        if !self.known.may_hold(key) {
+            return None;
+        }
         let json = self.store.get_session(key).ok()??;
         let session: Session = serde_json::from_str(&json).ok()?;
         self.cache.put(key, session.clone());
@@ -153,6 +240,7 @@ impl SessionStore for DurableSessions {
     }
 
     fn put(&self, key: &str, session: Session) {
+        self.known.insert(key);
         if let Err(e) = self
             .store
             .put_session(key, serde_json::to_string(&session).unwrap_or_default())
@@ -160,5 +248,58 @@ impl SessionStore for DurableSessions {
             tracing::error!(error = %e, "session not stored");
         }
         self.cache.put(key, session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(key: &str) -> Session {
+        let mut fields = Map::new();
+        fields.insert("template_key".into(), Value::from("contacts"));
+        Session {
+            key: Value::from(key),
+            fields,
+        }
+    }
+
+    fn sessions(store: &Arc<sqlite::Store>, alone: bool) -> DurableSessions {
+        DurableSessions::new(store.clone(), 1 << 20, Duration::from_secs(3600), alone)
+    }
+
+    #[test]
+    fn sessions_are_found_across_starts_and_while_another_process_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite::Store::open(dir.path()).unwrap();
+        let first = sessions(&store, true);
+        first.put("s1", session("s1"));
+        first.put(&crate::derive::alias_key("task-1"), session("s1"));
+        store.flush().unwrap();
+        // A start on the same store reads its keys: what was written is
+        // found, a key never written is not.
+        let restarted = sessions(&store, true);
+        assert_eq!(restarted.get("s1"), Some(session("s1")));
+        assert_eq!(
+            restarted.get(&crate::derive::alias_key("task-1")),
+            Some(session("s1"))
+        );
+        assert_eq!(restarted.get("s9"), None);
+        // Taking over: the other process still writes, and what it writes
+        // after this start is found all the same, before and after it is
+        // gone.
+        let taking_over = sessions(&store, false);
+        first.put("s2", session("s2"));
+        store.flush().unwrap();
+        assert_eq!(taking_over.get("s2"), Some(session("s2")));
+        first.put("s3", session("s3"));
+        store.flush().unwrap();
+        taking_over.now_alone();
+        assert_eq!(taking_over.get("s3"), Some(session("s3")));
+        assert_eq!(taking_over.get("s9"), None);
+        // Its own writes, before and after, are found by a later start.
+        taking_over.put("s4", session("s4"));
+        store.flush().unwrap();
+        assert_eq!(sessions(&store, true).get("s4"), Some(session("s4")));
     }
 }

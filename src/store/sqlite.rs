@@ -1031,6 +1031,27 @@ impl Store {
         })
     }
 
+    /// How many session records (aliases included) the store holds.
+    pub fn session_count(&self) -> Result<u64, StoreError> {
+        let n: i64 =
+            self.read(|c| c.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0)))?;
+        Ok(n.unsigned_abs())
+    }
+
+    /// Hands every session key (aliases included) to `f`; how many.
+    pub fn each_session_key(&self, mut f: impl FnMut(&str)) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let mut keys = c.prepare("SELECT key FROM sessions")?;
+            let mut rows = keys.query([])?;
+            let mut n = 0;
+            while let Some(row) = rows.next()? {
+                f(row.get_ref(0)?.as_str().unwrap_or_default());
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
     pub fn put_session(&self, key: &str, value: String) -> Result<(), StoreError> {
         self.send(Op::PutSession {
             key: key.into(),
