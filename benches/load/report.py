@@ -64,6 +64,8 @@ def one_run(setup, run):
     if errors or socket_errors:
         row["errors"] = int(errors.group(1)) if errors else 0
         print(f"warning: {setup} run {run}: {text.strip().splitlines()[-3:]}")
+    if os.path.exists(f + ".live"):
+        row["live_eps"] = int(open(f + ".live").read()) / float(duration)
     if os.path.exists(f + ".drain"):
         drain, ticks, accepted = open(f + ".drain").read().split()
         row["drain_s"] = float(drain)
@@ -150,6 +152,16 @@ for s in setups:
             f"- {s}: {r['events']:,.0f} events a run (median), drained {r['drain_s']:.1f} s after the "
             f"load; {r['cpu_per_event_us']:.0f} µs of CPU per event, proxy to delivery, drain included"
         )
+
+ceiling_file = os.path.join(raw, "receiver-ceiling.wrk")
+if os.path.exists(ceiling_file):
+    ceiling = float(re.search(r"Requests/sec:\s+([\d.]+)", open(ceiling_file).read()).group(1))
+    lines += ["", f"Delivery while the load runs, against the receiver's ceiling ({ceiling:,.0f} requests/s, wrk POSTing an event straight to it):", ""]
+    for s in setups:
+        if kind(s) == "taphook-tapped" and "live_eps" in res[s]:
+            r = res[s]
+            lines.append(f"- {s}: {r['live_eps']:,.0f} events/s delivered during the load, "
+                         f"{r['live_eps'] / ceiling:.1%} of the ceiling (goal ≥ 25%)")
 
 # System calls per request.
 syscalls = {}

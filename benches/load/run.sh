@@ -195,8 +195,11 @@ for run in $(seq "$RUNS"); do
     read -r url pid admin lua <<<"$(where "$s")"
     luaopt=(); [ "$lua" != - ] && luaopt=(-s "$lua")
     f=$(file "$s")-$run
-    accepted0=0
-    [ "$admin" != - ] && accepted0=$(metric taphook_outbox_accepted_total "$admin")
+    accepted0=0; delivered0=0
+    if [ "$admin" != - ]; then
+      accepted0=$(metric taphook_outbox_accepted_total "$admin")
+      delivered0=$(metric taphook_deliveries_total "$admin" 'outcome="delivered"')
+    fi
     if [ "$s" = new/taphook-untapped ] && [ "${PERF:-0}" = 1 ] && [ "$run" = 1 ]; then
       perf record -F 499 -g -o "$OUT/perf.data" -p "$pid" -- sleep "$DURATION" 2>/dev/null &
       PERF_PID=$!
@@ -205,6 +208,8 @@ for run in $(seq "$RUNS"); do
     wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${luaopt[@]}" "$url" >"$f.wrk"
     echo "$(( $(ticks "$pid") - before )) $(( $(ticks "$UPSTREAM_PID") - up_before ))" >"$f.cpu"
     if [ "$admin" != - ]; then
+      # Delivered while the load ran (before the drain).
+      echo $(( $(metric taphook_deliveries_total "$admin" 'outcome="delivered"') - delivered0 )) >"$f.live"
       # The outbox drains before the next run; the drain's CPU is the event's.
       drain=$(drained "$admin")
       echo "$drain $(( $(ticks "$pid") - before )) $(( $(metric taphook_outbox_accepted_total "$admin") - accepted0 ))" >"$f.drain"
@@ -212,6 +217,16 @@ for run in $(seq "$RUNS"); do
     if [ -n "${PERF_PID:-}" ]; then wait "$PERF_PID" || true; PERF_PID=; fi
   done
 done
+# The receiver's own ceiling: wrk POSTing an event-sized body straight to
+# it, what "delivery while the load runs" is measured against.
+if [[ " $TARGETS " == *" taphook-tapped "* ]]; then
+  cat >"$WORK/event.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"uuid":"event-6f1c2a9e-4b7d-4e21-9a53-0c8d7e5f1b2a","embed_id":"abc","environment_name":"Production","event_type":"import_succeeded","trigger_type":"user","data":{"import_id":"0b5e7a1c","num_data_rows":2},"created_at":1706112805.5}'
+LUA
+  wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -s "$WORK/event.lua" "http://127.0.0.1:$SINK/hooks" >"$RAW/receiver-ceiling.wrk"
+fi
 # Every tapped event delivered, none dropped.
 for b in "${BUILDS[@]}"; do
   name=${b%%=*}
