@@ -79,15 +79,17 @@ impl Pipeline {
             exchanges.iter().for_each(|e| recorder.record(e));
         }
         let rules = self.shared.rules.load_full();
-        let mut prepared: Vec<_> = exchanges
+        let prepared: Vec<_> = exchanges
             .iter()
             .filter_map(|e| Some((e, self.deriver.prepare(e, &rules)?)))
             .collect();
-        let keys = prepared
-            .iter_mut()
-            .flat_map(|(_, p)| p.session_keys())
-            .collect();
-        self.shared.sessions.prefetch(keys).await;
+        if self.shared.sessions.prefetches() {
+            let keys = prepared
+                .iter()
+                .flat_map(|(_, p)| p.session_keys())
+                .collect();
+            self.shared.sessions.prefetch(keys).await;
+        }
         for (exchange, p) in prepared {
             for event in self
                 .deriver

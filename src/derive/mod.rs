@@ -17,10 +17,11 @@ use uuid::Uuid;
 
 use crate::event::{DerivedEvent, Event};
 use crate::filter::hash::{with_key, HashKey};
-use crate::filter::{Expr, Scope};
+use crate::filter::{Converted, Expr, Scope};
 use crate::rules::model::{Route, Template, TRIGGER_TYPES};
 use crate::rules::Rules;
 use crate::store::{session_key, Session, SessionStore};
+use datalogic_rs::DataValue;
 pub use exchange::{Captured, Exchange, FilePart, Needs};
 use routes::PathMatch;
 
@@ -63,21 +64,17 @@ pub struct Prepared<'r> {
 impl Prepared<'_> {
     /// The keys of the sessions the routes will read (and of the aliases
     /// they may be).
-    pub fn session_keys(&mut self) -> Vec<String> {
+    pub fn session_keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
-        let Self {
-            matches,
-            doc,
-            bearer,
-            hash_key,
-            aliases,
-        } = self;
-        with_key(hash_key, || {
-            for m in matches.iter() {
+        let arena = Bump::new();
+        let doc = Converted::new(&self.doc, &arena);
+        let bearer = self.bearer.as_ref().map(|b| doc.value(b));
+        with_key(&self.hash_key, || {
+            for m in &self.matches {
                 if let Some(expr) = &m.route.session {
-                    enter(doc, m, bearer);
-                    if let Some(k) = session_key(&eval(expr, doc, m.route)) {
-                        if *aliases {
+                    let scope = route_scope(&doc, m, None, bearer);
+                    if let Some(k) = session_key(&scope_value(&scope, expr, m.route)) {
+                        if self.aliases {
                             keys.push(alias_key(&k));
                         }
                         keys.push(k);
@@ -113,21 +110,22 @@ fn resolve(key: String, aliases: bool, sessions: &dyn SessionStore) -> (String, 
     (canonical, Some(session))
 }
 
-/// Sets the document up for route `m`: its path parameters, no session
-/// yet, and the bearer token's claims.
-fn enter(doc: &mut Value, m: &PathMatch<'_>, bearer: &Option<Value>) {
-    let params = m
-        .params
-        .iter()
-        .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
-        .collect();
-    set(doc, "params", Value::Object(params));
-    set(doc, "session", Value::Object(Map::new()));
-    set(
-        doc,
-        "jwt",
-        bearer.clone().unwrap_or_else(|| Value::Object(Map::new())),
-    );
+/// What route `m`'s expressions see: the exchange's document with the
+/// route's path parameters, the session's fields (none yet: `{}`) and the
+/// JWT's claims (`{}` without a token).
+fn route_scope<'a>(
+    doc: &Converted<'a>,
+    m: &PathMatch<'_>,
+    session: Option<DataValue<'a>>,
+    jwt: Option<DataValue<'a>>,
+) -> Scope<'a> {
+    let params = doc.object(m.params.iter().map(|(k, v)| (*k, doc.text(v))));
+    let empty = || doc.object(std::iter::empty());
+    doc.scope(&[
+        ("params", params),
+        ("session", session.unwrap_or_else(empty)),
+        ("jwt", jwt.unwrap_or_else(empty)),
+    ])
 }
 
 impl Deriver {
@@ -200,20 +198,23 @@ impl Deriver {
     ) {
         let Prepared {
             matches,
-            mut doc,
+            doc,
             bearer,
             hash_key,
             aliases,
         } = prepared;
+        // The document is converted for the expressions once; each route
+        // sets its own parameters, session and claims on it.
+        let arena = Bump::new();
+        let doc = Converted::new(&doc, &arena);
         let at = Exchanged {
             exchange,
-            has_bearer: bearer.is_some(),
+            bearer: bearer.as_ref().map(|b| doc.value(b)),
             aliases,
         };
         with_key(&hash_key, || {
             for m in &matches {
-                enter(&mut doc, m, &bearer);
-                f(m.route, self.route(m.route, &at, &mut doc, sessions));
+                f(m.route, self.route(m, &at, &doc, sessions));
             }
         });
     }
@@ -250,22 +251,23 @@ impl Deriver {
         out
     }
 
-    fn route(
+    fn route<'a>(
         &self,
-        route: &Route,
-        at: &Exchanged<'_>,
-        doc: &mut Value,
+        m: &PathMatch<'_>,
+        at: &Exchanged<'_, 'a>,
+        doc: &Converted<'a>,
         sessions: &dyn SessionStore,
     ) -> Result<DerivedEvent, Skip> {
+        let route = m.route;
         let Exchanged {
             exchange,
-            has_bearer,
+            bearer,
             aliases,
         } = *at;
         let key_value = route
             .session
             .as_ref()
-            .map(|e| eval(e, doc, route))
+            .map(|e| scope_value(&route_scope(doc, m, None, bearer), e, route))
             .unwrap_or(Value::Null);
         let (key, mut session) = match session_key(&key_value) {
             Some(k) => {
@@ -275,21 +277,19 @@ impl Deriver {
             None => (None, None),
         };
         let new_session = key.is_some() && session.is_none();
-        if let Some(s) = &session {
-            set(doc, "session", Value::Object(s.fields.clone()));
-            if !has_bearer {
-                if let Some(claims) = s
+        let mut jwt = bearer;
+        let fields = session.as_ref().map(|s| {
+            if jwt.is_none() {
+                jwt = s
                     .fields
                     .get("embed_jwt")
                     .and_then(Value::as_str)
                     .and_then(|t| jwt::claims(t, self.jwt_hs256_secret.as_deref()))
-                {
-                    set(doc, "jwt", claims);
-                }
+                    .map(|claims| doc.value(&claims));
             }
-        }
-        let arena = Bump::new();
-        let scope = Scope::new(doc, &arena);
+            doc.object(s.fields.iter().map(|(k, v)| (k.as_str(), doc.value(v))))
+        });
+        let scope = route_scope(doc, m, fields, jwt);
         if let Some(when) = &route.when {
             match scope.truthy(when) {
                 Ok(true) => {}
@@ -366,9 +366,10 @@ impl Deriver {
 
 /// What every route of one exchange shares.
 #[derive(Clone, Copy)]
-struct Exchanged<'x> {
+struct Exchanged<'x, 'a> {
     exchange: &'x Exchange,
-    has_bearer: bool,
+    /// The bearer token's claims, converted.
+    bearer: Option<DataValue<'a>>,
     aliases: bool,
 }
 
@@ -449,19 +450,6 @@ fn is_complete(key: &Value) -> bool {
 /// the same UUID.
 pub fn name_uuid(event_type: &str, key: &str) -> Uuid {
     Uuid::new_v5(&UUID_NAMESPACE, format!("{event_type}\n{key}").as_bytes())
-}
-
-fn set(doc: &mut Value, key: &str, value: Value) {
-    if let Value::Object(m) = doc {
-        m.insert(key.to_string(), value);
-    }
-}
-
-fn eval(expr: &Expr, doc: &Value, route: &Route) -> Value {
-    expr.eval(doc).unwrap_or_else(|e| {
-        tracing::debug!(route = %route.name, error = %e, "route expression failed to evaluate");
-        Value::Null
-    })
 }
 
 fn scope_value<'a>(scope: &Scope<'a>, expr: &'a Expr, route: &Route) -> Value {

@@ -161,6 +161,64 @@ pub struct Scope<'a> {
     data: &'a DataValue<'a>,
 }
 
+/// A document converted once, for scopes that differ only in some of its
+/// top-level fields (a route's path parameters, session and JWT claims):
+/// each scope converts only what it sets, not the document again.
+pub struct Converted<'a> {
+    arena: &'a Bump,
+    fields: &'a [(&'a str, DataValue<'a>)],
+}
+
+impl<'a> Converted<'a> {
+    /// `doc`, an object, converted into `arena`.
+    pub fn new(doc: &Value, arena: &'a Bump) -> Self {
+        let fields = match DataValue::from_serde_value_in(doc, arena) {
+            DataValue::Object(fields) => fields,
+            _ => &[],
+        };
+        Self { arena, fields }
+    }
+
+    /// A value, converted.
+    pub fn value(&self, value: &Value) -> DataValue<'a> {
+        DataValue::from_serde_value_in(value, self.arena)
+    }
+
+    /// A string, copied into the arena.
+    pub fn text(&self, text: &str) -> DataValue<'a> {
+        DataValue::String(self.arena.alloc_str(text))
+    }
+
+    /// An object of these fields.
+    pub fn object<'f>(
+        &self,
+        fields: impl ExactSizeIterator<Item = (&'f str, DataValue<'a>)>,
+    ) -> DataValue<'a> {
+        let arena = self.arena;
+        DataValue::Object(
+            arena.alloc_slice_fill_iter(fields.map(|(k, v)| (&*arena.alloc_str(k), v))),
+        )
+    }
+
+    /// A scope over the document with the fields of `set` in place of its
+    /// own (fields it does not have are not added).
+    pub fn scope(&self, set: &[(&str, DataValue<'a>)]) -> Scope<'a> {
+        let fields = self
+            .arena
+            .alloc_slice_fill_iter(self.fields.iter().map(|(k, v)| {
+                let v = set
+                    .iter()
+                    .find(|(name, _)| name == k)
+                    .map_or(*v, |(_, new)| *new);
+                (*k, v)
+            }));
+        Scope {
+            arena: self.arena,
+            data: self.arena.alloc(DataValue::Object(fields)),
+        }
+    }
+}
+
 impl<'a> Scope<'a> {
     pub fn new(data: &Value, arena: &'a Bump) -> Self {
         let data = arena.alloc(DataValue::from_serde_value_in(data, arena));

@@ -5,6 +5,6 @@ pub mod expr;
 pub mod fanout;
 pub mod hash;
 
-pub use expr::{Expr, ExprError, Scope};
+pub use expr::{Converted, Expr, ExprError, Scope};
 pub use fanout::{fan_out, Decision, Verdict};
 pub use hash::HashKey;

@@ -1627,6 +1627,10 @@ impl SessionStore for JetStream {
 
     /// Up to [`WINDOW`] reads at once, each bounded by the read timeout; a
     /// key whose read failed is left to `get`, which tries again.
+    fn prefetches(&self) -> bool {
+        true
+    }
+
     fn prefetch(&self, keys: Vec<String>) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(async move {
             lock(&self.absent_sessions).clear();

@@ -55,6 +55,12 @@ pub trait SessionStore: Send + Sync {
     fn prefetch(&self, _keys: Vec<String>) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
     }
+
+    /// Whether [`SessionStore::prefetch`] does anything: when not, the
+    /// keys are not worked out for it.
+    fn prefetches(&self) -> bool {
+        false
+    }
 }
 
 /// Sessions in a cache bounded in bytes (approximately: keys, strings, a
