@@ -602,6 +602,27 @@ async fn nats_unreachable_at_start_is_a_clear_error() {
     );
 }
 
+/// Replicas started at the same moment on a NATS that has none of the
+/// streams yet (a Deployment's first rollout) all start: each tries to
+/// make the streams, and a create NATS refuses because another replica's
+/// is under way is looked at again (the jetstream bench's smoke pass once
+/// failed with `subjects overlap with an existing stream`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_at_the_same_moment_all_start() {
+    let mut cluster = Cluster::start(0, HOOKS).await;
+    let replicas = futures::future::join_all((0..3).map(|i| cluster.launch(i))).await;
+    cluster.replicas = replicas;
+    for replica in &cluster.replicas {
+        let r = cluster
+            .client
+            .get(format!("http://{}/readyz", replica.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", replica.log());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_created_through_one_replica_is_known_to_another() {
     let cluster = Cluster::start(2, HOOKS).await;

@@ -82,6 +82,33 @@ pub const WINDOW: usize = 64;
 /// A sent write's acknowledgement, to come.
 type Ack = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 
+/// Makes a stream unless it exists. Replicas starting at the same moment
+/// each try to make it, and NATS may refuse all but one (`subjects overlap
+/// with an existing stream`, before the first one's name is known): a
+/// refused create is looked at again, a few times, before it is an error.
+async fn create_stream(
+    js: &async_nats::jetstream::Context,
+    config: stream::Config,
+) -> Result<(), StoreError> {
+    let name = config.name.clone();
+    let mut tries = 0;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tries >= 5 => {
+                return Err(StoreError::Nats(format!(
+                    "cannot create stream {name}: {e}"
+                )))
+            }
+            Err(e) => {
+                tracing::debug!(stream = %name, error = %e, "stream not created; looking again (another instance may be making it)");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+            }
+        }
+    }
+}
+
 /// A name NATS accepts in subjects, consumer names and KV keys, for any
 /// text (session keys, webhook keys).
 pub fn token(text: &str) -> String {
@@ -377,9 +404,7 @@ impl JetStream {
         ];
         for config in streams {
             let name = config.name.clone();
-            js.get_or_create_stream(config.clone())
-                .await
-                .map_err(|e| StoreError::Nats(format!("cannot create stream {name}: {e}")))?;
+            create_stream(&js, config.clone()).await?;
             // An existing stream takes the configured retention, window
             // and replicas (what NATS can change in place).
             if let Err(e) = js.update_stream(config).await {
