@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use datalogic_rs::bumpalo::Bump;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::Scope;
 use crate::deliver::formats::{development_mode, import_identifier};
@@ -75,9 +74,12 @@ impl Decision {
 
 /// Decides every webhook of `rules` for `event`.
 pub fn fan_out(event: &DerivedEvent, rules: &Rules) -> Vec<Decision> {
-    let doc: Value = event.event.filter_document();
     let arena = Bump::new();
-    let scope = Scope::new(&doc, &arena);
+    let scope = FilterScope {
+        event: &event.event,
+        arena: &arena,
+        scope: std::cell::OnceCell::new(),
+    };
     rules
         .webhooks
         .iter()
@@ -92,11 +94,30 @@ pub fn fan_out(event: &DerivedEvent, rules: &Rules) -> Vec<Decision> {
         .collect()
 }
 
+/// The document filters see, converted the first time a filter needs it:
+/// most webhooks have none, and then it is never built.
+struct FilterScope<'a> {
+    event: &'a crate::event::Event,
+    arena: &'a Bump,
+    scope: std::cell::OnceCell<Scope<'a>>,
+}
+
+impl<'a> FilterScope<'a> {
+    fn truthy(
+        &self,
+        filter: &'a crate::filter::Expr,
+    ) -> Result<bool, crate::filter::expr::EvalError> {
+        self.scope
+            .get_or_init(|| Scope::new(&self.event.filter_document(), self.arena))
+            .truthy(filter)
+    }
+}
+
 fn decide<'a>(
     w: &'a Webhook,
     event: &DerivedEvent,
     rules: &'a Rules,
-    scope: &Scope<'a>,
+    scope: &FilterScope<'a>,
 ) -> (Verdict, Option<String>) {
     let event_type = event.event.event_type.as_str();
     // Registered events the webhook lists for this type, if not subscribed directly.
