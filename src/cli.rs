@@ -277,18 +277,9 @@ fn run(path: &Path, upgrade: bool) -> anyhow::Result<()> {
 }
 
 fn upgrade(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path, &process_env).map_err(|problems| {
-        anyhow::anyhow!(
-            "cannot upgrade with {}:\n{}",
-            path.display(),
-            problems
-                .0
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let config = Config::load(path, &process_env)
+        .map_err(|p| anyhow::anyhow!("{p}"))
+        .with_context(|| format!("cannot upgrade with {}", path.display()))?;
     let pid =
         crate::upgrade::start_upgrade(path, &config.data_dir, std::time::Duration::from_secs(60))?;
     println!(

@@ -109,8 +109,7 @@ pub fn running(data_dir: &Path) -> anyhow::Result<i32> {
         .trim()
         .parse()
         .with_context(|| format!("--upgrade: {} does not hold a pid", path.display()))?;
-    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-    if !alive || pid == std::process::id() as i32 {
+    if !alive(pid) || pid == std::process::id() as i32 {
         bail!(
             "--upgrade: the taphook in {} (pid {pid}) is not running; start without --upgrade",
             path.display()
@@ -119,11 +118,15 @@ pub fn running(data_dir: &Path) -> anyhow::Result<i32> {
     Ok(pid)
 }
 
+/// Whether process `pid` exists.
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
 /// Returns once process `pid` has exited (looked at every 200 ms).
 pub fn wait_for_exit(pid: i32) {
-    let pid = nix::unistd::Pid::from_raw(pid);
-    while nix::sys::signal::kill(pid, None).is_ok() {
-        std::thread::sleep(std::time::Duration::from_millis(200));
+    while alive(pid) {
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

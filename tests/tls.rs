@@ -424,6 +424,25 @@ async fn h2c_by_prior_knowledge() {
     assert_eq!(pings(&stack).len(), 2);
 }
 
+/// A stack in front of `upstream` (with `config`), and the status of one
+/// `GET /_fixtures/empty?i=<i>` through it.
+async fn through(upstream: &str, config: &str, i: usize) -> (Stack, u16) {
+    let stack = Stack::start(Setup {
+        upstream: Some(upstream),
+        config,
+        ..Default::default()
+    })
+    .await;
+    let r = stack
+        .client
+        .get(stack.url(&format!("/_fixtures/empty?i={i}")))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (stack, status)
+}
+
 /// An HTTPS upstream with a private CA: here another taphook with TLS in
 /// front of the importer. Verified against `upstream_tls.ca`; with the
 /// wrong CA every request is a 502 and the log says why.
@@ -457,22 +476,12 @@ async fn an_https_upstream_is_verified_against_its_ca() {
         .await;
     assert!(started.elapsed() < Duration::from_secs(10));
     let other = Pki::new("other");
-    let refused = Stack::start(Setup {
-        upstream: Some(&upstream),
-        config: &format!(
-            "upstream_tls:\n  ca: {}\n  server_name: importer.internal\n",
-            other.ca_path()
-        ),
-        ..Default::default()
-    })
-    .await;
-    let r = refused
-        .client
-        .get(refused.url("/_fixtures/empty?i=2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
+    let config = format!(
+        "upstream_tls:\n  ca: {}\n  server_name: importer.internal\n",
+        other.ca_path()
+    );
+    let (refused, status) = through(&upstream, &config, 2).await;
+    assert_eq!(status, 502);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !refused.log().to_lowercase().contains("certificate") {
         assert!(
@@ -483,22 +492,12 @@ async fn an_https_upstream_is_verified_against_its_ca() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The wrong name is refused too, even with the right CA.
-    let misnamed = Stack::start(Setup {
-        upstream: Some(&upstream),
-        config: &format!(
-            "upstream_tls:\n  ca: {}\n  server_name: elsewhere\n",
-            pki.ca_path()
-        ),
-        ..Default::default()
-    })
-    .await;
-    let r = misnamed
-        .client
-        .get(misnamed.url("/_fixtures/empty?i=3"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
+    let config = format!(
+        "upstream_tls:\n  ca: {}\n  server_name: elsewhere\n",
+        pki.ca_path()
+    );
+    let (_misnamed, status) = through(&upstream, &config, 3).await;
+    assert_eq!(status, 502);
 }
 
 #[test]
@@ -545,33 +544,11 @@ async fn a_client_certificate_is_presented_to_the_upstream() {
         text
     };
     let config = tls(true);
-    let presenting = Stack::start(Setup {
-        upstream: Some(&upstream),
-        config: &config,
-        ..Default::default()
-    })
-    .await;
-    let r = presenting
-        .client
-        .get(presenting.url("/_fixtures/empty?i=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204, "{}", presenting.log());
+    let (presenting, status) = through(&upstream, &config, 1).await;
+    assert_eq!(status, 204, "{}", presenting.log());
     let config = tls(false);
-    let anonymous = Stack::start(Setup {
-        upstream: Some(&upstream),
-        config: &config,
-        ..Default::default()
-    })
-    .await;
-    let r = anonymous
-        .client
-        .get(anonymous.url("/_fixtures/empty?i=2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
+    let (_anonymous, status) = through(&upstream, &config, 2).await;
+    assert_eq!(status, 502);
 }
 
 const UPLOAD_RULES: &str = "routes:\n  - name: upload\n    event: uploaded\n    method: POST\n    path: /upload\n    data:\n      version: $response.body.version\n      bytes: $response.body.bytes\nwebhooks:\n  - key: u\n    url: {receiver}/hooks/u\n    events: [uploaded]\n";

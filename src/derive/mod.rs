@@ -72,7 +72,7 @@ impl Prepared<'_> {
         with_key(&self.hash_key, || {
             for m in &self.matches {
                 if let Some(expr) = &m.route.session {
-                    let scope = route_scope(&doc, m, None, bearer);
+                    let scope = route_scope(&doc, params(&doc, m), None, bearer);
                     if let Some(k) = session_key(&scope_value(&scope, expr, m.route)) {
                         if self.aliases {
                             keys.push(alias_key(&k));
@@ -110,16 +110,20 @@ fn resolve(key: String, aliases: bool, sessions: &dyn SessionStore) -> (String, 
     (canonical, Some(session))
 }
 
-/// What route `m`'s expressions see: the exchange's document with the
+/// Route `m`'s path parameters, converted.
+fn params<'a>(doc: &Converted<'a>, m: &PathMatch<'_>) -> DataValue<'a> {
+    doc.object(m.params.iter().map(|(k, v)| (*k, doc.text(v))))
+}
+
+/// What a route's expressions see: the exchange's document with the
 /// route's path parameters, the session's fields (none yet: `{}`) and the
 /// JWT's claims (`{}` without a token).
 fn route_scope<'a>(
     doc: &Converted<'a>,
-    m: &PathMatch<'_>,
+    params: DataValue<'a>,
     session: Option<DataValue<'a>>,
     jwt: Option<DataValue<'a>>,
 ) -> Scope<'a> {
-    let params = doc.object(m.params.iter().map(|(k, v)| (*k, doc.text(v))));
     let empty = || doc.object(std::iter::empty());
     doc.scope(&[
         ("params", params),
@@ -264,10 +268,11 @@ impl Deriver {
             bearer,
             aliases,
         } = *at;
+        let params = params(doc, m);
         let key_value = route
             .session
             .as_ref()
-            .map(|e| scope_value(&route_scope(doc, m, None, bearer), e, route))
+            .map(|e| scope_value(&route_scope(doc, params, None, bearer), e, route))
             .unwrap_or(Value::Null);
         let (key, mut session) = match session_key(&key_value) {
             Some(k) => {
@@ -289,7 +294,7 @@ impl Deriver {
             }
             doc.object(s.fields.iter().map(|(k, v)| (k.as_str(), doc.value(v))))
         });
-        let scope = route_scope(doc, m, fields, jwt);
+        let scope = route_scope(doc, params, fields, jwt);
         if let Some(when) = &route.when {
             match scope.truthy(when) {
                 Ok(true) => {}

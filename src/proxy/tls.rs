@@ -242,7 +242,7 @@ pub struct ClientCa {
 
 /// One loaded CA: its certificates (to tell a change) and its verifier.
 struct Verifier {
-    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    certs: Vec<CertificateDer<'static>>,
     verify: &'static dyn ClientCertVerifier,
 }
 
@@ -256,9 +256,10 @@ impl std::fmt::Debug for ClientCa {
 
 impl ClientCa {
     fn load(path: &Path) -> Result<Self, TlsError> {
+        let certs = read_certs("tls.client_ca", path)?;
         Ok(Self {
             path: path.to_path_buf(),
-            current: ArcSwap::from_pointee(Self::read(path)?),
+            current: ArcSwap::from_pointee(Self::verifier_of(path, certs)?),
         })
     }
 
@@ -268,16 +269,17 @@ impl ClientCa {
         if certs == self.current.load().certs {
             return Ok(false);
         }
-        self.current.store(Arc::new(Self::read(&self.path)?));
+        self.current
+            .store(Arc::new(Self::verifier_of(&self.path, certs)?));
         Ok(true)
     }
 
-    fn read(path: &Path) -> Result<Verifier, TlsError> {
+    /// The verifier of the CA certificates read from `path`.
+    fn verifier_of(path: &Path, certs: Vec<CertificateDer<'static>>) -> Result<Verifier, TlsError> {
         let invalid = |reason: String| TlsError::ClientCa {
             path: path.to_path_buf(),
             reason,
         };
-        let certs = read_certs("tls.client_ca", path)?;
         let mut roots = RootCertStore::empty();
         for cert in &certs {
             roots
