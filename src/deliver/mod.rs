@@ -285,11 +285,9 @@ impl Dispatcher {
                             let recorded = this.record(&webhook, &d, outcome, probe, &failing);
                             let _ = tx.send(Done::Answered);
                             let mut retry_at = None;
-                            if let Some((committed, next)) = recorded {
-                                if committed.await.is_err() {
-                                    tracing::error!("outcome not committed");
-                                }
-                                retry_at = next;
+                            if let Some(recorded) = recorded {
+                                retry_at = recorded.retry_at;
+                                this.settled(&webhook.key, recorded).await;
                             }
                             let _ = tx.send(Done::Settled { id: d.id, retry_at });
                         }
@@ -653,6 +651,23 @@ impl Dispatcher {
         Attempt::Error(format!("refused by the SSRF guard: {refused}"))
     }
 
+    /// Waits for an outcome's commit, then counts a delivery that ended
+    /// (delivered or dead): the metric never runs ahead of what the API
+    /// shows.
+    async fn settled(&self, webhook: &str, recorded: Recorded) {
+        if recorded.committed.await.is_err() {
+            tracing::error!("outcome not committed");
+            return;
+        }
+        if let Some(end) = recorded.ended {
+            self.shared
+                .metrics
+                .deliveries
+                .with_label_values(&[webhook, end])
+                .inc();
+        }
+    }
+
     /// Writes an attempt's outcome back to the outbox: the attempt and
     /// the delivery's new state in one write. A failed probe of a paused
     /// webhook does not spend the delivery's retries. Returns what
@@ -665,7 +680,7 @@ impl Dispatcher {
         outcome: Outcome,
         probe: bool,
         failing: &Failing,
-    ) -> Option<(tokio::sync::oneshot::Receiver<()>, Option<i64>)> {
+    ) -> Option<Recorded> {
         let key = webhook.key.as_str();
         let label = outcome.attempt.label();
         let (store, metrics) = (&self.store, &self.shared.metrics);
@@ -676,10 +691,6 @@ impl Dispatcher {
             if (due.part as usize) + 1 < outcome.parts {
                 (State::Pending, 0, due.part + 1, now)
             } else {
-                metrics
-                    .deliveries
-                    .with_label_values(&[key, "delivered"])
-                    .inc();
                 tracing::debug!(status = %label, "delivered");
                 let latency = now as f64 / 1000.0 - due.event.event.created_at;
                 metrics.event_delivery_latency.observe(latency.max(0.0));
@@ -719,7 +730,6 @@ impl Dispatcher {
                     }
                     None => {
                         tracing::warn!(attempt = ?outcome.attempt, "delivery failed; dead letter");
-                        metrics.deliveries.with_label_values(&[key, "dead"]).inc();
                         (State::Dead, due.attempts + 1, due.part, now)
                     }
                 }
@@ -741,14 +751,33 @@ impl Dispatcher {
             next_at,
         };
         let retry_at = (state == State::Pending).then_some(next_at);
+        let ended = match state {
+            State::Delivered => Some("delivered"),
+            State::Dead => Some("dead"),
+            _ => None,
+        };
         match store.record_outcome(record) {
-            Ok(committed) => Some((committed, retry_at)),
+            Ok(committed) => Some(Recorded {
+                committed,
+                retry_at,
+                ended,
+            }),
             Err(e) => {
                 tracing::error!(error = %e, "cannot record the delivery's outcome; it will be sent again");
                 None
             }
         }
     }
+}
+
+/// An outcome handed to the writer.
+struct Recorded {
+    /// Answers once the outcome is committed.
+    committed: tokio::sync::oneshot::Receiver<()>,
+    /// When the delivery is due again, if it stays pending.
+    retry_at: Option<i64>,
+    /// The `outcome` label of a delivery that ended with this attempt.
+    ended: Option<&'static str>,
 }
 
 /// What a delivery task tells its scheduler.
