@@ -16,8 +16,8 @@ use crate::event::DerivedEvent;
 use crate::filter::{fan_out, Verdict};
 use crate::funnel::Funnel;
 use crate::rules::Rules;
-use crate::store::session_key;
 use crate::store::sqlite::{now_ms, Store, StoredEvent};
+use crate::store::{session_key, Accepted};
 use crate::traffic::record::Recorder;
 
 /// How many waiting exchanges the pipeline takes at once: their sessions
@@ -123,10 +123,8 @@ impl Pipeline {
         }
         tracing::debug!("event derived");
         metrics.activity.event(crate::store::sqlite::now_ms());
-        if let Some(key) = session_key(&event.event.embed_id) {
-            self.shared.events.append(&key, &event.event);
-        }
         self.funnel.observe(&event.event, event.new_session);
+        let mut deliver = Vec::new();
         for decision in fan_out(&event, rules) {
             match decision.verdict {
                 Verdict::Deliver => {
@@ -135,20 +133,7 @@ impl Pipeline {
                         .as_ref()
                         .and_then(|name| rules.registered.iter().find(|r| &r.name == name))
                         .map(|r| r.reference(&event));
-                    let stored = Arc::new(StoredEvent {
-                        event: event.event.clone(),
-                        session: event.session.clone(),
-                        registered,
-                        request_id: event.request_id.clone(),
-                        test: false,
-                    });
-                    if let Err(e) = self.shared.outbox.enqueue(&decision.webhook.key, stored) {
-                        metrics
-                            .events_dropped
-                            .with_label_values(&["store_unavailable"])
-                            .inc();
-                        tracing::error!(webhook = %decision.webhook.key, error = %e, "delivery not accepted");
-                    }
+                    deliver.push((decision.webhook.key.clone(), registered));
                 }
                 Verdict::FilterRejected => metrics
                     .filter_rejected
@@ -167,7 +152,57 @@ impl Pipeline {
                 | Verdict::OtherImportIdentifier => {}
             }
         }
+        self.keep(accepted(event, deliver));
         true
+    }
+
+    /// Hands an accepted event and its deliveries to the outbox, in one
+    /// write.
+    fn keep(&self, accepted: Accepted) {
+        if !accepted.keeps_anything() {
+            return;
+        }
+        let deliveries = accepted.deliveries.len();
+        if let Err(e) = self.shared.outbox.accept(accepted) {
+            self.shared
+                .metrics
+                .events_dropped
+                .with_label_values(&["store_unavailable"])
+                .inc_by(deliveries as u64);
+            tracing::error!(error = %e, deliveries, "event not accepted by the store");
+        }
+    }
+}
+
+/// The event as it is kept, and each delivery of it: the event is moved,
+/// not copied, and a delivery that adds nothing (no registered event)
+/// shares it.
+fn accepted(event: DerivedEvent, deliver: Vec<(String, Option<serde_json::Value>)>) -> Accepted {
+    let session = session_key(&event.event.embed_id);
+    let stored = Arc::new(StoredEvent {
+        event: event.event,
+        session: event.session,
+        registered: None,
+        request_id: event.request_id,
+        test: false,
+    });
+    let deliveries = deliver
+        .into_iter()
+        .map(|(webhook, registered)| match registered {
+            None => (webhook, stored.clone()),
+            Some(registered) => {
+                let own = StoredEvent {
+                    registered: Some(registered),
+                    ..(*stored).clone()
+                };
+                (webhook, Arc::new(own))
+            }
+        })
+        .collect();
+    Accepted {
+        event: stored,
+        session,
+        deliveries,
     }
 }
 

@@ -45,7 +45,7 @@ use super::events::{EventLog, Logged};
 use super::sqlite::{
     lock, AttemptInfo, DeliveryInfo, Filter, Retry, State, StoreError, StoredEvent,
 };
-use super::{MemorySessions, Outbox, Session, SessionStore};
+use super::{Accepted, MemorySessions, Outbox, Session, SessionStore};
 use crate::config::JetStreamConfig;
 use crate::event::Event;
 use crate::metrics::Metrics;
@@ -1618,6 +1618,22 @@ fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<(DeliveryIn
 }
 
 impl Outbox for JetStream {
+    /// The event to its session's subject of the event stream, and each
+    /// delivery to the work queue: a message each, as the streams keep
+    /// them apart.
+    fn accept(&self, accepted: Accepted) -> Result<(), StoreError> {
+        if let Some(session) = &accepted.session {
+            self.append(session, &accepted.event.event);
+        }
+        let mut result = Ok(());
+        for (webhook, event) in accepted.deliveries {
+            if let Err(e) = self.enqueue(&webhook, event) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
     fn enqueue(&self, webhook: &str, event: Arc<StoredEvent>) -> Result<(), StoreError> {
         let (headers, body) =
             Self::delivery_message(&Self::delivery_id(webhook, &event), &event, 0, 0, None);

@@ -5,9 +5,11 @@
 pub mod events;
 pub mod handoff;
 pub mod jetstream;
+pub mod record;
 pub mod sqlite;
 
 pub use events::{DurableEventLog, EventLog, Logged};
+pub use record::{Accepted, StoredEvent};
 pub use sqlite::Store;
 
 use std::sync::Arc;
@@ -24,23 +26,25 @@ pub struct Session {
     pub fields: Map<String, Value>,
 }
 
-/// Where the pipeline hands deliveries to the deliver stage.
+/// Where the pipeline hands events and their deliveries to the deliver
+/// stage.
 pub trait Outbox: Send + Sync {
-    /// Accepts a delivery of `event` to `webhook`: durable (embedded) or
-    /// on its way to NATS (JetStream) when it returns `Ok`.
-    fn enqueue(
-        &self,
-        webhook: &str,
-        event: Arc<sqlite::StoredEvent>,
-    ) -> Result<(), sqlite::StoreError>;
+    /// Keeps an accepted event: in its session's log, and a delivery to
+    /// each of its webhooks. Durable (embedded) or on its way to NATS
+    /// (JetStream) when it returns `Ok`.
+    fn accept(&self, accepted: Accepted) -> Result<(), sqlite::StoreError>;
+
+    /// Accepts a delivery of `event` to `webhook` alone (a test event):
+    /// durable or on its way when it returns `Ok`.
+    fn enqueue(&self, webhook: &str, event: Arc<StoredEvent>) -> Result<(), sqlite::StoreError>;
 }
 
 impl Outbox for sqlite::Store {
-    fn enqueue(
-        &self,
-        webhook: &str,
-        event: Arc<sqlite::StoredEvent>,
-    ) -> Result<(), sqlite::StoreError> {
+    fn accept(&self, accepted: Accepted) -> Result<(), sqlite::StoreError> {
+        sqlite::Store::accept(self, accepted)
+    }
+
+    fn enqueue(&self, webhook: &str, event: Arc<StoredEvent>) -> Result<(), sqlite::StoreError> {
         self.insert_delivery(webhook, event)
     }
 }

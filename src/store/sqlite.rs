@@ -17,9 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use super::handoff::{Handoff, LANE_CAP};
+pub use super::record::StoredEvent;
+use super::record::{Accepted, Logged, Own};
 use crate::event::Event;
 
 /// Ops committed in one transaction at most.
@@ -30,6 +31,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY,
     webhook TEXT NOT NULL,
     event_uuid TEXT NOT NULL,
+    -- With event_row: what this delivery adds to the logged event (Own).
+    -- Without (a test event, or a row from before 0.27): the whole event.
     event TEXT NOT NULL,
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -38,6 +41,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_status TEXT,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
+    session TEXT,
+    -- The row of the event log it sends (events.rowid).
+    event_row INTEGER,
     UNIQUE (webhook, event_uuid)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (webhook, state, next_at, id);
@@ -61,6 +67,8 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     event TEXT NOT NULL,
+    -- What its deliveries send beside the envelope (Logged).
+    logged TEXT,
     PRIMARY KEY (session, seq)
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (created_at);
@@ -122,44 +130,6 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// What the outbox keeps of an event: the envelope and the session fields
-/// formats and matching read.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredEvent {
-    pub event: Event,
-    #[serde(default)]
-    pub session: Option<Map<String, Value>>,
-    /// Set when delivered through a registered event (OS1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registered: Option<Value>,
-    /// The id of the request the event came from, for logs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    /// A test event sent through the admin API (`Taphook-Test: 1`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub test: bool,
-}
-
-impl StoredEvent {
-    /// The session the event belongs to (its deliveries' session, the one
-    /// `ordering: session` keeps in order), if it has one.
-    pub fn session_key(&self) -> Option<String> {
-        super::session_key(&self.event.embed_id)
-    }
-
-    /// The event as the formats take it, again.
-    pub fn derived(&self) -> crate::event::DerivedEvent {
-        crate::event::DerivedEvent {
-            event: self.event.clone(),
-            session: self.session.clone(),
-            derived_at: std::time::Instant::now(),
-            registered: self.registered.clone(),
-            request_id: self.request_id.clone(),
-            new_session: false,
-        }
-    }
-}
-
 /// One template's funnel: its `template_key` (`None`: without one), the
 /// sessions that reached each stage asked for, and the stalled ones.
 pub type FunnelRow = (Option<String>, Vec<i64>, i64);
@@ -189,6 +159,18 @@ pub struct Due {
     pub event: Arc<StoredEvent>,
     pub attempts: u32,
     pub part: u32,
+}
+
+impl Due {
+    /// A delivery just inserted: no attempt yet, from its first part.
+    pub fn fresh(id: i64, event: Arc<StoredEvent>) -> Self {
+        Self {
+            id,
+            event,
+            attempts: 0,
+            part: 0,
+        }
+    }
 }
 
 /// One delivery, its attempts and the event it sends (`None`: unreadable).
@@ -363,6 +345,25 @@ pub struct AttemptRecord {
 
 /// A write, queued for the next group commit.
 enum Op {
+    /// An event and every delivery it makes: one row of the event log,
+    /// and one small row per delivery that refers to it.
+    Accept {
+        /// The log's session (`''`: the event has none).
+        session: String,
+        /// When the event was made (ms).
+        created_at: i64,
+        /// The envelope (JSON), as the event log shows it.
+        event: String,
+        /// What the log keeps beside it ([`Logged`], JSON).
+        logged: String,
+        event_uuid: String,
+        /// The deliveries' session, for a session's deliveries.
+        delivery_session: Option<String>,
+        /// Each delivery: its webhook, what it adds ([`Own`], JSON), and
+        /// what the hand-off gives the scheduler once committed.
+        deliveries: Vec<(String, String, Arc<StoredEvent>)>,
+        at: i64,
+    },
     InsertDelivery {
         webhook: String,
         /// The event's session key, for a session's deliveries.
@@ -598,8 +599,41 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Queues a delivery of `event` to `webhook`, due now. Idempotent per
-    /// (webhook, event UUID).
+    /// Keeps an accepted event and its deliveries (due now) in one write:
+    /// the event is serialised once, whatever the number of deliveries.
+    /// Each delivery is idempotent per (webhook, event UUID).
+    pub fn accept(&self, accepted: Accepted) -> Result<(), StoreError> {
+        if !accepted.keeps_anything() {
+            return Ok(());
+        }
+        let stored = &accepted.event;
+        let deliveries = accepted
+            .deliveries
+            .into_iter()
+            .map(|(webhook, event)| {
+                let own = if Arc::ptr_eq(&event, stored) {
+                    "{}".to_string()
+                } else {
+                    serde_json::to_string(&event.own()).unwrap_or_default()
+                };
+                (webhook, own, event)
+            })
+            .collect();
+        self.send(Op::Accept {
+            session: accepted.session.unwrap_or_default(),
+            created_at: (stored.event.created_at * 1000.0) as i64,
+            event: serde_json::to_string(&stored.event).unwrap_or_default(),
+            logged: serde_json::to_string(&stored.logged()).unwrap_or_default(),
+            event_uuid: stored.event.uuid.clone(),
+            delivery_session: stored.session_key(),
+            deliveries,
+            at: now_ms(),
+        })
+    }
+
+    /// Queues a delivery of `event` to `webhook`, due now, with the event
+    /// in the delivery's own row (a test event, which is in no session's
+    /// log). Idempotent per (webhook, event UUID).
     pub fn insert_delivery(
         &self,
         webhook: &str,
@@ -709,9 +743,10 @@ impl Store {
         })
     }
 
-    /// Events among the newest `scan` whose UUID is `uuid`, or whose
-    /// data has `path` (a JSON path under `$.data`) equal to `value`,
-    /// newest first: `(session, created_at, event)`.
+    /// Events of a session among the newest `scan` whose UUID is `uuid`,
+    /// or whose data has `path` (a JSON path under `$.data`) equal to
+    /// `value`, newest first: `(session, created_at, event)`. (An event
+    /// without a session is logged only for its deliveries to refer to.)
     pub fn find_events(
         &self,
         uuid: Option<&str>,
@@ -726,7 +761,8 @@ impl Store {
             c.prepare_cached(
                 "SELECT session, created_at, event FROM
                    (SELECT session, created_at, event FROM events INDEXED BY events_time ORDER BY created_at DESC LIMIT ?4)
-                 WHERE (?1 IS NULL OR json_extract(event, '$.uuid') = ?1)
+                 WHERE session != ''
+                   AND (?1 IS NULL OR json_extract(event, '$.uuid') = ?1)
                    AND (?2 IS NULL OR CAST(json_extract(event, ?2) AS TEXT) = ?3)
                  LIMIT ?5",
             )?
@@ -874,20 +910,20 @@ impl Store {
                 .filter(|id| !matches!(id, Ok(id) if *id > upto || busy.contains(id)))
                 .take(limit)
                 .collect::<rusqlite::Result<_>>()?;
-            let mut row = c.prepare_cached(
-                "SELECT event, attempts, part FROM deliveries WHERE id = ?1 AND state = 'pending'",
-            )?;
+            let mut row = c.prepare_cached(&format!(
+                "SELECT attempts, part, {EVENT_COLUMNS} FROM deliveries WHERE id = ?1 AND state = 'pending'"
+            ))?;
             let mut out = Vec::with_capacity(wanted.len());
             for id in wanted {
-                let Some((event, attempts, part)) = row
+                let Some((attempts, part, event)) = row
                     .query_row([id], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, u32>(2)?))
+                        Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?, EventColumns::read(r, 2)?))
                     })
                     .optional()?
                 else {
                     continue;
                 };
-                match serde_json::from_str(&event) {
+                match event.stored() {
                     Ok(event) => out.push(Due { id, event: Arc::new(event), attempts, part }),
                     Err(e) => tracing::error!(delivery = id, error = %e, "unreadable delivery in the outbox; skipped"),
                 }
@@ -1223,13 +1259,20 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
         )?;
     }
     c.execute_batch("CREATE INDEX IF NOT EXISTS deliveries_session ON deliveries (session, id);")?;
-    let has_detail: bool = c.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('attempts') WHERE name = 'detail'",
-        [],
+    add_column(c, "deliveries", "event_row", "INTEGER")?;
+    add_column(c, "events", "logged", "TEXT")?;
+    add_column(c, "attempts", "detail", "TEXT")
+}
+
+/// Adds a nullable column to a table of an earlier version's store.
+fn add_column(c: &Connection, table: &str, column: &str, kind: &str) -> rusqlite::Result<()> {
+    let has: bool = c.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
-    if !has_detail {
-        c.execute_batch("ALTER TABLE attempts ADD COLUMN detail TEXT;")?;
+    if !has {
+        c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"))?;
     }
     Ok(())
 }
@@ -1237,7 +1280,51 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
 /// What the admin API reads of a delivery, in the order [`delivery_row`]
 /// takes it: with the count of every attempt made (the `attempts` column
 /// is the retry budget spent).
-const DELIVERY_COLUMNS: &str = "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at, session, (SELECT COUNT(*) FROM attempts a WHERE a.delivery_id = deliveries.id) FROM deliveries";
+const DELIVERY_COLUMNS: &str = "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at, session, (SELECT COUNT(*) FROM attempts a WHERE a.delivery_id = deliveries.id), event_row, (SELECT event FROM events e WHERE e.rowid = deliveries.event_row), (SELECT logged FROM events e WHERE e.rowid = deliveries.event_row) FROM deliveries";
+
+/// A delivery's columns that make the event it sends, in the order
+/// [`EventColumns::read`] takes them: its own `event`, and the logged
+/// event it refers to, if any.
+const EVENT_COLUMNS: &str = "event, event_row, (SELECT event FROM events e WHERE e.rowid = deliveries.event_row), (SELECT logged FROM events e WHERE e.rowid = deliveries.event_row)";
+
+/// The columns [`EVENT_COLUMNS`] reads.
+struct EventColumns {
+    /// The delivery's own `event`: what it adds, or the whole event.
+    own: String,
+    /// The logged event's row (`None`: the whole event is in `own`).
+    row: Option<i64>,
+    logged_event: Option<String>,
+    logged: Option<String>,
+}
+
+impl EventColumns {
+    fn read(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            own: r.get(from)?,
+            row: r.get(from + 1)?,
+            logged_event: r.get(from + 2)?,
+            logged: r.get(from + 3)?,
+        })
+    }
+
+    /// The event the delivery sends, each part parsed once.
+    fn stored(&self) -> Result<StoredEvent, String> {
+        let Some(row) = self.row else {
+            return serde_json::from_str(&self.own).map_err(|e| e.to_string());
+        };
+        let event = self
+            .logged_event
+            .as_deref()
+            .ok_or_else(|| format!("its event (row {row}) is no longer in the log"))?;
+        let event: Event = serde_json::from_str(event).map_err(|e| e.to_string())?;
+        let logged: Logged = match self.logged.as_deref() {
+            Some(json) => serde_json::from_str(json).map_err(|e| e.to_string())?,
+            None => Logged::default(),
+        };
+        let own: Own = serde_json::from_str(&self.own).map_err(|e| e.to_string())?;
+        Ok(StoredEvent::assemble(event, logged, own))
+    }
+}
 
 /// The listing's kind (`?4`): 0 every one of the state, 1 failed (the
 /// last attempt did not succeed), 2 held (the webhook is disabled).
@@ -1252,8 +1339,14 @@ fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
 /// A row of [`DELIVERY_COLUMNS`]: the delivery as the admin API shows it,
 /// and the event it sends (`None`: unreadable).
 fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryInfo, Option<StoredEvent>)> {
-    let event: String = r.get(3)?;
-    let event = serde_json::from_str::<StoredEvent>(&event).ok();
+    let event = EventColumns {
+        own: r.get(3)?,
+        row: r.get(13)?,
+        logged_event: r.get(14)?,
+        logged: r.get(15)?,
+    }
+    .stored()
+    .ok();
     let state: String = r.get(4)?;
     let next_at: i64 = r.get(7)?;
     let info = DeliveryInfo {
@@ -1425,14 +1518,14 @@ fn hand_off(handoff: &Handoff, group: &[Op], results: &[Effect]) {
             Op::InsertDelivery {
                 webhook, stored, ..
             } => {
-                if let Some(id) = effect.inserted {
-                    let due = Due {
-                        id,
-                        event: stored.clone(),
-                        attempts: 0,
-                        part: 0,
-                    };
-                    inserted.push((webhook.clone(), due));
+                for &(_, id) in &effect.inserted {
+                    inserted.push((webhook.clone(), Due::fresh(id, stored.clone())));
+                }
+            }
+            Op::Accept { deliveries, .. } => {
+                for &(i, id) in &effect.inserted {
+                    let (webhook, _, stored) = &deliveries[i];
+                    inserted.push((webhook.clone(), Due::fresh(id, stored.clone())));
                 }
             }
             Op::Requeue { .. } | Op::Replay { .. } | Op::Retry { .. } => {
@@ -1503,8 +1596,9 @@ struct Effect {
     wake: bool,
     accepted: u64,
     changed: usize,
-    /// The id of a delivery this op inserted.
-    inserted: Option<i64>,
+    /// The deliveries this op inserted: their place among the op's
+    /// deliveries, and their ids.
+    inserted: Vec<(usize, i64)>,
 }
 
 /// Applies one op inside the group's transaction.
@@ -1532,9 +1626,49 @@ fn apply(
             effect.wake = n > 0;
             effect.accepted = n as u64;
             if n > 0 {
-                effect.inserted = Some(counters.delivery);
+                effect.inserted.push((0, counters.delivery));
                 counters.delivery += 1;
             }
+        }
+        Op::Accept {
+            session,
+            created_at,
+            event,
+            logged,
+            event_uuid,
+            delivery_session,
+            deliveries,
+            at,
+        } => {
+            // A delivery refers to the log's row by its row id: found
+            // through the table's own B-tree, no index needed.
+            tx.prepare_cached(
+                "INSERT INTO events (session, seq, created_at, event, logged) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![session, counters.event, created_at, event, logged])?;
+            counters.event += 1;
+            let row = tx.last_insert_rowid();
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO deliveries (id, webhook, event_uuid, event, state, attempts, part, next_at, created_at, updated_at, session, event_row)
+                 VALUES (?5, ?1, ?2, ?3, 'pending', 0, 0, ?4, ?4, ?4, ?6, ?7)",
+            )?;
+            for (i, (webhook, own, _)) in deliveries.iter().enumerate() {
+                let n = insert.execute(params![
+                    webhook,
+                    event_uuid,
+                    own,
+                    at,
+                    counters.delivery,
+                    delivery_session,
+                    row
+                ])?;
+                if n > 0 {
+                    effect.inserted.push((i, counters.delivery));
+                    effect.accepted += 1;
+                    counters.delivery += 1;
+                }
+            }
+            effect.wake = effect.accepted > 0;
         }
         Op::Outcome { record: r, .. } => {
             let at = now_ms();
@@ -1686,7 +1820,6 @@ fn apply(
         }
         Op::Sweep { cutoff } => {
             tx.execute("DELETE FROM audit WHERE at < ?1", [cutoff])?;
-            tx.execute("DELETE FROM events WHERE created_at < ?1", [cutoff])?;
             tx.execute("DELETE FROM sessions WHERE updated_at < ?1", [cutoff])?;
             tx.execute(
                 "DELETE FROM session_progress WHERE last_event_at < ?1",
@@ -1702,6 +1835,14 @@ fn apply(
                     params![state, cutoff],
                 )?;
             }
+            // An event a kept delivery refers to stays: it is what the
+            // delivery sends (a retry, a replay). The deliveries' references
+            // are read once, into a temporary index, per sweep.
+            tx.execute(
+                "DELETE FROM events WHERE created_at < ?1
+                   AND rowid NOT IN (SELECT event_row FROM deliveries WHERE event_row IS NOT NULL)",
+                [cutoff],
+            )?;
         }
         Op::Flush(_) | Op::FlushAsync(_) => {}
     }
@@ -1717,9 +1858,9 @@ mod tests {
             event: Event {
                 uuid: uuid.into(),
                 embed_id: 1.into(),
-                embed_jwt: Value::Null,
+                embed_jwt: serde_json::Value::Null,
                 environment_name: "P".into(),
-                template_key: Value::Null,
+                template_key: serde_json::Value::Null,
                 event_type: "t".into(),
                 trigger_type: "user".into(),
                 data: serde_json::json!({}),
@@ -1956,5 +2097,166 @@ mod tests {
             rest.iter().map(|e| e.1.uuid.as_str()).collect::<Vec<_>>(),
             ["x2", "x3"]
         );
+    }
+
+    /// An event of session 1, accepted with a delivery to `plain` and one
+    /// through a registered event to `registered`.
+    fn accepted(uuid: &str) -> Accepted {
+        let mut e = event(uuid);
+        e.session = serde_json::json!({"template_key": "orders"})
+            .as_object()
+            .cloned();
+        e.request_id = Some("req-1".into());
+        let stored = Arc::new(e);
+        let registered = Arc::new(StoredEvent {
+            registered: Some(serde_json::json!({"name": "r"})),
+            ..(*stored).clone()
+        });
+        Accepted {
+            event: stored.clone(),
+            session: Some("1".into()),
+            deliveries: vec![("plain".into(), stored), ("registered".into(), registered)],
+        }
+    }
+
+    fn due_one(store: &Store, webhook: &str) -> Due {
+        let mut due = store
+            .due(webhook, now_ms() + 1, 10, &HashSet::new())
+            .unwrap();
+        assert_eq!(due.len(), 1, "{webhook}");
+        due.remove(0)
+    }
+
+    #[test]
+    fn an_accepted_event_is_one_log_row_its_deliveries_refer_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.accept(accepted("e1")).unwrap();
+        store.flush().unwrap();
+        let c = Connection::open(dir.path().join("taphook.db")).unwrap();
+        let (row, logged_event): (i64, String) = c
+            .query_row("SELECT rowid, event FROM events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        let rows: Vec<(String, String, Option<i64>)> = c
+            .prepare("SELECT webhook, event, event_row FROM deliveries ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                ("plain".into(), "{}".into(), Some(row)),
+                (
+                    "registered".into(),
+                    r#"{"registered":{"name":"r"}}"#.into(),
+                    Some(row)
+                )
+            ],
+            "a delivery keeps only what it adds to the logged event"
+        );
+        assert_eq!(
+            serde_json::from_str::<Event>(&logged_event).unwrap().uuid,
+            "e1"
+        );
+        // What each delivery sends is whole again.
+        let plain = due_one(&store, "plain");
+        let whole = |d: &StoredEvent| {
+            (
+                d.event.uuid.clone(),
+                d.session.clone(),
+                d.request_id.clone(),
+                d.registered.clone(),
+            )
+        };
+        let fields = serde_json::json!({"template_key": "orders"})
+            .as_object()
+            .cloned();
+        let req = Some("req-1".to_string());
+        assert_eq!(
+            whole(&plain.event),
+            ("e1".into(), fields.clone(), req.clone(), None)
+        );
+        let registered = due_one(&store, "registered");
+        assert_eq!(
+            whole(&registered.event),
+            (
+                "e1".into(),
+                fields,
+                req,
+                Some(serde_json::json!({"name": "r"}))
+            )
+        );
+        let (info, _, sent) = store.delivery(registered.id).unwrap().unwrap();
+        assert_eq!(info.event_type, "t");
+        assert!(sent.unwrap().registered.is_some());
+        assert_eq!(store.events("1", 0, 0, 10).unwrap().len(), 1);
+
+        // Past the retention, the event stays while a delivery needs it...
+        let later = now_ms() + 60_000;
+        store
+            .record_outcome(outcome(plain.id, State::Delivered, 1, 0, "200"))
+            .unwrap();
+        store.sweep(later).unwrap();
+        store.flush().unwrap();
+        assert_eq!(due_one(&store, "registered").event.event.uuid, "e1");
+        // ...and goes with the last one.
+        store
+            .record_outcome(outcome(registered.id, State::Dead, 1, 0, "500"))
+            .unwrap();
+        store.sweep(later).unwrap();
+        store.flush().unwrap();
+        let left: (i64, i64) = c
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM deliveries)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(left, (0, 0));
+    }
+
+    #[test]
+    fn an_event_log_from_before_deliveries_referred_to_it_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The event log as earlier versions made it.
+            let c = Connection::open(dir.path().join("taphook.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE events (session TEXT NOT NULL, seq INTEGER NOT NULL, created_at INTEGER NOT NULL,
+                   event TEXT NOT NULL, PRIMARY KEY (session, seq));",
+            )
+            .unwrap();
+            let old = serde_json::to_string(&event("old").event).unwrap();
+            c.execute(
+                "INSERT INTO events (rowid, session, seq, created_at, event) VALUES (5, '1', 4, 0, ?1)",
+                [old],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_delivery("plain", event("inline")).unwrap();
+        store.accept(accepted("new")).unwrap();
+        store.flush().unwrap();
+        let due = store
+            .due("plain", now_ms() + 1, 10, &HashSet::new())
+            .unwrap();
+        assert_eq!(
+            due.iter()
+                .map(|d| d.event.event.uuid.as_str())
+                .collect::<Vec<_>>(),
+            ["inline", "new"],
+            "a delivery with its event inline and one referring to the log"
+        );
+        let logged: Vec<_> = store
+            .events("1", 0, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, e)| (seq, e.uuid))
+            .collect();
+        assert_eq!(logged, [(4, "old".to_string()), (5, "new".to_string())]);
     }
 }
