@@ -108,17 +108,9 @@ fn shown_value(name: &HeaderName, value: &HeaderValue) -> String {
         // Signatures are HMACs of the body, not secrets: shown, so a
         // receiver's verification failure can be understood.
         n if n.starts_with("webhook-") => text.into_owned(),
-        n if secret_name(n) => MASK.to_string(),
+        n if crate::rules::credentials::is_secret_header_name(n) => MASK.to_string(),
         _ => text.into_owned(),
     }
-}
-
-fn secret_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    crate::rules::credentials::is_credential_name(&n)
-        || ["key", "auth", "signature", "session"]
-            .iter()
-            .any(|w| n.contains(w))
 }
 
 /// The kind of a failed exchange, from reqwest's error and its causes.
@@ -155,6 +147,9 @@ mod tests {
         h.insert("x-api-key", HeaderValue::from_static("k-123"));
         h.insert("webhook-signature", HeaderValue::from_static("v1,abc="));
         h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("x-session-id", HeaderValue::from_static("s-1"));
+        h.insert("x-csrf-token", HeaderValue::from_static("c-1"));
+        h.insert("x-request-id", HeaderValue::from_static("r-1"));
         h.insert(
             "set-cookie",
             HeaderValue::from_static("sid=s3cr3t; Path=/; HttpOnly"),
@@ -171,6 +166,9 @@ mod tests {
         assert_eq!(get("x-api-key"), MASK);
         assert_eq!(get("webhook-signature"), "v1,abc=");
         assert_eq!(get("content-type"), "application/json");
+        assert_eq!(get("x-session-id"), MASK);
+        assert_eq!(get("x-csrf-token"), MASK);
+        assert_eq!(get("x-request-id"), "r-1");
         assert_eq!(get("set-cookie"), format!("sid={MASK}; Path=/; HttpOnly"));
     }
 }

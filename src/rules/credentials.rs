@@ -6,6 +6,9 @@
 //! each one, with its file and line; the fix is `{"hash": ...}`, which
 //! keeps the session apart and the credential out.
 
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
 use serde_json::Value;
 
 /// Headers that carry credentials.
@@ -33,10 +36,28 @@ const CREDENTIAL_WORDS: &[&str] = &[
     "cookie",
 ];
 
-/// True when a field named `name` holds a credential by its name.
+/// True when a field named `name` holds a credential by its name: it
+/// has one of [`CREDENTIAL_WORDS`] in it, in any case.
 pub fn is_credential_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    CREDENTIAL_WORDS.iter().any(|w| n.contains(w))
+    static WORDS: LazyLock<AhoCorasick> = LazyLock::new(|| words_matcher(CREDENTIAL_WORDS));
+    WORDS.is_match(name)
+}
+
+/// Finds any of `words` in a name, in any case, in one pass and without
+/// allocating (a name is looked at for every header of every attempt).
+pub fn words_matcher(words: &[&str]) -> AhoCorasick {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(words)
+        .unwrap_or_else(|e| unreachable!("a fixed list of words: {e}"))
+}
+
+/// [`CREDENTIAL_WORDS`], and more words that mark a header a receiver's
+/// secret (`x-webhook-key`, `x-auth`, a signature, a session).
+pub fn is_secret_header_name(name: &str) -> bool {
+    static MORE: LazyLock<AhoCorasick> =
+        LazyLock::new(|| words_matcher(&["key", "auth", "signature", "session"]));
+    is_credential_name(name) || MORE.is_match(name)
 }
 
 /// What a variable path reads, when it reads a credential: `the cookie
@@ -124,5 +145,23 @@ mod tests {
         assert!(reads(json!({"hash": "$request.cookies.sessionid"})).is_empty());
         assert!(reads(json!("$response.body.task_id")).is_empty());
         assert!(reads(json!("$request.headers.x-request-id")).is_empty());
+    }
+
+    #[test]
+    fn credential_names_are_found_in_any_case() {
+        for name in [
+            "csrf_token",
+            "X-CSRFToken",
+            "Password",
+            "user_API_KEY",
+            "sessionCookie",
+        ] {
+            assert!(is_credential_name(name), "{name}");
+        }
+        for name in ["content-length", "user_id", "session"] {
+            assert!(!is_credential_name(name), "{name}");
+        }
+        assert!(is_secret_header_name("x-session"));
+        assert!(!is_secret_header_name("x-request-id"));
     }
 }

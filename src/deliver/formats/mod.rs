@@ -46,7 +46,7 @@ pub fn requests(webhook: &Webhook, event: &DerivedEvent) -> Vec<Outgoing> {
     out
 }
 
-fn json_request(id: String, body: &Value) -> Outgoing {
+fn json_request(id: String, body: &impl serde::Serialize) -> Outgoing {
     Outgoing {
         id,
         body: Bytes::from(serde_json::to_vec(body).unwrap_or_default()),
