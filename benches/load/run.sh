@@ -42,6 +42,7 @@
 #   ALLOCS=1           count allocations: ALLOC_BIN (default: built with
 #                      --features system-alloc) and BASELINE_ALLOC_BIN
 #   INSNS=1            count instructions per request (callgrind; slow)
+#   MEASURE_SETUPS="taphook-tapped"  the setups ALLOCS and INSNS measure
 #   PERF=1             perf profile of taphook-untapped (target/bench/perf.data)
 # Writes target/bench/load.md and target/bench/load.json.
 set -euo pipefail
@@ -261,7 +262,7 @@ fi
 # measure tool name binary: writes $RAW/<tool>-<name>-<setup>-<idle|load>.
 measure() {
   local tool=$1 name=$2 bin=$3 t kind load inst path luaopt requests cost
-  for t in taphook-plain taphook-untapped taphook-tapped; do
+  for t in ${MEASURE_SETUPS:-taphook-plain taphook-untapped taphook-tapped}; do
     kind=shipped; [ $t = taphook-plain ] && kind=plain
     for load in idle load; do
       inst=$tool-$name-$t-$load
