@@ -12,7 +12,8 @@ import sys
 
 raw, out, runs, duration, conns, threads = sys.argv[1:7]
 runs = int(runs)
-setups = sys.argv[7:]
+# RUNS=0: no wrk rounds, only what ALLOCS=1 and INSNS=1 measured.
+setups = sys.argv[7:] if runs > 0 else []
 tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
 
 LABELS = {
