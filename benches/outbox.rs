@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use taphook::event::Event;
-use taphook::store::sqlite::{now_ms, Store, StoredEvent};
+use taphook::store::sqlite::{now_ms, Store};
+use taphook::store::StoredEvent;
 
 fn event(i: usize) -> StoredEvent {
     StoredEvent {

@@ -16,7 +16,8 @@ use crate::event::DerivedEvent;
 use crate::filter::{fan_out, Verdict};
 use crate::funnel::Funnel;
 use crate::rules::Rules;
-use crate::store::sqlite::{now_ms, Store, StoredEvent};
+use crate::store::sqlite::{now_ms, Store};
+use crate::store::StoredEvent;
 use crate::store::{session_key, Accepted};
 use crate::traffic::record::Recorder;
 

@@ -23,9 +23,9 @@ use super::{page_limit, parse_json, ApiError, JsonBody};
 use crate::app::Shared;
 use crate::deliver::formats;
 use crate::store::sqlite::{
-    DeliveryInfo, Filter, Retry, State as DeliveryState, Store, StoreError, StoredEvent,
-    WebhookChange,
+    DeliveryInfo, Filter, Retry, State as DeliveryState, Store, StoreError, WebhookChange,
 };
+use crate::store::StoredEvent;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;

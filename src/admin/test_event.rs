@@ -20,7 +20,8 @@ use super::{parse_json, ApiError, JsonBody};
 use crate::app::Shared;
 use crate::event::Event;
 use crate::rules::model::EventSelector;
-use crate::store::sqlite::{now_ms, StoredEvent};
+use crate::store::sqlite::now_ms;
+use crate::store::StoredEvent;
 
 /// The session key a test event carries.
 pub const TEST_SESSION: &str = "taphook-test";

@@ -26,7 +26,8 @@ use crate::rules::model::Ordering;
 use crate::store::jetstream::{
     attempted, order_of, JetStream, WebhookHealth, ATTEMPTED, ATTEMPTS, DUE, LAST_STATUS, PART,
 };
-use crate::store::sqlite::{now_ms, Due, StoredEvent};
+use crate::store::sqlite::{now_ms, Due};
+use crate::store::StoredEvent;
 
 /// Added to a webhook's timeout for `ack_wait`: an attempt's timeout
 /// covers connecting and sending, the margin the rest.

@@ -166,7 +166,7 @@ impl Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::StoredEvent;
+    use crate::store::StoredEvent;
     use std::sync::Arc;
 
     fn due(id: i64) -> Due {

@@ -42,10 +42,8 @@ use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::events::{EventLog, Logged};
-use super::sqlite::{
-    lock, AttemptInfo, DeliveryInfo, Filter, Retry, State, StoreError, StoredEvent,
-};
-use super::{Accepted, MemorySessions, Outbox, Session, SessionStore};
+use super::sqlite::{lock, AttemptInfo, DeliveryInfo, Filter, Retry, State, StoreError};
+use super::{Accepted, MemorySessions, Outbox, Session, SessionStore, StoredEvent};
 use crate::config::JetStreamConfig;
 use crate::event::Event;
 use crate::metrics::Metrics;

@@ -19,8 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::handoff::{Handoff, LANE_CAP};
-pub use super::record::StoredEvent;
-use super::record::{Accepted, Logged, Own};
+use super::record::{Accepted, Logged, Own, StoredEvent};
 use crate::event::Event;
 
 /// Ops committed in one transaction at most.

@@ -24,7 +24,8 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::HeaderMap;
 
 use super::{JetStream, DUE, ORDER};
-use crate::store::sqlite::{now_ms, StoreError, StoredEvent};
+use crate::store::sqlite::{now_ms, StoreError};
+use crate::store::StoredEvent;
 
 /// How long a delivery waits behind an earlier one that is waiting its
 /// turn or being attempted (one parked for a retry: until its due time).
