@@ -1919,19 +1919,25 @@ mod tests {
         assert_eq!(store.due("w", now_ms() + 1, 10, &busy).unwrap().len(), 1);
     }
 
+    /// A database in `dir` with a table as an earlier version made it.
+    fn earlier_store(dir: &Path, schema: &str) -> Connection {
+        let c = Connection::open(dir.join("taphook.db")).unwrap();
+        c.execute_batch(schema).unwrap();
+        c
+    }
+
     #[test]
     fn a_store_from_before_sessions_were_kept_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
         {
             // The deliveries table as earlier versions made it.
-            let c = Connection::open(dir.path().join("taphook.db")).unwrap();
-            c.execute_batch(
+            let c = earlier_store(
+                dir.path(),
                 "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, webhook TEXT NOT NULL, event_uuid TEXT NOT NULL,
                    event TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
                    part INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL, last_status TEXT,
                    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, UNIQUE (webhook, event_uuid));",
-            )
-            .unwrap();
+            );
             let old = serde_json::to_string(&event("old")).unwrap();
             c.execute(
                 "INSERT INTO deliveries VALUES (1, 'w', 'old', ?1, 'dead', 1, 0, 0, '500', 0, 0)",
@@ -2232,12 +2238,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             // The event log as earlier versions made it.
-            let c = Connection::open(dir.path().join("taphook.db")).unwrap();
-            c.execute_batch(
+            let c = earlier_store(
+                dir.path(),
                 "CREATE TABLE events (session TEXT NOT NULL, seq INTEGER NOT NULL, created_at INTEGER NOT NULL,
                    event TEXT NOT NULL, PRIMARY KEY (session, seq));",
-            )
-            .unwrap();
+            );
             let old = serde_json::to_string(&event("old").event).unwrap();
             c.execute(
                 "INSERT INTO events (rowid, session, seq, created_at, event) VALUES (5, '1', 4, 0, ?1)",
