@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     webhook TEXT NOT NULL,
     event_uuid TEXT NOT NULL,
     -- With event_row: what this delivery adds to the logged event (Own).
-    -- Without (a test event, or a row from before 0.27): the whole event.
+    -- Without (a test event, or a row written before deliveries referred to the log): the whole event.
     event TEXT NOT NULL,
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -526,7 +526,7 @@ impl Store {
         };
         let writer_conn = open().map_err(err)?;
         writer_conn.execute_batch(SCHEMA).map_err(err)?;
-        migrate(&writer_conn).map_err(err)?;
+        migrate(&writer_conn, beside).map_err(err)?;
         // Most checkpoint work runs on a connection of its own (see
         // `checkpoint_loop`); the writer's own automatic checkpoint (every
         // 1,000 pages, SQLite's default) is left with little to copy, and
@@ -1246,9 +1246,11 @@ fn like_escaped(text: &str) -> String {
 
 /// Brings a store written by an earlier version up to this schema: the
 /// deliveries' `session` column (for a session's deliveries), filled in
-/// from the stored events once, and the attempts' `detail` (what was
-/// sent and what came back).
-fn migrate(c: &Connection) -> rusqlite::Result<()> {
+/// from the stored events once; the attempts' `detail` (what was sent and
+/// what came back); the deliveries' reference to the event log and the
+/// log's `logged`; and the whole indexes that partial ones replaced
+/// dropped, unless `beside` a draining earlier process.
+fn migrate(c: &Connection, beside: bool) -> rusqlite::Result<()> {
     let has_session: bool = c.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('deliveries') WHERE name = 'session'",
         [],
@@ -1265,9 +1267,13 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     c.execute_batch("CREATE INDEX IF NOT EXISTS deliveries_session ON deliveries (session, id);")?;
     add_column(c, "deliveries", "event_row", "INTEGER")?;
     // Whole indexes of earlier versions, now partial ones (in SCHEMA).
-    c.execute_batch(
-        "DROP INDEX IF EXISTS deliveries_due; DROP INDEX IF EXISTS deliveries_finished;",
-    )?;
+    // Not while an earlier process drains beside this one: its
+    // statements name them. The next start drops them.
+    if !beside {
+        c.execute_batch(
+            "DROP INDEX IF EXISTS deliveries_due; DROP INDEX IF EXISTS deliveries_finished;",
+        )?;
+    }
     add_column(c, "events", "logged", "TEXT")?;
     add_column(c, "attempts", "detail", "TEXT")
 }
@@ -1919,6 +1925,12 @@ mod tests {
         assert_eq!(store.due("w", now_ms() + 1, 10, &busy).unwrap().len(), 1);
     }
 
+    /// The deliveries table as versions before sessions were kept made it.
+    const EARLIER_DELIVERIES: &str = "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, webhook TEXT NOT NULL, event_uuid TEXT NOT NULL,
+        event TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        part INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL, last_status TEXT,
+        created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, UNIQUE (webhook, event_uuid));";
+
     /// A database in `dir` with a table as an earlier version made it.
     fn earlier_store(dir: &Path, schema: &str) -> Connection {
         let c = Connection::open(dir.join("taphook.db")).unwrap();
@@ -1931,13 +1943,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             // The deliveries table as earlier versions made it.
-            let c = earlier_store(
-                dir.path(),
-                "CREATE TABLE deliveries (id INTEGER PRIMARY KEY, webhook TEXT NOT NULL, event_uuid TEXT NOT NULL,
-                   event TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-                   part INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL, last_status TEXT,
-                   created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, UNIQUE (webhook, event_uuid));",
-            );
+            let c = earlier_store(dir.path(), EARLIER_DELIVERIES);
             let old = serde_json::to_string(&event("old")).unwrap();
             c.execute(
                 "INSERT INTO deliveries VALUES (1, 'w', 'old', ?1, 'dead', 1, 0, 0, '500', 0, 0)",
@@ -2286,5 +2292,36 @@ mod tests {
             )
             .unwrap();
         assert!(plan.contains("deliveries_ended"), "{plan}");
+    }
+
+    #[test]
+    fn whole_indexes_of_earlier_versions_stay_while_one_drains_beside() {
+        let dir = tempfile::tempdir().unwrap();
+        earlier_store(
+            dir.path(),
+            &format!("{EARLIER_DELIVERIES} CREATE INDEX deliveries_due ON deliveries (webhook, state, next_at, id);"),
+        );
+        let has = |name: &str| {
+            Connection::open(dir.path().join("taphook.db"))
+                .unwrap()
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                    [name],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap()
+                == 1
+        };
+        let beside = Store::open_beside(dir.path(), Durability::Full).unwrap();
+        assert!(
+            has("deliveries_due"),
+            "the draining process's statements name it"
+        );
+        assert!(has("deliveries_open"));
+        beside.close();
+        drop(beside);
+        let _store = Store::open(dir.path()).unwrap();
+        assert!(!has("deliveries_due"), "dropped at the next start");
+        assert!(has("deliveries_open"));
     }
 }
