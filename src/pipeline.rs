@@ -158,11 +158,8 @@ impl Pipeline {
     }
 
     /// Hands an accepted event and its deliveries to the outbox, in one
-    /// write.
+    /// write (the outbox skips an event with nothing to keep).
     fn keep(&self, accepted: Accepted) {
-        if !accepted.keeps_anything() {
-            return;
-        }
         let deliveries = accepted.deliveries.len();
         if let Err(e) = self.shared.outbox.accept(accepted) {
             self.shared

@@ -1664,12 +1664,12 @@ impl SessionStore for JetStream {
         self.session_read(&kv_key, value)
     }
 
-    /// Up to [`WINDOW`] reads at once, each bounded by the read timeout; a
-    /// key whose read failed is left to `get`, which tries again.
     fn prefetches(&self) -> bool {
         true
     }
 
+    /// Up to [`WINDOW`] reads at once, each bounded by the read timeout; a
+    /// key whose read failed is left to `get`, which tries again.
     fn prefetch(&self, keys: Vec<String>) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(async move {
             lock(&self.absent_sessions).clear();

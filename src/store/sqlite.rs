@@ -1296,15 +1296,26 @@ fn add_column(c: &Connection, table: &str, column: &str, kind: &str) -> rusqlite
     Ok(())
 }
 
+/// [`EVENT_COLUMNS`], as a literal that [`DELIVERY_COLUMNS`] is built of.
+macro_rules! event_columns {
+    () => {
+        "event, event_row, (SELECT event FROM events e WHERE e.rowid = deliveries.event_row), (SELECT logged FROM events e WHERE e.rowid = deliveries.event_row)"
+    };
+}
+
 /// What the admin API reads of a delivery, in the order [`delivery_row`]
 /// takes it: with the count of every attempt made (the `attempts` column
 /// is the retry budget spent).
-const DELIVERY_COLUMNS: &str = "SELECT id, webhook, event_uuid, event, state, attempts, part, next_at, last_status, created_at, updated_at, session, (SELECT COUNT(*) FROM attempts a WHERE a.delivery_id = deliveries.id), event_row, (SELECT event FROM events e WHERE e.rowid = deliveries.event_row), (SELECT logged FROM events e WHERE e.rowid = deliveries.event_row) FROM deliveries";
+const DELIVERY_COLUMNS: &str = concat!(
+    "SELECT id, webhook, event_uuid, state, attempts, part, next_at, last_status, created_at, updated_at, session, (SELECT COUNT(*) FROM attempts a WHERE a.delivery_id = deliveries.id), ",
+    event_columns!(),
+    " FROM deliveries"
+);
 
 /// A delivery's columns that make the event it sends, in the order
 /// [`EventColumns::read`] takes them: its own `event`, and the logged
 /// event it refers to, if any.
-const EVENT_COLUMNS: &str = "event, event_row, (SELECT event FROM events e WHERE e.rowid = deliveries.event_row), (SELECT logged FROM events e WHERE e.rowid = deliveries.event_row)";
+const EVENT_COLUMNS: &str = event_columns!();
 
 /// The columns [`EVENT_COLUMNS`] reads.
 struct EventColumns {
@@ -1358,20 +1369,13 @@ fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
 /// A row of [`DELIVERY_COLUMNS`]: the delivery as the admin API shows it,
 /// and the event it sends (`None`: unreadable).
 fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryInfo, Option<StoredEvent>)> {
-    let event = EventColumns {
-        own: r.get(3)?,
-        row: r.get(13)?,
-        logged_event: r.get(14)?,
-        logged: r.get(15)?,
-    }
-    .stored()
-    .ok();
-    let state: String = r.get(4)?;
-    let next_at: i64 = r.get(7)?;
+    let event = EventColumns::read(r, 12)?.stored().ok();
+    let state: String = r.get(3)?;
+    let next_at: i64 = r.get(6)?;
     let info = DeliveryInfo {
         id: r.get(0)?,
         webhook: r.get(1)?,
-        session: r.get(11)?,
+        session: r.get(10)?,
         event_uuid: r.get(2)?,
         event_type: event
             .as_ref()
@@ -1380,13 +1384,13 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryInfo, Option
         next_attempt_at: (state == "pending").then_some(next_at),
         test: event.as_ref().is_some_and(|e| e.test),
         state,
-        attempts: r.get(12)?,
-        retries_spent: r.get(5)?,
+        attempts: r.get(11)?,
+        retries_spent: r.get(4)?,
         held_reason: None,
-        part: r.get(6)?,
-        last_status: r.get(8)?,
-        created_at: r.get(9)?,
-        updated_at: r.get(10)?,
+        part: r.get(5)?,
+        last_status: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
     };
     Ok((info, event))
 }
@@ -1620,6 +1624,50 @@ struct Effect {
     inserted: Vec<(usize, i64)>,
 }
 
+/// A delivery row to insert, pending and due at `at`.
+struct NewDelivery<'a> {
+    webhook: &'a str,
+    event_uuid: &'a str,
+    /// What the delivery adds to its logged event, or the whole event
+    /// (`event_row: None`).
+    event: &'a str,
+    session: Option<&'a str>,
+    event_row: Option<i64>,
+    at: i64,
+}
+
+/// Inserts a delivery (idempotent per webhook and event UUID) under the
+/// next id; `place` is its place among the op's deliveries.
+fn insert_delivery(
+    tx: &rusqlite::Transaction<'_>,
+    new: &NewDelivery<'_>,
+    place: usize,
+    counters: &mut Counters,
+    effect: &mut Effect,
+) -> rusqlite::Result<()> {
+    let n = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO deliveries (id, webhook, event_uuid, event, state, attempts, part, next_at, created_at, updated_at, session, event_row)
+             VALUES (?5, ?1, ?2, ?3, 'pending', 0, 0, ?4, ?4, ?4, ?6, ?7)",
+        )?
+        .execute(params![
+            new.webhook,
+            new.event_uuid,
+            new.event,
+            new.at,
+            counters.delivery,
+            new.session,
+            new.event_row
+        ])?;
+    if n > 0 {
+        effect.inserted.push((place, counters.delivery));
+        effect.accepted += 1;
+        effect.wake = true;
+        counters.delivery += 1;
+    }
+    Ok(())
+}
+
 /// Applies one op inside the group's transaction.
 fn apply(
     tx: &rusqlite::Transaction<'_>,
@@ -1636,18 +1684,15 @@ fn apply(
             at,
             ..
         } => {
-            let n = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO deliveries (id, webhook, event_uuid, event, state, attempts, part, next_at, created_at, updated_at, session)
-                     VALUES (?5, ?1, ?2, ?3, 'pending', 0, 0, ?4, ?4, ?4, ?6)",
-                )?
-                .execute(params![webhook, event_uuid, event, at, counters.delivery, session])?;
-            effect.wake = n > 0;
-            effect.accepted = n as u64;
-            if n > 0 {
-                effect.inserted.push((0, counters.delivery));
-                counters.delivery += 1;
-            }
+            let new = NewDelivery {
+                webhook,
+                event_uuid,
+                event,
+                session: session.as_deref(),
+                event_row: None,
+                at: *at,
+            };
+            insert_delivery(tx, &new, 0, counters, &mut effect)?;
         }
         Op::Accept {
             session,
@@ -1659,35 +1704,25 @@ fn apply(
             deliveries,
             at,
         } => {
-            // A delivery refers to the log's row by its row id: found
-            // through the table's own B-tree, no index needed.
+            // A delivery refers to the log's row by its row id, read
+            // through the table's own B-tree.
             tx.prepare_cached(
                 "INSERT INTO events (session, seq, created_at, event, logged) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![session, counters.event, created_at, event, logged])?;
             counters.event += 1;
             let row = tx.last_insert_rowid();
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO deliveries (id, webhook, event_uuid, event, state, attempts, part, next_at, created_at, updated_at, session, event_row)
-                 VALUES (?5, ?1, ?2, ?3, 'pending', 0, 0, ?4, ?4, ?4, ?6, ?7)",
-            )?;
             for (i, (webhook, own, _)) in deliveries.iter().enumerate() {
-                let n = insert.execute(params![
+                let new = NewDelivery {
                     webhook,
                     event_uuid,
-                    own,
-                    at,
-                    counters.delivery,
-                    delivery_session,
-                    row
-                ])?;
-                if n > 0 {
-                    effect.inserted.push((i, counters.delivery));
-                    effect.accepted += 1;
-                    counters.delivery += 1;
-                }
+                    event: own,
+                    session: delivery_session.as_deref(),
+                    event_row: Some(row),
+                    at: *at,
+                };
+                insert_delivery(tx, &new, i, counters, &mut effect)?;
             }
-            effect.wake = effect.accepted > 0;
         }
         Op::Outcome { record: r, .. } => {
             let at = now_ms();
