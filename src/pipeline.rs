@@ -1,17 +1,27 @@
 //! The pipeline behind the tap: exchange → derive → dedup → event log and
-//! funnel → fan-out (filter) → outbox. Exchanges are processed one at a
-//! time, in arrival order, so a session's steps are seen in order; the
-//! funnel's stall checks run between them, on the same task. Deliveries
-//! are written to the outbox (group-committed by the store); the deliver
-//! stage takes them from there.
+//! funnel → fan-out (filter) → outbox, on every core.
+//!
+//! One task takes the exchanges in arrival order, matches their routes and
+//! builds their documents ([`Deriver::prepare`]), and hands each to one of
+//! `threads` lanes by its session: a session's steps go to one lane, in
+//! order, and the lanes derive, dedup and fan out in parallel. An exchange
+//! found by an alias (`session_alias`) goes to its session's lane; while
+//! an exchange that makes aliases is still in a lane, one whose key is
+//! neither a session nor a known alias waits for it, so an alias is never
+//! looked for before it is made. The funnel's stall checks run on the
+//! first task, between batches. Deliveries are written to the outbox
+//! (group-committed by the store); the deliver stage takes them from there.
 
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use crate::app::Shared;
 use crate::dedup::Dedup;
-use crate::derive::{Deriver, Exchange};
+use crate::derive::{alias_key, Deriver, Exchange, Ready};
 use crate::event::DerivedEvent;
 use crate::filter::{fan_out, Verdict};
 use crate::funnel::Funnel;
@@ -25,6 +35,10 @@ use crate::traffic::record::Recorder;
 /// are read together ([`crate::store::SessionStore::prefetch`]).
 const BATCH: usize = 64;
 
+/// How many prepared exchanges wait in each lane at most: the tap's queue
+/// holds the rest, so `tap.when_full` applies as before.
+const LANE_QUEUE: usize = 2 * BATCH;
+
 /// An event pushed through the admin API (`POST /v1/events`), and where
 /// to answer whether it was new (`false`: a duplicate of its UUID).
 pub struct Pushed {
@@ -32,20 +46,36 @@ pub struct Pushed {
     pub reply: oneshot::Sender<bool>,
 }
 
+/// Takes exchanges from the tap and hands them to the lanes.
 pub struct Pipeline {
+    core: Arc<Core>,
+    /// `record:` in the config: every exchange written to HAR files.
+    recorder: Option<Recorder>,
+    lanes: usize,
+}
+
+/// One prepared exchange on its way to a lane; `made` is dropped once
+/// the lane has derived it (its aliases are then in the session store).
+struct Work {
+    exchange: Exchange,
+    ready: Ready,
+    made: Option<oneshot::Sender<()>>,
+}
+
+/// What every lane shares: derive's settings, dedup, the funnel and the
+/// outbox.
+struct Core {
     shared: Arc<Shared>,
     deriver: Deriver,
     dedup: Dedup,
     store: Arc<Store>,
     funnel: Funnel,
-    /// `record:` in the config: every exchange written to HAR files.
-    recorder: Option<Recorder>,
 }
 
 impl Pipeline {
     pub fn new(shared: Arc<Shared>) -> Self {
         let config = &shared.config;
-        Self {
+        let core = Core {
             deriver: Deriver {
                 environment_name: config.environment_name.clone(),
                 jwt_hs256_secret: config
@@ -61,8 +91,12 @@ impl Pipeline {
                 shared.metrics.clone(),
                 shared.store.clone(),
             ),
-            recorder: None,
             shared,
+        };
+        Self {
+            lanes: core.shared.config.threads.max(1),
+            core: Arc::new(core),
+            recorder: None,
         }
     }
 
@@ -72,35 +106,14 @@ impl Pipeline {
         self
     }
 
-    /// Derives and accepts every event of some exchanges, in order, after
-    /// reading the sessions they need all at once (a remote store answers
-    /// many reads in the time of one).
-    pub async fn process(&self, exchanges: &[Exchange]) {
-        if let Some(recorder) = &self.recorder {
-            exchanges.iter().for_each(|e| recorder.record(e));
-        }
-        let rules = self.shared.rules.load_full();
-        let prepared: Vec<_> = exchanges
-            .iter()
-            .filter_map(|e| Some((e, self.deriver.prepare(e, &rules)?)))
-            .collect();
-        if self.shared.sessions.prefetches() {
-            let keys = prepared
-                .iter()
-                .flat_map(|(_, p)| p.session_keys())
-                .collect();
-            self.shared.sessions.prefetch(keys).await;
-        }
-        for (exchange, p) in prepared {
-            for event in self
-                .deriver
-                .derive_prepared(p, exchange, &*self.shared.sessions)
-            {
-                let _ = self.accept(event, &rules);
-            }
-        }
+    /// The number of lanes (`threads` by default).
+    pub fn with_lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.max(1);
+        self
     }
+}
 
+impl Core {
     /// Dedups one event and hands it to every webhook that should get it;
     /// `false` when it was a duplicate. Every log line about it carries its
     /// UUID and its request's id.
@@ -206,35 +219,175 @@ fn accepted(event: DerivedEvent, deliver: Vec<(String, Option<serde_json::Value>
 
 impl Pipeline {
     /// Processes exchanges until every sender (the tap) is gone, so an
-    /// exchange the proxy finished during shutdown is still derived; looks
-    /// for stalled sessions in between.
+    /// exchange the proxy finished during shutdown is still derived, and
+    /// until every lane has derived what it was given; looks for stalled
+    /// sessions in between.
     pub async fn run(
         self,
         mut receiver: mpsc::Receiver<Exchange>,
         mut pushed: mpsc::Receiver<Pushed>,
     ) {
-        let every = self.shared.config.funnel.check_interval();
+        let every = self.core.shared.config.funnel.check_interval();
         let mut ticks =
             tokio::time::interval(every.unwrap_or(std::time::Duration::from_secs(3600)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lanes = JoinSet::new();
+        let mut dispatch = Dispatch {
+            core: self.core.clone(),
+            lanes: (0..self.lanes)
+                .map(|_| {
+                    let (tx, rx) = mpsc::channel(LANE_QUEUE);
+                    lanes.spawn(lane(self.core.clone(), rx));
+                    tx
+                })
+                .collect(),
+            making: VecDeque::new(),
+            next: 0,
+        };
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             tokio::select! {
                 taken = receiver.recv_many(&mut batch, BATCH) => match taken {
                     0 => break,
                     _ => {
-                        self.process(&batch).await;
-                        batch.clear();
+                        if let Some(recorder) = &self.recorder {
+                            batch.iter().for_each(|e| recorder.record(e));
+                        }
+                        dispatch.batch(&mut batch).await;
                     }
                 },
                 Some(p) = pushed.recv() => {
-                    let rules = self.shared.rules.load_full();
-                    let _ = p.reply.send(self.accept(p.event, &rules));
+                    let rules = self.core.shared.rules.load_full();
+                    let _ = p.reply.send(self.core.accept(p.event, &rules));
                 }
-                _ = ticks.tick(), if every.is_some() => self.report_stalls().await,
+                _ = ticks.tick(), if every.is_some() => self.core.report_stalls().await,
             }
         }
+        drop(dispatch);
+        while lanes.join_next().await.is_some() {}
         tracing::debug!("pipeline drained");
+    }
+}
+
+/// Derives and accepts the exchanges of one lane, in the order given.
+async fn lane(core: Arc<Core>, mut rx: mpsc::Receiver<Work>) {
+    let mut taken = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut taken, BATCH).await > 0 {
+        for work in taken.drain(..) {
+            core.derive(work);
+        }
+        // Let the other lanes and the deliver stage run between batches.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Hands prepared exchanges to lanes by session.
+struct Dispatch {
+    core: Arc<Core>,
+    lanes: Vec<mpsc::Sender<Work>>,
+    /// Exchanges that make aliases, not yet derived by their lane.
+    making: VecDeque<oneshot::Receiver<()>>,
+    /// The lane of the next exchange that has no session.
+    next: usize,
+}
+
+impl Dispatch {
+    /// Prepares a batch of exchanges, reads the sessions they need all at
+    /// once (a remote store answers many reads in the time of one), and
+    /// hands each to its lane.
+    async fn batch(&mut self, batch: &mut Vec<Exchange>) {
+        self.making
+            .retain_mut(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        let rules = self.core.shared.rules.load_full();
+        let deriver = &self.core.deriver;
+        let ready: Vec<_> = batch
+            .drain(..)
+            .filter_map(|e| Some((deriver.prepare_ready(&e, rules.clone())?, e)))
+            .collect();
+        let sessions = &self.core.shared.sessions;
+        if sessions.prefetches() {
+            let keys = ready
+                .iter()
+                .flat_map(|(r, _)| r.prepared().session_keys())
+                .collect();
+            sessions.prefetch(keys).await;
+        }
+        for (ready, exchange) in ready {
+            let lane = self.lane_of(&ready).await;
+            let made = ready.prepared().makes_aliases().then(|| {
+                let (tx, rx) = oneshot::channel();
+                self.making.push_back(rx);
+                tx
+            });
+            let work = Work {
+                exchange,
+                ready,
+                made,
+            };
+            if self.lanes[lane].send(work).await.is_err() {
+                tracing::error!(lane, "pipeline lane gone; exchange not derived");
+            }
+        }
+    }
+
+    /// The lane of an exchange: its session's (an alias's session's),
+    /// or the next in turn when it has none.
+    async fn lane_of(&mut self, ready: &Ready) -> usize {
+        if self.lanes.len() == 1 {
+            return 0;
+        }
+        let prepared = ready.prepared();
+        let Some(key) = prepared.route_keys().into_iter().next() else {
+            self.next = (self.next + 1) % self.lanes.len();
+            return self.next;
+        };
+        let session = if prepared.aliases() {
+            self.canonical(key).await
+        } else {
+            key
+        };
+        let mut hasher = std::hash::DefaultHasher::new();
+        session.hash(&mut hasher);
+        (hasher.finish() % self.lanes.len() as u64) as usize
+    }
+
+    /// The session `key` names: itself when it is one, the session it is
+    /// an alias of, or (neither) itself once every exchange that could
+    /// still make it an alias has been derived.
+    async fn canonical(&mut self, key: String) -> String {
+        let sessions = &self.core.shared.sessions;
+        if sessions.contains(&key) {
+            return key;
+        }
+        while let Some(rx) = self.making.pop_front() {
+            let _ = rx.await;
+        }
+        let alias = alias_key(&key);
+        if !sessions.contains(&alias) {
+            return key;
+        }
+        sessions
+            .get(&alias)
+            .and_then(|alias| session_key(&alias.key))
+            .unwrap_or(key)
+    }
+}
+
+impl Core {
+    /// Derives one exchange and accepts its events.
+    fn derive(&self, work: Work) {
+        let Work {
+            exchange,
+            ready,
+            made,
+        } = work;
+        let events =
+            self.deriver
+                .derive_prepared(ready.prepared(), &exchange, &*self.shared.sessions);
+        drop(made);
+        for event in events {
+            let _ = self.accept(event, ready.rules());
+        }
     }
 
     /// Accepts a `session_stalled` event for every session idle past

@@ -151,6 +151,69 @@ async fn a_cookie_keyed_session_is_joined_by_its_task_id_and_the_cookie_goes_now
     }
 }
 
+/// The pipeline spreads sessions over lanes (`threads: 2` here): a poll
+/// sent the moment its upload is answered is still found by the task id
+/// the upload handed out, and each session's log keeps its steps in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_spread_over_lanes_keep_their_order_and_their_aliases() {
+    let stack = Stack::start(Setup {
+        rules: vec![(
+            "sessions.yaml",
+            format!("{ROUTES}webhooks:\n  - key: all\n    url: {{receiver}}/all\n    events: [file_uploaded, import_succeeded]\n"),
+        )],
+        config: &format!("admin_token: t0k\nsession_secret: {SECRET}\n"),
+        ..Default::default()
+    })
+    .await;
+    const SESSIONS: usize = 40;
+    let cookie = |i: usize| format!("lane-cookie-{i:04}");
+    futures::future::join_all((0..SESSIONS).map(|i| {
+        let stack = &stack;
+        async move {
+            upload(
+                stack,
+                &cookie(i),
+                &format!("task-{i}"),
+                &format!("f{i}.csv"),
+            )
+            .await;
+            poll(stack, &format!("task-{i}")).await;
+        }
+    }))
+    .await;
+    let got = received(&stack, 2 * SESSIONS).await;
+    assert_eq!(got.len(), 2 * SESSIONS, "{got:#?}");
+    let key = HashKey::new(SECRET.as_bytes());
+    for i in 0..SESSIONS {
+        let session = key.hash(&cookie(i));
+        let done: Vec<&Value> = got
+            .iter()
+            .filter(|e| e["event_type"] == "import_succeeded" && e["embed_id"] == session.as_str())
+            .collect();
+        assert_eq!(done.len(), 1, "session {i}: {got:#?}");
+        assert_eq!(
+            done[0]["data"],
+            json!({"filename": format!("f{i}.csv")}),
+            "session {i}"
+        );
+        let (status, log) = stack
+            .api("t0k", "GET", &format!("/v1/embeds/{session}/events"), None)
+            .await;
+        assert_eq!(status, 200);
+        let types: Vec<&str> = log["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{log}"))
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            types,
+            ["file_uploaded", "import_succeeded"],
+            "session {i}: {log}"
+        );
+    }
+}
+
 #[test]
 fn check_warns_about_a_credential_taken_raw() {
     let rules = r#"routes:

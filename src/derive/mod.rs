@@ -9,6 +9,7 @@ pub mod exchange;
 pub mod jwt;
 pub mod routes;
 
+use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
 
 use datalogic_rs::bumpalo::Bump;
@@ -62,10 +63,13 @@ pub struct Prepared<'r> {
 }
 
 impl Prepared<'_> {
-    /// The keys of the sessions the routes will read (and of the aliases
-    /// they may be).
-    pub fn session_keys(&self) -> Vec<String> {
+    /// The session key each route's `session` expression gives, in the
+    /// routes' order (before aliases are resolved).
+    pub fn route_keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
+        if self.matches.iter().all(|m| m.route.session.is_none()) {
+            return keys;
+        }
         let arena = Bump::new();
         let doc = Converted::new(&self.doc, &arena);
         let bearer = self.bearer.as_ref().map(|b| doc.value(b));
@@ -73,16 +77,57 @@ impl Prepared<'_> {
             for m in &self.matches {
                 if let Some(expr) = &m.route.session {
                     let scope = route_scope(&doc, params(&doc, m), None, bearer);
-                    if let Some(k) = session_key(&scope_value(&scope, expr, m.route)) {
-                        if self.aliases {
-                            keys.push(alias_key(&k));
-                        }
-                        keys.push(k);
-                    }
+                    keys.extend(session_key(&scope_value(&scope, expr, m.route)));
                 }
             }
         });
         keys
+    }
+
+    /// The keys of the sessions the routes will read (and of the aliases
+    /// they may be).
+    pub fn session_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for k in self.route_keys() {
+            if self.aliases {
+                keys.push(alias_key(&k));
+            }
+            keys.push(k);
+        }
+        keys
+    }
+
+    /// Some matching route declares `session_alias`: the exchange may make
+    /// aliases other exchanges are found by.
+    pub fn makes_aliases(&self) -> bool {
+        self.matches.iter().any(|m| m.route.session_alias.is_some())
+    }
+
+    /// Some route of the rules declares `session_alias`: a key that is not
+    /// a session may be an alias of one.
+    pub fn aliases(&self) -> bool {
+        self.aliases
+    }
+}
+
+self_cell::self_cell!(
+    /// A prepared exchange holding the rules it was prepared under, so it
+    /// can wait in a queue (a pipeline lane's) while the rules change.
+    pub struct Ready {
+        owner: Arc<Rules>,
+        #[covariant]
+        dependent: Prepared,
+    }
+);
+
+impl Ready {
+    /// The rules the exchange was prepared under.
+    pub fn rules(&self) -> &Arc<Rules> {
+        self.borrow_owner()
+    }
+
+    pub fn prepared(&self) -> &Prepared<'_> {
+        self.borrow_dependent()
     }
 }
 
@@ -142,7 +187,7 @@ impl Deriver {
         sessions: &dyn SessionStore,
     ) -> Vec<DerivedEvent> {
         match self.prepare(exchange, rules) {
-            Some(prepared) => self.derive_prepared(prepared, exchange, sessions),
+            Some(prepared) => self.derive_prepared(&prepared, exchange, sessions),
             None => Vec::new(),
         }
     }
@@ -175,10 +220,15 @@ impl Deriver {
         })
     }
 
+    /// [`Self::prepare`], keeping the rules with it.
+    pub fn prepare_ready(&self, exchange: &Exchange, rules: Arc<Rules>) -> Option<Ready> {
+        Ready::try_new(rules, |rules| self.prepare(exchange, rules).ok_or(())).ok()
+    }
+
     /// The events of a prepared exchange.
     pub fn derive_prepared(
         &self,
-        prepared: Prepared<'_>,
+        prepared: &Prepared<'_>,
         exchange: &Exchange,
         sessions: &dyn SessionStore,
     ) -> Vec<DerivedEvent> {
@@ -195,7 +245,7 @@ impl Deriver {
     /// hands each one's event, or why it gave none, to `f`.
     fn each_route<'r>(
         &self,
-        prepared: Prepared<'r>,
+        prepared: &Prepared<'r>,
         exchange: &Exchange,
         sessions: &dyn SessionStore,
         mut f: impl FnMut(&'r Route, Result<DerivedEvent, Skip>),
@@ -207,17 +257,18 @@ impl Deriver {
             hash_key,
             aliases,
         } = prepared;
+        let aliases = *aliases;
         // The document is converted for the expressions once; each route
         // sets its own parameters, session and claims on it.
         let arena = Bump::new();
-        let doc = Converted::new(&doc, &arena);
+        let doc = Converted::new(doc, &arena);
         let at = Exchanged {
             exchange,
             bearer: bearer.as_ref().map(|b| doc.value(b)),
             aliases,
         };
-        with_key(&hash_key, || {
-            for m in &matches {
+        with_key(hash_key, || {
+            for m in matches {
                 f(m.route, self.route(m, &at, &doc, sessions));
             }
         });
@@ -248,7 +299,7 @@ impl Deriver {
             })
             .collect();
         if let Some(prepared) = self.prepare(exchange, rules) {
-            self.each_route(prepared, exchange, sessions, |route, result| {
+            self.each_route(&prepared, exchange, sessions, |route, result| {
                 out.push((route, result))
             });
         }

@@ -280,9 +280,9 @@ pub struct JetStream {
     pending_sessions: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Session keys whose last read failed (NATS unreachable or slow).
     unread_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Session keys the last prefetch found absent: their `get` needs no
-    /// read of its own.
-    absent_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Session keys a recent prefetch found absent, and when: their `get`
+    /// needs no read of its own for [`ABSENT_FOR`].
+    absent_sessions: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// The rules files the admin API wrote: every instance follows them.
     pub rules: kv::Store,
     /// Each webhook's delivery state (failing, paused, disabled), shared.
@@ -1646,13 +1646,33 @@ impl Outbox for JetStream {
     }
 }
 
+/// How long a prefetch's finding that a session is absent is trusted: a
+/// batch's exchanges are derived well within it (the pipeline's lanes
+/// hold two batches each at most), and another instance's new session is
+/// missed no longer than this.
+const ABSENT_FOR: Duration = Duration::from_secs(1);
+
 impl SessionStore for JetStream {
+    fn contains(&self, key: &str) -> bool {
+        let kv_key = token(key);
+        if self.cache.contains(&kv_key) {
+            return true;
+        }
+        let absent = lock(&self.absent_sessions)
+            .get(&kv_key)
+            .is_some_and(|at| at.elapsed() < ABSENT_FOR);
+        !absent && self.get(key).is_some()
+    }
+
     fn get(&self, key: &str) -> Option<Session> {
         let kv_key = token(key);
         if let Some(s) = self.cache.get(&kv_key) {
             return Some(s);
         }
-        if lock(&self.absent_sessions).remove(&kv_key) {
+        if lock(&self.absent_sessions)
+            .remove(&kv_key)
+            .is_some_and(|at| at.elapsed() < ABSENT_FOR)
+        {
             return None;
         }
         let read = self.block_on(self.sessions.get(kv_key.clone()));
@@ -1672,7 +1692,7 @@ impl SessionStore for JetStream {
     /// key whose read failed is left to `get`, which tries again.
     fn prefetch(&self, keys: Vec<String>) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(async move {
-            lock(&self.absent_sessions).clear();
+            lock(&self.absent_sessions).retain(|_, at| at.elapsed() < ABSENT_FOR);
             if self.client.connection_state() != async_nats::connection::State::Connected {
                 return;
             }
@@ -1697,7 +1717,7 @@ impl SessionStore for JetStream {
                     let found = value.is_some();
                     self.session_read(&key, value);
                     if !found {
-                        absent.insert(key);
+                        absent.insert(key, std::time::Instant::now());
                     }
                 }
             }

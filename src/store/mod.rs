@@ -53,6 +53,10 @@ impl Outbox for sqlite::Store {
 pub trait SessionStore: Send + Sync {
     fn get(&self, key: &str) -> Option<Session>;
     fn put(&self, key: &str, session: Session);
+    /// Whether the store holds `key`, without copying it out.
+    fn contains(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
     /// Reads `keys` ahead, all at once, so the `get`s that follow answer
     /// from memory instead of waiting for a read each. A store whose reads
     /// are local has nothing to do.
@@ -110,6 +114,11 @@ fn approx_size(v: &Value) -> usize {
 }
 
 impl MemorySessions {
+    /// Whether `key` is cached, without copying it out.
+    pub fn contains(&self, key: &str) -> bool {
+        self.cache.contains_key(key)
+    }
+
     pub fn forget(&self, key: &str) {
         self.cache.invalidate(key);
     }
@@ -122,6 +131,10 @@ impl SessionStore for MemorySessions {
 
     fn put(&self, key: &str, session: Session) {
         self.cache.insert(key.to_string(), Arc::new(session));
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        MemorySessions::contains(self, key)
     }
 }
 
@@ -236,6 +249,10 @@ impl KnownKeys {
 }
 
 impl SessionStore for DurableSessions {
+    fn contains(&self, key: &str) -> bool {
+        self.cache.contains(key) || (self.known.may_hold(key) && self.get(key).is_some())
+    }
+
     fn get(&self, key: &str) -> Option<Session> {
         if let Some(s) = self.cache.get(key) {
             return Some(s);
