@@ -474,3 +474,96 @@ proptest! {
         prop_assert_eq!(jwt::bearer(&authorization), Some(token.as_str()));
     }
 }
+
+// ---------------------------------------------------------------------------
+// The pipeline's lane key
+
+/// Routes on one path whose `session` reads the exchange in each way a
+/// key can be written: a plain `var` of the body, of a path parameter, of
+/// an array item (read straight from the exchange), and a computed one
+/// (evaluated).
+fn key_rules() -> &'static Rules {
+    static RULES: OnceLock<Rules> = OnceLock::new();
+    RULES.get_or_init(|| {
+        let text = r#"routes:
+  - name: by-body
+    event: embed_initialized
+    method: POST
+    path: /k/{id}
+    session: $response.body.id
+  - name: by-param
+    event: file_uploaded
+    method: POST
+    path: /k/{id}
+    session: $params.id
+  - name: by-item
+    event: import_submitted
+    method: POST
+    path: /k/{id}
+    session: $response.body.items.0.key
+  - name: computed
+    event: import_succeeded
+    method: POST
+    path: /k/{id}
+    session: {"cat": ["s-", "$response.body.id"]}
+"#;
+        let doc = Document::parse("keys.yaml".as_ref(), text, &|_| None).unwrap();
+        load_documents(&[doc]).unwrap()
+    })
+}
+
+fn json_leaf() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i32>().prop_map(Value::from),
+        "[a-z0-9.~-]{0,6}".prop_map(Value::from),
+        "[a-z]{1,3}".prop_map(|k| serde_json::json!({ k: 1 })),
+    ]
+}
+
+proptest! {
+    /// The key the pipeline picks a lane by (`Prepared::route_keys`, read
+    /// straight from the exchange where it can) is the session each route
+    /// gives its event when the lane derives it.
+    #[test]
+    fn the_lane_key_is_the_session_the_events_get(
+        id in "[a-z0-9]{1,8}",
+        body_id in json_leaf(),
+        item_key in json_leaf(),
+        items in any::<bool>(),
+    ) {
+        let body = if items {
+            serde_json::json!({"id": body_id, "items": [{"key": item_key}]})
+        } else {
+            serde_json::json!({"id": body_id})
+        };
+        let mut captured = Captured::new(1 << 16);
+        captured.push(body.to_string().as_bytes());
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-type", http::HeaderValue::from_static("application/json"));
+        let exchange = Exchange {
+            request_id: "lane".into(),
+            method: "POST".into(),
+            path: format!("/k/{id}"),
+            query: None,
+            request_headers: http::HeaderMap::new(),
+            request_body: None,
+            files: Vec::new(),
+            status: 200,
+            response_headers: headers,
+            response_body: Some(captured),
+            completed_at: SystemTime::now(),
+        };
+        let deriver = Deriver::offline("Production");
+        let prepared = deriver.prepare(&exchange, key_rules()).unwrap();
+        let lane_keys = prepared.route_keys();
+        let sessions = MemorySessions::new(1 << 20, Duration::from_secs(60));
+        let derived: Vec<String> = deriver
+            .derive_prepared(&prepared, &exchange, &sessions)
+            .iter()
+            .filter_map(|e| taphook::store::session_key(&e.event.embed_id))
+            .collect();
+        prop_assert_eq!(lane_keys, derived);
+    }
+}

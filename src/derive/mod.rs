@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::event::{DerivedEvent, Event};
+use crate::filter::expr::read_path;
 use crate::filter::hash::{with_key, HashKey};
 use crate::filter::{Converted, Expr, Scope};
 use crate::rules::model::{Route, Template, TRIGGER_TYPES};
@@ -67,21 +68,54 @@ impl Prepared<'_> {
     /// routes' order (before aliases are resolved).
     pub fn route_keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
-        if self.matches.iter().all(|m| m.route.session.is_none()) {
+        let mut evaluate = Vec::new();
+        for m in &self.matches {
+            let Some(expr) = &m.route.session else {
+                continue;
+            };
+            match expr.plain_var().and_then(|path| self.plain_key(m, path)) {
+                Some(key) => keys.extend(key),
+                None => evaluate.push((m, expr)),
+            }
+        }
+        if evaluate.is_empty() {
             return keys;
         }
         let arena = Bump::new();
         let doc = Converted::new(&self.doc, &arena);
         let bearer = self.bearer.as_ref().map(|b| doc.value(b));
         with_key(&self.hash_key, || {
-            for m in &self.matches {
-                if let Some(expr) = &m.route.session {
-                    let scope = route_scope(&doc, params(&doc, m), None, bearer);
-                    keys.extend(session_key(&scope_value(&scope, expr, m.route)));
-                }
+            for (m, expr) in evaluate {
+                let scope = route_scope(&doc, params(&doc, m), None, bearer);
+                keys.extend(session_key(&scope_value(&scope, expr, m.route)));
             }
         });
         keys
+    }
+
+    /// The session key of route `m` whose `session` is the plain `var`
+    /// `path`, read straight from the exchange: what the expression gives
+    /// in the route's scope before the session is known, nothing
+    /// converted. `None` when the path names a whole part of the scope
+    /// (`params`, `session`, `jwt`): it is evaluated then.
+    fn plain_key(&self, m: &PathMatch<'_>, path: &str) -> Option<Option<String>> {
+        let (head, rest) = path.split_once('.').unwrap_or((path, ""));
+        let value = match head {
+            "params" | "session" | "jwt" if rest.is_empty() => return None,
+            "params" => m
+                .params
+                .iter()
+                .find(|(name, _)| *name == rest)
+                .map(|(_, v)| Value::String(v.clone())),
+            "session" => None,
+            "jwt" => self
+                .bearer
+                .as_ref()
+                .and_then(|b| read_path(b, rest))
+                .cloned(),
+            _ => read_path(&self.doc, path).cloned(),
+        };
+        Some(value.as_ref().and_then(session_key))
     }
 
     /// The keys of the sessions the routes will read (and of the aliases

@@ -85,6 +85,21 @@ impl Expr {
         collect_reads(&self.source, &mut paths).then_some(paths)
     }
 
+    /// The path when the expression is one `var` with a literal, dotted
+    /// path and no default (`$response.body.id`): its value can be read
+    /// straight from the data ([`read_path`]), with nothing converted.
+    pub fn plain_var(&self) -> Option<&str> {
+        let Value::Object(map) = &*self.source else {
+            return None;
+        };
+        let path = match (map.len(), map.get("var")?) {
+            (1, Value::String(p)) => p.as_str(),
+            (1, Value::Array(items)) if items.len() == 1 => items[0].as_str()?,
+            _ => return None,
+        };
+        (!path.is_empty() && !path.contains('\\')).then_some(path)
+    }
+
     /// The expression after the `$` rewrite, as JSON-logic.
     pub fn source(&self) -> &Value {
         &self.source
@@ -102,6 +117,17 @@ impl Expr {
         let arena = Bump::new();
         Scope::new(data, &arena).truthy(self)
     }
+}
+
+/// What a `var` of the dotted `path` reads in `data`, as the engine reads
+/// it: each segment a key of an object or an index of an array; `None`
+/// where the path leads nowhere (the engine's `null`).
+pub fn read_path<'v>(data: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.').try_fold(data, |at, segment| match at {
+        Value::Object(map) => map.get(segment),
+        Value::Array(items) => items.get(segment.parse::<usize>().ok()?),
+        _ => None,
+    })
 }
 
 /// Adds the paths `value` (lowered JSON-logic) reads to `paths`; false
@@ -360,6 +386,55 @@ fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_plain_var_is_read_as_the_engine_reads_it() {
+        let data = json!({
+            "response": {"body": {"id": 42, "items": [{"id": "a"}, {"id": "b"}], "empty": null, "t": true}},
+            "request": {"path": "/x", "0": "zero"},
+            "list": [[1, 2], [3]],
+        });
+        let paths = [
+            "response.body.id",
+            "response.body.items.1.id",
+            "response.body.items.7.id",
+            "response.body.items.x",
+            "response.body.empty",
+            "response.body.t",
+            "response.body.id.more",
+            "request.0",
+            "list.0.1",
+            "list.1",
+            "missing.key",
+            "response",
+        ];
+        for path in paths {
+            for written in [
+                json!({"var": path}),
+                json!({"var": [path]}),
+                json!(format!("${path}")),
+            ] {
+                let e = Expr::compile(&written).unwrap();
+                assert_eq!(e.plain_var(), Some(path), "{written}");
+                let engine = e.eval(&data).unwrap();
+                let read = read_path(&data, path).cloned().unwrap_or(Value::Null);
+                assert_eq!(read, engine, "{path}");
+            }
+        }
+        for not_plain in [
+            json!({"var": ["a", "default"]}),
+            json!({"var": ""}),
+            json!({"hash": "$a"}),
+            json!({"cat": ["$a", "b"]}),
+            json!("literal"),
+        ] {
+            assert_eq!(
+                Expr::compile(&not_plain).unwrap().plain_var(),
+                None,
+                "{not_plain}"
+            );
+        }
+    }
 
     #[test]
     fn dollar_shorthand_reads_variables() {
