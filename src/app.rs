@@ -27,7 +27,10 @@ use crate::proxy::Tap;
 use crate::rules::{self, Rules};
 use crate::store::jetstream::JetStream;
 use crate::store::sqlite::Durability;
-use crate::store::{DurableEventLog, DurableSessions, EventLog, Outbox, SessionStore, Store};
+use crate::store::{
+    AuditTrail, Deliveries, DurableEventLog, DurableSessions, Embedded, EventLog, Outbox,
+    SessionStore, Store, WebhookStates,
+};
 
 /// State every service shares.
 pub struct Shared {
@@ -45,6 +48,12 @@ pub struct Shared {
     pub pushed: mpsc::Sender<Pushed>,
     /// Where the pipeline hands deliveries over: `store`, or JetStream.
     pub outbox: Arc<dyn Outbox>,
+    /// The deliveries kept, as the admin API reads and changes them.
+    pub deliveries: Arc<dyn Deliveries>,
+    /// Each webhook's delivery state, as the admin API reads and changes it.
+    pub webhook_states: Arc<dyn WebhookStates>,
+    /// The admin API's audit trail.
+    pub audit: Arc<dyn AuditTrail>,
     /// The JetStream backend, when configured.
     pub jetstream: Option<Arc<JetStream>>,
     /// The key of the `hash` operator.
@@ -55,6 +64,17 @@ pub struct Shared {
     /// kept-alive clients reconnect (to the new process, after an
     /// upgrade) instead of meeting a connection closed under them.
     pub draining: Arc<AtomicBool>,
+}
+
+/// What the configured store keeps, each as the trait its users read it
+/// through.
+struct Kept {
+    sessions: Arc<dyn SessionStore>,
+    events: Arc<dyn EventLog>,
+    outbox: Arc<dyn Outbox>,
+    deliveries: Arc<dyn Deliveries>,
+    webhook_states: Arc<dyn WebhookStates>,
+    audit: Arc<dyn AuditTrail>,
 }
 
 /// Events pushed through the admin API waiting for the pipeline.
@@ -210,15 +230,32 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
             Some(js)
         }
     };
-    let (sessions, events, outbox): (Arc<dyn SessionStore>, Arc<dyn EventLog>, Arc<dyn Outbox>) =
-        match &jetstream {
-            Some(js) => (js.clone(), js.clone(), js.clone()),
-            None => (
-                durable_sessions(&store, &config, previous),
-                Arc::new(DurableEventLog::new(store.clone(), config.events_retention)),
-                store.clone(),
-            ),
-        };
+    let kept = match &jetstream {
+        Some(js) => Kept {
+            sessions: js.clone(),
+            events: js.clone(),
+            outbox: js.clone(),
+            deliveries: js.clone(),
+            webhook_states: js.clone(),
+            audit: js.clone(),
+        },
+        None => Kept {
+            sessions: durable_sessions(&store, &config, previous),
+            events: Arc::new(DurableEventLog::new(store.clone(), config.events_retention)),
+            outbox: store.clone(),
+            deliveries: Arc::new(Embedded(store.clone())),
+            webhook_states: store.clone(),
+            audit: Arc::new(Embedded(store.clone())),
+        },
+    };
+    let Kept {
+        sessions,
+        events,
+        outbox,
+        deliveries,
+        webhook_states,
+        audit,
+    } = kept;
     let hash_key = hash_key(&config)?;
     let history = Arc::new(crate::history::History::from_rows(
         store
@@ -239,6 +276,9 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
         admin_writes: tokio::sync::Mutex::new(()),
         pushed,
         outbox,
+        deliveries,
+        webhook_states,
+        audit,
         jetstream: jetstream.clone(),
         config,
     });

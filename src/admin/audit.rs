@@ -16,7 +16,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::access::Caller;
-use super::deliveries::on_store;
 use super::{page_limit, ApiError};
 use crate::app::Shared;
 
@@ -70,15 +69,7 @@ pub fn entry(
 /// a call sees it there. A lost entry is logged (the call itself has
 /// happened).
 pub async fn record(shared: &Shared, entry: Value) {
-    let written = async {
-        match &shared.jetstream {
-            Some(js) => js.audit(entry.to_string()).await,
-            None => {
-                shared.store.audit(entry.to_string())?;
-                shared.store.committed_now().await
-            }
-        }
-    };
+    let written = shared.audit.append(entry.to_string());
     let failed = match tokio::time::timeout(AUDIT_WRITE, written).await {
         Ok(Ok(())) => return,
         Ok(Err(e)) => e.to_string(),
@@ -109,10 +100,7 @@ pub async fn list(
             )
         })?),
     };
-    let mut rows = match &shared.jetstream {
-        Some(js) => super::deliveries::internal(js.audit_page(before, limit + 1).await)?,
-        None => on_store(&shared, move |store| store.audit_page(before, limit + 1)).await?,
-    };
+    let mut rows = super::deliveries::internal(shared.audit.page(before, limit + 1).await)?;
     let has_next = rows.len() > limit;
     rows.truncate(limit);
     let next = has_next

@@ -23,7 +23,7 @@ use super::{page_limit, parse_json, ApiError, JsonBody};
 use crate::app::Shared;
 use crate::deliver::formats;
 use crate::store::sqlite::{
-    DeliveryInfo, Filter, Retry, State as DeliveryState, Store, StoreError, WebhookChange,
+    DeliveryInfo, Filter, Retry, State as DeliveryState, Store, StoreError,
 };
 use crate::store::StoredEvent;
 
@@ -88,18 +88,12 @@ pub(super) async fn listed(
     after: i64,
     limit: usize,
 ) -> Result<Vec<DeliveryInfo>, ApiError> {
-    let mut rows = match &shared.jetstream {
-        Some(js) => internal(
-            js.list_deliveries(filter, webhook.as_deref(), session.as_deref(), after, limit)
-                .await,
-        )?,
-        None => {
-            on_store(shared, move |store| {
-                store.list_deliveries(filter, webhook.as_deref(), session.as_deref(), after, limit)
-            })
-            .await?
-        }
-    };
+    let mut rows = internal(
+        shared
+            .deliveries
+            .list(filter, webhook, session, after, limit)
+            .await,
+    )?;
     shown(shared, &mut rows);
     if filter == Filter::Held {
         rows.retain(|r| r.state == "held");
@@ -129,27 +123,15 @@ pub(super) fn shown(shared: &Shared, rows: &mut [DeliveryInfo]) {
 
 /// Why `webhook` is disabled, if it is.
 fn disabled_reason(shared: &Shared, webhook: &str) -> Option<String> {
-    match &shared.jetstream {
-        Some(js) => js.webhook_health(webhook).disabled,
-        None => shared.store.webhook_state(webhook).ok()?.disabled,
-    }
+    shared.webhook_states.shown(webhook).disabled
 }
 
 pub async fn show(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let (mut delivery, mut attempts, event) = match &shared.jetstream {
-        Some(js) => {
-            let (delivery, event) =
-                internal(js.delivery(id).await)?.ok_or_else(|| not_found(id))?;
-            let attempts = internal(js.attempts(&delivery.webhook, &delivery.event_uuid).await)?;
-            (delivery, attempts, Some(event))
-        }
-        None => on_store(&shared, move |store| store.delivery(id))
-            .await?
-            .ok_or_else(|| not_found(id))?,
-    };
+    let (mut delivery, mut attempts, event) =
+        internal(shared.deliveries.get(id).await)?.ok_or_else(|| not_found(id))?;
     delivery.attempts = delivery.attempts.max(attempts.len() as u32);
     shown(&shared, std::slice::from_mut(&mut delivery));
     for a in &mut attempts {
@@ -200,17 +182,7 @@ pub async fn retry(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let found = match &shared.jetstream {
-        Some(_) if id >= 0 => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_dead",
-                format!("delivery {id} is pending (on its way); with the jetstream store only dead letters (negative ids) are sent again"),
-            ))
-        }
-        Some(js) => internal(js.requeue(id).await)?,
-        None => on_store(&shared, move |store| store.requeue(id)).await?,
-    };
+    let found = internal(shared.deliveries.requeue(id).await)?;
     if !found {
         return Err(not_found(id));
     }
@@ -233,17 +205,9 @@ pub async fn payload_part(
     Path(id): Path<i64>,
     Query(q): Query<PartQuery>,
 ) -> Result<Response, ApiError> {
-    let (delivery, event) = match &shared.jetstream {
-        Some(js) => internal(js.delivery(id).await)?.ok_or_else(|| not_found(id))?,
-        None => {
-            let (delivery, _, event) = on_store(&shared, move |store| store.delivery(id))
-                .await?
-                .ok_or_else(|| not_found(id))?;
-            let event =
-                event.ok_or_else(|| ApiError::internal("the stored event is unreadable"))?;
-            (delivery, event)
-        }
-    };
+    let (delivery, _, event) =
+        internal(shared.deliveries.get(id).await)?.ok_or_else(|| not_found(id))?;
+    let event = event.ok_or_else(|| ApiError::internal("the stored event is unreadable"))?;
     let part = q.part.unwrap_or(0);
     let Value::Array(mut bodies) = payload(&shared, &delivery.webhook, &event) else {
         return Err(ApiError::internal("no payload"));
@@ -308,21 +272,10 @@ pub async fn retry_matching(
         session: body.session.clone(),
         since,
     };
-    let n = match &shared.jetstream {
-        Some(_) if state != DeliveryState::Dead => {
-            return Err(bad(
-                "unsupported",
-                "with the jetstream store only dead letters are sent again (failed ones are retried on their schedule; delivered ones are not kept)",
-            ))
-        }
-        Some(js) if body.dry_run => internal(js.count_dead(&retry).await)?,
-        Some(js) => internal(js.requeue_dead(&retry).await)?,
-        None if body.dry_run => {
-            let retry = retry.clone();
-            on_store(&shared, move |store| store.count_matching(&retry)).await?
-        }
-        None => on_store(&shared, move |store| store.retry_matching(retry)).await?,
-    };
+    let n = internal(match body.dry_run {
+        true => shared.deliveries.count_matching(retry).await,
+        false => shared.deliveries.retry_matching(retry).await,
+    })?;
     let filter = json!({
         "webhook": body.webhook, "state": body.state.as_deref().unwrap_or("dead"),
         "session": body.session, "since": since, "dry_run": body.dry_run,
@@ -356,21 +309,12 @@ pub async fn replay(
 ) -> Result<Response, ApiError> {
     let body: ReplayBody = parse_json(&body)?;
     let since = since_ms(body.since.as_ref())?;
-    let n = match &shared.jetstream {
-        Some(_) if body.include_delivered => {
-            return Err(bad(
-                "unsupported",
-                "include_delivered needs the embedded store: the JetStream work queue does not keep delivered deliveries",
-            ))
-        }
-        Some(js) => internal(js.replay(&body.webhook, since).await)?,
-        None => {
-            on_store(&shared, move |store| {
-                store.replay(&body.webhook, since, body.include_delivered)
-            })
-            .await?
-        }
-    };
+    let n = internal(
+        shared
+            .deliveries
+            .replay(body.webhook, since, body.include_delivered)
+            .await,
+    )?;
     Ok(Json(json!({"requeued": n})).into_response())
 }
 
@@ -379,19 +323,7 @@ pub async fn enable(
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
     super::webhooks::require(&shared, &key)?;
-    match &shared.jetstream {
-        Some(js) => {
-            internal(
-                js.change_webhook(&key, |s| {
-                    let was = s.clone();
-                    *s = Default::default();
-                    *s != was
-                })
-                .await,
-            )?;
-        }
-        None => internal(shared.store.webhook_change(&key, WebhookChange::Enable))?,
-    }
+    internal(shared.webhook_states.enable(&key).await)?;
     shared
         .metrics
         .webhook_disabled
@@ -444,8 +376,16 @@ pub fn parse_since_text(s: &str) -> Option<i64> {
 }
 
 /// A store's failure as the API's 500.
+/// A store's answer as the API's: what the store does not do is a 400,
+/// what it refuses now a 409, anything else a 500.
 pub(super) fn internal<T>(result: Result<T, StoreError>) -> Result<T, ApiError> {
-    result.map_err(|e| ApiError::internal(e.to_string()))
+    result.map_err(|e| match e {
+        StoreError::Unsupported(message) => bad("unsupported", message),
+        StoreError::Conflict { code, message } => {
+            ApiError::new(StatusCode::CONFLICT, code, message)
+        }
+        e => ApiError::internal(e.to_string()),
+    })
 }
 
 /// Runs `call` on the embedded store off the async workers.

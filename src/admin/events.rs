@@ -144,8 +144,8 @@ pub async fn push(
     // With the embedded store, 202 means committed: the event and its
     // deliveries survive a crash from here on (JetStream: they are on
     // their way to NATS, buffered and retried).
-    if first && shared.jetstream.is_none() {
-        tokio::time::timeout(PUSH_TIMEOUT, shared.store.committed_now())
+    if first {
+        tokio::time::timeout(PUSH_TIMEOUT, shared.outbox.committed())
             .await
             .map_err(|_| busy())?
             .map_err(|e| ApiError::internal(format!("the event was not committed: {e}")))?;

@@ -18,12 +18,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::deliveries::{internal, listed, on_store, shown};
+use super::deliveries::{internal, on_store, shown};
 use super::ApiError;
 use crate::app::Shared;
 use crate::event::Event;
 use crate::funnel::Progress;
-use crate::store::sqlite::{DeliveryInfo, Filter};
+use crate::store::sqlite::DeliveryInfo;
 
 /// Events looked through at most in the embedded store, newest first.
 pub const SCAN: usize = 200_000;
@@ -185,24 +185,14 @@ async fn deliveries_of(
     uuids: &[String],
     sessions: &BTreeSet<String>,
 ) -> Result<Vec<DeliveryInfo>, ApiError> {
-    if shared.jetstream.is_some() {
-        let mut out = Vec::new();
-        for key in sessions.iter().take(SESSIONS_READ) {
-            let of_session = listed(shared, Filter::Any, None, Some(key.clone()), 0, 1000).await?;
-            out.extend(
-                of_session
-                    .into_iter()
-                    .filter(|d| uuids.contains(&d.event_uuid)),
-            );
-        }
-        return Ok(out);
-    }
     let webhooks: Vec<String> = shared.rules.load().webhook_keys();
-    let uuids = uuids.to_vec();
-    let mut found = on_store(shared, move |store| {
-        store.deliveries_of(&webhooks, &uuids, LIMIT)
-    })
-    .await?;
+    let sessions = sessions.iter().take(SESSIONS_READ).cloned().collect();
+    let mut found = internal(
+        shared
+            .deliveries
+            .of_events(webhooks, uuids.to_vec(), sessions, LIMIT)
+            .await,
+    )?;
     shown(shared, &mut found);
     Ok(found)
 }
@@ -234,12 +224,7 @@ async fn session(shared: &Shared, key: &str) -> Result<Vec<Value>, ApiError> {
 
 /// Delivery `id`, shown.
 async fn delivery(shared: &Shared, id: i64) -> Result<Vec<DeliveryInfo>, ApiError> {
-    let mut found = match &shared.jetstream {
-        Some(js) => internal(js.delivery(id).await)?.map(|(d, _)| d),
-        None => on_store(shared, move |store| store.delivery(id))
-            .await?
-            .map(|(d, _, _)| d),
-    };
+    let mut found = internal(shared.deliveries.get(id).await)?.map(|(d, _, _)| d);
     if let Some(d) = &mut found {
         shown(shared, std::slice::from_mut(d));
     }

@@ -205,13 +205,7 @@ pub async fn webhook_stats(
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
     super::webhooks::require(&shared, &key)?;
-    let counts = match &shared.jetstream {
-        Some(js) => internal(js.counts().await)?,
-        None => {
-            let key = key.clone();
-            on_store(&shared, move |store| store.counts(&[key.as_str()])).await?
-        }
-    };
+    let counts = internal(shared.deliveries.counts(key.clone()).await)?;
     let count = |state: DeliveryState| {
         counts
             .iter()

@@ -15,7 +15,6 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::deliveries::on_store;
 use super::{parse_json, ApiError, JsonBody};
 use crate::app::Shared;
 use crate::event::Event;
@@ -83,18 +82,8 @@ pub async fn send(
             e.to_string(),
         )
     })?;
-    let delivery_id = match &shared.jetstream {
-        Some(_) => None,
-        None => {
-            shared
-                .store
-                .committed_now()
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            let (k, u) = (key.clone(), uuid.clone());
-            on_store(&shared, move |store| store.delivery_id(&k, &u)).await?
-        }
-    };
+    let delivery_id =
+        super::deliveries::internal(shared.deliveries.id_of(key.clone(), uuid.clone()).await)?;
     tracing::info!(webhook = %key, %event_type, "test event sent through the admin API");
     let answer = json!({
         "test": true,

@@ -23,21 +23,12 @@ use crate::app::Shared;
 use crate::rules::model::{Assignment, EventSelector, Webhook};
 use crate::rules::write::{self, Change};
 use crate::rules::Rules;
-use crate::store::sqlite::WebhookChange;
+use crate::store::webhooks::Shown;
 
 /// What the API shows of a webhook: the secret masked, the URL without
 /// credentials or query.
 fn view(w: &Webhook, rules_dir: &FsPath, shared: &Shared) -> Value {
-    let (disabled, paused) = match &shared.jetstream {
-        Some(js) => {
-            let health = js.webhook_health(&w.key);
-            (health.disabled, health.paused)
-        }
-        None => {
-            let state = shared.store.webhook_state(&w.key).unwrap_or_default();
-            (state.disabled, state.paused)
-        }
-    };
+    let Shown { disabled, paused } = shared.webhook_states.shown(&w.key);
     let events: Vec<String> = match &w.events {
         EventSelector::All => vec!["*".into()],
         EventSelector::Some(s) => s.iter().cloned().collect(),
@@ -119,7 +110,9 @@ pub async fn create(
     .await
     .map_err(|e| e.renamed_fields(API_NAMES))?;
     // A new webhook starts clean, even if an old one had its key.
-    store_change(&shared, &shown, WebhookChange::Enable);
+    if let Err(e) = shared.webhook_states.enable(&shown).await {
+        tracing::error!(webhook = %shown, error = %e, "webhook state not reset");
+    }
     shown_as(&rules, &shown, &shared, StatusCode::CREATED)
 }
 
@@ -182,23 +175,11 @@ pub async fn update(
     .map_err(|e| e.renamed_fields(API_NAMES))?;
     if shown != old_key {
         // The backlog and the delivery state follow the new key.
-        match &shared.jetstream {
-            Some(js) => {
-                // Now, and again once attempts in flight under the old
-                // key have parked their retries there.
-                let (js, from, to) = (js.clone(), old_key.clone(), shown.clone());
-                let settle = settle_time(&shared);
-                tokio::spawn(async move {
-                    for wait in [Duration::ZERO, settle] {
-                        tokio::time::sleep(wait).await;
-                        if let Err(e) = js.rename_webhook(&from, &to).await {
-                            tracing::error!(webhook = %from, error = %e, "backlog not moved to the new key");
-                        }
-                    }
-                });
-            }
-            None => store_change(&shared, &old_key, WebhookChange::Rename(shown.clone())),
-        }
+        shared
+            .webhook_states
+            .clone()
+            .rename(&old_key, &shown, settle_time(&shared))
+            .await;
     }
     shown_as(&rules, &shown, &shared, StatusCode::OK)
 }
@@ -214,21 +195,11 @@ pub async fn delete(
     })
     .await?;
     // What was still waiting for it becomes dead letters (replayable).
-    match &shared.jetstream {
-        Some(js) => {
-            if let Err(e) = js.delete_webhook(&deleted).await {
-                tracing::error!(webhook = %deleted, error = %e, "backlog not moved to the dead letters");
-            }
-            let (js, settle) = (js.clone(), settle_time(&shared));
-            tokio::spawn(async move {
-                tokio::time::sleep(settle).await;
-                if let Err(e) = js.delete_webhook(&deleted).await {
-                    tracing::error!(webhook = %deleted, error = %e, "backlog not moved to the dead letters");
-                }
-            });
-        }
-        None => store_change(&shared, &deleted, WebhookChange::Delete),
-    }
+    shared
+        .webhook_states
+        .clone()
+        .delete(&deleted, settle_time(&shared))
+        .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -245,12 +216,6 @@ fn settle_time(shared: &Shared) -> Duration {
         .unwrap_or_default()
         .max(shared.config.delivery.timeout);
     longest + Duration::from_secs(5)
-}
-
-fn store_change(shared: &Shared, key: &str, change: WebhookChange) {
-    if let Err(e) = shared.store.webhook_change(key, change) {
-        tracing::error!(webhook = %key, error = %e, "webhook state not updated");
-    }
 }
 
 /// A 404 unless the current rules have webhook `key`.

@@ -1615,6 +1615,7 @@ fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<(DeliveryIn
     Some((info, event))
 }
 
+#[async_trait::async_trait]
 impl Outbox for JetStream {
     /// The event to its session's subject of the event stream, and each
     /// delivery to the work queue: a message each, as the streams keep

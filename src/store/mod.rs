@@ -2,21 +2,43 @@
 //! event log, in the embedded store ([`sqlite`]), with a bounded cache in
 //! front of sessions.
 
+pub mod audit;
+pub mod deliveries;
 pub mod events;
 pub mod handoff;
 pub mod jetstream;
 pub mod record;
 pub mod sqlite;
+pub mod webhooks;
 
+pub use audit::AuditTrail;
+pub use deliveries::Deliveries;
 pub use events::{DurableEventLog, EventLog, Logged};
 pub use record::{Accepted, StoredEvent};
 pub use sqlite::Store;
+pub use webhooks::WebhookStates;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+/// The embedded store as the async traits use it: each call runs off the
+/// async workers (its statements may wait for the disk).
+pub struct Embedded(pub Arc<Store>);
+
+impl Embedded {
+    async fn run<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Store) -> Result<T, sqlite::StoreError> + Send + 'static,
+    ) -> Result<T, sqlite::StoreError> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || call(&store))
+            .await
+            .map_err(|e| sqlite::StoreError::Task(e.to_string()))?
+    }
+}
 
 /// One importer session: its key as the first event typed it, and what
 /// routes remembered about it.
@@ -28,6 +50,7 @@ pub struct Session {
 
 /// Where the pipeline hands events and their deliveries to the deliver
 /// stage.
+#[async_trait::async_trait]
 pub trait Outbox: Send + Sync {
     /// Keeps an accepted event: in its session's log, and a delivery to
     /// each of its webhooks. Durable (embedded) or on its way to NATS
@@ -37,8 +60,16 @@ pub trait Outbox: Send + Sync {
     /// Accepts a delivery of `event` to `webhook` alone (a test event):
     /// durable or on its way when it returns `Ok`.
     fn enqueue(&self, webhook: &str, event: Arc<StoredEvent>) -> Result<(), sqlite::StoreError>;
+
+    /// Waits until what was accepted so far survives a crash (the
+    /// embedded store's next group commit); JetStream, which buffers and
+    /// retries its publishes, answers at once.
+    async fn committed(&self) -> Result<(), sqlite::StoreError> {
+        Ok(())
+    }
 }
 
+#[async_trait::async_trait]
 impl Outbox for sqlite::Store {
     fn accept(&self, accepted: Accepted) -> Result<(), sqlite::StoreError> {
         sqlite::Store::accept(self, accepted)
@@ -46,6 +77,10 @@ impl Outbox for sqlite::Store {
 
     fn enqueue(&self, webhook: &str, event: Arc<StoredEvent>) -> Result<(), sqlite::StoreError> {
         self.insert_delivery(webhook, event)
+    }
+
+    async fn committed(&self) -> Result<(), sqlite::StoreError> {
+        self.committed_now().await
     }
 }
 

@@ -124,6 +124,14 @@ pub enum StoreError {
     Closed,
     #[error("{0}")]
     Nats(String),
+    #[error("a store task failed: {0}")]
+    Task(String),
+    /// What this backend does not keep or do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// What the backend refuses in the state things are in.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
 }
 
 /// Milliseconds since the Unix epoch.
