@@ -1,10 +1,17 @@
 //! The event log: each session's events, oldest first, kept for
-//! `events_retention`, for the events API. Stored in the embedded store.
+//! `events_retention`, for the events API. One trait, with the embedded
+//! store's implementation and JetStream's side by side.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::sqlite::{now_ms, Store};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use super::jetstream::{read_subject, JetStream, Write, LIST_TIMEOUT};
+use rusqlite::params;
+
+use super::sqlite::{now_ms, Op, Store, StoreError};
 use crate::event::Event;
 
 /// One logged event and its place in its session's log.
@@ -56,5 +63,110 @@ impl EventLog for DurableEventLog {
                 .map(|(seq, event)| Logged { seq, event })
                 .collect(),
         )
+    }
+}
+
+impl EventLog for JetStream {
+    fn append(&self, session: &str, event: &Event) {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.uuid.as_str());
+        let body = Bytes::from(serde_json::to_vec(event).unwrap_or_default());
+        let write = Write::Publish {
+            subject: self.names.event_subject(session),
+            headers,
+            body,
+            kind: "event",
+        };
+        if let Err(e) = self.write(write) {
+            tracing::error!(error = %e, "event not logged");
+        }
+    }
+
+    /// The session's events from stream sequence `from` on.
+    fn list(&self, session: &str, from: u64, limit: usize) -> Option<Vec<Logged>> {
+        let subject = self.names.event_subject(session);
+        let read = async {
+            let stream = self.js.get_stream(self.names.events_stream()).await.ok()?;
+            let page = read_subject(&stream, &subject, from.max(1), limit, |m| {
+                let event = serde_json::from_slice::<Event>(&m.payload).ok()?;
+                Some(Logged {
+                    seq: m.sequence,
+                    event,
+                })
+            })
+            .await;
+            Some(page)
+        };
+        let page = self.block_on_for(read, LIST_TIMEOUT)??;
+        if page.is_empty() && from > 0 {
+            return self.list(session, 0, 1).map(|_| Vec::new());
+        }
+        (!page.is_empty()).then_some(page)
+    }
+}
+
+/// The event log in the embedded store: a row per event, by session and
+/// sequence.
+impl Store {
+    pub fn append_event(&self, session: &str, event: &Event) -> Result<(), StoreError> {
+        let at = (event.created_at * 1000.0) as i64;
+        self.send(Op::AppendEvent {
+            session: session.into(),
+            at,
+            event: serde_json::to_string(event).unwrap_or_default(),
+        })
+    }
+
+    /// A session's events with `seq >= from` and `created_at >= cutoff`.
+    pub fn events(
+        &self,
+        session: &str,
+        from: u64,
+        cutoff: i64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Event)>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, event FROM events WHERE session = ?1 AND seq >= ?2 AND created_at >= ?3 ORDER BY seq LIMIT ?4",
+            )?;
+            let rows = st.query_map(params![session, from as i64, cutoff, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, json) = row?;
+                if let Ok(e) = serde_json::from_str(&json) {
+                    out.push((seq as u64, e));
+                }
+            }
+            Ok(out)
+        })
+    }
+    /// Events of a session among the newest `scan` whose UUID is `uuid`,
+    /// or whose data has `path` (a JSON path under `$.data`) equal to
+    /// `value`, newest first: `(session, created_at, event)`. (An event
+    /// without a session is logged only for its deliveries to refer to.)
+    pub fn find_events(
+        &self,
+        uuid: Option<&str>,
+        field: Option<(&str, &str)>,
+        scan: usize,
+        limit: usize,
+    ) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let (path, value) = field.map_or((None, None), |(p, v)| {
+            (Some(format!("$.data.{p}")), Some(v))
+        });
+        self.inspect(|c| {
+            c.prepare_cached(
+                "SELECT session, created_at, event FROM
+                   (SELECT session, created_at, event FROM events INDEXED BY events_time ORDER BY created_at DESC LIMIT ?4)
+                 WHERE session != ''
+                   AND (?1 IS NULL OR json_extract(event, '$.uuid') = ?1)
+                   AND (?2 IS NULL OR CAST(json_extract(event, ?2) AS TEXT) = ?3)
+                 LIMIT ?5",
+            )?
+            .query_map(params![uuid, path, value, scan as i64, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
+        })
     }
 }

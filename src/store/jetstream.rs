@@ -41,9 +41,8 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
-use super::events::{EventLog, Logged};
 use super::sqlite::{lock, AttemptInfo, DeliveryInfo, Filter, Retry, State, StoreError};
-use super::{Accepted, MemorySessions, Outbox, Session, SessionStore, StoredEvent};
+use super::{MemorySessions, Session, SessionStore, StoredEvent};
 use crate::config::JetStreamConfig;
 use crate::event::Event;
 use crate::metrics::Metrics;
@@ -66,9 +65,9 @@ pub const ORDER: &str = "Taphook-Order";
 
 /// How long a read (a session, the event log) waits for NATS. While NATS
 /// is unreachable, reads do not wait: the pipeline must keep up.
-const READ_TIMEOUT: Duration = Duration::from_millis(500);
+pub(super) const READ_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a page of the events API may take (up to 1,001 reads).
-const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a publish waits for NATS's acknowledgement before it is retried.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many buffered writes may wait for their acknowledgement at once.
@@ -242,7 +241,7 @@ impl Names {
 }
 
 /// One write waiting for NATS.
-enum Write {
+pub(super) enum Write {
     Publish {
         subject: String,
         headers: HeaderMap,
@@ -272,30 +271,31 @@ pub struct JetStream {
     pub names: Names,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
-    buffer: mpsc::Sender<Write>,
-    metrics: Arc<Metrics>,
-    sessions: kv::Store,
+    pub(super) buffer: mpsc::Sender<Write>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) sessions: kv::Store,
     /// Session keys with puts of this instance on their way: the watch's
     /// echo of an older put must not replace the cached newer one.
-    pending_sessions: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    pub(super) pending_sessions: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Session keys whose last read failed (NATS unreachable or slow).
-    unread_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub(super) unread_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Session keys a recent prefetch found absent, and when: their `get`
     /// needs no read of its own for [`ABSENT_FOR`].
-    absent_sessions: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    pub(super) absent_sessions:
+        std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// The rules files the admin API wrote: every instance follows them.
     pub rules: kv::Store,
     /// Each webhook's delivery state (failing, paused, disabled), shared.
-    webhooks: kv::Store,
+    pub(super) webhooks: kv::Store,
     /// Each rate-limited webhook's token bucket, shared ([`JetStream::claim_starts`]).
-    rates: kv::Store,
+    pub(super) rates: kv::Store,
     /// Each instance's hours of each webhook: `<webhook>.<instance>`.
-    history: kv::Store,
+    pub(super) history: kv::Store,
     /// The last state of each webhook seen in `webhooks` (watched).
-    states: std::sync::Mutex<std::collections::HashMap<String, WebhookHealth>>,
-    cache: MemorySessions,
+    pub(super) states: std::sync::Mutex<std::collections::HashMap<String, WebhookHealth>>,
+    pub(super) cache: MemorySessions,
     /// The runtime reads block on (sync callers: derive, the admin API).
-    runtime: tokio::runtime::Handle,
+    pub(super) runtime: tokio::runtime::Handle,
 }
 
 impl JetStream {
@@ -458,7 +458,7 @@ impl JetStream {
     }
 
     /// Queues a write; a full buffer drops it (counted).
-    fn write(&self, write: Write) -> Result<(), StoreError> {
+    pub(super) fn write(&self, write: Write) -> Result<(), StoreError> {
         let kind = write.kind();
         self.metrics.store_buffered.inc();
         match self.buffer.try_send(write) {
@@ -634,7 +634,7 @@ impl JetStream {
 
     /// What a read of session `key` found (`None`: no such session): the
     /// key is known again, and a session found is cached.
-    fn session_read(&self, key: &str, value: Option<Bytes>) -> Option<Session> {
+    pub(super) fn session_read(&self, key: &str, value: Option<Bytes>) -> Option<Session> {
         lock(&self.unread_sessions).remove(key);
         let session: Session = match serde_json::from_slice(&value?) {
             Ok(session) => session,
@@ -648,7 +648,7 @@ impl JetStream {
     }
 
     /// One put of session `key` is no longer on its way.
-    fn session_written(&self, key: &str) {
+    pub(super) fn session_written(&self, key: &str) {
         let mut pending = lock(&self.pending_sessions);
         if let Some(n) = pending.get_mut(key) {
             *n -= 1;
@@ -703,11 +703,11 @@ impl JetStream {
 
     /// Runs a read on the runtime from sync code; `None` at once while
     /// NATS is unreachable.
-    fn block_on<T>(&self, read: impl std::future::Future<Output = T>) -> Option<T> {
+    pub(super) fn block_on<T>(&self, read: impl std::future::Future<Output = T>) -> Option<T> {
         self.block_on_for(read, READ_TIMEOUT)
     }
 
-    fn block_on_for<T>(
+    pub(super) fn block_on_for<T>(
         &self,
         read: impl std::future::Future<Output = T>,
         limit: Duration,
@@ -1524,7 +1524,7 @@ impl JetStream {
 
 /// The messages on `subject` from stream sequence `from` on, in order,
 /// through `keep`, until `limit` are kept or there are no more.
-async fn read_subject<T>(
+pub(super) async fn read_subject<T>(
     stream: &stream::Stream,
     subject: &str,
     from: u64,
@@ -1613,175 +1613,6 @@ fn delivery_info(m: &StreamMessage, session: Option<&str>) -> Option<(DeliveryIn
         updated_at: at,
     };
     Some((info, event))
-}
-
-#[async_trait::async_trait]
-impl Outbox for JetStream {
-    /// The event to its session's subject of the event stream, and each
-    /// delivery to the work queue: a message each, as the streams keep
-    /// them apart.
-    fn accept(&self, accepted: Accepted) -> Result<(), StoreError> {
-        if let Some(session) = &accepted.session {
-            self.append(session, &accepted.event.event);
-        }
-        let mut result = Ok(());
-        for (webhook, event) in accepted.deliveries {
-            if let Err(e) = self.enqueue(&webhook, event) {
-                result = Err(e);
-            }
-        }
-        result
-    }
-
-    fn enqueue(&self, webhook: &str, event: Arc<StoredEvent>) -> Result<(), StoreError> {
-        let (headers, body) =
-            Self::delivery_message(&Self::delivery_id(webhook, &event), &event, 0, 0, None);
-        self.write(Write::Publish {
-            subject: self
-                .names
-                .delivery_subject(webhook, event.session_key().as_deref()),
-            headers,
-            body,
-            kind: "delivery",
-        })
-    }
-}
-
-/// How long a prefetch's finding that a session is absent is trusted: a
-/// batch's exchanges are derived well within it (the pipeline's lanes
-/// hold two batches each at most), and another instance's new session is
-/// missed no longer than this.
-const ABSENT_FOR: Duration = Duration::from_secs(1);
-
-impl SessionStore for JetStream {
-    fn contains(&self, key: &str) -> bool {
-        let kv_key = token(key);
-        if self.cache.contains(&kv_key) {
-            return true;
-        }
-        let absent = lock(&self.absent_sessions)
-            .get(&kv_key)
-            .is_some_and(|at| at.elapsed() < ABSENT_FOR);
-        !absent && self.get(key).is_some()
-    }
-
-    fn get(&self, key: &str) -> Option<Session> {
-        let kv_key = token(key);
-        if let Some(s) = self.cache.get(&kv_key) {
-            return Some(s);
-        }
-        if lock(&self.absent_sessions)
-            .remove(&kv_key)
-            .is_some_and(|at| at.elapsed() < ABSENT_FOR)
-        {
-            return None;
-        }
-        let read = self.block_on(self.sessions.get(kv_key.clone()));
-        let Some(Ok(value)) = read else {
-            // Unknown, not absent: a session built now must not replace it.
-            lock(&self.unread_sessions).insert(kv_key);
-            return None;
-        };
-        self.session_read(&kv_key, value)
-    }
-
-    fn prefetches(&self) -> bool {
-        true
-    }
-
-    /// Up to [`WINDOW`] reads at once, each bounded by the read timeout; a
-    /// key whose read failed is left to `get`, which tries again.
-    fn prefetch(&self, keys: Vec<String>) -> futures::future::BoxFuture<'_, ()> {
-        Box::pin(async move {
-            lock(&self.absent_sessions).retain(|_, at| at.elapsed() < ABSENT_FOR);
-            if self.client.connection_state() != async_nats::connection::State::Connected {
-                return;
-            }
-            let mut keys: Vec<String> = keys
-                .iter()
-                .map(|k| token(k))
-                .filter(|k| self.cache.get(k).is_none())
-                .collect();
-            keys.sort_unstable();
-            keys.dedup();
-            let reads = keys.into_iter().map(|key| async move {
-                let read = tokio::time::timeout(READ_TIMEOUT, self.sessions.get(&key)).await;
-                (key, read)
-            });
-            let read: Vec<_> = futures::stream::iter(reads)
-                .buffer_unordered(WINDOW)
-                .collect()
-                .await;
-            let mut absent = lock(&self.absent_sessions);
-            for (key, read) in read {
-                if let Ok(Ok(value)) = read {
-                    let found = value.is_some();
-                    self.session_read(&key, value);
-                    if !found {
-                        absent.insert(key, std::time::Instant::now());
-                    }
-                }
-            }
-        })
-    }
-
-    fn put(&self, key: &str, session: Session) {
-        let kv_key = token(key);
-        let body = Bytes::from(serde_json::to_vec(&session).unwrap_or_default());
-        let only_if_absent = lock(&self.unread_sessions).remove(&kv_key);
-        self.cache.put(&kv_key, session);
-        *lock(&self.pending_sessions)
-            .entry(kv_key.clone())
-            .or_default() += 1;
-        let write = Write::Session {
-            key: kv_key.clone(),
-            body,
-            only_if_absent,
-        };
-        if let Err(e) = self.write(write) {
-            tracing::error!(error = %e, "session not stored");
-            self.session_written(&kv_key);
-        }
-    }
-}
-
-impl EventLog for JetStream {
-    fn append(&self, session: &str, event: &Event) {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", event.uuid.as_str());
-        let body = Bytes::from(serde_json::to_vec(event).unwrap_or_default());
-        let write = Write::Publish {
-            subject: self.names.event_subject(session),
-            headers,
-            body,
-            kind: "event",
-        };
-        if let Err(e) = self.write(write) {
-            tracing::error!(error = %e, "event not logged");
-        }
-    }
-
-    /// The session's events from stream sequence `from` on.
-    fn list(&self, session: &str, from: u64, limit: usize) -> Option<Vec<Logged>> {
-        let subject = self.names.event_subject(session);
-        let read = async {
-            let stream = self.js.get_stream(self.names.events_stream()).await.ok()?;
-            let page = read_subject(&stream, &subject, from.max(1), limit, |m| {
-                let event = serde_json::from_slice::<Event>(&m.payload).ok()?;
-                Some(Logged {
-                    seq: m.sequence,
-                    event,
-                })
-            })
-            .await;
-            Some(page)
-        };
-        let page = self.block_on_for(read, LIST_TIMEOUT)??;
-        if page.is_empty() && from > 0 {
-            return self.list(session, 0, 1).map(|_| Vec::new());
-        }
-        (!page.is_empty()).then_some(page)
-    }
 }
 
 #[cfg(test)]

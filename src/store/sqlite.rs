@@ -356,7 +356,7 @@ pub struct AttemptRecord {
 }
 
 /// A write, queued for the next group commit.
-enum Op {
+pub(super) enum Op {
     /// An event and every delivery it makes: one row of the event log,
     /// and one small row per delivery that refers to it.
     Accept {
@@ -603,7 +603,7 @@ impl Store {
         &self.path
     }
 
-    fn send(&self, op: Op) -> Result<(), StoreError> {
+    pub(super) fn send(&self, op: Op) -> Result<(), StoreError> {
         lock(&self.ops)
             .as_ref()
             .ok_or(StoreError::Closed)?
@@ -755,36 +755,6 @@ impl Store {
         })
     }
 
-    /// Events of a session among the newest `scan` whose UUID is `uuid`,
-    /// or whose data has `path` (a JSON path under `$.data`) equal to
-    /// `value`, newest first: `(session, created_at, event)`. (An event
-    /// without a session is logged only for its deliveries to refer to.)
-    pub fn find_events(
-        &self,
-        uuid: Option<&str>,
-        field: Option<(&str, &str)>,
-        scan: usize,
-        limit: usize,
-    ) -> Result<Vec<(String, i64, String)>, StoreError> {
-        let (path, value) = field.map_or((None, None), |(p, v)| {
-            (Some(format!("$.data.{p}")), Some(v))
-        });
-        self.inspect(|c| {
-            c.prepare_cached(
-                "SELECT session, created_at, event FROM
-                   (SELECT session, created_at, event FROM events INDEXED BY events_time ORDER BY created_at DESC LIMIT ?4)
-                 WHERE session != ''
-                   AND (?1 IS NULL OR json_extract(event, '$.uuid') = ?1)
-                   AND (?2 IS NULL OR CAST(json_extract(event, ?2) AS TEXT) = ?3)
-                 LIMIT ?5",
-            )?
-            .query_map(params![uuid, path, value, scan as i64, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect()
-        })
-    }
-
     /// Deliveries of any of `uuids` to any of `webhooks`, newest first
     /// (each pair is a lookup in the `(webhook, event_uuid)` index).
     pub fn deliveries_of(
@@ -871,12 +841,15 @@ impl Store {
         }
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    pub(super) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         Ok(f(&lock(&self.reader))?)
     }
 
     /// A long read of the admin API, on a connection of its own.
-    fn inspect<T>(
+    pub(super) fn inspect<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
@@ -1070,172 +1043,6 @@ impl Store {
             .map(Option::unwrap_or_default)
         })
     }
-
-    pub fn get_session(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.read(|c| {
-            c.prepare_cached("SELECT value FROM sessions WHERE key = ?1")?
-                .query_row([key], |r| r.get(0))
-                .optional()
-        })
-    }
-
-    /// How many session records (aliases included) the store holds.
-    pub fn session_count(&self) -> Result<u64, StoreError> {
-        let n: i64 =
-            self.read(|c| c.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0)))?;
-        Ok(n.unsigned_abs())
-    }
-
-    /// Hands every session key (aliases included) to `f`; how many.
-    pub fn each_session_key(&self, mut f: impl FnMut(&str)) -> Result<u64, StoreError> {
-        self.read(|c| {
-            let mut keys = c.prepare("SELECT key FROM sessions")?;
-            let mut rows = keys.query([])?;
-            let mut n = 0;
-            while let Some(row) = rows.next()? {
-                f(row.get_ref(0)?.as_str().unwrap_or_default());
-                n += 1;
-            }
-            Ok(n)
-        })
-    }
-
-    pub fn put_session(&self, key: &str, value: String) -> Result<(), StoreError> {
-        self.send(Op::PutSession {
-            key: key.into(),
-            value,
-            at: now_ms(),
-        })
-    }
-
-    pub fn get_progress(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.read(|c| {
-            c.prepare_cached("SELECT value FROM session_progress WHERE key = ?1")?
-                .query_row([key], |r| r.get(0))
-                .optional()
-        })
-    }
-
-    /// Keeps a session's funnel progress; `watched` sessions are those
-    /// [`Store::idle_sessions`] looks at.
-    pub fn put_progress(
-        &self,
-        key: &str,
-        value: String,
-        last_event_at: i64,
-        watched: bool,
-    ) -> Result<(), StoreError> {
-        self.send(Op::PutProgress {
-            key: key.into(),
-            value,
-            last_event_at,
-            watched,
-        })
-    }
-
-    /// Watched sessions whose last event is at or before `cutoff`, oldest
-    /// first.
-    pub fn idle_sessions(
-        &self,
-        cutoff: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT key, value FROM session_progress WHERE watched = 1 AND last_event_at <= ?1 ORDER BY last_event_at LIMIT ?2",
-            )?;
-            let rows = st.query_map(params![cutoff, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        })
-    }
-
-    /// Sessions' funnel progress, most recent event first: `(key,
-    /// progress)` before `before` (a `(last_event_at, key)` from an earlier
-    /// page), whose key or `template_key` contains `search`.
-    pub fn recent_sessions(
-        &self,
-        search: Option<&str>,
-        before: Option<(i64, &str)>,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let pattern = search.map(|s| format!("%{}%", like_escaped(s)));
-        let (at, key) = before.map_or((None, None), |(at, key)| (Some(at), Some(key)));
-        self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT key, value FROM session_progress INDEXED BY session_progress_recent
-                 WHERE (?1 IS NULL OR (last_event_at, key) < (?1, ?2))
-                   AND (?3 IS NULL OR key LIKE ?3 ESCAPE '\\' OR json_extract(value, '$.template_key') LIKE ?3 ESCAPE '\\')
-                 ORDER BY last_event_at DESC, key DESC LIMIT ?4",
-            )?;
-            let rows = st.query_map(params![at, key, pattern, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        })
-    }
-
-    /// Per `template_key` (`None`: without one), how many sessions
-    /// reached each of `stages` (names as progress records them) and how
-    /// many are stalled.
-    pub fn funnel_counts(&self, stages: &[&str]) -> Result<Vec<FunnelRow>, StoreError> {
-        let reached: String = stages
-            .iter()
-            .map(|s| format!(", SUM(json_type(value, '$.reached.{s}') IS NOT NULL)"))
-            .collect();
-        let sql = format!(
-            "SELECT json_extract(value, '$.template_key') AS t, SUM(json_extract(value, '$.stalled') IS 1){reached}
-             FROM session_progress GROUP BY t ORDER BY t"
-        );
-        self.read(|c| {
-            let mut st = c.prepare(&sql)?;
-            let rows = st.query_map([], |r| {
-                let counts = (0..stages.len())
-                    .map(|i| r.get::<_, i64>(i + 2))
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                Ok((r.get::<_, Option<String>>(0)?, counts, r.get(1)?))
-            })?;
-            rows.collect()
-        })
-    }
-
-    /// How many sessions are watched.
-    pub fn watched_sessions(&self) -> Result<i64, StoreError> {
-        self.read(|c| {
-            c.prepare_cached("SELECT COUNT(*) FROM session_progress WHERE watched = 1")?
-                .query_row([], |r| r.get(0))
-        })
-    }
-
-    pub fn append_event(&self, session: &str, event: &Event) -> Result<(), StoreError> {
-        let at = (event.created_at * 1000.0) as i64;
-        self.send(Op::AppendEvent {
-            session: session.into(),
-            at,
-            event: serde_json::to_string(event).unwrap_or_default(),
-        })
-    }
-
-    /// A session's events with `seq >= from` and `created_at >= cutoff`.
-    pub fn events(
-        &self,
-        session: &str,
-        from: u64,
-        cutoff: i64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Event)>, StoreError> {
-        self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT seq, event FROM events WHERE session = ?1 AND seq >= ?2 AND created_at >= ?3 ORDER BY seq LIMIT ?4",
-            )?;
-            let rows = st.query_map(params![session, from as i64, cutoff, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, json) = row?;
-                if let Ok(e) = serde_json::from_str(&json) {
-                    out.push((seq as u64, e));
-                }
-            }
-            Ok(out)
-        })
-    }
 }
 
 impl Drop for Store {
@@ -1246,7 +1053,7 @@ impl Drop for Store {
 
 /// `text` for a `LIKE` pattern with `ESCAPE '\'`: its `%`, `_` and
 /// `\` match themselves.
-fn like_escaped(text: &str) -> String {
+pub(super) fn like_escaped(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('%', "\\%")
         .replace('_', "\\_")
