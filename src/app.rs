@@ -28,8 +28,8 @@ use crate::rules::{self, Rules};
 use crate::store::jetstream::JetStream;
 use crate::store::sqlite::Durability;
 use crate::store::{
-    AuditTrail, Deliveries, DurableEventLog, DurableSessions, Embedded, EventLog, Outbox,
-    SessionStore, Store, WebhookStates,
+    AuditTrail, Deliveries, DurableEventLog, DurableSessions, Embedded, EventLog, EventSearch,
+    Outbox, SessionStore, Store, WebhookStates,
 };
 
 /// State every service shares.
@@ -54,6 +54,8 @@ pub struct Shared {
     pub webhook_states: Arc<dyn WebhookStates>,
     /// The admin API's audit trail.
     pub audit: Arc<dyn AuditTrail>,
+    /// The newest events of every session, for the search box.
+    pub event_search: Arc<dyn EventSearch>,
     /// The JetStream backend, when configured.
     pub jetstream: Option<Arc<JetStream>>,
     /// The key of the `hash` operator.
@@ -75,6 +77,7 @@ struct Kept {
     deliveries: Arc<dyn Deliveries>,
     webhook_states: Arc<dyn WebhookStates>,
     audit: Arc<dyn AuditTrail>,
+    event_search: Arc<dyn EventSearch>,
 }
 
 /// Events pushed through the admin API waiting for the pipeline.
@@ -238,6 +241,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
             deliveries: js.clone(),
             webhook_states: js.clone(),
             audit: js.clone(),
+            event_search: js.clone(),
         },
         None => Kept {
             sessions: durable_sessions(&store, &config, previous),
@@ -246,6 +250,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
             deliveries: Arc::new(Embedded(store.clone())),
             webhook_states: store.clone(),
             audit: Arc::new(Embedded(store.clone())),
+            event_search: Arc::new(Embedded(store.clone())),
         },
     };
     let Kept {
@@ -255,6 +260,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
         deliveries,
         webhook_states,
         audit,
+        event_search,
     } = kept;
     let hash_key = hash_key(&config)?;
     let history = Arc::new(crate::history::History::from_rows(
@@ -279,6 +285,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
         deliveries,
         webhook_states,
         audit,
+        event_search,
         jetstream: jetstream.clone(),
         config,
     });

@@ -3,10 +3,9 @@
 //! `field=value` in event data (`filename=contacts.csv`, a dotted path
 //! for nested fields). Answers with the matching sessions, events,
 //! deliveries and webhooks. Events are looked for among the newest
-//! [`SCAN`] events of the embedded store's log, or the newest
-//! [`SCAN_JETSTREAM`] of the JetStream event stream (read in batches
-//! through an ephemeral consumer); their deliveries are looked up by
-//! webhook and UUID (embedded), or among their sessions' (JetStream).
+//! events of the store's log ([`crate::store::EventSearch`]); their
+//! deliveries are looked up by webhook and UUID (embedded), or among
+//! their sessions' (JetStream).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -24,11 +23,8 @@ use crate::app::Shared;
 use crate::event::Event;
 use crate::funnel::Progress;
 use crate::store::sqlite::DeliveryInfo;
+use crate::store::EventQuery;
 
-/// Events looked through at most in the embedded store, newest first.
-pub const SCAN: usize = 200_000;
-/// Events looked through at most in the JetStream event stream.
-pub const SCAN_JETSTREAM: usize = 50_000;
 /// Results of each kind at most.
 const LIMIT: usize = 50;
 /// Sessions whose deliveries are read (JetStream) at most.
@@ -39,15 +35,9 @@ pub struct SearchQuery {
     q: Option<String>,
 }
 
-/// What `q` may be.
-struct Asked {
-    text: String,
-    /// `field=value`: the field's path under `data` (each name letters,
-    /// digits, `_` or `-`) and the value.
-    field: Option<(Vec<String>, String)>,
-}
-
-fn asked(q: &str) -> Asked {
+/// What `q` may be: an event UUID (or anything else in one box), or
+/// `field=value` in event data.
+fn asked(q: &str) -> EventQuery {
     let text = q.trim().to_string();
     let field = text.split_once('=').and_then(|(f, v)| {
         let path: Vec<String> = f.trim().split('.').map(str::to_string).collect();
@@ -59,39 +49,7 @@ fn asked(q: &str) -> Asked {
         });
         plain.then(|| (path, v.trim().to_string()))
     });
-    Asked { text, field }
-}
-
-/// A path as SQLite's JSON path under `$.data`, each name quoted.
-fn json_path(path: &[String]) -> String {
-    path.iter()
-        .map(|p| format!("\"{p}\""))
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// Whether `event` is what was asked: its UUID, or its data's field
-/// equal to the value (a number or a boolean as it is written).
-fn matches(asked: &Asked, event: &Event) -> bool {
-    match &asked.field {
-        None => event.uuid == asked.text,
-        Some((path, value)) => {
-            let mut at = &event.data;
-            for name in path {
-                match at.get(name) {
-                    Some(v) => at = v,
-                    None => return false,
-                }
-            }
-            match at {
-                Value::String(s) => s == value,
-                Value::Number(_) | Value::Bool(_) => {
-                    serde_json::from_str::<Value>(value).is_ok_and(|v| v == *at)
-                }
-                _ => false,
-            }
-        }
-    }
+    EventQuery { text, field }
 }
 
 pub async fn search(
@@ -151,31 +109,9 @@ pub async fn search(
 /// The events asked for, newest first: `(session, logged at, event)`.
 async fn find_events(
     shared: &Shared,
-    asked: &Asked,
+    asked: &EventQuery,
 ) -> Result<Vec<(String, i64, Event)>, ApiError> {
-    if let Some(js) = &shared.jetstream {
-        return internal(
-            js.find_events(SCAN_JETSTREAM, LIMIT, |e| matches(asked, e))
-                .await,
-        );
-    }
-    let (uuid, field) = match &asked.field {
-        Some((path, value)) => (None, Some((json_path(path), value.clone()))),
-        None => (Some(asked.text.clone()), None),
-    };
-    let rows = on_store(shared, move |store| {
-        store.find_events(
-            uuid.as_deref(),
-            field.as_ref().map(|(f, v)| (f.as_str(), v.as_str())),
-            SCAN,
-            LIMIT,
-        )
-    })
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(session, at, json)| Some((session, at, serde_json::from_str(&json).ok()?)))
-        .collect())
+    internal(shared.event_search.find(asked.clone(), LIMIT).await)
 }
 
 /// The deliveries of the events `uuids`: by webhook and UUID in the
@@ -242,10 +178,10 @@ mod tests {
             a.field,
             Some((vec!["filename".to_string()], "contacts.csv".to_string()))
         );
-        assert_eq!(json_path(&a.field.unwrap().0), "\"filename\"");
+        assert_eq!(EventQuery::json_path(&a.field.unwrap().0), "\"filename\"");
         let a = asked("meta.sheet = Q1");
         assert_eq!(
-            json_path(&a.field.as_ref().unwrap().0),
+            EventQuery::json_path(&a.field.as_ref().unwrap().0),
             "\"meta\".\"sheet\""
         );
         // Not a field name: searched as text.
@@ -263,12 +199,12 @@ mod tests {
             "data": {"filename": "c.csv", "rows": 3, "meta": {"sheet": "Q1"}}, "created_at": 1.0
         }))
         .unwrap();
-        assert!(matches(&asked("u-1"), &event));
-        assert!(!matches(&asked("u-2"), &event));
-        assert!(matches(&asked("filename=c.csv"), &event));
-        assert!(matches(&asked("rows=3"), &event));
-        assert!(matches(&asked("meta.sheet=Q1"), &event));
-        assert!(!matches(&asked("meta=Q1"), &event));
-        assert!(!matches(&asked("filename=d.csv"), &event));
+        assert!(asked("u-1").matches(&event));
+        assert!(!asked("u-2").matches(&event));
+        assert!(asked("filename=c.csv").matches(&event));
+        assert!(asked("rows=3").matches(&event));
+        assert!(asked("meta.sheet=Q1").matches(&event));
+        assert!(!asked("meta=Q1").matches(&event));
+        assert!(!asked("filename=d.csv").matches(&event));
     }
 }

@@ -9,9 +9,12 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use super::jetstream::{read_subject, JetStream, Write, LIST_TIMEOUT};
+use async_trait::async_trait;
 use rusqlite::params;
+use serde_json::Value;
 
 use super::sqlite::{now_ms, Op, Store, StoreError};
+use super::Embedded;
 use crate::event::Event;
 
 /// One logged event and its place in its session's log.
@@ -168,5 +171,112 @@ impl Store {
             })?
             .collect()
         })
+    }
+}
+
+/// Events looked through at most in the embedded store, newest first.
+pub const SCAN: usize = 200_000;
+/// Events looked through at most in the JetStream event stream (read in
+/// batches through an ephemeral consumer).
+pub const SCAN_JETSTREAM: usize = 50_000;
+
+/// What an operator looks for among recent events: its UUID (`text`), or
+/// `field=value` in its data.
+#[derive(Debug, Clone)]
+pub struct EventQuery {
+    pub text: String,
+    /// The field's path under `data` (each name letters, digits, `_` or
+    /// `-`) and the value.
+    pub field: Option<(Vec<String>, String)>,
+}
+
+impl EventQuery {
+    /// Whether `event` is what was asked: its UUID, or its data's field
+    /// equal to the value (a number or a boolean as it is written).
+    pub fn matches(&self, event: &Event) -> bool {
+        match &self.field {
+            None => event.uuid == self.text,
+            Some((path, value)) => {
+                let mut at = &event.data;
+                for name in path {
+                    match at.get(name) {
+                        Some(v) => at = v,
+                        None => return false,
+                    }
+                }
+                match at {
+                    Value::String(s) => s == value,
+                    Value::Number(_) | Value::Bool(_) => {
+                        serde_json::from_str::<Value>(value).is_ok_and(|v| v == *at)
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    /// The field's path as SQLite's JSON path under `$.data`, each name
+    /// quoted.
+    pub fn json_path(path: &[String]) -> String {
+        path.iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
+/// Looking through the newest events of every session.
+#[async_trait]
+pub trait EventSearch: Send + Sync {
+    /// Up to `limit` events that match `query`, newest first: `(session,
+    /// logged at (ms), event)`.
+    async fn find(
+        &self,
+        query: EventQuery,
+        limit: usize,
+    ) -> Result<Vec<(String, i64, Event)>, StoreError>;
+}
+
+/// Through the newest [`SCAN`] rows, matched by SQLite.
+#[async_trait]
+impl EventSearch for Embedded {
+    async fn find(
+        &self,
+        query: EventQuery,
+        limit: usize,
+    ) -> Result<Vec<(String, i64, Event)>, StoreError> {
+        let (uuid, field) = match query.field {
+            Some((path, value)) => (None, Some((EventQuery::json_path(&path), value))),
+            None => (Some(query.text), None),
+        };
+        let rows = self
+            .run(move |store| {
+                store.find_events(
+                    uuid.as_deref(),
+                    field.as_ref().map(|(f, v)| (f.as_str(), v.as_str())),
+                    SCAN,
+                    limit,
+                )
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(session, at, json)| {
+                Some((session, at, serde_json::from_str(&json).ok()?))
+            })
+            .collect())
+    }
+}
+
+/// Through the newest [`SCAN_JETSTREAM`] messages of the event stream.
+#[async_trait]
+impl EventSearch for JetStream {
+    async fn find(
+        &self,
+        query: EventQuery,
+        limit: usize,
+    ) -> Result<Vec<(String, i64, Event)>, StoreError> {
+        self.find_events(SCAN_JETSTREAM, limit, |e| query.matches(e))
+            .await
     }
 }

@@ -16,7 +16,7 @@ pub mod webhooks;
 
 pub use audit::AuditTrail;
 pub use deliveries::Deliveries;
-pub use events::{DurableEventLog, EventLog, Logged};
+pub use events::{DurableEventLog, EventLog, EventQuery, EventSearch, Logged};
 pub use outbox::Outbox;
 pub use record::{Accepted, StoredEvent};
 pub use sessions::{
