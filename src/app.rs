@@ -145,6 +145,10 @@ pub enum Stop {
 
 /// Builds and runs taphook until it is stopped.
 pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::Result<()> {
+    let mut rules_changes = match stop {
+        Stop::Signals => watch_rules(&config.rules_dir),
+        Stop::Channel(_) => None,
+    };
     log_warnings(&rules);
     let data_dir = config.data_dir.clone();
     let metrics = Arc::new(Metrics::new());
@@ -421,6 +425,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
                 "rules reloader",
                 Reloader {
                     shared: shared.clone(),
+                    changes: std::sync::Mutex::new(rules_changes.take()),
                 },
             ));
             signals
@@ -675,6 +680,8 @@ impl ShutdownSignalWatch for ChannelSignal {
 /// changes (changes within 250 ms make one reload).
 struct Reloader {
     shared: Arc<Shared>,
+    /// The rules directory's changes since [`run`] began.
+    changes: std::sync::Mutex<Option<crate::reload::Changes>>,
 }
 
 /// Changes closer together than this make one reload.
@@ -688,35 +695,38 @@ impl Reloader {
         let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || shared.reload_rules()).await;
     }
+}
 
-    /// Watches the rules directory, files whose name starts with a dot
-    /// (editors' swap files) aside.
-    fn watch(&self) -> Option<crate::reload::Changes> {
-        let hidden = |p: &std::path::Path| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'))
-        };
-        crate::reload::watch(
-            std::slice::from_ref(&self.shared.config.rules_dir),
-            notify::RecursiveMode::Recursive,
-            move |e| e.paths.iter().any(|p| !hidden(p)),
-            "the rules directory",
-        )
-    }
+/// Watches the rules directory, files whose name starts with a dot
+/// (editors' swap files) aside. Made at the top of [`run`], so an edit
+/// while taphook starts is not missed (the reloader service starts after
+/// the listeners serve).
+fn watch_rules(rules_dir: &std::path::Path) -> Option<crate::reload::Changes> {
+    let hidden = |p: &std::path::Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+    };
+    crate::reload::watch(
+        &[rules_dir.to_path_buf()],
+        notify::RecursiveMode::Recursive,
+        move |e| e.paths.iter().any(|p| !hidden(p)),
+        "the rules directory",
+    )
 }
 
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, shutdown: ShutdownWatch) {
         // Let an editor finish writing, then reload once.
-        crate::reload::on_signal_or_change(
-            shutdown,
-            self.watch(),
-            RELOAD_SETTLE,
-            "the rules",
-            || self.reload(),
-        )
+        let changes = self
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        crate::reload::on_signal_or_change(shutdown, changes, RELOAD_SETTLE, "the rules", || {
+            self.reload()
+        })
         .await;
     }
 }

@@ -43,6 +43,7 @@
 #                      --features system-alloc) and BASELINE_ALLOC_BIN
 #   INSNS=1            count instructions per request (callgrind; slow)
 #   MEASURE_SETUPS="taphook-tapped"  the setups ALLOCS and INSNS measure
+#   KEEP_WORK=1        keep the work directory (callgrind and heaptrack files, logs)
 #   PERF=1             perf profile of taphook-untapped (target/bench/perf.data)
 # Writes target/bench/load.md and target/bench/load.json.
 set -euo pipefail
@@ -77,7 +78,10 @@ fi
 WORK=$(mktemp -d)
 . benches/load/lib.sh
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3
+  if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work files (callgrind, heaptrack, logs) kept in $WORK"; else rm -rf "$WORK"; fi
+}
 trap cleanup EXIT
 
 UP=$(port); NG=$(port); SINK=$(port)

@@ -9,9 +9,14 @@
 //! not load, or whose key does not match its certificate, leaves the
 //! current one in place and says why. The client CA (`tls.client_ca`) is
 //! read again with them, through a verifier that holds the current one.
+//!
+//! The directories are watched from before the files are first read, not
+//! from when the reloader starts (after the listener already serves): a
+//! renewal landing while taphook starts would otherwise go unseen, and
+//! the old pair served until the next change.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -62,6 +67,9 @@ pub struct Certificates {
     cert: PathBuf,
     key: PathBuf,
     client_ca: Option<Arc<ClientCa>>,
+    /// The changes in the files' directories since just before they were
+    /// first read, until the reloader takes them.
+    changes: Mutex<Option<crate::reload::Changes>>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -81,8 +89,10 @@ impl ResolvesServerCert for Certificates {
 
 impl Certificates {
     /// Reads the pair and the client CA; an error names the file and the
-    /// reason.
+    /// reason. Their directories are watched first, so that every change
+    /// after this read reaches the reloader, however late it starts.
     pub fn load(tls: &ListenerTls) -> Result<Self, TlsError> {
+        let changes = watch(&dirs(&tls.cert, &tls.key, tls.client_ca.as_deref()));
         let client_ca = match &tls.client_ca {
             Some(path) => Some(Arc::new(ClientCa::load(path)?)),
             None => None,
@@ -92,6 +102,7 @@ impl Certificates {
             cert: tls.cert.clone(),
             key: tls.key.clone(),
             client_ca,
+            changes: Mutex::new(changes),
         })
     }
 
@@ -117,27 +128,37 @@ impl Certificates {
         }
         (changed, errors)
     }
+}
 
-    /// The directories to watch: the certificate's, the key's and the
-    /// client CA's.
-    fn dirs(&self) -> Vec<PathBuf> {
-        let ca = self.client_ca.as_ref().map(|ca| &ca.path);
-        let mut dirs: Vec<PathBuf> = [Some(&self.cert), Some(&self.key), ca]
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.parent().map(Path::to_path_buf))
-            .map(|d| {
-                if d.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    d
-                }
-            })
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        dirs
-    }
+/// The directories to watch: the certificate's, the key's and the client
+/// CA's.
+fn dirs(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = [Some(cert), Some(key), client_ca]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                d
+            }
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// Watches `dirs` for any change (a renewal renames, swaps a symlink or
+/// writes in place).
+fn watch(dirs: &[PathBuf]) -> Option<crate::reload::Changes> {
+    crate::reload::watch(
+        dirs,
+        notify::RecursiveMode::NonRecursive,
+        |_| true,
+        "the TLS certificate's directory",
+    )
 }
 
 fn crypto() -> Arc<CryptoProvider> {
@@ -373,27 +394,93 @@ impl CertReloader {
         }
     }
 
-    fn watch(&self) -> Option<crate::reload::Changes> {
-        crate::reload::watch(
-            &self.certificates.dirs(),
-            notify::RecursiveMode::NonRecursive,
-            |_| true,
-            "the TLS certificate's directory",
-        )
+    /// The changes seen since the files were first read (queued until
+    /// now): `None` when the directories could not be watched (the warning
+    /// was given then) or another reloader took them.
+    fn changes(&self) -> Option<crate::reload::Changes> {
+        self.certificates
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 }
 
 #[async_trait]
 impl BackgroundService for CertReloader {
     async fn start(&self, shutdown: ShutdownWatch) {
-        // Let a renewal finish writing both files, then read once.
+        // Let a renewal finish writing both files, then read once. A change
+        // made since the first read, before this service started, is
+        // waiting in `changes` and reloads at once.
         crate::reload::on_signal_or_change(
             shutdown,
-            self.watch(),
+            self.changes(),
             SETTLE,
             "the TLS certificate",
             || async { self.reload() },
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A new self-signed pair for `localhost`, written as a renewal does
+    /// (the certificate, then the key, each through a rename); the
+    /// certificate.
+    fn renew(dir: &Path) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        for (name, text) in [
+            ("server.pem", cert.pem()),
+            ("server.key", key.serialize_pem()),
+        ] {
+            let tmp = dir.join("server.tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, dir.join(name)).unwrap();
+        }
+        cert.der().to_vec()
+    }
+
+    /// The listener serves from the first read on, but the reloader starts
+    /// later, as a service of its own: a renewal in between is picked up
+    /// as soon as it starts, not at the next change.
+    #[tokio::test]
+    async fn a_renewal_before_the_reloader_starts_is_picked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        renew(dir.path());
+        let tls = ListenerTls {
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server.key"),
+            client_ca: None,
+        };
+        let certificates = Arc::new(Certificates::load(&tls).unwrap());
+        let renewed = renew(dir.path());
+        let metrics = Arc::new(Metrics::new());
+        let reloader = CertReloader {
+            certificates: certificates.clone(),
+            metrics: metrics.clone(),
+        };
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(async move { reloader.start(shutdown).await });
+        let success = metrics.tls_reloads.with_label_values(&["success"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while success.get() < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "a renewal made before the reloader started was not picked up"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(success.get(), 1);
+        assert_eq!(certificates.current.load().cert[0].as_ref(), renewed);
+        stop.send(true).unwrap();
+        running.await.unwrap();
     }
 }
