@@ -35,7 +35,7 @@ use crate::store::{
 /// State every service shares.
 pub struct Shared {
     pub config: Config,
-    pub rules: ArcSwap<Rules>,
+    pub rules: Arc<ArcSwap<Rules>>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<dyn SessionStore>,
     pub events: Arc<dyn EventLog>,
@@ -277,7 +277,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
         draining: draining.clone(),
         hash_key,
         history: history.clone(),
-        rules: ArcSwap::from_pointee(rules),
+        rules: Arc::new(ArcSwap::from_pointee(rules)),
         metrics,
         sessions,
         events,
@@ -349,7 +349,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
         None => None,
     };
     let deriving = deliver_rt.spawn(
-        Pipeline::new(shared.clone())
+        Pipeline::new(crate::pipeline::Parts::of(&shared))
             .with_recorder(recorder)
             .run(rx, pushed_rx),
     );

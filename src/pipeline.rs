@@ -19,16 +19,19 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use arc_swap::ArcSwap;
+
 use crate::app::Shared;
 use crate::dedup::Dedup;
 use crate::derive::{alias_key, Deriver, Exchange, Ready};
 use crate::event::DerivedEvent;
 use crate::filter::{fan_out, Verdict};
-use crate::funnel::Funnel;
+use crate::funnel::{Funnel, FunnelConfig};
+use crate::metrics::Metrics;
 use crate::rules::Rules;
 use crate::store::sqlite::{now_ms, Store};
 use crate::store::StoredEvent;
-use crate::store::{session_key, Accepted};
+use crate::store::{session_key, Accepted, Outbox, SessionStore};
 use crate::traffic::record::Recorder;
 
 /// How many waiting exchanges the pipeline takes at once: their sessions
@@ -62,20 +65,35 @@ struct Work {
     made: Option<oneshot::Sender<()>>,
 }
 
-/// What every lane shares: derive's settings, dedup, the funnel and the
-/// outbox.
-struct Core {
-    shared: Arc<Shared>,
-    deriver: Deriver,
-    dedup: Dedup,
-    store: Arc<Store>,
-    funnel: Funnel,
+/// What the pipeline reads and writes, each through what it uses of it:
+/// the rules as they are now, the metrics, the sessions and the outbox
+/// (whichever store backs them), and the funnel's progress (kept in the
+/// embedded store with either backend).
+pub struct Parts {
+    pub rules: Arc<ArcSwap<Rules>>,
+    pub metrics: Arc<Metrics>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub outbox: Arc<dyn Outbox>,
+    pub progress: Arc<Store>,
+    pub deriver: Deriver,
+    pub dedup: Dedup,
+    pub funnel: FunnelConfig,
+    /// Stalled sessions are reported in this environment's name.
+    pub environment_name: String,
+    /// Lanes: `threads`.
+    pub lanes: usize,
 }
 
-impl Pipeline {
-    pub fn new(shared: Arc<Shared>) -> Self {
+impl Parts {
+    /// The pipeline's parts, from the running process's.
+    pub fn of(shared: &Shared) -> Self {
         let config = &shared.config;
-        let core = Core {
+        Self {
+            rules: shared.rules.clone(),
+            metrics: shared.metrics.clone(),
+            sessions: shared.sessions.clone(),
+            outbox: shared.outbox.clone(),
+            progress: shared.store.clone(),
             deriver: Deriver {
                 environment_name: config.environment_name.clone(),
                 jwt_hs256_secret: config
@@ -85,16 +103,45 @@ impl Pipeline {
                 hash_key: shared.hash_key.clone(),
             },
             dedup: Dedup::new(config.dedup_capacity, config.dedup_ttl),
-            store: shared.store.clone(),
-            funnel: Funnel::new(
-                config.funnel.clone(),
-                shared.metrics.clone(),
-                shared.store.clone(),
-            ),
-            shared,
+            funnel: config.funnel.clone(),
+            environment_name: config.environment_name.clone(),
+            lanes: config.threads,
+        }
+    }
+}
+
+/// What every lane shares: derive's settings, dedup, the funnel, the
+/// sessions and the outbox.
+struct Core {
+    rules: Arc<ArcSwap<Rules>>,
+    metrics: Arc<Metrics>,
+    sessions: Arc<dyn SessionStore>,
+    outbox: Arc<dyn Outbox>,
+    deriver: Deriver,
+    dedup: Dedup,
+    store: Arc<Store>,
+    funnel: Funnel,
+    /// How often stalled sessions are looked for (`None`: never).
+    stall_checks: Option<std::time::Duration>,
+    environment_name: String,
+}
+
+impl Pipeline {
+    pub fn new(parts: Parts) -> Self {
+        let core = Core {
+            stall_checks: parts.funnel.check_interval(),
+            funnel: Funnel::new(parts.funnel, parts.metrics.clone(), parts.progress.clone()),
+            rules: parts.rules,
+            metrics: parts.metrics,
+            sessions: parts.sessions,
+            outbox: parts.outbox,
+            deriver: parts.deriver,
+            dedup: parts.dedup,
+            store: parts.progress,
+            environment_name: parts.environment_name,
         };
         Self {
-            lanes: core.shared.config.threads.max(1),
+            lanes: parts.lanes.max(1),
             core: Arc::new(core),
             recorder: None,
         }
@@ -125,7 +172,7 @@ impl Core {
             request_id = event.request_id.as_deref(),
         );
         let _entered = span.enter();
-        let metrics = &self.shared.metrics;
+        let metrics = &self.metrics;
         metrics
             .events_derived
             .with_label_values(&[&event.event.event_type])
@@ -174,9 +221,8 @@ impl Core {
     /// write (the outbox skips an event with nothing to keep).
     fn keep(&self, accepted: Accepted) {
         let deliveries = accepted.deliveries.len();
-        if let Err(e) = self.shared.outbox.accept(accepted) {
-            self.shared
-                .metrics
+        if let Err(e) = self.outbox.accept(accepted) {
+            self.metrics
                 .events_dropped
                 .with_label_values(&["store_unavailable"])
                 .inc_by(deliveries as u64);
@@ -227,7 +273,7 @@ impl Pipeline {
         mut receiver: mpsc::Receiver<Exchange>,
         mut pushed: mpsc::Receiver<Pushed>,
     ) {
-        let every = self.core.shared.config.funnel.check_interval();
+        let every = self.core.stall_checks;
         let mut ticks =
             tokio::time::interval(every.unwrap_or(std::time::Duration::from_secs(3600)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -257,7 +303,7 @@ impl Pipeline {
                     }
                 },
                 Some(p) = pushed.recv() => {
-                    let rules = self.core.shared.rules.load_full();
+                    let rules = self.core.rules.load_full();
                     let _ = p.reply.send(self.core.accept(p.event, &rules));
                 }
                 _ = ticks.tick(), if every.is_some() => self.core.report_stalls().await,
@@ -298,13 +344,13 @@ impl Dispatch {
     async fn batch(&mut self, batch: &mut Vec<Exchange>) {
         self.making
             .retain_mut(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
-        let rules = self.core.shared.rules.load_full();
+        let rules = self.core.rules.load_full();
         let deriver = &self.core.deriver;
         let ready: Vec<_> = batch
             .drain(..)
             .filter_map(|e| Some((deriver.prepare_ready(&e, rules.clone())?, e)))
             .collect();
-        let sessions = &self.core.shared.sessions;
+        let sessions = &self.core.sessions;
         if sessions.prefetches() {
             let keys = ready
                 .iter()
@@ -355,7 +401,7 @@ impl Dispatch {
     /// an alias of, or (neither) itself once every exchange that could
     /// still make it an alias has been derived.
     async fn canonical(&mut self, key: String) -> String {
-        let sessions = &self.core.shared.sessions;
+        let sessions = &self.core.sessions;
         if sessions.contains(&key) {
             return key;
         }
@@ -381,9 +427,9 @@ impl Core {
             ready,
             made,
         } = work;
-        let events =
-            self.deriver
-                .derive_prepared(ready.prepared(), &exchange, &*self.shared.sessions);
+        let events = self
+            .deriver
+            .derive_prepared(ready.prepared(), &exchange, &*self.sessions);
         drop(made);
         for event in events {
             let _ = self.accept(event, ready.rules());
@@ -394,13 +440,12 @@ impl Core {
     /// `funnel.stall_after`, and waits until they are committed, so the
     /// next look does not find them again.
     async fn report_stalls(&self) {
-        let shared = &self.shared;
-        let stalls =
-            self.funnel
-                .stalls(now_ms(), &shared.config.environment_name, &*shared.sessions);
+        let stalls = self
+            .funnel
+            .stalls(now_ms(), &self.environment_name, &*self.sessions);
         match stalls {
             Ok(events) if !events.is_empty() => {
-                let rules = shared.rules.load_full();
+                let rules = self.rules.load_full();
                 for event in events {
                     tracing::info!(session = %event.event.embed_id, "session stalled");
                     let _ = self.accept(event, &rules);
