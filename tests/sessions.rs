@@ -39,6 +39,19 @@ async fn poll(stack: &Stack, task: &str) {
     assert_eq!(r.status(), 204);
 }
 
+/// taphook with the routes, every event of both kinds to `/all`.
+async fn start() -> Stack {
+    Stack::start(Setup {
+        rules: vec![(
+            "sessions.yaml",
+            format!("{ROUTES}webhooks:\n  - key: all\n    url: {{receiver}}/all\n    events: [file_uploaded, import_succeeded]\n"),
+        )],
+        config: &format!("admin_token: t0k\nsession_secret: {SECRET}\n"),
+        ..Default::default()
+    })
+    .await
+}
+
 /// The events the receiver got on `/all` so far.
 fn received_now(stack: &Stack) -> Vec<Value> {
     stack
@@ -63,15 +76,7 @@ async fn received(stack: &Stack, n: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_keyed_session_is_joined_by_its_task_id_and_the_cookie_goes_nowhere() {
-    let mut stack = Stack::start(Setup {
-        rules: vec![(
-            "sessions.yaml",
-            format!("{ROUTES}webhooks:\n  - key: all\n    url: {{receiver}}/all\n    events: [file_uploaded, import_succeeded]\n"),
-        )],
-        config: &format!("admin_token: t0k\nsession_secret: {SECRET}\n"),
-        ..Default::default()
-    })
-    .await;
+    let mut stack = start().await;
     let (ada, bob) = ("ada-s3cr3t-cookie-0001", "bob-s3cr3t-cookie-0002");
     upload(&stack, ada, "task-7f3a", "ada.csv").await;
     upload(&stack, bob, "task-91c2", "bob.csv").await;
@@ -156,15 +161,7 @@ async fn a_cookie_keyed_session_is_joined_by_its_task_id_and_the_cookie_goes_now
 /// the upload handed out, and each session's log keeps its steps in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_spread_over_lanes_keep_their_order_and_their_aliases() {
-    let stack = Stack::start(Setup {
-        rules: vec![(
-            "sessions.yaml",
-            format!("{ROUTES}webhooks:\n  - key: all\n    url: {{receiver}}/all\n    events: [file_uploaded, import_succeeded]\n"),
-        )],
-        config: &format!("admin_token: t0k\nsession_secret: {SECRET}\n"),
-        ..Default::default()
-    })
-    .await;
+    let stack = start().await;
     const SESSIONS: usize = 40;
     let cookie = |i: usize| format!("lane-cookie-{i:04}");
     futures::future::join_all((0..SESSIONS).map(|i| {
