@@ -145,7 +145,7 @@ pub enum Stop {
 
 /// Builds and runs taphook until it is stopped.
 pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::Result<()> {
-    let mut rules_changes = match stop {
+    let rules_changes = match stop {
         Stop::Signals => watch_rules(&config.rules_dir),
         Stop::Channel(_) => None,
     };
@@ -237,7 +237,15 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
             Some(js)
         }
     };
-    let kept = match &jetstream {
+    let Kept {
+        sessions,
+        events,
+        outbox,
+        deliveries,
+        webhook_states,
+        audit,
+        event_search,
+    } = match &jetstream {
         Some(js) => Kept {
             sessions: js.clone(),
             events: js.clone(),
@@ -257,15 +265,6 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
             event_search: Arc::new(Embedded(store.clone())),
         },
     };
-    let Kept {
-        sessions,
-        events,
-        outbox,
-        deliveries,
-        webhook_states,
-        audit,
-        event_search,
-    } = kept;
     let hash_key = hash_key(&config)?;
     let history = Arc::new(crate::history::History::from_rows(
         store
@@ -425,7 +424,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
                 "rules reloader",
                 Reloader {
                     shared: shared.clone(),
-                    changes: std::sync::Mutex::new(rules_changes.take()),
+                    changes: crate::reload::Pending::new(rules_changes),
                 },
             ));
             signals
@@ -681,7 +680,7 @@ impl ShutdownSignalWatch for ChannelSignal {
 struct Reloader {
     shared: Arc<Shared>,
     /// The rules directory's changes since [`run`] began.
-    changes: std::sync::Mutex<Option<crate::reload::Changes>>,
+    changes: crate::reload::Pending,
 }
 
 /// Changes closer together than this make one reload.
@@ -719,11 +718,7 @@ fn watch_rules(rules_dir: &std::path::Path) -> Option<crate::reload::Changes> {
 impl BackgroundService for Reloader {
     async fn start(&self, shutdown: ShutdownWatch) {
         // Let an editor finish writing, then reload once.
-        let changes = self
-            .changes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let changes = self.changes.take();
         crate::reload::on_signal_or_change(shutdown, changes, RELOAD_SETTLE, "the rules", || {
             self.reload()
         })

@@ -119,7 +119,8 @@ struct Core {
     outbox: Arc<dyn Outbox>,
     deriver: Deriver,
     dedup: Dedup,
-    store: Arc<Store>,
+    /// The funnel's progress rows (embedded with either backend).
+    progress: Arc<Store>,
     funnel: Funnel,
     /// How often stalled sessions are looked for (`None`: never).
     stall_checks: Option<std::time::Duration>,
@@ -137,7 +138,7 @@ impl Pipeline {
             outbox: parts.outbox,
             deriver: parts.deriver,
             dedup: parts.dedup,
-            store: parts.progress,
+            progress: parts.progress,
             environment_name: parts.environment_name,
         };
         Self {
@@ -150,12 +151,6 @@ impl Pipeline {
     /// Records every exchange the pipeline receives.
     pub fn with_recorder(mut self, recorder: Option<Recorder>) -> Self {
         self.recorder = recorder;
-        self
-    }
-
-    /// The number of lanes (`threads` by default).
-    pub fn with_lanes(mut self, lanes: usize) -> Self {
-        self.lanes = lanes.max(1);
         self
     }
 }
@@ -346,20 +341,26 @@ impl Dispatch {
             .retain_mut(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
         let rules = self.core.rules.load_full();
         let deriver = &self.core.deriver;
+        // Each exchange's session keys are worked out once: for the
+        // prefetch and for its lane.
         let ready: Vec<_> = batch
             .drain(..)
-            .filter_map(|e| Some((deriver.prepare_ready(&e, rules.clone())?, e)))
+            .filter_map(|e| {
+                let ready = deriver.prepare_ready(&e, rules.clone())?;
+                let keys = ready.prepared().route_keys();
+                Some((ready, keys, e))
+            })
             .collect();
         let sessions = &self.core.sessions;
         if sessions.prefetches() {
             let keys = ready
                 .iter()
-                .flat_map(|(r, _)| r.prepared().session_keys())
+                .flat_map(|(r, keys, _)| r.prepared().session_keys(keys))
                 .collect();
             sessions.prefetch(keys).await;
         }
-        for (ready, exchange) in ready {
-            let lane = self.lane_of(&ready).await;
+        for (ready, keys, exchange) in ready {
+            let lane = self.lane_of(&ready, keys).await;
             let made = ready.prepared().makes_aliases().then(|| {
                 let (tx, rx) = oneshot::channel();
                 self.making.push_back(rx);
@@ -376,14 +377,15 @@ impl Dispatch {
         }
     }
 
-    /// The lane of an exchange: its session's (an alias's session's),
-    /// or the next in turn when it has none.
-    async fn lane_of(&mut self, ready: &Ready) -> usize {
+    /// The lane of an exchange whose routes give `route_keys`: its first
+    /// session's (an alias's session's), or the next in turn when it has
+    /// none.
+    async fn lane_of(&mut self, ready: &Ready, route_keys: Vec<String>) -> usize {
         if self.lanes.len() == 1 {
             return 0;
         }
         let prepared = ready.prepared();
-        let Some(key) = prepared.route_keys().into_iter().next() else {
+        let Some(key) = route_keys.into_iter().next() else {
             self.next = (self.next + 1) % self.lanes.len();
             return self.next;
         };
@@ -450,7 +452,7 @@ impl Core {
                     tracing::info!(session = %event.event.embed_id, "session stalled");
                     let _ = self.accept(event, &rules);
                 }
-                if let Err(e) = self.store.committed_now().await {
+                if let Err(e) = self.progress.committed_now().await {
                     tracing::error!(error = %e, "stalls not committed");
                 }
             }

@@ -12,6 +12,26 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// alive as long as the loop runs).
 pub type Changes = (notify::RecommendedWatcher, UnboundedReceiver<()>);
 
+/// Changes watched from before the files were first read, kept until the
+/// reloader starts (a Pingora service starts after the listeners serve):
+/// a change in between waits in the channel instead of going unseen.
+pub struct Pending(std::sync::Mutex<Option<Changes>>);
+
+impl Pending {
+    pub fn new(changes: Option<Changes>) -> Self {
+        Self(std::sync::Mutex::new(changes))
+    }
+
+    /// The changes queued so far and the watch; `None` when nothing could
+    /// be watched (the warning was given then) or they were taken already.
+    pub fn take(&self) -> Option<Changes> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
 /// Watches `dirs` (with `mode`) for changes `relevant` takes, for
 /// [`on_signal_or_change`]; `None`, with a warning naming `what`, when no
 /// directory can be watched (SIGHUP still reloads).

@@ -25,6 +25,7 @@ use crate::deliver::formats;
 use crate::store::sqlite::{
     DeliveryInfo, Filter, Retry, State as DeliveryState, Store, StoreError,
 };
+use crate::store::Embedded;
 use crate::store::StoredEvent;
 
 const DEFAULT_LIMIT: usize = 100;
@@ -393,11 +394,7 @@ pub(super) async fn on_store<T: Send + 'static>(
     shared: &Shared,
     call: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let store = shared.store.clone();
-    let done = tokio::task::spawn_blocking(move || call(&store))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    internal(done)
+    internal(Embedded(shared.store.clone()).run(call).await)
 }
 
 fn not_found(id: i64) -> ApiError {

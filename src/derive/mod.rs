@@ -118,15 +118,15 @@ impl Prepared<'_> {
         Some(value.as_ref().and_then(session_key))
     }
 
-    /// The keys of the sessions the routes will read (and of the aliases
-    /// they may be).
-    pub fn session_keys(&self) -> Vec<String> {
+    /// The keys of the sessions the routes will read, from their
+    /// [`Self::route_keys`], and of the aliases they may be.
+    pub fn session_keys(&self, route_keys: &[String]) -> Vec<String> {
         let mut keys = Vec::new();
-        for k in self.route_keys() {
+        for k in route_keys {
             if self.aliases {
-                keys.push(alias_key(&k));
+                keys.push(alias_key(k));
             }
-            keys.push(k);
+            keys.push(k.clone());
         }
         keys
     }

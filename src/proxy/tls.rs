@@ -16,7 +16,7 @@
 //! the old pair served until the next change.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -69,7 +69,7 @@ pub struct Certificates {
     client_ca: Option<Arc<ClientCa>>,
     /// The changes in the files' directories since just before they were
     /// first read, until the reloader takes them.
-    changes: Mutex<Option<crate::reload::Changes>>,
+    changes: crate::reload::Pending,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -102,7 +102,7 @@ impl Certificates {
             cert: tls.cert.clone(),
             key: tls.key.clone(),
             client_ca,
-            changes: Mutex::new(changes),
+            changes: crate::reload::Pending::new(changes),
         })
     }
 
@@ -393,17 +393,6 @@ impl CertReloader {
             tracing::error!(error = %e, "TLS file not reloaded; keeping the current one");
         }
     }
-
-    /// The changes seen since the files were first read (queued until
-    /// now): `None` when the directories could not be watched (the warning
-    /// was given then) or another reloader took them.
-    fn changes(&self) -> Option<crate::reload::Changes> {
-        self.certificates
-            .changes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-    }
 }
 
 #[async_trait]
@@ -414,7 +403,7 @@ impl BackgroundService for CertReloader {
         // waiting in `changes` and reloads at once.
         crate::reload::on_signal_or_change(
             shutdown,
-            self.changes(),
+            self.certificates.changes.take(),
             SETTLE,
             "the TLS certificate",
             || async { self.reload() },

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use bytes::Bytes;
-
-use super::jetstream::{read_subject, JetStream, Write, LIST_TIMEOUT};
 use async_trait::async_trait;
+use bytes::Bytes;
 use rusqlite::params;
 use serde_json::Value;
 
+use super::jetstream::{read_subject, JetStream, Write, LIST_TIMEOUT};
 use super::sqlite::{now_ms, Op, Store, StoreError};
 use super::Embedded;
 use crate::event::Event;
@@ -143,6 +142,7 @@ impl Store {
             Ok(out)
         })
     }
+
     /// Events of a session among the newest `scan` whose UUID is `uuid`,
     /// or whose data has `path` (a JSON path under `$.data`) equal to
     /// `value`, newest first: `(session, created_at, event)`. (An event

@@ -1,6 +1,8 @@
-//! What the pipeline keeps between exchanges: the outbox, sessions and the
-//! event log, in the embedded store ([`sqlite`]), with a bounded cache in
-//! front of sessions.
+//! What taphook keeps: one module per thing kept (the outbox, sessions,
+//! the event log, deliveries, webhooks' state, the audit trail, the
+//! funnel's progress), each a trait with the embedded store's
+//! implementation ([`sqlite`]) and JetStream's ([`jetstream`]) side by
+//! side; the shared types in [`record`] and [`sqlite`].
 
 pub mod audit;
 pub mod deliveries;
@@ -32,7 +34,8 @@ use std::sync::Arc;
 pub struct Embedded(pub Arc<Store>);
 
 impl Embedded {
-    async fn run<T: Send + 'static>(
+    /// Runs `call` on the store on a blocking thread.
+    pub async fn run<T: Send + 'static>(
         &self,
         call: impl FnOnce(&Store) -> Result<T, sqlite::StoreError> + Send + 'static,
     ) -> Result<T, sqlite::StoreError> {
