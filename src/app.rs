@@ -396,9 +396,13 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
         "taphook proxy".to_string(),
         FirstRequestWindow::new(tap, shared.config.shutdown_grace),
     );
+    let endpoint = pingora::listeners::ListenerConfig::tcp(&listen).l4_buffer(
+        pingora::protocols::l4::stream::L4BufferSettings::default()
+            .write(crate::proxy::DOWNSTREAM_WRITE_BUFFER),
+    );
     match listener_tls {
         Some((settings, certificates)) => {
-            proxy.add_tls_with_settings(&listen, None, settings);
+            proxy.add_listener(endpoint.tls(settings));
             server.add_service(background_service(
                 "tls certificate reloader",
                 crate::proxy::tls::CertReloader {
@@ -407,7 +411,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
                 },
             ));
         }
-        None => proxy.add_tcp(&listen),
+        None => proxy.add_listener(endpoint),
     }
     match proxy_listener {
         Some(bound) => {

@@ -190,6 +190,12 @@ impl Untapped {
 /// The `route` label of requests no route taps.
 const UNTAPPED: &str = "none";
 
+/// The downstream connection's write buffer (Pingora's default is one
+/// TCP segment, 1,460 bytes): a response head and body up to 16 KiB leave
+/// in one `write`, not one per 1,460 bytes (issue 26; measured in
+/// docs/BENCHMARKS.md).
+pub const DOWNSTREAM_WRITE_BUFFER: usize = 16 * 1024;
+
 fn content_type(headers: &http::HeaderMap) -> Option<&str> {
     headers
         .get(http::header::CONTENT_TYPE)
