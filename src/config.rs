@@ -198,6 +198,38 @@ pub struct Config {
     pub store: StoreBackend,
     /// Recording exchanges to HAR files (`record:`); off when `None`.
     pub record: Option<Record>,
+    /// Traces (`telemetry:`); resolved with the `OTEL_*` environment by
+    /// [`crate::telemetry::Settings::resolve`].
+    pub telemetry: Telemetry,
+}
+
+/// `telemetry:` as written: traces are off unless `otlp` is given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    #[serde(default)]
+    pub otlp: Option<Otlp>,
+    /// Requests no route taps get a span too.
+    #[serde(default)]
+    pub trace_untapped: bool,
+}
+
+/// `telemetry.otlp:` as written; what is left out comes from the standard
+/// `OTEL_EXPORTER_OTLP_*` variables, then the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    /// The collector's base URL (`http://collector:4318`; gRPC:
+    /// `http://collector:4317`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Sent with every export (an API key); never logged.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
 }
 
 /// `record`: the exchanges the proxy taps (or all of them) written to
@@ -355,6 +387,8 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     record: Option<RawRecord>,
+    #[serde(default)]
+    telemetry: Telemetry,
 }
 
 #[derive(Debug, Deserialize)]
@@ -545,6 +579,7 @@ impl Config {
                 .map_err(|why| problems.push(doc.problem("/delivery/rate_limit", why)))
                 .ok()
         });
+        check_telemetry(&raw.telemetry, doc, &mut problems);
         let admin_tokens = admin_tokens(
             raw.admin_token.clone(),
             std::mem::take(&mut raw.admin_tokens),
@@ -651,7 +686,38 @@ impl Config {
                         .unwrap_or(2)
                 })
                 .max(1),
+            telemetry: raw.telemetry,
         })
+    }
+}
+
+/// `telemetry.otlp`: a protocol taphook speaks, a ratio between 0 and 1,
+/// an http(s) endpoint.
+fn check_telemetry(raw: &Telemetry, doc: &Document, problems: &mut Vec<Problem>) {
+    let Some(otlp) = &raw.otlp else { return };
+    if let Some(p) = &otlp.protocol {
+        if let Err(why) = crate::telemetry::Protocol::parse(p) {
+            problems.push(doc.problem(
+                "/telemetry/otlp/protocol",
+                format!("`telemetry.otlp.protocol`: {why}"),
+            ));
+        }
+    }
+    if let Some(r) = otlp.sample_ratio {
+        if !(0.0..=1.0).contains(&r) {
+            problems.push(doc.problem(
+                "/telemetry/otlp/sample_ratio",
+                format!("`telemetry.otlp.sample_ratio`: {r} is not between 0 and 1"),
+            ));
+        }
+    }
+    if let Some(e) = &otlp.endpoint {
+        if let Err(why) = crate::telemetry::check_endpoint(e) {
+            problems.push(doc.problem(
+                "/telemetry/otlp/endpoint",
+                format!("`telemetry.otlp.endpoint`: {why}"),
+            ));
+        }
     }
 }
 

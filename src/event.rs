@@ -45,6 +45,9 @@ pub struct DerivedEvent {
     /// The event's session was not in the store before it (derive found
     /// none): nothing kept about it needs reading back.
     pub new_session: bool,
+    /// Derive's span for the exchange (traces on): the event's span is its
+    /// child.
+    pub trace: Option<crate::telemetry::Parent>,
 }
 
 impl DerivedEvent {

@@ -385,6 +385,7 @@ fn stalled_event(
         registered: None,
         request_id: None,
         new_session: false,
+        trace: None,
     }
 }
 

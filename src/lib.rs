@@ -29,5 +29,6 @@ pub mod reload;
 pub mod rules;
 pub mod secret;
 pub mod store;
+pub mod telemetry;
 pub mod traffic;
 pub mod upgrade;

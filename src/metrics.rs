@@ -15,6 +15,11 @@ pub struct Metrics {
     pub events_duplicate: IntCounter,
     /// Exchanges that found the tap queue full and waited for room.
     pub tap_waits: IntCounter,
+    /// Spans exported to the OTLP collector.
+    pub telemetry_exported: IntCounter,
+    /// Spans lost: the export queue was full, or the collector did not
+    /// take them.
+    pub telemetry_dropped: IntCounter,
     pub events_dropped: IntCounterVec,
     pub filter_rejected: IntCounterVec,
     pub deliveries: IntCounterVec,
@@ -148,6 +153,18 @@ impl Metrics {
         )
         .expect("valid metric");
         register(Box::new(tap_waits.clone()));
+        let telemetry_exported = IntCounter::new(
+            "taphook_telemetry_exported_total",
+            "Trace spans the OTLP collector accepted.",
+        )
+        .expect("valid metric");
+        register(Box::new(telemetry_exported.clone()));
+        let telemetry_dropped = IntCounter::new(
+            "taphook_telemetry_dropped_total",
+            "Trace spans lost: the export queue was full or the OTLP collector did not take them.",
+        )
+        .expect("valid metric");
+        register(Box::new(telemetry_dropped.clone()));
         let delivery_duration = HistogramVec::new(
             HistogramOpts::new(
                 "taphook_delivery_duration_seconds",
@@ -278,6 +295,8 @@ impl Metrics {
             events_derived,
             events_duplicate,
             tap_waits,
+            telemetry_exported,
+            telemetry_dropped,
             events_dropped,
             filter_rejected,
             deliveries,

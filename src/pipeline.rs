@@ -32,6 +32,7 @@ use crate::rules::Rules;
 use crate::store::sqlite::{now_ms, Store};
 use crate::store::StoredEvent;
 use crate::store::{session_key, Accepted, Outbox, SessionStore};
+use crate::telemetry;
 use crate::traffic::record::Recorder;
 
 /// How many waiting exchanges the pipeline takes at once: their sessions
@@ -160,11 +161,21 @@ impl Core {
     /// `false` when it was a duplicate. Every log line about it carries its
     /// UUID and its request's id.
     pub fn accept(&self, event: DerivedEvent, rules: &Rules) -> bool {
+        let mut traced = event.trace.as_ref().and_then(|parent| {
+            telemetry::EventSpan::start(
+                parent,
+                &event.event.event_type,
+                &event.event.uuid,
+                session_key(&event.event.embed_id).as_deref(),
+            )
+        });
+        let trace = traced.as_ref().map(telemetry::EventSpan::context);
         let span = tracing::info_span!(
             "event",
             event = %event.event.uuid,
             event_type = %event.event.event_type,
             request_id = event.request_id.as_deref(),
+            trace_id = trace.as_ref().map(telemetry::Parent::trace_id),
         );
         let _entered = span.enter();
         let metrics = &self.metrics;
@@ -173,6 +184,9 @@ impl Core {
             .with_label_values(&[&event.event.event_type])
             .inc();
         if !self.dedup.first_seen(&event.event.uuid) {
+            if let Some(span) = traced.as_mut() {
+                span.duplicate();
+            }
             metrics.events_duplicate.inc();
             tracing::debug!("duplicate event dropped");
             return false;
@@ -208,7 +222,11 @@ impl Core {
                 | Verdict::OtherImportIdentifier => {}
             }
         }
-        self.keep(accepted(event, deliver));
+        if let Some(span) = traced.as_mut() {
+            span.deliveries(deliver.len());
+        }
+        let trace = trace.as_ref().map(telemetry::Parent::traceparent);
+        self.keep(accepted(event, deliver, trace));
         true
     }
 
@@ -229,7 +247,11 @@ impl Core {
 /// The event as it is kept, and each delivery of it: the event is moved,
 /// not copied, and a delivery that adds nothing (no registered event)
 /// shares it.
-fn accepted(event: DerivedEvent, deliver: Vec<(String, Option<serde_json::Value>)>) -> Accepted {
+fn accepted(
+    event: DerivedEvent,
+    deliver: Vec<(String, Option<serde_json::Value>)>,
+    trace: Option<String>,
+) -> Accepted {
     let session = session_key(&event.event.embed_id);
     let stored = Arc::new(StoredEvent {
         event: event.event,
@@ -237,6 +259,7 @@ fn accepted(event: DerivedEvent, deliver: Vec<(String, Option<serde_json::Value>
         registered: None,
         request_id: event.request_id,
         test: false,
+        trace,
     });
     let deliveries = deliver
         .into_iter()
@@ -429,9 +452,22 @@ impl Core {
             ready,
             made,
         } = work;
-        let events = self
-            .deriver
-            .derive_prepared(ready.prepared(), &exchange, &*self.sessions);
+        let events = match &exchange.trace {
+            None => self
+                .deriver
+                .derive_prepared(ready.prepared(), &exchange, &*self.sessions),
+            Some(parent) => {
+                let start = std::time::SystemTime::now();
+                let (mut events, fired) =
+                    self.deriver
+                        .derive_fired(ready.prepared(), &exchange, &*self.sessions);
+                let span = telemetry::derive(parent, start, fired, events.len());
+                for e in &mut events {
+                    e.trace = Some(span.clone());
+                }
+                events
+            }
+        };
         drop(made);
         for event in events {
             let _ = self.accept(event, ready.rules());

@@ -324,6 +324,7 @@ proptest! {
             response_headers: map(response_headers),
             response_body: Some(copy(&response_body)),
             completed_at: SystemTime::now(),
+            trace: None,
         };
         let doc = exchange.document("Production");
         for side in ["request", "response"] {
@@ -414,9 +415,10 @@ proptest! {
             let found = table.lookup(method, path);
             let plan = table.tap_plan(method, path);
             prop_assert_eq!(plan.is_some(), !found.is_empty(), "{} {}", method, path);
-            if let (Some((name, cap)), Some(first)) = (plan, found.first()) {
-                prop_assert_eq!(name, first.route.name.as_str());
-                prop_assert_eq!(cap, found.iter().map(|m| m.route.capture_max).max().flatten());
+            if let (Some(plan), Some(first)) = (plan, found.first()) {
+                prop_assert_eq!(plan.route, first.route.name.as_str());
+                prop_assert_eq!(plan.template, first.route.path.as_str());
+                prop_assert_eq!(plan.cap, found.iter().map(|m| m.route.capture_max).max().flatten());
             }
             for m in &found {
                 prop_assert_eq!(m.params.len(), m.route.params.len());
@@ -554,6 +556,7 @@ proptest! {
             response_headers: headers,
             response_body: Some(captured),
             completed_at: SystemTime::now(),
+            trace: None,
         };
         let deriver = Deriver::offline("Production");
         let prepared = deriver.prepare(&exchange, key_rules()).unwrap();

@@ -241,5 +241,6 @@ fn envelope(shared: &Shared, body: Value) -> Result<DerivedEvent, ApiError> {
         registered: None,
         request_id: None,
         new_session: false,
+        trace: None,
     })
 }

@@ -69,6 +69,7 @@ pub async fn send(
     let event = sample(&shared, &event_type);
     let uuid = event.uuid.clone();
     let stored = Arc::new(StoredEvent {
+        trace: None,
         event: event.clone(),
         session: None,
         registered: None,

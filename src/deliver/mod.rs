@@ -508,9 +508,22 @@ impl Dispatcher {
                 parts: requests.len(),
             };
         };
+        // The attempt's span, a child of the event's (traces on): the
+        // receiver gets its `traceparent`.
+        let traced = due.event.trace.as_deref().and_then(|parent| {
+            crate::telemetry::Attempt::start(parent, &webhook.key, due.id, due.attempts + 1)
+        });
+        let traceparent = traced.as_ref().and_then(crate::telemetry::Attempt::header);
         let started = Instant::now();
-        let (attempt, exchange) = self.send(webhook, request, due.part).await;
+        let (attempt, exchange) = self.send(webhook, request, due.part, traceparent).await;
         let duration = started.elapsed();
+        if let Some(span) = traced {
+            let status = match &attempt {
+                Attempt::Status { status, .. } => Some(*status),
+                _ => None,
+            };
+            span.finish(status, attempt.class(), attempt.succeeded());
+        }
         let metrics = &self.shared.metrics;
         metrics
             .delivery_attempts
@@ -539,6 +552,7 @@ impl Dispatcher {
         webhook: &Webhook,
         request: &Outgoing,
         part: u32,
+        traceparent: Option<(http::HeaderName, http::HeaderValue)>,
     ) -> (Attempt, exchange::Exchange) {
         let started = Instant::now();
         let mut shown = exchange::Exchange {
@@ -580,6 +594,9 @@ impl Dispatcher {
             for (name, value) in signing::headers(&request.id, &request.body, &webhook.signing) {
                 builder = builder.header(name, value);
             }
+        }
+        if let Some((name, value)) = traceparent {
+            builder = builder.header(name, value);
         }
         let built = match builder.build() {
             Ok(built) => built,
@@ -961,6 +978,7 @@ fn delivery_span(webhook: &str, due: &Due) -> tracing::Span {
         delivery = due.id,
         event = %due.event.event.uuid,
         request_id = due.event.request_id.as_deref(),
+        trace_id = due.event.trace.as_deref().and_then(|t| t.get(3..35)),
     )
 }
 

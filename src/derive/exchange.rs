@@ -170,6 +170,9 @@ pub struct Exchange {
     pub response_headers: Headers,
     pub response_body: Option<Captured>,
     pub completed_at: SystemTime,
+    /// The proxied request's span, when traces are on: derive's span and
+    /// the events' spans are its children.
+    pub trace: Option<crate::telemetry::Parent>,
 }
 
 impl Exchange {
@@ -458,6 +461,7 @@ mod tests {
             response_headers: Headers::new(),
             response_body: None,
             completed_at: SystemTime::now(),
+            trace: None,
         }
     }
 

@@ -275,6 +275,25 @@ impl Deriver {
         events
     }
 
+    /// [`Self::derive_prepared`], and the names of the routes that made
+    /// an event, in order (derive's span says which fired).
+    pub fn derive_fired(
+        &self,
+        prepared: &Prepared<'_>,
+        exchange: &Exchange,
+        sessions: &dyn SessionStore,
+    ) -> (Vec<DerivedEvent>, Vec<String>) {
+        let mut events = Vec::new();
+        let mut fired = Vec::new();
+        self.each_route(prepared, exchange, sessions, |route, result| {
+            if let Ok(event) = result {
+                fired.push(route.name.clone());
+                events.push(event);
+            }
+        });
+        (events, fired)
+    }
+
     /// Runs every matching route of a prepared exchange, in order, and
     /// hands each one's event, or why it gave none, to `f`.
     fn each_route<'r>(
@@ -450,6 +469,7 @@ impl Deriver {
             registered: None,
             request_id: Some(exchange.request_id.clone()),
             new_session,
+            trace: None,
         })
     }
 }

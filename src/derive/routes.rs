@@ -100,9 +100,9 @@ impl RouteTable {
     }
 
     /// Cheap check on the request path: `None` when no route can match
-    /// (the exchange is not tapped at all), else the name of the first
-    /// matching route and the largest body capture cap among them.
-    pub fn tap_plan(&self, method: &str, path: &str) -> Option<(&str, Option<usize>)> {
+    /// (the exchange is not tapped at all), else the first matching
+    /// route and the largest body capture cap among them.
+    pub fn tap_plan(&self, method: &str, path: &str) -> Option<TapPlan<'_>> {
         let found = self.router.at(path).ok()?;
         let mut routes = found
             .value
@@ -111,8 +111,23 @@ impl RouteTable {
             .filter(|r| r.accepts_method(method));
         let first = routes.next()?;
         let cap = routes.fold(first.capture_max, |acc, r| acc.max(r.capture_max));
-        Some((first.name.as_str(), cap))
+        Some(TapPlan {
+            route: first.name.as_str(),
+            template: first.path.as_str(),
+            cap,
+        })
     }
+}
+
+/// What the tap copies of a request some route may match.
+#[derive(Debug, Clone, Copy)]
+pub struct TapPlan<'a> {
+    /// The first matching route's name.
+    pub route: &'a str,
+    /// Its path template (`/v1/imports/{id}`).
+    pub template: &'a str,
+    /// The largest body capture cap of the matching routes.
+    pub cap: Option<usize>,
 }
 
 /// Checks a path template and returns its normalised form and the names

@@ -118,11 +118,15 @@ impl Tap {
 
 /// Per-request state. Pingora keeps it inside each request's future,
 /// which it moves into a box per request: an untapped request carries
-/// two words, and only a tapped one allocates its copies.
+/// its start times and an empty box, and only a tapped one allocates its
+/// copies.
 #[derive(Default)]
 pub struct TapCtx {
     /// When the request's headers were read.
     started: Option<Instant>,
+    /// The same moment on the wall clock, for the request's span (traces
+    /// on, and the request tapped or `telemetry.trace_untapped`).
+    traced_at: Option<SystemTime>,
     /// What a tapped exchange has copied so far; `None` when no route
     /// can match.
     tapped: Option<Box<Tapped>>,
@@ -133,6 +137,8 @@ pub struct TapCtx {
 struct Tapped {
     /// The first matching route's name.
     route: String,
+    /// Its path template, for the request's span (empty: traces off).
+    template: String,
     /// Text bodies are copied as well as JSON and forms (for a recording
     /// of every exchange).
     text_too: bool,
@@ -261,15 +267,27 @@ impl ProxyHttp for Tap {
         // Recording every exchange (`record.all`, or no route yet): text
         // bodies (pages, CSV) are copied too, for the recording.
         let record_all = self.copy_all || (self.recording && rules.routes.routes().is_empty());
-        let (route, cap) = match plan {
-            Some(plan) => plan,
+        let (route, template, cap) = match plan {
+            Some(plan) => (plan.route, plan.template, plan.cap),
             // Recorded, not tapped: counted under `route="none"`.
-            None if record_all => (UNTAPPED, None),
-            None => return Ok(false),
+            None if record_all => (UNTAPPED, "", None),
+            None => {
+                if crate::telemetry::traces_untapped() {
+                    ctx.traced_at = Some(SystemTime::now());
+                }
+                return Ok(false);
+            }
         };
+        let traced = crate::telemetry::on();
+        ctx.traced_at = traced.then(SystemTime::now);
         ctx.tapped = Some(Box::new(Tapped {
             text_too: record_all,
             route: route.to_string(),
+            template: if traced {
+                template.to_string()
+            } else {
+                String::new()
+            },
             cap: cap.unwrap_or(self.shared.config.max_body_bytes),
             method: req.method.as_str().to_string(),
             path: req.uri.path().to_string(),
@@ -375,13 +393,22 @@ impl ProxyHttp for Tap {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let elapsed = ctx.started.map(|t| t.elapsed().as_secs_f64());
+        let traced_at = ctx.traced_at;
         let Some(mut ctx) = ctx.tapped.take() else {
             self.untapped.requests(status).inc();
             if let Some(elapsed) = elapsed {
                 self.untapped.duration.observe(elapsed);
             }
+            if let Some(start) = traced_at {
+                request_span(session, None, status, start);
+            }
             return;
         };
+        let trace = traced_at.and_then(|start| {
+            let route =
+                (!ctx.template.is_empty()).then_some((ctx.route.as_str(), ctx.template.as_str()));
+            request_span(session, route, status, start)
+        });
         let metrics = &self.shared.metrics;
         metrics
             .proxy_requests
@@ -420,9 +447,29 @@ impl ProxyHttp for Tap {
             response_headers: std::mem::take(&mut ctx.response_headers),
             response_body,
             completed_at: SystemTime::now(),
+            trace,
         })
         .await;
     }
+}
+
+/// The proxied request's span (traces on), continuing the caller's
+/// `traceparent`: its method, route template and status, nothing else.
+fn request_span(
+    session: &Session,
+    route: Option<(&str, &str)>,
+    status: u16,
+    start: SystemTime,
+) -> Option<crate::telemetry::Parent> {
+    let req = session.req_header();
+    crate::telemetry::request(&crate::telemetry::Request {
+        headers: &req.headers,
+        method: req.method.as_str(),
+        route,
+        status,
+        start,
+        end: SystemTime::now(),
+    })
 }
 
 /// A copy of `headers` that owns its values, all in one new buffer.

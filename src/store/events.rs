@@ -78,6 +78,7 @@ impl EventLog for JetStream {
             headers,
             body,
             kind: "event",
+            trace: None,
         };
         if let Err(e) = self.write(write) {
             tracing::error!(error = %e, "event not logged");

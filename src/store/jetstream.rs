@@ -247,6 +247,9 @@ pub(super) enum Write {
         headers: HeaderMap,
         body: Bytes,
         kind: &'static str,
+        /// A delivery's event span and when the write was queued (ms):
+        /// the write's span, once NATS acknowledged it (traces on).
+        trace: Option<(String, i64)>,
     },
     Session {
         key: String,
@@ -570,8 +573,15 @@ impl JetStream {
         match write {
             Write::Session { key, .. } => self.session_written(key),
             Write::Publish {
-                kind: "delivery", ..
-            } => self.metrics.outbox_accepted.inc(),
+                kind: "delivery",
+                trace,
+                ..
+            } => {
+                self.metrics.outbox_accepted.inc();
+                if let Some((trace, queued)) = trace {
+                    crate::telemetry::outbox_written(trace, *queued, 1, "jetstream");
+                }
+            }
             Write::Publish { .. } => {}
         }
     }

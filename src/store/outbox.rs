@@ -72,6 +72,10 @@ impl Outbox for JetStream {
             headers,
             body,
             kind: "delivery",
+            trace: event
+                .trace
+                .clone()
+                .map(|t| (t, crate::store::sqlite::now_ms())),
         })
     }
 }

@@ -31,6 +31,10 @@ pub struct StoredEvent {
     /// A test event sent through the admin API (`Taphook-Test: 1`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub test: bool,
+    /// The W3C `traceparent` of the event's span (traces on): each
+    /// delivery attempt's span is its child, after a restart too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl StoredEvent {
@@ -49,6 +53,7 @@ impl StoredEvent {
             registered: self.registered.clone(),
             request_id: self.request_id.clone(),
             new_session: false,
+            trace: None,
         }
     }
 
@@ -57,6 +62,7 @@ impl StoredEvent {
         Logged {
             session: self.session.clone(),
             request_id: self.request_id.clone(),
+            trace: self.trace.clone(),
         }
     }
 
@@ -77,6 +83,7 @@ impl StoredEvent {
             registered: own.registered,
             request_id: logged.request_id,
             test: own.test,
+            trace: logged.trace,
         }
     }
 }
@@ -89,6 +96,8 @@ pub struct Logged {
     pub session: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// What one delivery adds to its logged event: usually nothing.

@@ -375,6 +375,8 @@ pub(super) enum Op {
         /// what the hand-off gives the scheduler once committed.
         deliveries: Vec<(String, String, Arc<StoredEvent>)>,
         at: i64,
+        /// The event's span (traces on): the write's span is its child.
+        trace: Option<String>,
     },
     InsertDelivery {
         webhook: String,
@@ -640,6 +642,7 @@ impl Store {
             delivery_session: stored.session_key(),
             deliveries,
             at: now_ms(),
+            trace: stored.trace.clone(),
         })
     }
 
@@ -1327,6 +1330,7 @@ fn writer_loop(
             webhook_epoch.fetch_add(1, Ordering::Release);
         }
         hand_off(&handoff, &group, &results);
+        traced_writes(&group);
         if results.iter().any(|r| r.wake) {
             committed.notify_waiters();
         }
@@ -1341,6 +1345,21 @@ fn writer_loop(
                 Op::Outcome { reply, .. } => drop(reply.send(())),
                 _ => {}
             }
+        }
+    }
+}
+
+/// The outbox write's span of each traced event the group committed.
+fn traced_writes(group: &[Op]) {
+    for op in group {
+        if let Op::Accept {
+            trace: Some(trace),
+            at,
+            deliveries,
+            ..
+        } = op
+        {
+            crate::telemetry::outbox_written(trace, *at, deliveries.len(), "embedded");
         }
     }
 }
@@ -1518,6 +1537,7 @@ fn apply(
             delivery_session,
             deliveries,
             at,
+            ..
         } => {
             // A delivery refers to the log's row by its row id, read
             // through the table's own B-tree.
@@ -1724,6 +1744,7 @@ mod tests {
 
     fn event(uuid: &str) -> StoredEvent {
         StoredEvent {
+            trace: None,
             event: Event {
                 uuid: uuid.into(),
                 embed_id: 1.into(),

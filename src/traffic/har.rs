@@ -128,6 +128,7 @@ fn exchange(i: usize, e: &Entries, decoded: bool) -> Result<Exchange, HarError> 
         response_headers,
         response_body,
         completed_at: started(&e.started_date_time, e.time),
+        trace: None,
     })
 }
 

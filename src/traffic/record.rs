@@ -631,6 +631,7 @@ mod tests {
                 b"<p>welcome C00kieValue4242</p><input type=hidden name=csrfmiddlewaretoken value=Csrf0nThePage55>",
             )),
             completed_at: std::time::SystemTime::now(),
+            trace: None,
         };
         let text = entry(&x, &redact).to_string();
         for secret in [

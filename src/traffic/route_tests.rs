@@ -303,6 +303,7 @@ fn inline(x: &Inline) -> Result<Exchange, String> {
         response_headers,
         response_body,
         completed_at: std::time::SystemTime::now(),
+        trace: None,
     })
 }
 

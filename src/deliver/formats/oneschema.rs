@@ -47,6 +47,7 @@ mod tests {
     #[test]
     fn the_body_is_the_envelope_in_order_then_the_registered_event() {
         let mut event = crate::store::StoredEvent {
+            trace: None,
             event: crate::event::Event {
                 uuid: "event-1".into(),
                 embed_id: serde_json::json!(7),
