@@ -169,7 +169,12 @@ impl Core {
                 session_key(&event.event.embed_id).as_deref(),
             )
         });
-        let trace = traced.as_ref().map(telemetry::EventSpan::context);
+        // The event's span, or in a trace not sampled the context it came
+        // with, passed on to the receiver as it is.
+        let trace = traced
+            .as_ref()
+            .map(telemetry::EventSpan::context)
+            .or_else(|| event.trace.clone());
         let span = tracing::info_span!(
             "event",
             event = %event.event.uuid,

@@ -22,7 +22,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -31,7 +34,6 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
-use tokio::sync::mpsc;
 
 use crate::config;
 
@@ -218,7 +220,12 @@ impl Guard {
 
 /// Starts the export thread and turns traces on for the process.
 pub fn start(settings: &Settings, metrics: &crate::metrics::Metrics) -> anyhow::Result<Guard> {
-    let (tx, rx) = mpsc::channel(settings.queue);
+    let pending = std::sync::Arc::new(Pending {
+        spans: Default::default(),
+        ready: std::sync::Condvar::new(),
+        capacity: settings.queue,
+        batch: settings.batch,
+    });
     let resource = Resource::builder()
         .with_service_name(settings.service_name.clone())
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -231,13 +238,14 @@ pub fn start(settings: &Settings, metrics: &crate::metrics::Metrics) -> anyhow::
         settings: settings.clone(),
         resource: resource.clone(),
         counters: counters.clone(),
+        pending: pending.clone(),
     };
     std::thread::Builder::new()
         .name("taphook-otlp".into())
-        .spawn(move || export.run(rx))?;
+        .spawn(move || export.run())?;
     let provider = SdkTracerProvider::builder()
         .with_span_processor(Queue {
-            tx,
+            pending,
             dropped: counters.dropped,
         })
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
@@ -279,13 +287,32 @@ impl Parent {
         )
     }
 
-    /// A `traceparent` read back (from the store); `None` when it is not one.
+    /// A `traceparent` read back (from the store); `None` when it is not
+    /// one (version `00`, 32 and 16 hex digits, not all zero, two of flags).
     pub fn from_traceparent(text: &str) -> Option<Self> {
-        let carrier = Single(text);
-        let cx = TraceContextPropagator::new().extract(&carrier);
-        let span = cx.span();
-        let sc = span.span_context();
-        sc.is_valid().then(|| Parent(sc.clone()))
+        let mut parts = text.split('-');
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some()
+            || version != "00"
+            || trace.len() != 32
+            || span.len() != 16
+            || flags.len() != 2
+        {
+            return None;
+        }
+        let hex = |t: &str| t.bytes().all(|b| b.is_ascii_hexdigit());
+        if !(hex(trace) && hex(span) && hex(flags)) {
+            return None;
+        }
+        let sc = SpanContext::new(
+            TraceId::from_hex(trace).ok()?,
+            SpanId::from_hex(span).ok()?,
+            TraceFlags::new(u8::from_str_radix(flags, 16).ok()? & TraceFlags::SAMPLED.to_u8()),
+            true,
+            TraceState::default(),
+        );
+        sc.is_valid().then_some(Parent(sc))
     }
 
     /// The trace's id, as logs show it.
@@ -295,18 +322,6 @@ impl Parent {
 
     fn context(&self) -> Context {
         Context::new().with_remote_span_context(self.0.clone())
-    }
-}
-
-/// A `traceparent` alone, for the propagator.
-struct Single<'a>(&'a str);
-
-impl Extractor for Single<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        (key == "traceparent").then_some(self.0)
-    }
-    fn keys(&self) -> Vec<&str> {
-        vec!["traceparent"]
     }
 }
 
@@ -365,7 +380,9 @@ pub fn request(r: &Request<'_>) -> Option<Parent> {
     Some(Parent(context))
 }
 
-/// A span under `parent` from `start` to now; `None` when traces are off.
+/// A span under `parent` from `start` to now; `None` when traces are off
+/// or the trace is not sampled (its children would not be recorded
+/// either: the parent's context is passed on as it is).
 fn child(
     parent: &Parent,
     name: String,
@@ -374,6 +391,9 @@ fn child(
     attributes: Vec<KeyValue>,
 ) -> Option<opentelemetry_sdk::trace::Span> {
     let t = TRACING.get()?;
+    if !parent.0.is_sampled() {
+        return None;
+    }
     let builder = t
         .tracer
         .span_builder(name)
@@ -483,56 +503,68 @@ pub fn outbox_written(traceparent: &str, queued_ms: i64, deliveries: usize, back
 }
 
 /// One delivery attempt's span (kind client): the receiver gets its
-/// `traceparent`.
-pub struct Attempt(opentelemetry_sdk::trace::Span);
+/// `traceparent`. In a trace that is not sampled there is no span, and the
+/// receiver gets the event's `traceparent` as it was stored.
+pub struct Attempt {
+    span: Option<opentelemetry_sdk::trace::Span>,
+    parent: Parent,
+}
 
 impl Attempt {
     /// `traceparent` is the event's span, as stored with the delivery;
-    /// `attempt` counts from 1.
+    /// `attempt` counts from 1. `None` when traces are off or the stored
+    /// value is not a `traceparent`.
     pub fn start(traceparent: &str, webhook: &str, delivery: i64, attempt: u32) -> Option<Self> {
+        TRACING.get()?;
         let parent = Parent::from_traceparent(traceparent)?;
-        let attributes = vec![
-            KeyValue::new("http.request.method", "POST"),
-            KeyValue::new("taphook.webhook", webhook.to_string()),
-            KeyValue::new("taphook.delivery.id", delivery),
-            KeyValue::new("taphook.attempt", i64::from(attempt)),
-            KeyValue::new("taphook.retry", i64::from(attempt.saturating_sub(1))),
-        ];
-        child(
-            &parent,
-            format!("deliver {webhook}"),
-            SpanKind::Client,
-            SystemTime::now(),
-            attributes,
-        )
-        .map(Attempt)
+        let attributes = || {
+            vec![
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("taphook.webhook", webhook.to_string()),
+                KeyValue::new("taphook.delivery.id", delivery),
+                KeyValue::new("taphook.attempt", i64::from(attempt)),
+                KeyValue::new("taphook.retry", i64::from(attempt.saturating_sub(1))),
+            ]
+        };
+        let span = parent
+            .0
+            .is_sampled()
+            .then(|| {
+                child(
+                    &parent,
+                    format!("deliver {webhook}"),
+                    SpanKind::Client,
+                    SystemTime::now(),
+                    attributes(),
+                )
+            })
+            .flatten();
+        Some(Attempt { span, parent })
     }
 
     /// The `traceparent` header the receiver gets.
     pub fn header(&self) -> Option<(http::HeaderName, http::HeaderValue)> {
-        let value = Parent(self.0.span_context().clone()).traceparent();
+        let value = match &self.span {
+            Some(span) => Parent(span.span_context().clone()).traceparent(),
+            None => self.parent.traceparent(),
+        };
         http::HeaderValue::from_str(&value)
             .ok()
             .map(|v| (http::HeaderName::from_static("traceparent"), v))
     }
 
-    pub fn trace_id(&self) -> String {
-        self.0.span_context().trace_id().to_string()
-    }
-
     /// Ends the span with the attempt's outcome: the receiver's status,
     /// or the kind of failure.
-    pub fn finish(mut self, status: Option<u16>, outcome: &str, succeeded: bool) {
+    pub fn finish(self, status: Option<u16>, outcome: &str, succeeded: bool) {
+        let Some(mut span) = self.span else { return };
         if let Some(s) = status {
-            self.0
-                .set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
         }
-        self.0
-            .set_attribute(KeyValue::new("taphook.outcome", outcome.to_string()));
+        span.set_attribute(KeyValue::new("taphook.outcome", outcome.to_string()));
         if !succeeded {
-            self.0.set_status(Status::error(outcome.to_string()));
+            span.set_status(Status::error(outcome.to_string()));
         }
-        self.0.end();
+        span.end();
     }
 }
 
@@ -543,15 +575,34 @@ struct Counters {
     dropped: IntCounter,
 }
 
-enum Msg {
-    Span(Box<SpanData>),
-    Flush(std::sync::mpsc::Sender<()>),
+/// Ended spans waiting for export. A span is pushed under a short lock;
+/// the export thread is woken only when a batch is full (or on a flush),
+/// else it takes what is there every `delay`: no wake-up per span.
+struct Pending {
+    spans: std::sync::Mutex<Waiting>,
+    ready: std::sync::Condvar,
+    capacity: usize,
+    batch: usize,
+}
+
+#[derive(Default)]
+struct Waiting {
+    spans: Vec<SpanData>,
+    /// Flushes asked for: answered once what was queued before is sent.
+    flushes: Vec<std::sync::mpsc::Sender<()>>,
+    closed: bool,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.spans.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The span processor: an ended span goes into the bounded queue, or is
-/// counted as dropped. Never blocks.
+/// counted as dropped. Never blocks on the export.
 struct Queue {
-    tx: mpsc::Sender<Msg>,
+    pending: std::sync::Arc<Pending>,
     dropped: IntCounter,
 }
 
@@ -564,9 +615,8 @@ impl std::fmt::Debug for Queue {
 impl Queue {
     fn flush(&self, timeout: Duration) -> OTelSdkResult {
         let (tx, rx) = std::sync::mpsc::channel();
-        if self.tx.try_send(Msg::Flush(tx)).is_err() {
-            return Ok(());
-        }
+        self.pending.lock().flushes.push(tx);
+        self.pending.ready.notify_one();
         let _ = rx.recv_timeout(timeout);
         Ok(())
     }
@@ -576,8 +626,18 @@ impl SpanProcessor for Queue {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if self.tx.try_send(Msg::Span(Box::new(span))).is_err() {
-            self.dropped.inc();
+        let full = {
+            let mut waiting = self.pending.lock();
+            if waiting.spans.len() >= self.pending.capacity {
+                drop(waiting);
+                self.dropped.inc();
+                return;
+            }
+            waiting.spans.push(span);
+            waiting.spans.len() == self.pending.batch
+        };
+        if full {
+            self.pending.ready.notify_one();
         }
     }
 
@@ -586,7 +646,10 @@ impl SpanProcessor for Queue {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.flush(timeout)
+        let result = self.flush(timeout);
+        self.pending.lock().closed = true;
+        self.pending.ready.notify_one();
+        result
     }
 }
 
@@ -595,10 +658,11 @@ struct Export {
     settings: Settings,
     resource: Resource,
     counters: Counters,
+    pending: std::sync::Arc<Pending>,
 }
 
 impl Export {
-    fn run(self, rx: mpsc::Receiver<Msg>) {
+    fn run(self) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -609,55 +673,31 @@ impl Export {
                 return;
             }
         };
-        runtime.block_on(self.serve(rx));
-    }
-
-    async fn serve(self, mut rx: mpsc::Receiver<Msg>) {
-        let mut exporter = match exporter(&self.settings) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                tracing::error!(error = %e, "traces: cannot build the OTLP exporter; spans are dropped");
-                None
+        // The exporter is built inside the runtime (gRPC's channel needs one).
+        let exporter = runtime.block_on(async {
+            match exporter(&self.settings) {
+                Ok(mut e) => {
+                    e.set_resource(&self.resource);
+                    Some(e)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "traces: cannot build the OTLP exporter; spans are dropped");
+                    None
+                }
             }
-        };
-        if let Some(e) = exporter.as_mut() {
-            e.set_resource(&self.resource);
-        }
+        });
         let mut warned: Option<std::time::Instant> = None;
-        let mut batch = Vec::with_capacity(self.settings.batch);
-        let mut flushes = Vec::new();
         loop {
-            let first = match rx.recv().await {
-                Some(m) => m,
-                None => return,
-            };
-            let deadline = tokio::time::Instant::now() + self.settings.delay;
-            let mut next = Some(first);
-            loop {
-                match next.take() {
-                    Some(Msg::Span(s)) => batch.push(*s),
-                    Some(Msg::Flush(tx)) => {
-                        flushes.push(tx);
-                        break;
-                    }
-                    None => {}
-                }
-                if batch.len() >= self.settings.batch {
-                    break;
-                }
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(m)) => next = Some(m),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                let spans = std::mem::take(&mut batch);
+            let (batch, flushes, closed) = self.take();
+            for spans in batch {
                 let n = spans.len() as u64;
                 let result = match exporter.as_ref() {
-                    Some(e) => tokio::time::timeout(self.settings.timeout, e.export(spans))
-                        .await
-                        .map_err(|_| "timed out".to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string())),
+                    Some(e) => runtime.block_on(async {
+                        tokio::time::timeout(self.settings.timeout, e.export(spans))
+                            .await
+                            .map_err(|_| "timed out".to_string())
+                            .and_then(|r| r.map_err(|e| e.to_string()))
+                    }),
                     None => Err("no exporter".into()),
                 };
                 match result {
@@ -673,10 +713,40 @@ impl Export {
                     }
                 }
             }
-            for tx in flushes.drain(..) {
+            for tx in flushes {
                 let _ = tx.send(());
             }
+            if closed {
+                return;
+            }
         }
+    }
+
+    /// Waits for a full batch, a flush or `delay`, then takes what is
+    /// queued, in batches.
+    fn take(&self) -> (Vec<Vec<SpanData>>, Vec<std::sync::mpsc::Sender<()>>, bool) {
+        let mut waiting = self.pending.lock();
+        if waiting.spans.len() < self.settings.batch
+            && waiting.flushes.is_empty()
+            && !waiting.closed
+        {
+            waiting = self
+                .pending
+                .ready
+                .wait_timeout(waiting, self.settings.delay)
+                .map(|(w, _)| w)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        let spans = std::mem::take(&mut waiting.spans);
+        let flushes = std::mem::take(&mut waiting.flushes);
+        let closed = waiting.closed;
+        drop(waiting);
+        let mut batches = Vec::new();
+        let mut spans = spans.into_iter().peekable();
+        while spans.peek().is_some() {
+            batches.push(spans.by_ref().take(self.settings.batch).collect());
+        }
+        (batches, flushes, closed)
     }
 }
 
@@ -730,7 +800,6 @@ fn exporter(s: &Settings) -> Result<opentelemetry_otlp::SpanExporter, anyhow::Er
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{TraceFlags, TraceState};
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name| {

@@ -536,3 +536,57 @@ async fn untapped_requests_get_a_span_only_when_asked() {
     assert_eq!(int(span, "http.response.status_code"), Some(204));
     assert!(!all_values(&spans).contains("query-secret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_the_caller_did_not_sample_is_passed_on_unrecorded() {
+    fast_export();
+    let (collector, collected) = http_collector().await;
+    let config = telemetry_config(&format!("http://{collector}"), "http/protobuf", "");
+    let stack = Stack::start(Setup {
+        rules: vec![(
+            "hooks.yaml",
+            format!("webhooks:\n{}", webhook("quiet", "/hooks/quiet", HOOK)),
+        )],
+        config: &config,
+        ..Default::default()
+    })
+    .await;
+    let unsampled = format!("00-{TRACE_ID}-{CALLER_SPAN}-00");
+    let r = stack
+        .client
+        .post(stack.url("/v1/embeds"))
+        .header("traceparent", &unsampled)
+        .json(&json!({"template_key": "contacts"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = stack
+        .receiver
+        .wait_for("/hooks/quiet", 1, Duration::from_secs(10))
+        .await;
+    let header = got[0]
+        .header("traceparent")
+        .expect("the receiver gets a traceparent")
+        .to_string();
+    let parts: Vec<&str> = header.split('-').collect();
+    assert_eq!(parts[1], TRACE_ID, "the caller's trace is passed on");
+    assert_eq!(parts[3], "00", "not sampled: the receiver is told so");
+    // A sampled request afterwards is exported, so the export ran: nothing
+    // of the unsampled one was.
+    create_traced_embed(&stack).await;
+    let spans = collected
+        .wait("the sampled request's spans", |s| {
+            s.iter().any(|s| s.name.starts_with("deliver"))
+        })
+        .await;
+    assert!(
+        spans.iter().all(|s| hex(&s.parent_span_id) != parts[2]),
+        "{spans:#?}"
+    );
+    assert_eq!(
+        named(&spans, "POST /v1/embeds").len(),
+        1,
+        "only the sampled request"
+    );
+}

@@ -16,6 +16,10 @@
 #
 # Usage: benches/load/traces.sh [duration_s] [connections]
 #   RUNS=3 WRK_THREADS=1 BIN=path (default: cargo build --release)
+#   INSNS=1 instructions per tapped request (callgrind), each setup
+#   KEEP_WORK=1 keep the work directory (callgrind files, logs)
+#   PERF=1  perf profile of the sample_ratio 1.0 instance's first run
+#           (target/bench/traces-perf.data)
 # Writes target/bench/traces.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,7 +38,7 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3
-  rm -rf "$WORK"
+  if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work files (callgrind, logs) kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -72,7 +76,7 @@ CONF
   if [ "$ratio" != - ]; then
     printf 'telemetry:\n  otlp:\n    endpoint: http://127.0.0.1:%s\n    protocol: http/protobuf\n    sample_ratio: %s\n' "$SINK" "$ratio" >>"$WORK/$name/taphook.yaml"
   fi
-  (cd "$WORK/$name" && RUST_LOG=warn exec "$BIN" run --config taphook.yaml >taphook.log 2>&1) &
+  (cd "$WORK/$name" && RUST_LOG=warn exec "${WRAP[@]}" "$BIN" run --config taphook.yaml >taphook.log 2>&1) &
   PIDS+=($!); PORT[$name]=$listen; ADMIN[$name]=$admin
   await_taphook "$name" "$listen" "$admin"
 }
@@ -88,12 +92,45 @@ drained() {
 }
 
 SETUPS="off ratio1 ratio01"
+declare -A RATIO=([off]=- [ratio1]=1.0 [ratio01]=0.1)
+WRAP=()
+# INSNS=1: instructions per tapped request under callgrind (every thread,
+# the drain and the export included), each setup on fresh instances: one
+# with a 4 s load, one left idle as long, and the difference over the
+# requests (start-up and timers cancel out). Resolves what the wall clock
+# cannot.
+if [ "${INSNS:-0}" = 1 ]; then
+  command -v valgrind >/dev/null || { ${SUDO:-} apt-get update -qq && ${SUDO:-} apt-get install -y -qq valgrind >/dev/null; }
+  for s in $SETUPS; do
+    for load in idle load; do
+      inst=insns-$s-$load
+      WRAP=(valgrind --tool=callgrind --callgrind-out-file="$WORK/$inst.callgrind")
+      start "$inst" "${RATIO[$s]}"
+      WRAP=()
+      t0=$(date +%s)
+      if [ $load = load ]; then
+        wrk -t1 -c4 -d4s -s "$WORK/tapped.lua" "http://127.0.0.1:${PORT[$inst]}/" >/dev/null
+        drained "${ADMIN[$inst]}"
+      fi
+      # The same time alive either way, the export's last batch included.
+      sleep $(( 16 - ($(date +%s) - t0) > 6 ? 16 - ($(date +%s) - t0) : 6 ))
+      requests=$(metric taphook_proxy_requests_total "${ADMIN[$inst]}")
+      kill -TERM "${PID[$inst]}"
+      while kill -0 "${PID[$inst]}" 2>/dev/null; do sleep 0.2; done
+      sleep 1
+      echo "$requests $(cat "$WORK/$inst.callgrind"* | awk '/^summary:/ {t += $2} END {print t}')" >"$WORK/$s-$load.insns"
+    done
+  done
+fi
 start off -; start ratio1 1.0; start ratio01 0.1
 sleep 0.5
 for run in $(seq "$RUNS"); do
   for s in $SETUPS; do
     pid=${PID[$s]}; admin=${ADMIN[$s]}
     before=$(ticks "$pid"); requests0=$(metric taphook_proxy_requests_total "$admin")
+    if [ "${PERF:-0}" = 1 ] && [ "$s" = ratio1 ] && [ "$run" = 1 ]; then
+      perf record -F 499 --call-graph dwarf,16384 -o "$OUT/traces-perf.data" -p "$pid" -- sleep "$DURATION" 2>/dev/null &
+    fi
     wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -s "$WORK/tapped.lua" "http://127.0.0.1:${PORT[$s]}/" >"$WORK/$s-$run.wrk"
     drained "$admin"
     # Spans end with the attempt; the export's batch leaves within 5 s.
@@ -137,6 +174,18 @@ for s, label in labels.items():
     lines.append(f"| {label} | {r['rps']:,.0f} | {r['cpu']:.1f} µs | {r['rps'] / off['rps']:.2f}× | "
                  f"{r['cpu'] / off['cpu']:.2f}× | {r['exported']:,} | {r['dropped']:,} | "
                  f"{r['delivered']:,} of {r['accepted']:,} ({r['lost']} dropped) |")
+import os
+if all(os.path.exists(f"{work}/{s}-load.insns") for s in labels):
+    lines += ["", "Instructions per tapped request (callgrind, every thread, fresh instances: "
+              "wrk -t1 -c4 -d4s, the drain and the export, minus an idle instance alive as long):", "",
+              "| setup | requests | instructions per request | / off |", "| --- | --- | --- | --- |"]
+    per = {}
+    for s in labels:
+        requests, loaded = open(f"{work}/{s}-load.insns").read().split()
+        _, idle = open(f"{work}/{s}-idle.insns").read().split()
+        per[s] = (int(requests), (int(loaded) - int(idle)) / max(int(requests), 1))
+    for s, label in labels.items():
+        lines.append(f"| {label} | {per[s][0]:,} | {per[s][1]:,.0f} | {per[s][1] / per['off'][1]:.2f}× |")
 ratio = res["ratio1"]["cpu"] / off["cpu"]
 lines += ["", f"Goal: CPU per request at sample_ratio 1.0 at most 1.10× traces off: "
           f"{ratio:.2f}×, {'met' if ratio <= 1.10 else 'missed'}"]
