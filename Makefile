@@ -21,7 +21,8 @@ prereqs:
 ## headless Chromium on loopback; nothing downloads a browser build), and
 ## a real importer from PyPI, datasette-upload-csvs at pinned versions in a
 ## venv under /tmp/importers (tests/walkthrough.rs plays the README's
-## walkthrough against it).
+## walkthrough against it), and the official AsyncAPI parser from npm
+## (tests/catalog.rs runs it on the catalog taphook generates).
 test-prereqs:
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 	  echo "installing chromium and chromium-driver (for the console's browser tests)"; \
@@ -43,6 +44,12 @@ test-prereqs:
 	  echo "installing python3-venv (for the real importer the walkthrough test runs)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null; }
 	bash tests/data/importers/datasette-upload-csvs/setup.sh
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing npm (the catalog test runs the official AsyncAPI parser)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+	@test -e target/asyncapi-parser/node_modules/@asyncapi/parser/package.json || { \
+	  echo "installing @asyncapi/parser 3.6.6 (npm) into target/asyncapi-parser"; \
+	  mkdir -p target/asyncapi-parser && npm install --silent --no-audit --no-fund --prefix target/asyncapi-parser @asyncapi/parser@3.6.6 >/dev/null; }
 
 build: prereqs
 	$(CARGO) build

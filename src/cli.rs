@@ -54,6 +54,17 @@ enum Command {
         /// A rules directory or a config file.
         path: Option<PathBuf>,
     },
+    /// Print the event catalog of a rules directory: the AsyncAPI 3.0
+    /// document of the webhooks, or with --out, that document and every
+    /// JSON Schema (2020-12) as files, for receivers to generate their
+    /// types from.
+    Catalog {
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// Write `asyncapi.json` and `schemas/{format}/{event_type}.json` here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Show which webhooks an event would reach, and why.
     Eval {
         #[arg(long)]
@@ -166,6 +177,7 @@ pub fn main() -> ExitCode {
             path,
         } => return check(config, rules, path),
         Command::Eval { rules, event } => eval(&rules, &event),
+        Command::Catalog { rules, out } => catalog(&rules, out.as_deref()),
         Command::Explain {
             har,
             rules,
@@ -308,6 +320,20 @@ fn check(config: Option<PathBuf>, rules_dir: Option<PathBuf>, path: Option<PathB
     match loaded {
         Ok(rules) => {
             print!("{}", summary(&rules));
+            let catalog = crate::catalog::Catalog::new(&rules);
+            match catalog.check() {
+                Ok(n) => println!(
+                    "  catalog  {n} JSON Schemas (2020-12) for {} event types, and an AsyncAPI 3.0 document whose references all resolve",
+                    catalog.event_types().len()
+                ),
+                Err(problems) => {
+                    for p in &problems {
+                        println!("{p}");
+                    }
+                    eprintln!("{} problem(s) found", problems.len());
+                    return ExitCode::FAILURE;
+                }
+            }
             for w in &rules.warnings {
                 println!("{w}");
             }
@@ -324,6 +350,43 @@ fn check(config: Option<PathBuf>, rules_dir: Option<PathBuf>, path: Option<PathB
             ExitCode::FAILURE
         }
     }
+}
+
+/// `taphook catalog`: the AsyncAPI document on stdout, or the document
+/// and every schema under `out`.
+fn catalog(rules_dir: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+    let rules = rules::load_dir(rules_dir, &process_env).map_err(|problems| {
+        let lines: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{}", lines.join("\n"))
+    })?;
+    let catalog = crate::catalog::Catalog::new(&rules);
+    let doc = serde_json::to_string_pretty(&catalog.asyncapi())?;
+    let Some(out) = out else {
+        println!("{doc}");
+        return Ok(());
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    std::fs::write(out.join("asyncapi.json"), doc)?;
+    let mut n = 0;
+    for shape in crate::catalog::Shape::ALL {
+        let dir = out.join("schemas").join(shape.name());
+        std::fs::create_dir_all(&dir)?;
+        for event_type in catalog.event_types() {
+            if let Some(schema) = catalog.schema(shape, &event_type) {
+                std::fs::write(
+                    dir.join(format!("{event_type}.json")),
+                    serde_json::to_string_pretty(&schema)?,
+                )?;
+                n += 1;
+            }
+        }
+    }
+    println!(
+        "wrote {} and {n} schemas under {}",
+        out.join("asyncapi.json").display(),
+        out.join("schemas").display()
+    );
+    Ok(())
 }
 
 /// The TLS files the config names, read as taphook will at start: the

@@ -669,6 +669,19 @@ async fn an_operator_answers_what_happened_who_retried_and_is_the_receiver_healt
     wait_text(c, "#webhook-history", "attempts in 7 days").await;
     wait_text(c, "#webhook-history table", "5xx: 4").await;
     wait_count(c, "#history-chart rect.failed", 1).await;
+    // The webhook's payload schemas, from the catalog (issue 27).
+    wait_text(c, "#webhook-schemas", "import_submitted").await;
+    click(
+        c,
+        "#webhook-schemas tr[data-schema=import_submitted] button.show-schema",
+    )
+    .await;
+    let schema = wait_text(c, "#schema-shown", "\"const\": \"import_submitted\"").await;
+    assert!(
+        schema.contains("https://json-schema.org/draft/2020-12/schema"),
+        "{schema}"
+    );
+    screenshot(c, "webhook-schemas").await;
     click(c, "#test-event button[type=submit]").await;
     wait_text(c, "#test-status", "Taphook-Test: 1").await;
     let got = stack.receiver.wait_for("/hooks/crm", 9, WAIT).await;

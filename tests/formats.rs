@@ -107,6 +107,17 @@ async fn dromo_managed_webhooks_fire_once_per_transition() {
 
     let r = &got[0];
     assert_eq!(r.header("content-type"), Some("application/json"));
+    // As the catalog publishes it (issue 27).
+    assert_in_catalog(&stack, "dromo", "import_completed", &r.json());
+    let form: serde_json::Map<String, Value> = form_urlencoded::parse(&basic[0].body)
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    assert_in_catalog(
+        &stack,
+        "dromo-basic",
+        "import_completed",
+        &Value::Object(form),
+    );
     let mut body = r.json();
     let created = body["data"]["created_date"].take();
     let created = created.as_str().unwrap();
@@ -263,6 +274,15 @@ async fn flatfile_batches_of_1000_with_a_failed_part_retried_alone() {
     );
 
     let bodies: Vec<Value> = got.iter().map(|r| r.json()).collect();
+    for (r, body) in got.iter().zip(&bodies) {
+        assert_in_catalog(&stack, "flatfile", "batch.update", body);
+        assert_in_catalog(
+            &stack,
+            "standard-webhooks",
+            "batch.update",
+            &signature_headers(r),
+        );
+    }
     let indexes: Vec<u64> = bodies
         .iter()
         .map(|b| b["event"]["sequence"]["index"].as_u64().unwrap())
@@ -330,6 +350,13 @@ async fn standard_webhooks_signatures_verify_with_both_secrets_while_rotating() 
         .await;
     let r = &got[0];
     assert_eq!(r.header("webhook-id"), r.json()["uuid"].as_str());
+    assert_in_catalog(&stack, "oneschema", "embed_initialized", &r.json());
+    assert_in_catalog(
+        &stack,
+        "standard-webhooks",
+        "embed_initialized",
+        &signature_headers(r),
+    );
     let signature = r.header("webhook-signature").unwrap();
     assert_eq!(
         signature

@@ -32,6 +32,12 @@ async fn all_eight_event_types_arrive_with_the_exact_envelope() {
         .wait_for("/hooks/main", 8, Duration::from_secs(10))
         .await;
     assert_eq!(got.len(), 8, "{}", stack.log());
+    // Every body as the catalog publishes it (issue 27).
+    for r in &got {
+        let body = r.json();
+        let event_type = body["event_type"].as_str().unwrap().to_string();
+        assert_in_catalog(&stack, "oneschema", &event_type, &body);
+    }
 
     let expected_data = [
         ("embed_initialized", "api", json!({})),

@@ -5,6 +5,7 @@
 
 mod access;
 mod audit;
+mod catalog;
 mod console;
 mod deliveries;
 pub use deliveries::parse_since_text;
@@ -129,6 +130,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
             axum::routing::post(test_event::send),
         )
         .route("/v1/event-webhooks/{key}/history", get(history::show))
+        .route("/v1/catalog/asyncapi.json", get(catalog::asyncapi))
+        .route("/v1/catalog/schemas/{format}/{file}", get(catalog::schema))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             access::require_token,

@@ -536,3 +536,51 @@ pub fn check_rules(files: &[(&str, &str)]) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+/// The catalog's schema of `format` (`oneschema`, `dromo`, `dromo-basic`,
+/// `flatfile`, `standard-webhooks`) for `event_type`, as taphook publishes
+/// it for this stack's rules (`GET /v1/catalog/schemas/...` serves the same;
+/// `tests/catalog.rs` checks that).
+pub fn catalog_schema(stack: &Stack, format: &str, event_type: &str) -> Value {
+    let rules = taphook::rules::load_dir(&stack.rules_dir(), &|name| std::env::var(name).ok())
+        .expect("the stack's rules load");
+    let shape = taphook::catalog::Shape::parse(format).expect("a catalog format");
+    taphook::catalog::Catalog::new(&rules)
+        .schema(shape, event_type)
+        .unwrap_or_else(|| panic!("no schema for {format}/{event_type}"))
+}
+
+/// What `instance` breaks of `schema` (empty: it validates).
+pub fn schema_errors(schema: &Value, instance: &Value) -> Vec<String> {
+    let validator = jsonschema::draft202012::new(schema).expect("a valid 2020-12 schema");
+    validator
+        .iter_errors(instance)
+        .map(|e| format!("{e} (at `{}`)", e.instance_path()))
+        .collect()
+}
+
+/// Panics unless a delivered body (or, for `standard-webhooks`, its
+/// headers as an object) validates against the published schema.
+pub fn assert_in_catalog(stack: &Stack, format: &str, event_type: &str, instance: &Value) {
+    let schema = catalog_schema(stack, format, event_type);
+    let errors = schema_errors(&schema, instance);
+    assert!(
+        errors.is_empty(),
+        "the {format} body of {event_type} does not match its published schema:\n{}\n{instance:#}",
+        errors.join("\n")
+    );
+}
+
+/// A Standard Webhooks request's headers, as the object the catalog's
+/// `standard-webhooks` schema describes.
+pub fn signature_headers(r: &taphook::demo::receiver::Recorded) -> Value {
+    let pick = |n: &str| {
+        r.header(n)
+            .map_or(Value::Null, |v| Value::String(v.to_string()))
+    };
+    json!({
+        "webhook-id": pick("webhook-id"),
+        "webhook-timestamp": pick("webhook-timestamp"),
+        "webhook-signature": pick("webhook-signature"),
+    })
+}

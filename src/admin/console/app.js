@@ -975,7 +975,7 @@ async function webhookPage(ctx, key) {
       h("button", { type: "submit" }, "Send test event"),
     );
   }
-  page(`Webhook ${key}`, testForm, status, h("h2", {}, "Health, last 7 days"), region);
+  page(`Webhook ${key}`, testForm, status, h("h2", {}, "Health, last 7 days"), region, h("h2", {}, "Payload schemas"), await schemaList(key));
   await liveRegion(
     ctx,
     region,
@@ -1003,6 +1003,50 @@ async function webhookPage(ctx, key) {
       ];
     },
     10000,
+  );
+}
+
+/**
+ * The webhook's event types from the catalog, each with the JSON Schema
+ * (2020-12) of the body as this webhook delivers it: shown on demand, and
+ * downloadable for a receiver's code generator.
+ */
+async function schemaList(key) {
+  const doc = await api("/catalog/asyncapi.json");
+  const id = key.replace(/[^A-Za-z0-9_.-]/g, "_");
+  const channel = doc.channels[id];
+  const op = doc.operations[`deliver_${id}`];
+  if (!channel || !op) return h("p", { class: "muted" }, "Not in the catalog.");
+  const format = op["x-taphook-format"];
+  const shown = h("pre", { id: "schema-shown", class: "payload", hidden: true });
+  const rows = Object.keys(channel.messages).map((eventType) => {
+    const path = `/catalog/schemas/${enc(format)}/${enc(eventType)}.json`;
+    const show = async () => {
+      const schema = await api(path);
+      shown.hidden = false;
+      shown.textContent = JSON.stringify(schema, null, 2);
+    };
+    const download = async (event) => {
+      event.preventDefault();
+      const schema = await api(path);
+      const a = h("a", { href: URL.createObjectURL(new Blob([JSON.stringify(schema, null, 2)], { type: "application/json" })), download: `${format}-${eventType}.json` });
+      a.click();
+      URL.revokeObjectURL(a.href);
+    };
+    return h(
+      "tr",
+      { "data-schema": eventType },
+      h("td", {}, eventType),
+      h("td", {}, format),
+      h("td", {}, h("button", { type: "button", class: "show-schema", onclick: show }, "Show schema"), " ", h("a", { href: "#", class: "download-schema", onclick: download }, "Download")),
+    );
+  });
+  return h(
+    "div",
+    { id: "webhook-schemas" },
+    h("p", { class: "muted" }, "What this webhook sends, per event type (JSON Schema 2020-12), from the catalog: ", h("code", {}, "GET /v1/catalog/asyncapi.json"), " has every webhook's."),
+    table(["event type", "format", ""], rows, "No event types."),
+    shown,
   );
 }
 
