@@ -218,19 +218,34 @@ async fn create_traced_embed(stack: &Stack) {
     assert_eq!(r.status(), 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_runs_from_the_callers_request_to_the_receiver() {
-    fast_export();
-    let (collector, collected) = http_collector().await;
-    let config = telemetry_config(&format!("http://{collector}"), "http/protobuf", "");
-    let stack = Stack::start(Setup {
+/// taphook exporting to `collector` over `protocol`, with one webhook
+/// `hook` on `/hooks/{hook}` (and `extra` telemetry lines).
+async fn traced_stack(collector: &str, protocol: &str, extra: &str, hook: &str) -> Stack {
+    let config = telemetry_config(collector, protocol, extra);
+    Stack::start(Setup {
         rules: vec![(
             "hooks.yaml",
-            format!("webhooks:\n{}", webhook("traced", "/hooks/traced", HOOK)),
+            format!(
+                "webhooks:\n{}",
+                webhook(hook, &format!("/hooks/{hook}"), HOOK)
+            ),
         )],
         config: &config,
         ..Default::default()
     })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_callers_request_to_the_receiver() {
+    fast_export();
+    let (collector, collected) = http_collector().await;
+    let stack = traced_stack(
+        &format!("http://{collector}"),
+        "http/protobuf",
+        "",
+        "traced",
+    )
     .await;
     // Untapped: no span (trace_untapped is off).
     let r = stack
@@ -372,16 +387,7 @@ async fn one_trace_runs_from_the_callers_request_to_the_receiver() {
 async fn a_retry_after_a_restart_stays_in_the_events_trace() {
     fast_export();
     let (collector, collected) = grpc_collector().await;
-    let config = telemetry_config(&format!("http://{collector}"), "grpc", "");
-    let mut stack = Stack::start(Setup {
-        rules: vec![(
-            "hooks.yaml",
-            format!("webhooks:\n{}", webhook("retried", "/hooks/retried", HOOK)),
-        )],
-        config: &config,
-        ..Default::default()
-    })
-    .await;
+    let mut stack = traced_stack(&format!("http://{collector}"), "grpc", "", "retried").await;
     stack
         .receiver
         .script("/hooks/retried", &[Reply::Status(429), Reply::Status(200)]);
@@ -450,16 +456,7 @@ async fn a_retry_after_a_restart_stays_in_the_events_trace() {
 async fn a_dead_collector_blocks_nothing_and_counts_what_it_drops() {
     fast_export();
     let dead = format!("http://127.0.0.1:{}", taphook::demo::free_port().unwrap());
-    let config = telemetry_config(&dead, "http/protobuf", "  trace_untapped: true\n");
-    let stack = Stack::start(Setup {
-        rules: vec![(
-            "hooks.yaml",
-            format!("webhooks:\n{}", webhook("alive", "/hooks/alive", HOOK)),
-        )],
-        config: &config,
-        ..Default::default()
-    })
-    .await;
+    let stack = traced_stack(&dead, "http/protobuf", "  trace_untapped: true\n", "alive").await;
     let started = Instant::now();
     for _ in 0..20 {
         stack
@@ -541,16 +538,7 @@ async fn untapped_requests_get_a_span_only_when_asked() {
 async fn a_trace_the_caller_did_not_sample_is_passed_on_unrecorded() {
     fast_export();
     let (collector, collected) = http_collector().await;
-    let config = telemetry_config(&format!("http://{collector}"), "http/protobuf", "");
-    let stack = Stack::start(Setup {
-        rules: vec![(
-            "hooks.yaml",
-            format!("webhooks:\n{}", webhook("quiet", "/hooks/quiet", HOOK)),
-        )],
-        config: &config,
-        ..Default::default()
-    })
-    .await;
+    let stack = traced_stack(&format!("http://{collector}"), "http/protobuf", "", "quiet").await;
     let unsampled = format!("00-{TRACE_ID}-{CALLER_SPAN}-00");
     let r = stack
         .client

@@ -1,5 +1,5 @@
-# Helpers the load harnesses share (sourced by run.sh and efficiency.sh;
-# both set $WORK first).
+# Helpers the load harnesses share (sourced by run.sh, efficiency.sh, tls.sh and traces.sh;
+# each sets $WORK first; efficiency.sh has a metric() of its own).
 
 # A free loopback port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -50,4 +50,22 @@ ticks() {
     total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
   done
   echo "$total"
+}
+
+# metric name admin_port [label filter]: the sum of a metric's series.
+metric() {
+  curl -s "http://127.0.0.1:$2/metrics" | awk -v m="$1" -v f="${3:-}" \
+    'index($0, m) == 1 && (f == "" || index($0, f) > 0) {s += $NF} END {printf "%d\n", s}'
+}
+# drained admin_port: waits until every derived event is delivered (at
+# most 10 minutes); prints the seconds it took.
+drained() {
+  local start derived
+  start=$(date +%s.%N)
+  for _ in $(seq 2400); do
+    derived=$(metric taphook_outbox_accepted_total "$1")
+    [ "$(metric taphook_deliveries_total "$1" 'outcome="delivered"')" -ge "$derived" ] && break
+    sleep 0.25
+  done
+  python3 -c "import time; print(round(time.time() - $start, 2))"
 }

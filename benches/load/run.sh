@@ -143,24 +143,6 @@ start_taphook() {
   PIDS+=($!); PORT[$name]=$listen; ADMIN[$name]=$admin
   await_taphook "$name" "$listen" "$admin"
 }
-# metric name admin_port [label filter]: the sum of a metric's series.
-metric() {
-  curl -s "http://127.0.0.1:$2/metrics" | awk -v m="$1" -v f="${3:-}" \
-    'index($0, m) == 1 && (f == "" || index($0, f) > 0) {s += $NF} END {printf "%d\n", s}'
-}
-# drained admin_port: waits until every derived event is delivered (at
-# most 10 minutes); prints the seconds it took.
-drained() {
-  local start derived
-  start=$(date +%s.%N)
-  for _ in $(seq 2400); do
-    derived=$(metric taphook_outbox_accepted_total "$1")
-    [ "$(metric taphook_deliveries_total "$1" 'outcome="delivered"')" -ge "$derived" ] && break
-    sleep 0.25
-  done
-  python3 -c "import time; print(round(time.time() - $start, 2))"
-}
-
 BUILDS=("new=$BIN")
 [ -n "${BASELINE_BIN:-}" ] && BUILDS+=("baseline=$BASELINE_BIN")
 SETUPS=()

@@ -80,17 +80,6 @@ CONF
   PIDS+=($!); PORT[$name]=$listen; ADMIN[$name]=$admin
   await_taphook "$name" "$listen" "$admin"
 }
-metric() {
-  curl -s "http://127.0.0.1:$2/metrics" | awk -v m="$1" -v f="${3:-}" \
-    'index($0, m) == 1 && (f == "" || index($0, f) > 0) {s += $NF} END {printf "%d\n", s}'
-}
-drained() {
-  for _ in $(seq 2400); do
-    [ "$(metric taphook_deliveries_total "$1" 'outcome="delivered"')" -ge "$(metric taphook_outbox_accepted_total "$1")" ] && return
-    sleep 0.25
-  done
-}
-
 SETUPS="off ratio1 ratio01"
 declare -A RATIO=([off]=- [ratio1]=1.0 [ratio01]=0.1)
 WRAP=()
@@ -110,7 +99,7 @@ if [ "${INSNS:-0}" = 1 ]; then
       t0=$(date +%s)
       if [ $load = load ]; then
         wrk -t1 -c4 -d4s -s "$WORK/tapped.lua" "http://127.0.0.1:${PORT[$inst]}/" >/dev/null
-        drained "${ADMIN[$inst]}"
+        drained "${ADMIN[$inst]}" >/dev/null
       fi
       # The same time alive either way, the export's last batch included.
       sleep $(( 16 - ($(date +%s) - t0) > 6 ? 16 - ($(date +%s) - t0) : 6 ))
@@ -132,7 +121,7 @@ for run in $(seq "$RUNS"); do
       perf record -F 499 --call-graph dwarf,16384 -o "$OUT/traces-perf.data" -p "$pid" -- sleep "$DURATION" 2>/dev/null &
     fi
     wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -s "$WORK/tapped.lua" "http://127.0.0.1:${PORT[$s]}/" >"$WORK/$s-$run.wrk"
-    drained "$admin"
+    drained "$admin" >/dev/null
     # Spans end with the attempt; the export's batch leaves within 5 s.
     # Every setup waits as long, so idle time weighs the same on each.
     sleep 5.5

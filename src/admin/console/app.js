@@ -1019,7 +1019,9 @@ async function schemaList(key) {
   if (!channel || !op) return h("p", { class: "muted" }, "Not in the catalog.");
   const format = op["x-taphook-format"];
   const shown = h("pre", { id: "schema-shown", class: "payload", hidden: true });
-  const rows = Object.keys(channel.messages).map((eventType) => {
+  // A message's name is its event type as the rules write it (its key
+  // is that type made safe for AsyncAPI).
+  const rows = Object.values(channel.messages).map(({ name: eventType }) => {
     const path = `/catalog/schemas/${enc(format)}/${enc(eventType)}.json`;
     const show = async () => {
       const schema = await api(path);
