@@ -21,8 +21,10 @@ prereqs:
 ## headless Chromium on loopback; nothing downloads a browser build), and
 ## a real importer from PyPI, datasette-upload-csvs at pinned versions in a
 ## venv under /tmp/importers (tests/walkthrough.rs plays the README's
-## walkthrough against it), and the official AsyncAPI parser from npm
-## (tests/catalog.rs runs it on the catalog taphook generates).
+## walkthrough against it), the official AsyncAPI parser from npm
+## (tests/catalog.rs runs it on the catalog taphook generates), and
+## rabbitmq-server and redis-server (tests/destinations.rs starts its own,
+## on loopback; Debian's services are stopped).
 test-prereqs:
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 	  echo "installing chromium and chromium-driver (for the console's browser tests)"; \
@@ -34,6 +36,10 @@ test-prereqs:
 	  echo "installing nats-server (for the JetStream backend's tests)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends nats-server >/dev/null; \
 	  $(SUDO) systemctl disable --now nats-server >/dev/null 2>&1 || true; }
+	@{ command -v rabbitmq-server && command -v redis-server; } >/dev/null 2>&1 || { \
+	  echo "installing rabbitmq-server and redis-server (the destination tests start their own, on loopback)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends rabbitmq-server redis-server >/dev/null; \
+	  $(SUDO) systemctl disable --now rabbitmq-server redis-server >/dev/null 2>&1 || true; }
 	@{ command -v curl && command -v openssl; } >/dev/null 2>&1 || { \
 	  echo "installing curl and openssl (the TLS and HTTP/2 tests speak through curl; openssl makes an RSA key)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends curl openssl >/dev/null; }

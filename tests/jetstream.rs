@@ -7,10 +7,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::nats::Nats;
 use common::ordered::{step_by_step, Recorder};
 use common::*;
 use futures::StreamExt as _;
@@ -18,57 +19,6 @@ use serde_json::{json, Value};
 use taphook::demo::importer::ReferenceImporter;
 use taphook::demo::receiver::Receiver;
 use taphook::demo::{free_port, multipart_file, PROFILES};
-
-/// `nats-server -js` on a free loopback port, with its own store.
-struct Nats {
-    port: u16,
-    store: tempfile::TempDir,
-    child: Child,
-}
-
-impl Nats {
-    fn start() -> Nats {
-        let store = tempfile::tempdir().unwrap();
-        let port = free_port().unwrap();
-        let child = Self::spawn(port, store.path());
-        Nats { port, store, child }
-    }
-
-    fn spawn(port: u16, store: &Path) -> Child {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server (make test installs it: apt-get install nats-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.child = Self::spawn(self.port, self.store.path());
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 /// One taphook instance.
 struct Replica {

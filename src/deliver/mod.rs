@@ -19,11 +19,15 @@
 //! connection that failed, unless `delivery.allow_private_networks`
 //! covers it.
 
+pub mod amqp;
+pub mod destination;
 pub mod exchange;
 pub mod formats;
 pub mod guard;
 pub mod jetstream;
 pub mod limit;
+pub mod nats;
+pub mod redis_stream;
 pub mod retry;
 pub mod signing;
 
@@ -41,6 +45,7 @@ use crate::store::handoff::Taken;
 use crate::store::sqlite::{
     now_ms, AttemptRecord, Due, State, Store, StoreError, WebhookChange, WebhookState,
 };
+use crate::store::StoredEvent;
 use formats::Outgoing;
 use guard::{Guard, GuardedResolver, Refused};
 use retry::{parse_retry_after, Attempt};
@@ -94,6 +99,8 @@ pub struct Dispatcher {
     client: reqwest::Client,
     guard: Arc<Guard>,
     limits: limit::Limits,
+    /// Destinations beyond HTTP: NATS, RabbitMQ, Redis Streams.
+    destinations: destination::Destinations,
 }
 
 impl Dispatcher {
@@ -117,6 +124,7 @@ impl Dispatcher {
             client,
             guard,
             limits: limit::Limits::default(),
+            destinations: destination::Destinations::default(),
         })
     }
 
@@ -515,7 +523,9 @@ impl Dispatcher {
         });
         let traceparent = traced.as_ref().and_then(crate::telemetry::Attempt::header);
         let started = Instant::now();
-        let (attempt, exchange) = self.send(webhook, request, due.part, traceparent).await;
+        let (attempt, exchange) = self
+            .send(webhook, request, due.part, traceparent, &due.event)
+            .await;
         let duration = started.elapsed();
         if let Some(span) = traced {
             let status = match &attempt {
@@ -553,6 +563,7 @@ impl Dispatcher {
         request: &Outgoing,
         part: u32,
         traceparent: Option<(http::HeaderName, http::HeaderValue)>,
+        event: &StoredEvent,
     ) -> (Attempt, exchange::Exchange) {
         let started = Instant::now();
         let mut shown = exchange::Exchange {
@@ -581,6 +592,11 @@ impl Dispatcher {
         let timeout = webhook
             .timeout
             .unwrap_or(self.shared.config.delivery.timeout);
+        if let Some(target) = destination::Destinations::target(&webhook.url) {
+            return self
+                .publish(webhook, request, traceparent, event, target, timeout, shown)
+                .await;
+        }
         let mut builder = self
             .client
             .post(webhook.url.clone())
@@ -648,6 +664,76 @@ impl Dispatcher {
                 (attempt, shown)
             }
         }
+    }
+
+    /// One attempt to a destination that is not HTTP (NATS, RabbitMQ,
+    /// Redis Streams): the body to its subject, routing key or stream
+    /// (`target`, placeholders not yet filled), the headers (the format's,
+    /// the signature, `traceparent`) as the message's.
+    #[allow(clippy::too_many_arguments)]
+    async fn publish(
+        &self,
+        webhook: &Webhook,
+        request: &Outgoing,
+        traceparent: Option<(http::HeaderName, http::HeaderValue)>,
+        event: &StoredEvent,
+        target: String,
+        timeout: Duration,
+        mut shown: exchange::Exchange,
+    ) -> (Attempt, exchange::Exchange) {
+        let started = Instant::now();
+        let mut headers = request.headers.clone();
+        if !webhook.signing.is_empty() {
+            headers.extend(signing::headers(
+                &request.id,
+                &request.body,
+                &webhook.signing,
+            ));
+        }
+        headers.extend(traceparent);
+        let template_key = match &event.event.template_key {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "none".into(),
+            other => other.to_string(),
+        };
+        let target = destination::fill(
+            &target,
+            &webhook.key,
+            &event.event.event_type,
+            &template_key,
+        );
+        let mut shown_headers = http::HeaderMap::new();
+        for (name, value) in &headers {
+            shown_headers.append(name.clone(), value.clone());
+        }
+        shown.request.method = destination::Kind::of(&webhook.url).name().to_uppercase();
+        shown.request.headers = exchange::shown_headers(&shown_headers);
+        let message = destination::Message {
+            target,
+            id: &request.id,
+            headers: &headers,
+            body: request.body.clone(),
+        };
+        let attempt = self
+            .destinations
+            .publish(&self.guard, webhook, message, timeout)
+            .await;
+        shown.response.total_ms = started.elapsed().as_millis() as u64;
+        match &attempt {
+            Attempt::Status { status, .. } => shown.response.status = Some(*status),
+            other => {
+                shown.response.error = Some(exchange::Failure {
+                    kind: if matches!(other, Attempt::Timeout) {
+                        "timeout"
+                    } else {
+                        "other"
+                    }
+                    .into(),
+                    message: other.label(),
+                })
+            }
+        }
+        (attempt, shown)
     }
 
     /// Counts and logs a refusal, and makes it the attempt's error. The

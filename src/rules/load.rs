@@ -401,11 +401,23 @@ impl Loader {
     ) -> Option<Webhook> {
         let url = match reqwest::Url::parse(&raw.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            Ok(u) if matches!(u.scheme(), "nats" | "amqp" | "amqps" | "redis") => {
+                match crate::deliver::destination::check_url(&u) {
+                    Ok(()) => Some(u),
+                    Err(why) => {
+                        self.problems.push(doc.problem(
+                            &format!("{at}/url"),
+                            format!("{} destination: {why}", u.scheme()),
+                        ));
+                        None
+                    }
+                }
+            }
             Ok(u) => {
                 self.problems.push(doc.problem(
                     &format!("{at}/url"),
                     format!(
-                        "webhook URL must be http or https with a host, got `{}`",
+                        "webhook URL must be http, https, nats, amqp, amqps or redis with a host, got `{}`",
                         u.scheme()
                     ),
                 ));

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod brokers;
+pub mod nats;
 pub mod ordered;
 pub mod upstream;
 

@@ -1,0 +1,168 @@
+//! NATS destinations: `nats://[user:password@]host[:4222]/subject.{event_type}`
+//! (a user alone is a token). Each attempt publishes the body to the
+//! subject, the headers (content type, Standard Webhooks signature,
+//! `traceparent`) as message headers, and `Nats-Msg-Id` set to the
+//! message id (the event's UUID), for JetStream's own dedup window.
+//!
+//! When a stream is bound to the subject the publish is a JetStream one,
+//! and only the stream's acknowledgement makes the attempt a success: no
+//! ack (a timeout, a stream that refused it) is a failed attempt, retried
+//! as the webhook's retry policy says. A subject no stream is bound to
+//! (NATS answers "no responders") gets a core publish, flushed: the server
+//! has it, and its subscribers get it at most once each.
+
+use std::time::Duration;
+
+use super::destination::{self, acknowledged, within, Message, Pool};
+use super::guard::Guard;
+use super::retry::Attempt;
+use crate::rules::model::Webhook;
+
+/// Checks a `nats://` URL as written: a subject in the path, no query.
+pub fn check_url(url: &reqwest::Url) -> Result<(), String> {
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("no query or fragment: the subject is the path".into());
+    }
+    let subject = destination::path(url);
+    if subject.is_empty() {
+        return Err(
+            "a subject is needed in the path: nats://host:4222/importer.{event_type}".into(),
+        );
+    }
+    destination::check_template("subject", &subject, &['*', '>'])?;
+    if destination::fill(&subject, "x", "x", "x")
+        .split('.')
+        .any(str::is_empty)
+    {
+        return Err(format!("subject `{subject}` has an empty token"));
+    }
+    Ok(())
+}
+
+/// The subject's template: the URL's path.
+pub fn target(url: &reqwest::Url) -> String {
+    destination::path(url)
+}
+
+/// The connections to NATS servers.
+#[derive(Default)]
+pub struct Publishers {
+    pool: Pool<async_nats::Client>,
+}
+
+impl Publishers {
+    /// Publishes `message` for `webhook`; what the attempt came to.
+    pub async fn publish(
+        &self,
+        guard: &Guard,
+        webhook: &Webhook,
+        message: Message<'_>,
+        timeout: Duration,
+    ) -> Attempt {
+        let client = match self.client(guard, webhook, timeout).await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in message.text_headers() {
+            headers.insert(name, value);
+        }
+        headers.insert("Nats-Msg-Id", message.id);
+        let js = async_nats::jetstream::new(client.clone());
+        let subject = message.target;
+        let body = message.body;
+        within(timeout, async move {
+            use async_nats::jetstream::context::PublishErrorKind;
+            let ack = match js
+                .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(e) => return Attempt::Error(format!("NATS publish: {e}")),
+            };
+            match ack {
+                Ok(_) => acknowledged(),
+                // No stream is bound to the subject: a core publish, flushed.
+                Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                    let core = async {
+                        client
+                            .publish_with_headers(subject, headers, body)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        client.flush().await.map_err(|e| e.to_string())
+                    };
+                    match core.await {
+                        Ok(()) => acknowledged(),
+                        Err(e) => Attempt::Error(format!("NATS publish: {e}")),
+                    }
+                }
+                Err(e) if e.kind() == PublishErrorKind::TimedOut => Attempt::Timeout,
+                Err(e) => Attempt::Error(format!("NATS JetStream did not acknowledge: {e}")),
+            }
+        })
+        .await
+    }
+
+    /// The client for `webhook`'s server: kept, or connected now to an
+    /// address the guard allows.
+    async fn client(
+        &self,
+        guard: &Guard,
+        webhook: &Webhook,
+        timeout: Duration,
+    ) -> Result<async_nats::Client, Attempt> {
+        let key = Pool::<async_nats::Client>::key(&webhook.url);
+        if let Some(c) = self.pool.get(&key, |c| {
+            c.connection_state() == async_nats::connection::State::Connected
+        }) {
+            return Ok(c);
+        }
+        let addr = destination::vetted(guard, webhook).await?;
+        let mut options = async_nats::ConnectOptions::new().connection_timeout(timeout);
+        match destination::credentials(&webhook.url) {
+            (user, Some(pass)) => options = options.user_and_password(user, pass),
+            (token, None) if !token.is_empty() => options = options.token(token),
+            _ => {}
+        }
+        let host = webhook.url.host_str().unwrap_or_default();
+        match tokio::time::timeout(timeout, options.connect(format!("nats://{addr}"))).await {
+            Ok(Ok(client)) => {
+                self.pool.put(key, client.clone());
+                Ok(client)
+            }
+            Ok(Err(e)) => Err(Attempt::Error(format!(
+                "cannot connect to NATS at {host}: {e}"
+            ))),
+            Err(_) => Err(Attempt::Timeout),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> reqwest::Url {
+        reqwest::Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn subjects_are_checked() {
+        assert!(check_url(&url("nats://127.0.0.1:4222/importer.{event_type}")).is_ok());
+        assert!(check_url(&url("nats://nats/importer.{webhook}.{template_key}")).is_ok());
+        assert!(check_url(&url("nats://nats:4222/"))
+            .unwrap_err()
+            .contains("subject is needed"));
+        assert!(check_url(&url("nats://nats/a.*"))
+            .unwrap_err()
+            .contains("not allowed"));
+        assert!(check_url(&url("nats://nats/a..b"))
+            .unwrap_err()
+            .contains("empty token"));
+        assert!(check_url(&url("nats://nats/a?x=1")).is_err());
+        assert_eq!(
+            target(&url("nats://h/importer.{event_type}")),
+            "importer.{event_type}"
+        );
+    }
+}

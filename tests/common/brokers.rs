@@ -1,0 +1,156 @@
+//! Real RabbitMQ and Redis servers for the destination tests, on free
+//! loopback ports with stores of their own (`make test-prereqs` installs
+//! Debian's `rabbitmq-server` and `redis-server` and stops their system
+//! services).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use taphook::demo::free_port;
+
+fn wait_port(port: u16, what: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `rabbitmq-server` as root, its node, distribution and epmd ports free
+/// ones, its database in a temporary directory; user `guest`.
+pub struct Rabbit {
+    pub port: u16,
+    epmd: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Rabbit {
+    pub fn start() -> Rabbit {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, epmd) = (free_port().unwrap(), free_port().unwrap());
+        let child = Self::spawn(port, epmd, dir.path());
+        Rabbit {
+            port,
+            epmd,
+            dir,
+            child,
+        }
+    }
+
+    fn spawn(port: u16, epmd: u16, dir: &Path) -> Child {
+        std::fs::write(dir.join("plugins"), "[].").unwrap();
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n"),
+        )
+        .unwrap();
+        let node = format!("taphook{port}@localhost");
+        // The packaged wrapper switches to the rabbitmq user; the server
+        // script itself runs as whoever starts it.
+        let bin = ["/usr/lib/rabbitmq/bin/rabbitmq-server", "rabbitmq-server"]
+            .into_iter()
+            .find(|b| !b.starts_with('/') || Path::new(b).exists())
+            .unwrap();
+        let child = Command::new(bin)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_DIST_PORT", free_port().unwrap().to_string())
+            .env("ERL_EPMD_PORT", epmd.to_string())
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("plugins"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
+            .env("HOME", dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rabbitmq-server (make test installs it: apt-get install rabbitmq-server)");
+        wait_port(port, "rabbitmq-server", Duration::from_secs(60));
+        child
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for Rabbit {
+    fn drop(&mut self) {
+        // The Erlang VM and its epmd outlive the script: end the VM (its
+        // command line names its epmd port) and that epmd.
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &format!("epmd_port {}", self.epmd)])
+            .status();
+        // epmd refuses `-kill` while it still lists the node: end the
+        // process listening on its port instead.
+        if let Ok(out) = Command::new("ss")
+            .args(["-ltnpH", &format!("sport = :{}", self.epmd)])
+            .output()
+        {
+            let text = String::from_utf8_lossy(&out.stdout);
+            for pid in text.split("pid=").skip(1).filter_map(|p| p.split(',').next()) {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.dir;
+    }
+}
+
+/// `redis-server` on a free port, no persistence.
+pub struct Redis {
+    pub port: u16,
+    child: Child,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port().unwrap();
+        Redis {
+            port,
+            child: Self::spawn(port),
+        }
+    }
+
+    fn spawn(port: u16) -> Child {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (make test installs it: apt-get install redis-server)");
+        wait_port(port, "redis-server", Duration::from_secs(10));
+        child
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,58 @@
+//! A real `nats-server` for the tests (make test installs it).
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use taphook::demo::free_port;
+
+/// `nats-server -js` on a free loopback port, with its own store.
+pub struct Nats {
+    pub port: u16,
+    store: tempfile::TempDir,
+    pub child: Child,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let store = tempfile::tempdir().unwrap();
+        let port = free_port().unwrap();
+        let child = Self::spawn(port, store.path());
+        Nats { port, store, child }
+    }
+
+    fn spawn(port: u16, store: &Path) -> Child {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server (make test installs it: apt-get install nats-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self.port, self.store.path());
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,558 @@
+//! Destinations beyond HTTP (issue 28): a webhook whose `url` is
+//! `nats://host:port/subject.{event_type}` publishes to a real
+//! `nats-server` on loopback, with JetStream's acknowledgement when a
+//! stream is bound to the subject, the headers as message headers and
+//! `Nats-Msg-Id` set to the event's UUID; a broker that is down, then up,
+//! gets everything from the outbox.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::nats::Nats;
+use common::*;
+use futures::StreamExt as _;
+use serde_json::json;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A stream bound to `importer.>`, and what it holds after `n` messages.
+async fn stream(nats: &Nats) -> async_nats::jetstream::stream::Stream {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "IMPORTER".into(),
+        subjects: vec!["importer.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// The stream's messages, once it holds `n` (at most `WAIT`).
+async fn messages(
+    stream: &mut async_nats::jetstream::stream::Stream,
+    n: u64,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let held = stream.info().await.unwrap().state.messages;
+        if held >= n {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{held} of {n} messages in the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut out = Vec::new();
+    for seq in 1..=stream.info().await.unwrap().state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push(m);
+        }
+    }
+    out
+}
+
+fn nats_webhook(nats: &Nats, extra: &str) -> Vec<(&'static str, String)> {
+    vec![(
+        "hooks.yaml",
+        format!(
+            "webhooks:\n  - key: bus\n    url: nats://127.0.0.1:{}/importer.{{event_type}}\n    events: [\"*\"]\n{extra}",
+            nats.port
+        ),
+    )]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_a_nats_stream_once_with_its_headers() {
+    let nats = Nats::start();
+    let mut stream = stream(&nats).await;
+    let stack = Stack::with_rules(nats_webhook(
+        &nats,
+        &format!("    signing: {{ scheme: standard-webhooks, secrets: [{SECRET}] }}\n"),
+    ))
+    .await;
+    let id = stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    stack.finish_session(id).await;
+    let got = messages(&mut stream, 8).await;
+    assert_eq!(got.len(), 8, "{}", stack.log());
+    let mut subjects = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for m in &got {
+        let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        let uuid = body["uuid"].as_str().unwrap().to_string();
+        let event_type = body["event_type"].as_str().unwrap().to_string();
+        assert_eq!(m.subject.as_str(), format!("importer.{event_type}"));
+        subjects.insert(event_type.clone());
+        let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_string());
+        assert_eq!(
+            header("Nats-Msg-Id").as_deref(),
+            Some(uuid.as_str()),
+            "the event's UUID"
+        );
+        assert_eq!(header("content-type").as_deref(), Some("application/json"));
+        // The Standard Webhooks signature verifies over the message.
+        let mut headers = http::HeaderMap::new();
+        for n in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            headers.insert(
+                n,
+                header(n).unwrap_or_else(|| panic!("{n}")).parse().unwrap(),
+            );
+        }
+        standardwebhooks::Webhook::new(SECRET)
+            .unwrap()
+            .verify(&m.payload, &headers)
+            .expect("the signature verifies");
+        // The payload is the format's, as the catalog publishes it.
+        assert_in_catalog(&stack, "oneschema", &event_type, &body);
+        ids.insert(uuid);
+    }
+    assert_eq!(ids.len(), 8, "once each");
+    assert_eq!(subjects.len(), 8);
+    assert_eq!(
+        stack
+            .wait_metric(
+                "taphook_deliveries_total{outcome=\"delivered\",webhook=\"bus\"}",
+                8.0
+            )
+            .await,
+        8.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_no_stream_is_bound_to_gets_a_core_publish() {
+    let nats = Nats::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = client.subscribe("plain.>").await.unwrap();
+    client.flush().await.unwrap();
+    let rules = vec![(
+        "hooks.yaml",
+        format!(
+            "webhooks:\n  - key: plain\n    url: nats://127.0.0.1:{}/plain.{{webhook}}.{{event_type}}\n    events: [embed_initialized]\n",
+            nats.port
+        ),
+    )];
+    let stack = Stack::with_rules(rules).await;
+    stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let m = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a message")
+        .unwrap();
+    assert_eq!(m.subject.as_str(), "plain.plain.embed_initialized");
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(body["event_type"], "embed_initialized");
+    assert_eq!(
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_string()),
+        body["uuid"].as_str().map(str::to_string)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_then_up_gets_everything_from_the_outbox() {
+    let mut nats = Nats::start();
+    let mut stream = stream(&nats).await;
+    let stack = Stack::with_rules(nats_webhook(
+        &nats,
+        "    retry: { on: [error, timeout], max_retries: 100, backoff: [200ms] }\n    timeout: 1s\n",
+    ))
+    .await;
+    nats.kill9();
+    for _ in 0..3 {
+        stack
+            .create_embed(json!({"template_key": "contacts"}), false)
+            .await;
+    }
+    // Attempts fail while NATS is down ...
+    let deadline = std::time::Instant::now() + WAIT;
+    while stack
+        .metric("taphook_delivery_attempts_total{status_class=\"error\",webhook=\"bus\"}")
+        .await
+        < 3.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed attempts: {}",
+            stack.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... and once it is back (same store), every event arrives, once.
+    nats.restart();
+    let got = messages(&mut stream, 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: BTreeSet<String> = got
+        .iter()
+        .map(|m| m.headers.get("Nats-Msg-Id").unwrap().as_str().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        3,
+        "nothing twice"
+    );
+    assert_eq!(
+        stack
+            .wait_metric(
+                "taphook_deliveries_total{outcome=\"delivered\",webhook=\"bus\"}",
+                3.0
+            )
+            .await,
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ssrf_guard_applies_to_a_nats_host() {
+    let nats = Nats::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = client.subscribe("importer.>").await.unwrap();
+    client.flush().await.unwrap();
+    let stack = Stack::start(Setup {
+        rules: nats_webhook(&nats, "    events: [embed_initialized]\n")
+            .into_iter()
+            .map(|(n, t)| (n, t.replace("    events: [\"*\"]\n", "")))
+            .collect(),
+        allow_private_networks: Some("[]"),
+        ..Default::default()
+    })
+    .await;
+    stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"bus\"}";
+    let deadline = std::time::Instant::now() + WAIT;
+    while stack
+        .metric("taphook_delivery_refused_total{reason=\"private_address\",webhook=\"bus\"}")
+        .await
+        < 1.0
+        && stack.metric(dead).await < 1.0
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", stack.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next())
+            .await
+            .is_err(),
+        "nothing was published"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_stream_refuses_is_retried_then_dead_lettered() {
+    let nats = Nats::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    // Room for one message: the second is refused (a negative ack).
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "FULL".into(),
+        subjects: vec!["importer.>".into()],
+        max_messages: 1,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stack = Stack::with_rules(nats_webhook(
+        &nats,
+        "    retry: { on: [error], max_retries: 2, backoff: [100ms] }\n",
+    ))
+    .await;
+    for _ in 0..2 {
+        stack
+            .create_embed(json!({"template_key": "contacts"}), false)
+            .await;
+    }
+    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"bus\"}";
+    assert_eq!(stack.wait_metric(dead, 1.0).await, 1.0, "{}", stack.log());
+    let delivered = "taphook_deliveries_total{outcome=\"delivered\",webhook=\"bus\"}";
+    assert_eq!(stack.wait_metric(delivered, 1.0).await, 1.0);
+    // The refused one: its first attempt and two retries.
+    assert_eq!(
+        stack
+            .metric("taphook_delivery_attempts_total{status_class=\"error\",webhook=\"bus\"}")
+            .await,
+        3.0
+    );
+}
+
+// ---------------------------------------------------------------- RabbitMQ
+
+/// A topic exchange `importer` with queue `events` bound to every key.
+async fn rabbit_queue(rabbit: &common::brokers::Rabbit) -> lapin::Channel {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let conn = lapin::Connection::connect(&rabbit.url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "importer".into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        "events".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "events".into(),
+        "importer".into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    std::mem::forget(conn);
+    ch
+}
+
+/// The queue's messages, once it holds `n`.
+async fn rabbit_messages(ch: &lapin::Channel, n: usize) -> Vec<lapin::message::BasicGetMessage> {
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while got.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} messages",
+            got.len()
+        );
+        match ch
+            .basic_get(
+                "events".into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            Some(m) => got.push(m),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    got
+}
+
+fn amqp_webhook(
+    rabbit: &common::brokers::Rabbit,
+    key: &str,
+    extra: &str,
+) -> Vec<(&'static str, String)> {
+    vec![(
+        "hooks.yaml",
+        format!(
+            "webhooks:\n  - key: rabbit\n    url: amqp://guest:guest@127.0.0.1:{}/%2f?exchange=importer&routing_key={key}\n    events: [\"*\"]\n{extra}",
+            rabbit.port
+        ),
+    )]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_a_rabbitmq_queue_once_with_its_headers() {
+    let rabbit = common::brokers::Rabbit::start();
+    let ch = rabbit_queue(&rabbit).await;
+    let stack = Stack::with_rules(amqp_webhook(
+        &rabbit,
+        "importer.{event_type}",
+        &format!("    signing: {{ scheme: standard-webhooks, secrets: [{SECRET}] }}\n"),
+    ))
+    .await;
+    let id = stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    stack.finish_session(id).await;
+    let got = rabbit_messages(&ch, 8).await;
+    let mut ids = BTreeSet::new();
+    for m in &got {
+        let body: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
+        let uuid = body["uuid"].as_str().unwrap().to_string();
+        let event_type = body["event_type"].as_str().unwrap();
+        assert_eq!(
+            m.delivery.routing_key.as_str(),
+            format!("importer.{event_type}")
+        );
+        let p = &m.delivery.properties;
+        assert_eq!(
+            p.message_id().as_ref().map(|s| s.as_str()),
+            Some(uuid.as_str())
+        );
+        assert_eq!(
+            p.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+        let headers = p.headers().as_ref().expect("headers");
+        let header = |n: &str| match headers.inner().get(n) {
+            Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
+            other => panic!("{n}: {other:?}"),
+        };
+        let mut h = http::HeaderMap::new();
+        for n in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            h.insert(n, header(n).parse().unwrap());
+        }
+        standardwebhooks::Webhook::new(SECRET)
+            .unwrap()
+            .verify(&m.delivery.data, &h)
+            .expect("the signature verifies");
+        ids.insert(uuid);
+    }
+    assert_eq!(ids.len(), 8, "once each");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        ch.basic_get(
+            "events".into(),
+            lapin::options::BasicGetOptions { no_ack: true }
+        )
+        .await
+        .unwrap()
+        .is_none(),
+        "nothing twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_message_is_retried_then_dead_lettered() {
+    let rabbit = common::brokers::Rabbit::start();
+    let _ch = rabbit_queue(&rabbit).await;
+    // A direct exchange with no queue bound: every message is returned.
+    let stack = Stack::with_rules(vec![(
+        "hooks.yaml",
+        format!(
+            "webhooks:\n  - key: rabbit\n    url: amqp://guest:guest@127.0.0.1:{}/%2f?exchange=amq.direct&routing_key=nobody.{{event_type}}\n    events: [embed_initialized]\n    retry: {{ on: [error], max_retries: 2, backoff: [100ms] }}\n",
+            rabbit.port
+        ),
+    )])
+    .await;
+    stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"rabbit\"}";
+    assert_eq!(stack.wait_metric(dead, 1.0).await, 1.0, "{}", stack.log());
+    assert_eq!(
+        stack
+            .metric("taphook_delivery_attempts_total{status_class=\"error\",webhook=\"rabbit\"}")
+            .await,
+        3.0
+    );
+}
+
+// ---------------------------------------------------------------- Redis
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_a_redis_stream_even_across_an_outage() {
+    let mut redis_server = common::brokers::Redis::start();
+    let stack = Stack::with_rules(vec![(
+        "hooks.yaml",
+        format!(
+            "webhooks:\n  - key: stream\n    url: redis://127.0.0.1:{}/0?stream=importer-{{template_key}}&maxlen=~1000\n    events: [\"*\"]\n    retry: {{ on: [error, timeout], max_retries: 100, backoff: [200ms] }}\n    timeout: 1s\n    signing: {{ scheme: standard-webhooks, secrets: [{SECRET}] }}\n",
+            redis_server.port
+        ),
+    )])
+    .await;
+    let id = stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    stack.finish_session(id).await;
+    let client = redis::Client::open(redis_server.url()).unwrap();
+    // The stream's entries once it holds `n` (a new connection each time:
+    // the server restarts below).
+    let entries = |n: usize| {
+        let client = client.clone();
+        async move {
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                let got: redis::streams::StreamRangeReply =
+                    match client.get_multiplexed_async_connection().await {
+                        Ok(mut conn) => redis::cmd("XRANGE")
+                            .arg("importer-contacts")
+                            .arg("-")
+                            .arg("+")
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap_or_default(),
+                        Err(_) => Default::default(),
+                    };
+                if got.ids.len() >= n {
+                    return got.ids;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} of {n} entries",
+                    got.ids.len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let got = entries(8).await;
+    let mut ids = BTreeSet::new();
+    for e in &got {
+        let field = |n: &str| -> String { e.get(n).unwrap_or_else(|| panic!("{n}")) };
+        let body: serde_json::Value = serde_json::from_str(&field("body")).unwrap();
+        assert_eq!(
+            field("id"),
+            body["uuid"].as_str().unwrap(),
+            "the event's UUID in the entry"
+        );
+        assert_eq!(field("content_type"), "application/json");
+        let mut h = http::HeaderMap::new();
+        for n in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            h.insert(n, field(&format!("header:{n}")).parse().unwrap());
+        }
+        standardwebhooks::Webhook::new(SECRET)
+            .unwrap()
+            .verify(field("body").as_bytes(), &h)
+            .expect("the signature verifies");
+        ids.insert(field("id"));
+    }
+    assert_eq!(ids.len(), 8);
+    // Redis down: the attempts fail and wait in the outbox; back up
+    // (empty, no persistence), the next session's events all arrive.
+    redis_server.kill9();
+    stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while stack
+        .metric("taphook_delivery_attempts_total{status_class=\"error\",webhook=\"stream\"}")
+        .await
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed attempt: {}",
+            stack.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis_server.restart();
+    let got = entries(1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        stack
+            .wait_metric(
+                "taphook_deliveries_total{outcome=\"delivered\",webhook=\"stream\"}",
+                9.0
+            )
+            .await,
+        9.0
+    );
+}
