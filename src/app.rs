@@ -98,6 +98,7 @@ impl Shared {
                 log_warnings(&new);
                 self.metrics
                     .init_known_series(new.webhooks.iter().map(|w| w.key.as_str()));
+                self.metrics.describe_webhooks(&new.webhooks);
                 self.rules.store(Arc::new(new));
                 self.metrics
                     .rules_reloads
@@ -153,6 +154,7 @@ pub fn run(config: Config, rules: Rules, stop: Stop, launch: Launch) -> anyhow::
     let data_dir = config.data_dir.clone();
     let metrics = Arc::new(Metrics::new());
     metrics.init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));
+    metrics.describe_webhooks(&rules.webhooks);
     metrics.rules_reloads.with_label_values(&["success"]).inc();
     let telemetry = start_telemetry(&config, &metrics)?;
     // The process this one takes over, found before anything is bound.

@@ -180,7 +180,7 @@ impl<'r> Catalog<'r> {
             channels.insert(
                 id.clone(),
                 json!({
-                    "address": webhook.url.path(),
+                    "address": address(webhook),
                     "title": webhook.key,
                     "description": webhook.description.clone().unwrap_or_else(|| format!("Webhook `{}`", webhook.key)),
                     "servers": [{"$ref": format!("#/servers/{id}")}],
@@ -321,14 +321,23 @@ fn server(webhook: &Webhook) -> Value {
     };
     let mut server = json!({
         "host": host,
-        "pathname": url.path(),
         "protocol": url.scheme(),
         "description": format!("The receiver of webhook `{}`", webhook.key),
     });
+    if crate::deliver::destination::Kind::of(url) == crate::deliver::destination::Kind::Http {
+        server["pathname"] = json!(url.path());
+    }
     if webhook.secret.is_some() {
         server["security"] = json!([{"type": "http", "scheme": "basic", "description": "The webhook's `secret` as the HTTP Basic password, no username"}]);
     }
     server
+}
+
+/// Where a webhook's messages go on its server: the HTTP path, or the
+/// subject, routing key or stream (placeholders as written).
+fn address(webhook: &Webhook) -> String {
+    crate::deliver::destination::Destinations::target(&webhook.url)
+        .unwrap_or_else(|| webhook.url.path().to_string())
 }
 
 /// The `send` operation of a webhook: its format, filter, signature and
@@ -361,6 +370,7 @@ fn operation(webhook: &Webhook, id: &str, messages: Vec<Value>) -> Value {
         "x-taphook-format": webhook.format.name(),
         "x-taphook-retry": retry(&webhook.retry),
         "x-taphook-ordering": format!("{:?}", webhook.ordering).to_lowercase(),
+        "x-taphook-destination": crate::deliver::destination::Kind::of(&webhook.url).name(),
     });
     if let Some(filter) = &webhook.filter {
         op["x-taphook-filter"] = filter.written().clone();

@@ -15,6 +15,9 @@ pub struct Metrics {
     pub events_duplicate: IntCounter,
     /// Exchanges that found the tap queue full and waited for room.
     pub tap_waits: IntCounter,
+    /// 1 per webhook: its destination's kind and its format (join on
+    /// `webhook` to label any per-webhook series with them).
+    pub webhook_info: IntGaugeVec,
     /// Spans exported to the OTLP collector.
     pub telemetry_exported: IntCounter,
     /// Spans lost: the export queue was full, or the collector did not
@@ -153,6 +156,15 @@ impl Metrics {
         )
         .expect("valid metric");
         register(Box::new(tap_waits.clone()));
+        let webhook_info = IntGaugeVec::new(
+            Opts::new(
+                "taphook_webhook_info",
+                "1 per webhook, labelled with its destination's kind (http, nats, amqp, redis) and its format.",
+            ),
+            &["webhook", "kind", "format"],
+        )
+        .expect("valid metric");
+        register(Box::new(webhook_info.clone()));
         let telemetry_exported = IntCounter::new(
             "taphook_telemetry_exported_total",
             "Trace spans the OTLP collector accepted.",
@@ -295,6 +307,7 @@ impl Metrics {
             events_derived,
             events_duplicate,
             tap_waits,
+            webhook_info,
             telemetry_exported,
             telemetry_dropped,
             events_dropped,
@@ -341,6 +354,18 @@ impl Metrics {
             self.webhook_paused.with_label_values(&[key]);
             self.webhook_rate_limited.with_label_values(&[key]);
             self.webhook_rate_limit_wait.with_label_values(&[key]);
+        }
+    }
+
+    /// `taphook_webhook_info`: one series per webhook of the rules in force
+    /// (a webhook gone, or moved to another kind, loses its old series).
+    pub fn describe_webhooks(&self, webhooks: &[std::sync::Arc<crate::rules::model::Webhook>]) {
+        self.webhook_info.reset();
+        for w in webhooks {
+            let kind = crate::deliver::destination::Kind::of(&w.url).name();
+            self.webhook_info
+                .with_label_values(&[&w.key, kind, w.format.name()])
+                .set(1);
         }
     }
 

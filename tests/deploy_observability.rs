@@ -147,6 +147,7 @@ fn families() -> BTreeMap<String, Family> {
     add(&mut out, &m.store_connected);
     add(&mut out, &m.store_buffered);
     add(&mut out, &m.store_buffer_dropped);
+    add(&mut out, &m.webhook_info);
     add(&mut out, &m.telemetry_exported);
     add(&mut out, &m.telemetry_dropped);
     let listed: Vec<&String> = out.keys().collect();

@@ -115,6 +115,13 @@ async fn every_event_reaches_a_nats_stream_once_with_its_headers() {
     }
     assert_eq!(ids.len(), 8, "once each");
     assert_eq!(subjects.len(), 8);
+    // The metrics say what the webhook is.
+    assert_eq!(
+        stack
+            .metric("taphook_webhook_info{format=\"oneschema\",kind=\"nats\",webhook=\"bus\"}")
+            .await,
+        1.0
+    );
     assert_eq!(
         stack
             .wait_metric(

@@ -371,6 +371,7 @@ where
     shared
         .metrics
         .init_known_series(rules.webhooks.iter().map(|w| w.key.as_str()));
+    shared.metrics.describe_webhooks(&rules.webhooks);
     shared.rules.store(rules.clone());
     shared
         .metrics

@@ -90,7 +90,11 @@ impl Drop for Rabbit {
             .output()
         {
             let text = String::from_utf8_lossy(&out.stdout);
-            for pid in text.split("pid=").skip(1).filter_map(|p| p.split(',').next()) {
+            for pid in text
+                .split("pid=")
+                .skip(1)
+                .filter_map(|p| p.split(',').next())
+            {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
         }
