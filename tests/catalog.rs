@@ -28,7 +28,9 @@ fn rules() -> Vec<(&'static str, String)> {
         webhook("basic", "/hooks/basic", "    format: dromo-basic\n    events: [import_completed]\n"),
         webhook("flatfile", "/hooks/flatfile", "    format: flatfile\n    events: [batch.update]\n"),
     ];
-    vec![("hooks.yaml", format!("webhooks:\n{}", hooks.concat()))]
+    // A destination that is not HTTP (never reached here: nothing listens).
+    let bus = "  - key: bus\n    url: nats://user:pw@127.0.0.1:9/importer.{event_type}\n    events: [import_submitted]\n";
+    vec![("hooks.yaml", format!("webhooks:\n{}{bus}", hooks.concat()))]
 }
 
 async fn stack() -> Stack {
@@ -137,9 +139,15 @@ async fn the_admin_api_serves_a_catalog_the_asyncapi_parser_accepts() {
         "application/x-www-form-urlencoded"
     );
     assert!(doc["channels"]["flatfile"]["messages"]["batch.update"].is_object());
+    assert_eq!(doc["channels"]["bus"]["address"], "importer.{event_type}");
+    assert_eq!(doc["servers"]["bus"]["protocol"], "nats");
+    assert_eq!(
+        doc["operations"]["deliver_bus"]["x-taphook-destination"],
+        "nats"
+    );
     // No webhook secret or signing key anywhere in it.
     let text = doc.to_string();
-    assert!(!text.contains("s3cret") && !text.contains(SECRET_A));
+    assert!(!text.contains("s3cret") && !text.contains(SECRET_A) && !text.contains("user:pw"));
     // The official parser accepts it.
     if let Err(diagnostics) = parse_with_asyncapi(&doc) {
         panic!("@asyncapi/parser refused the document:\n{diagnostics}");
