@@ -156,24 +156,16 @@ impl Publishers {
         };
         let uri = format!("{}://{auth}{addr}/{vhost}", url.scheme());
         let host = url.host_str().unwrap_or_default().to_string();
-        let opened = tokio::time::timeout(timeout, async {
+        let opening = async {
             let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;
             let ch = conn.create_channel().await?;
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
             Ok::<_, lapin::Error>((conn, ch))
-        })
-        .await;
-        match opened {
-            Ok(Ok((conn, ch))) => {
-                self.pool
-                    .put(key.to_string(), (std::sync::Arc::new(conn), ch.clone()));
-                Ok(ch)
-            }
-            Ok(Err(e)) => Err(Attempt::Error(format!(
-                "cannot connect to RabbitMQ at {host}: {e}"
-            ))),
-            Err(_) => Err(Attempt::Timeout),
-        }
+        };
+        let (conn, ch) = destination::connect("RabbitMQ", &host, timeout, opening).await?;
+        self.pool
+            .put(key.to_string(), (std::sync::Arc::new(conn), ch.clone()));
+        Ok(ch)
     }
 }
 

@@ -197,6 +197,23 @@ pub async fn vetted(guard: &Guard, webhook: &Webhook) -> Result<SocketAddr, Atte
         .ok_or_else(|| Attempt::Error(format!("{host} resolved to no address")))
 }
 
+/// `connecting` within `timeout`: the connection, or the attempt's failure
+/// (`what` names the broker in it, `host` where it is).
+pub async fn connect<T, E: std::fmt::Display>(
+    what: &str,
+    host: &str,
+    timeout: Duration,
+    connecting: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Attempt> {
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(Attempt::Error(format!(
+            "cannot connect to {what} at {host}: {e}"
+        ))),
+        Err(_) => Err(Attempt::Timeout),
+    }
+}
+
 /// An acknowledged publish: the attempt succeeded (counted as `2xx`).
 pub fn acknowledged() -> Attempt {
     Attempt::Status {

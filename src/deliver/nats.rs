@@ -125,16 +125,10 @@ impl Publishers {
             _ => {}
         }
         let host = webhook.url.host_str().unwrap_or_default();
-        match tokio::time::timeout(timeout, options.connect(format!("nats://{addr}"))).await {
-            Ok(Ok(client)) => {
-                self.pool.put(key, client.clone());
-                Ok(client)
-            }
-            Ok(Err(e)) => Err(Attempt::Error(format!(
-                "cannot connect to NATS at {host}: {e}"
-            ))),
-            Err(_) => Err(Attempt::Timeout),
-        }
+        let connecting = options.connect(format!("nats://{addr}"));
+        let client = destination::connect("NATS", host, timeout, connecting).await?;
+        self.pool.put(key, client.clone());
+        Ok(client)
     }
 }
 

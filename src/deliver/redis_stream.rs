@@ -130,16 +130,10 @@ impl Publishers {
         let host = url.host_str().unwrap_or_default().to_string();
         let client = redis::Client::open(info)
             .map_err(|e| Attempt::Error(format!("Redis at {host}: {e}")))?;
-        match tokio::time::timeout(timeout, ConnectionManager::new(client)).await {
-            Ok(Ok(c)) => {
-                self.pool.put(key.to_string(), c.clone());
-                Ok(c)
-            }
-            Ok(Err(e)) => Err(Attempt::Error(format!(
-                "cannot connect to Redis at {host}: {e}"
-            ))),
-            Err(_) => Err(Attempt::Timeout),
-        }
+        let c =
+            destination::connect("Redis", &host, timeout, ConnectionManager::new(client)).await?;
+        self.pool.put(key.to_string(), c.clone());
+        Ok(c)
     }
 }
 
