@@ -563,3 +563,38 @@ async fn every_event_reaches_a_redis_stream_even_across_an_outage() {
         9.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_session_holds_on_a_nats_destination() {
+    let nats = Nats::start();
+    let mut stream = stream(&nats).await;
+    let stack = Stack::with_rules(nats_webhook(&nats, "    ordering: session\n")).await;
+    // Two sessions' eight steps each, interleaved.
+    let a = stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let b = stack
+        .create_embed(json!({"template_key": "orders"}), false)
+        .await;
+    tokio::join!(stack.finish_session(a), stack.finish_session(b));
+    let got = messages(&mut stream, 16).await;
+    let order = |session: u64| -> Vec<String> {
+        got.iter()
+            .map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap())
+            .filter(|b| b["embed_id"] == json!(session))
+            .map(|b| b["event_type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let expected = [
+        "embed_initialized",
+        "file_uploaded",
+        "header_selected",
+        "columns_mapped",
+        "sheet_operation_performed",
+        "import_submitted",
+        "embed_closed",
+        "embed_resumed",
+    ];
+    assert_eq!(order(a), expected, "session {a} in the stream's order");
+    assert_eq!(order(b), expected, "session {b} in the stream's order");
+}

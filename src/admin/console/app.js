@@ -880,7 +880,7 @@ async function webhooks(ctx) {
           "tr",
           { "data-webhook": w.webhook_key },
           h("td", {}, h("strong", {}, link(w.webhook_key, ["webhooks", w.webhook_key])), w.description ? h("div", { class: "muted" }, w.description) : null, h("div", { class: "muted url" }, w.url)),
-          h("td", {}, w.format),
+          h("td", {}, w.format, destinationKind(w.url) === "http" ? null : h("div", { class: "muted kind" }, `to ${destinationKind(w.url)}`)),
           h("td", {}, w.events.join(", ")),
           h("td", {}, w.filter === null ? h("span", { class: "muted" }, "(none)") : h("code", {}, JSON.stringify(w.filter))),
           h("td", { class: "controls" }, controls(w)),
@@ -900,6 +900,12 @@ async function webhooks(ctx) {
       "No webhooks.",
     );
   reload = await liveRegion(ctx, region, fetchAll, draw, 5000);
+}
+
+/** What a webhook's URL names: http, nats, amqp or redis (its scheme). */
+function destinationKind(url) {
+  const scheme = String(url || "").split(":")[0];
+  return scheme === "https" ? "http" : scheme === "amqps" ? "amqp" : scheme || "http";
 }
 
 /** Attempts per hour for 7 days: stacked bars (succeeded, failed) and the p99 line. */
