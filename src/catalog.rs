@@ -161,16 +161,17 @@ impl<'r> Catalog<'r> {
         let mut servers = Map::new();
         let mut channels = Map::new();
         let mut operations = Map::new();
+        let event_types = self.event_types();
         for webhook in &self.rules.webhooks {
             let id = ident(&webhook.key);
             servers.insert(id.clone(), server(webhook));
             let mut messages = Map::new();
-            for event_type in self.event_types() {
-                if !webhook.events.contains(&event_type) {
+            for event_type in &event_types {
+                if !webhook.events.contains(event_type) {
                     continue;
                 }
-                if let Some(m) = self.message(webhook, &event_type) {
-                    messages.insert(ident(&event_type), m);
+                if let Some(m) = self.message(webhook, event_type) {
+                    messages.insert(ident(event_type), m);
                 }
             }
             let refs: Vec<Value> = messages

@@ -182,19 +182,12 @@ async fn a_broker_down_then_up_gets_everything_from_the_outbox() {
             .await;
     }
     // Attempts fail while NATS is down ...
-    let deadline = std::time::Instant::now() + WAIT;
-    while stack
-        .metric("taphook_delivery_attempts_total{status_class=\"error\",webhook=\"bus\"}")
-        .await
-        < 3.0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failed attempts: {}",
-            stack.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack
+        .wait_metric_at_least(
+            "taphook_delivery_attempts_total{status_class=\"error\",webhook=\"bus\"}",
+            3.0,
+        )
+        .await;
     // ... and once it is back (same store), every event arrives, once.
     nats.restart();
     let got = messages(&mut stream, 3).await;
@@ -537,19 +530,12 @@ async fn every_event_reaches_a_redis_stream_even_across_an_outage() {
     stack
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while stack
-        .metric("taphook_delivery_attempts_total{status_class=\"error\",webhook=\"stream\"}")
-        .await
-        < 1.0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failed attempt: {}",
-            stack.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack
+        .wait_metric_at_least(
+            "taphook_delivery_attempts_total{status_class=\"error\",webhook=\"stream\"}",
+            1.0,
+        )
+        .await;
     redis_server.restart();
     let got = entries(1).await;
     assert_eq!(got.len(), 1);
@@ -585,16 +571,7 @@ async fn ordering_session_holds_on_a_nats_destination() {
             .map(|b| b["event_type"].as_str().unwrap().to_string())
             .collect()
     };
-    let expected = [
-        "embed_initialized",
-        "file_uploaded",
-        "header_selected",
-        "columns_mapped",
-        "sheet_operation_performed",
-        "import_submitted",
-        "embed_closed",
-        "embed_resumed",
-    ];
+    let expected = taphook::demo::EVENT_TYPES;
     assert_eq!(order(a), expected, "session {a} in the stream's order");
     assert_eq!(order(b), expected, "session {b} in the stream's order");
 }

@@ -149,6 +149,15 @@ async fn grpc_collector() -> (SocketAddr, Collected) {
     (addr, collected)
 }
 
+/// The `traceparent` a receiver got, split into its four fields.
+fn traceparent_at(r: &taphook::demo::receiver::Recorded) -> Vec<String> {
+    r.header("traceparent")
+        .expect("the receiver gets a traceparent")
+        .split('-')
+        .map(str::to_string)
+        .collect()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -264,12 +273,8 @@ async fn one_trace_runs_from_the_callers_request_to_the_receiver() {
         .receiver
         .wait_for("/hooks/traced", 1, Duration::from_secs(10))
         .await;
-    let header = got[0]
-        .header("traceparent")
-        .expect("the receiver gets a traceparent")
-        .to_string();
-    let parts: Vec<&str> = header.split('-').collect();
-    assert_eq!(parts.len(), 4, "{header}");
+    let parts = traceparent_at(&got[0]);
+    assert_eq!(parts.len(), 4, "{parts:?}");
     assert_eq!(parts[0], "00");
     assert_eq!(parts[1], TRACE_ID, "the receiver's trace is the caller's");
     assert_eq!(parts[3], "01", "sampled");
@@ -407,16 +412,7 @@ async fn a_retry_after_a_restart_stays_in_the_events_trace() {
         .receiver
         .wait_for("/hooks/retried", 2, Duration::from_secs(15))
         .await;
-    let ids: Vec<Vec<String>> = got
-        .iter()
-        .map(|r| {
-            r.header("traceparent")
-                .expect("traceparent")
-                .split('-')
-                .map(str::to_string)
-                .collect()
-        })
-        .collect();
+    let ids: Vec<Vec<String>> = got.iter().map(traceparent_at).collect();
     assert_eq!(ids[0][1], TRACE_ID);
     assert_eq!(
         ids[1][1], TRACE_ID,
@@ -481,18 +477,9 @@ async fn a_dead_collector_blocks_nothing_and_counts_what_it_drops() {
     );
     // 20 requests, derive, events, writes and attempts: every span lost
     // is counted (the untapped requests' too: trace_untapped).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let dropped = stack.metric("taphook_telemetry_dropped_total").await;
-        if dropped >= 100.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dropped spans counted: {dropped}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack
+        .wait_metric_at_least("taphook_telemetry_dropped_total", 100.0)
+        .await;
     assert_eq!(stack.metric("taphook_telemetry_exported_total").await, 0.0);
     assert!(stack
         .log()
@@ -553,11 +540,7 @@ async fn a_trace_the_caller_did_not_sample_is_passed_on_unrecorded() {
         .receiver
         .wait_for("/hooks/quiet", 1, Duration::from_secs(10))
         .await;
-    let header = got[0]
-        .header("traceparent")
-        .expect("the receiver gets a traceparent")
-        .to_string();
-    let parts: Vec<&str> = header.split('-').collect();
+    let parts = traceparent_at(&got[0]);
     assert_eq!(parts[1], TRACE_ID, "the caller's trace is passed on");
     assert_eq!(parts[3], "00", "not sampled: the receiver is told so");
     // A sampled request afterwards is exported, so the export ran: nothing

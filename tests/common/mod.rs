@@ -267,6 +267,24 @@ impl Stack {
         }
     }
 
+    /// Waits until `sample` is at least `at_least` (15 s at most, then
+    /// panics with taphook's log); its value.
+    pub async fn wait_metric_at_least(&self, sample: &str, at_least: f64) -> f64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = self.metric(sample).await;
+            if v >= at_least {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{sample} is {v}, not yet {at_least}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// An admin API call with a bearer token; the status and the JSON body
     /// (`Null` when it is not JSON).
     pub async fn api(
