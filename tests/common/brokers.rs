@@ -74,15 +74,28 @@ impl Rabbit {
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
+
+    /// `kill -9` of the broker (its Erlang VM); its database stays.
+    pub fn kill9(&mut self) {
+        // The Erlang VM outlives the script: its command line names its
+        // epmd port.
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &format!("epmd_port {}", self.epmd)])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The broker again on the same port and database.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self.port, self.epmd, self.dir.path());
+    }
 }
 
 impl Drop for Rabbit {
     fn drop(&mut self) {
-        // The Erlang VM and its epmd outlive the script: end the VM (its
-        // command line names its epmd port) and that epmd.
-        let _ = Command::new("pkill")
-            .args(["-9", "-f", &format!("epmd_port {}", self.epmd)])
-            .status();
+        // End the VM, then its epmd.
+        self.kill9();
         // epmd refuses `-kill` while it still lists the node: end the
         // process listening on its port instead.
         if let Ok(out) = Command::new("ss")
@@ -98,15 +111,15 @@ impl Drop for Rabbit {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = &self.dir;
     }
 }
 
-/// `redis-server` on a free port, no persistence.
+/// `redis-server` on a free port: no persistence, or (`durable`) an
+/// append-only file synced before each answer, so a `kill -9` loses no
+/// acknowledged write.
 pub struct Redis {
     pub port: u16,
+    dir: Option<tempfile::TempDir>,
     child: Child,
 }
 
@@ -115,22 +128,33 @@ impl Redis {
         let port = free_port().unwrap();
         Redis {
             port,
-            child: Self::spawn(port),
+            child: Self::spawn(port, None),
+            dir: None,
         }
     }
 
-    fn spawn(port: u16) -> Child {
+    pub fn durable() -> Redis {
+        let port = free_port().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        Redis {
+            port,
+            child: Self::spawn(port, Some(dir.path())),
+            dir: Some(dir),
+        }
+    }
+
+    fn spawn(port: u16, dir: Option<&Path>) -> Child {
+        let port_arg = port.to_string();
+        let mut args = vec!["--port", &port_arg, "--bind", "127.0.0.1", "--save", ""];
+        let dir_arg = dir.map(|d| d.display().to_string());
+        match &dir_arg {
+            Some(d) => args.extend(["--dir", d, "--appendonly", "yes", "--appendfsync", "always"]),
+            None => args.extend(["--appendonly", "no"]),
+        }
+        // Stream appends are announced (the ordering tests listen).
+        args.extend(["--notify-keyspace-events", "Et"]);
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -145,7 +169,7 @@ impl Redis {
     }
 
     pub fn restart(&mut self) {
-        self.child = Self::spawn(self.port);
+        self.child = Self::spawn(self.port, self.dir.as_ref().map(|d| d.path()));
     }
 
     pub fn url(&self) -> String {

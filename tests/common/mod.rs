@@ -267,10 +267,10 @@ impl Stack {
         }
     }
 
-    /// Waits until `sample` is at least `at_least` (15 s at most, then
+    /// Waits until `sample` is at least `at_least` (30 s at most, then
     /// panics with taphook's log); its value.
     pub async fn wait_metric_at_least(&self, sample: &str, at_least: f64) -> f64 {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let v = self.metric(sample).await;
             if v >= at_least {
