@@ -402,6 +402,11 @@ fn tls_files(path: &std::path::Path, cfg: &Config) -> Result<(), rules::Problems
     if let Err(e) = crate::proxy::upstream::peer(anywhere, &cfg.upstream, &cfg.upstream_tls) {
         problems.push(rules::Problem::new(path, 1, e.to_string()));
     }
+    if let Some(ca) = &cfg.delivery.ca {
+        if let Err(e) = crate::deliver::destination::Ca::read(ca) {
+            problems.push(rules::Problem::new(path, 1, format!("{e:#}")));
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {

@@ -335,6 +335,9 @@ pub struct Delivery {
     pub allow_private_networks: Vec<Cidr>,
     /// The rate limit of webhooks that set none.
     pub rate_limit: Option<crate::rules::model::RateLimit>,
+    /// CA certificates (PEM) trusted for `https://` webhooks, `amqps://`
+    /// and `rediss://` destinations, beside the public roots.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -479,6 +482,8 @@ struct RawDelivery {
     allow_private_networks: Vec<String>,
     #[serde(default)]
     rate_limit: Option<crate::rules::model::RawRateLimit>,
+    #[serde(default)]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -663,6 +668,7 @@ impl Config {
                     .map_or(Duration::from_secs(60), |d| d.0),
                 allow_private_networks,
                 rate_limit,
+                ca: raw.delivery.ca.as_ref().map(|p| base.join(p)),
             },
             jwt_hs256_secret: raw.jwt.hs256_secret.filter(|s| !s.expose().is_empty()),
             session_secret: raw.session_secret.filter(|s| !s.expose().is_empty()),

@@ -950,3 +950,99 @@ async fn ordering_session_holds_on_redis_when_a_step_fails() {
     }
     assert_eq!(*appended.lock().unwrap(), steps);
 }
+
+// ---------------------------------------------------------------- TLS
+
+/// `amqps://` and `rediss://` to brokers whose certificates a private CA
+/// signed for `localhost`: verified against `delivery.ca`, the socket at
+/// the address the guard vetted; without the CA, refused (nothing sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_and_rediss_are_verified_against_the_delivery_ca() {
+    let pki = common::pki::Pki::new("brokers");
+    pki.leaf("server", &["localhost"], None);
+    let rabbit = common::brokers::Rabbit::start_tls(&pki);
+    let ch = rabbit_queue(&rabbit, &["#"]).await;
+    let redis_server = common::brokers::Redis::start_tls(&pki, taphook::demo::free_port().unwrap());
+    let rules = || {
+        vec![(
+            "hooks.yaml",
+            format!(
+                "webhooks:\n  - key: tls-rabbit\n    url: amqps://guest:guest@localhost:{}/%2f?exchange=importer&routing_key=importer.{{event_type}}\n    events: [embed_initialized]\n    retry: {{ on: [error], max_retries: 2, backoff: [100ms] }}\n  - key: tls-redis\n    url: rediss://localhost:{}/0?stream=importer-events\n    events: [embed_initialized]\n    retry: {{ on: [error], max_retries: 2, backoff: [100ms] }}\n",
+                rabbit.tls_port.unwrap(),
+                redis_server.tls_port().unwrap()
+            ),
+        )]
+    };
+    // `localhost` is also ::1, where neither broker listens: the guard
+    // allows 127.0.0.0/8 only.
+    let with_ca = format!("delivery:\n  ca: {}\n", pki.ca_path());
+    let verified = Stack::start(Setup {
+        rules: rules(),
+        config: &with_ca,
+        allow_private_networks: Some("[127.0.0.0/8]"),
+        ..Default::default()
+    })
+    .await;
+    verified
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    for webhook in ["tls-rabbit", "tls-redis"] {
+        let delivered =
+            format!("taphook_deliveries_total{{outcome=\"delivered\",webhook=\"{webhook}\"}}");
+        assert_eq!(
+            verified.wait_metric(&delivered, 1.0).await,
+            1.0,
+            "{webhook}: {}",
+            verified.log()
+        );
+    }
+    let got = rabbit_messages(&ch, 1).await;
+    let body: serde_json::Value = serde_json::from_slice(&got[0].delivery.data).unwrap();
+    assert_eq!(body["event_type"], "embed_initialized");
+    let mut conn = redis::Client::open(redis_server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("importer-events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(entries.ids.len(), 1);
+    assert_eq!(
+        entries.ids[0].get::<String>("id").as_deref(),
+        body["uuid"].as_str()
+    );
+    drop(verified);
+
+    // Without the CA, the brokers' certificates are not trusted.
+    let refused = Stack::start(Setup {
+        rules: rules(),
+        allow_private_networks: Some("[127.0.0.0/8]"),
+        ..Default::default()
+    })
+    .await;
+    refused
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    for webhook in ["tls-rabbit", "tls-redis"] {
+        let dead = format!("taphook_deliveries_total{{outcome=\"dead\",webhook=\"{webhook}\"}}");
+        assert_eq!(refused.wait_metric(&dead, 1.0).await, 1.0, "{webhook}");
+    }
+    assert!(
+        refused.log().contains("certificate") || refused.log().contains("UnknownIssuer"),
+        "the log says why: {}",
+        refused.log()
+    );
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("importer-events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(entries.ids.len(), 1, "nothing more");
+}

@@ -8,67 +8,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::pki::{write_atomically, Pki};
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::KeyPair;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-/// A CA and what it signed, as PEM files in a directory.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("taphook test CA {name}"));
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir, ca, ca_key }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn ca_path(&self) -> String {
-        path_of(&self.path("ca.pem"))
-    }
-
-    /// A leaf for `names` signed by the CA, with `key` (a new ECDSA P-256
-    /// key when `None`), written to `<stem>.pem` (leaf then CA: a chain)
-    /// and `<stem>.key`; its serial, to tell certificates apart.
-    fn leaf(&self, stem: &str, names: &[&str], key: Option<KeyPair>) -> Vec<u8> {
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let key = key.unwrap_or_else(|| KeyPair::generate().unwrap());
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let chain = format!("{}{}", cert.pem(), self.ca.pem());
-        write_atomically(&self.path(&format!("{stem}.pem")), &chain);
-        write_atomically(&self.path(&format!("{stem}.key")), &key.serialize_pem());
-        cert.der().to_vec()
-    }
-}
-
-/// Writes through a rename, as renewals do (a reader never sees half).
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 /// An RSA key (ring signs with RSA keys but does not make them).
 fn rsa_key(dir: &Path) -> KeyPair {
@@ -633,4 +582,54 @@ async fn http2_to_an_upstream_that_offers_it() {
             "{h2:?}"
         );
     }
+}
+
+/// An `https://` webhook whose receiver has a private CA's certificate
+/// (here another taphook with TLS in front of the importer, which echoes
+/// a POST): delivered when `delivery.ca` names the CA, refused without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_is_verified_against_the_delivery_ca() {
+    let pki = Pki::new("receiver");
+    pki.leaf("server", &["localhost"], None);
+    let front = start(&tls_config(&pki, "")).await;
+    let rules = vec![(
+        "hooks.yaml",
+        format!(
+            "webhooks:\n  - key: private\n    url: https://localhost:{}/_fixtures/echo\n    events: [embed_initialized]\n    retry: {{ on: [error], max_retries: 1, backoff: [100ms] }}\n",
+            front.proxy.port()
+        ),
+    )];
+    let outcome = |outcome: &str| {
+        format!("taphook_deliveries_total{{outcome=\"{outcome}\",webhook=\"private\"}}")
+    };
+    // `localhost` is also ::1, where the front does not listen.
+    let config = format!("delivery:\n  ca: {}\n", pki.ca_path());
+    let trusted = Stack::start(Setup {
+        rules: rules.clone(),
+        config: &config,
+        allow_private_networks: Some("[127.0.0.0/8]"),
+        ..Default::default()
+    })
+    .await;
+    trusted
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let delivered = outcome("delivered");
+    assert_eq!(
+        trusted.wait_metric(&delivered, 1.0).await,
+        1.0,
+        "{}",
+        trusted.log()
+    );
+    let untrusted = Stack::start(Setup {
+        rules,
+        allow_private_networks: Some("[127.0.0.0/8]"),
+        ..Default::default()
+    })
+    .await;
+    untrusted
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let dead = outcome("dead");
+    assert_eq!(untrusted.wait_metric(&dead, 1.0).await, 1.0);
 }

@@ -13,9 +13,10 @@
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Confirmation;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{AsyncTcpStream, BasicProperties, Channel, Connection, ConnectionProperties};
 
 use super::destination::{self, acknowledged, within, Message, Pool};
 use super::guard::Guard;
@@ -50,12 +51,20 @@ pub fn target(url: &reqwest::Url) -> String {
 }
 
 /// The connections (one channel in confirm mode each) to RabbitMQ.
-#[derive(Default)]
 pub struct Publishers {
     pool: Pool<(std::sync::Arc<Connection>, Channel)>,
+    /// `delivery.ca`, trusted for `amqps://` beside the public roots.
+    ca: Option<destination::Ca>,
 }
 
 impl Publishers {
+    pub fn new(ca: Option<destination::Ca>) -> Self {
+        Self {
+            pool: Pool::default(),
+            ca,
+        }
+    }
+
     pub async fn publish(
         &self,
         guard: &Guard,
@@ -154,10 +163,34 @@ impl Publishers {
                 enc(pass.as_deref().unwrap_or_default())
             )
         };
-        let uri = format!("{}://{auth}{addr}/{vhost}", url.scheme());
+        // The URI names the host (TLS verifies that name); the socket goes
+        // to the address the guard vetted.
         let host = url.host_str().unwrap_or_default().to_string();
+        let uri = format!("{}://{auth}{host}:{}/{vhost}", url.scheme(), addr.port());
+        let uri: lapin::uri::AMQPUri = uri
+            .parse()
+            .map_err(|e| Attempt::Error(format!("AMQP URL: {e}")))?;
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.ca.as_ref().map(|ca| ca.pem().to_string()),
+        };
         let opening = async {
-            let conn = Connection::connect(&uri, ConnectionProperties::default()).await?;
+            let runtime = lapin::runtime::default_runtime()?;
+            let conn = Connection::connector(
+                uri,
+                runtime,
+                async move |uri: lapin::uri::AMQPUri, runtime| {
+                    let stream = AsyncTcpStream::connect(&runtime, addr).await?;
+                    Ok(match uri.scheme {
+                        lapin::uri::AMQPScheme::AMQPS => {
+                            stream.into_tls(&uri.authority.host, tls.as_ref()).await?
+                        }
+                        lapin::uri::AMQPScheme::AMQP => stream,
+                    })
+                },
+                ConnectionProperties::default(),
+            )
+            .await?;
             let ch = conn.create_channel().await?;
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
             Ok::<_, lapin::Error>((conn, ch))

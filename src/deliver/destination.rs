@@ -10,6 +10,10 @@
 //! - `redis://host:6379/0?stream=importer-events&maxlen=~1000000`
 //!   ([`super::redis_stream`]).
 //!
+//! `amqps://` and `rediss://` speak TLS to the name in the URL (verified
+//! against the public roots and `delivery.ca`) at the address the guard
+//! vetted.
+//!
 //! Every destination's host goes through the SSRF guard (resolved, then
 //! vetted against `delivery.allow_private_networks`); credentials come from
 //! the URL (`${VAR}` in the rules) and never reach a log, a metric or the
@@ -39,7 +43,7 @@ impl Kind {
         match url.scheme() {
             "nats" => Kind::Nats,
             "amqp" | "amqps" => Kind::Amqp,
-            "redis" => Kind::Redis,
+            "redis" | "rediss" => Kind::Redis,
             _ => Kind::Http,
         }
     }
@@ -299,8 +303,38 @@ mod tests {
     }
 }
 
+/// `delivery.ca`: the certificates a TLS destination is verified against
+/// beside the public roots, read (and checked) once at start.
+#[derive(Clone)]
+pub struct Ca {
+    pem: std::sync::Arc<str>,
+    der: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl Ca {
+    pub fn read(path: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let der = crate::proxy::tls::read_certs("delivery.ca", path)?;
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("delivery.ca: {}", path.display()))?;
+        Ok(Self {
+            pem: pem.into(),
+            der,
+        })
+    }
+
+    /// The certificates, PEM-encoded.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// The certificates, DER-encoded.
+    pub fn der(&self) -> impl Iterator<Item = &[u8]> {
+        self.der.iter().map(|c| c.as_ref())
+    }
+}
+
 /// Every kind's connections; an attempt goes to its webhook's kind.
-#[derive(Default)]
 pub struct Destinations {
     nats: super::nats::Publishers,
     amqp: super::amqp::Publishers,
@@ -308,6 +342,15 @@ pub struct Destinations {
 }
 
 impl Destinations {
+    /// `ca`: `delivery.ca`, for `amqps://` and `rediss://`.
+    pub fn new(ca: Option<Ca>) -> Self {
+        Self {
+            nats: Default::default(),
+            amqp: super::amqp::Publishers::new(ca.clone()),
+            redis: super::redis_stream::Publishers::new(ca),
+        }
+    }
+
     /// The template of what `url` publishes to (subject, routing key or
     /// stream); `None` for an HTTP webhook.
     pub fn target(url: &reqwest::Url) -> Option<String> {

@@ -111,20 +111,26 @@ impl Dispatcher {
         // Redirects are not followed (a 3xx is the attempt's answer) and
         // no proxy is used: the guard vets the address connected to, which
         // its resolver hands to the connector.
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver::new(guard.clone())))
             .user_agent(concat!("taphook/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
+            .pool_idle_timeout(Duration::from_secs(60));
+        let ca = match &shared.config.delivery.ca {
+            Some(path) => Some(destination::Ca::read(path)?),
+            None => None,
+        };
+        for cert in ca.iter().flat_map(|ca| ca.der()) {
+            client = client.add_root_certificate(reqwest::Certificate::from_der(cert)?);
+        }
         Ok(Self {
             store: shared.store.clone(),
+            client: client.build()?,
             shared,
-            client,
             guard,
             limits: limit::Limits::default(),
-            destinations: destination::Destinations::default(),
+            destinations: destination::Destinations::new(ca),
         })
     }
 

@@ -1,14 +1,21 @@
 //! Redis Streams destinations:
-//! `redis://[:password@]host[:6379]/0?stream=importer-events&maxlen=~1000000`.
+//! `redis://[:password@]host[:6379]/0?stream=importer-events&maxlen=~1000000`
+//! (`rediss://` for TLS).
 //! Each attempt appends one entry (`XADD`, with `MAXLEN ~ n` when given):
 //! `id` (the message id: the event's UUID), `content_type`, `body`, and one
 //! `header:<name>` field per header (the signature, `traceparent`). The
 //! entry is written when Redis answers with its id; no answer is a failed
 //! attempt. Redis has no dedup of its own: a receiver dedups on `id`.
+//!
+//! A connection is multiplexed, kept while it works and made again after a
+//! failed attempt: each (re)connection goes through the SSRF guard. (The
+//! crate's connection manager reconnects by itself, resolving the name
+//! again past the guard.)
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::MultiplexedConnection;
 
 use super::destination::{self, acknowledged, within, Message, Pool};
 use super::guard::Guard;
@@ -50,14 +57,22 @@ pub fn target(url: &reqwest::Url) -> String {
     destination::param(url, "stream").unwrap_or_default()
 }
 
-/// The connections to Redis (the crate's connection manager, which
-/// reconnects by itself).
-#[derive(Default)]
+/// The connections to Redis.
 pub struct Publishers {
-    pool: Pool<ConnectionManager>,
+    pool: Pool<MultiplexedConnection>,
+    /// `delivery.ca`: for `rediss://`, the only CA trusted when set (the
+    /// client's rule), else the system's roots.
+    ca: Option<destination::Ca>,
 }
 
 impl Publishers {
+    pub fn new(ca: Option<destination::Ca>) -> Self {
+        Self {
+            pool: Pool::default(),
+            ca,
+        }
+    }
+
     pub async fn publish(
         &self,
         guard: &Guard,
@@ -65,39 +80,24 @@ impl Publishers {
         message: Message<'_>,
         timeout: Duration,
     ) -> Attempt {
-        let key = Pool::<ConnectionManager>::key(&webhook.url);
+        let key = Pool::<MultiplexedConnection>::key(&webhook.url);
         let mut conn = match self.connection(guard, webhook, &key, timeout).await {
             Ok(c) => c,
             Err(e) => return e,
         };
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&message.target);
-        if let Some((approx, n)) =
-            destination::param(&webhook.url, "maxlen").and_then(|m| maxlen(&m))
-        {
-            cmd.arg("MAXLEN");
-            if approx {
-                cmd.arg("~");
-            }
-            cmd.arg(n);
-        }
-        cmd.arg("*").arg("id").arg(message.id);
-        if let Some(ct) = message.content_type() {
-            cmd.arg("content_type").arg(ct);
-        }
-        for (name, value) in message.text_headers() {
-            if name != "content-type" {
-                cmd.arg(format!("header:{name}")).arg(value);
-            }
-        }
-        cmd.arg("body").arg(message.body.as_ref());
-        within(timeout, async move {
+        let cmd = xadd(&webhook.url, &message);
+        let attempt = within(timeout, async move {
             match cmd.query_async::<String>(&mut conn).await {
                 Ok(_) => acknowledged(),
                 Err(e) => Attempt::Error(format!("Redis XADD: {e}")),
             }
         })
-        .await
+        .await;
+        if !matches!(attempt, Attempt::Status { .. }) {
+            // The connection may be gone: make it again next time.
+            self.pool.forget(&key);
+        }
+        attempt
     }
 
     async fn connection(
@@ -106,12 +106,39 @@ impl Publishers {
         webhook: &Webhook,
         key: &str,
         timeout: Duration,
-    ) -> Result<ConnectionManager, Attempt> {
+    ) -> Result<MultiplexedConnection, Attempt> {
         if let Some(c) = self.pool.get(key, |_| true) {
             return Ok(c);
         }
         let addr = destination::vetted(guard, webhook).await?;
         let url = &webhook.url;
+        let host = url.host_str().unwrap_or_default().to_string();
+        let client = self
+            .client(url, &host, addr.port())
+            .map_err(|e| Attempt::Error(format!("Redis at {host}: {e}")))?;
+        // The name resolves to the vetted address only.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_dns_resolver(Pinned(addr))
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let c = destination::connect(
+            "Redis",
+            &host,
+            timeout,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await?;
+        self.pool.put(key.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// A client for `url`'s database and credentials, TLS for `rediss://`.
+    fn client(
+        &self,
+        url: &reqwest::Url,
+        host: &str,
+        port: u16,
+    ) -> redis::RedisResult<redis::Client> {
         let (user, pass) = destination::credentials(url);
         let db = destination::path(url).parse::<i64>().unwrap_or(0);
         let mut settings = redis::RedisConnectionInfo::default().set_db(db);
@@ -121,19 +148,70 @@ impl Publishers {
         if let Some(p) = pass {
             settings = settings.set_password(p);
         }
-        let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
-            addr.ip().to_string(),
-            addr.port(),
-        ))
-        .map(|i| i.set_redis_settings(settings))
-        .map_err(|e| Attempt::Error(format!("Redis: {e}")))?;
-        let host = url.host_str().unwrap_or_default().to_string();
-        let client = redis::Client::open(info)
-            .map_err(|e| Attempt::Error(format!("Redis at {host}: {e}")))?;
-        let c =
-            destination::connect("Redis", &host, timeout, ConnectionManager::new(client)).await?;
-        self.pool.put(key.to_string(), c.clone());
-        Ok(c)
+        let tls = url.scheme() == "rediss";
+        let addr = if tls {
+            redis::ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            redis::ConnectionAddr::Tcp(host.to_string(), port)
+        };
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(settings);
+        match (&self.ca, tls) {
+            (Some(ca), true) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.pem().as_bytes().to_vec()),
+                },
+            ),
+            _ => redis::Client::open(info),
+        }
+    }
+}
+
+/// `XADD` of `message` to its stream.
+fn xadd(url: &reqwest::Url, message: &Message<'_>) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(&message.target);
+    if let Some((approx, n)) = destination::param(url, "maxlen").and_then(|m| maxlen(&m)) {
+        cmd.arg("MAXLEN");
+        if approx {
+            cmd.arg("~");
+        }
+        cmd.arg(n);
+    }
+    cmd.arg("*").arg("id").arg(message.id);
+    if let Some(ct) = message.content_type() {
+        cmd.arg("content_type").arg(ct);
+    }
+    for (name, value) in message.text_headers() {
+        if name != "content-type" {
+            cmd.arg(format!("header:{name}")).arg(value);
+        }
+    }
+    cmd.arg("body").arg(message.body.as_ref());
+    cmd
+}
+
+/// A resolver that answers with the address the SSRF guard vetted, so
+/// the client connects there whatever the name resolves to now.
+struct Pinned(SocketAddr);
+
+impl redis::io::AsyncDNSResolver for Pinned {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        _host: &'b str,
+        _port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = SocketAddr> + Send + 'a>> {
+        let addr = self.0;
+        Box::pin(async move {
+            Ok(Box::new(std::iter::once(addr)) as Box<dyn Iterator<Item = _> + Send>)
+        })
     }
 }
 

@@ -21,29 +21,52 @@ fn wait_port(port: u16, what: &str, limit: Duration) {
 /// ones, its database in a temporary directory; user `guest`.
 pub struct Rabbit {
     pub port: u16,
+    /// The TLS listener's port (`start_tls`).
+    pub tls_port: Option<u16>,
     epmd: u16,
     dir: tempfile::TempDir,
+    /// Lines added to `rabbitmq.conf`.
+    conf: String,
     child: Child,
 }
 
 impl Rabbit {
     pub fn start() -> Rabbit {
+        Self::start_with(None, String::new())
+    }
+
+    /// With a TLS listener too, its certificate `server.pem` of `pki`.
+    pub fn start_tls(pki: &super::pki::Pki) -> Rabbit {
+        let port = free_port().unwrap();
+        let path = |n: &str| pki.path(n).display().to_string();
+        let conf = format!(
+            "listeners.ssl.default = 127.0.0.1:{port}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+            path("ca.pem"),
+            path("server.pem"),
+            path("server.key")
+        );
+        Self::start_with(Some(port), conf)
+    }
+
+    fn start_with(tls_port: Option<u16>, conf: String) -> Rabbit {
         let dir = tempfile::tempdir().unwrap();
         let (port, epmd) = (free_port().unwrap(), free_port().unwrap());
-        let child = Self::spawn(port, epmd, dir.path());
+        let child = Self::spawn(port, epmd, dir.path(), &conf);
         Rabbit {
             port,
+            tls_port,
             epmd,
             dir,
+            conf,
             child,
         }
     }
 
-    fn spawn(port: u16, epmd: u16, dir: &Path) -> Child {
+    fn spawn(port: u16, epmd: u16, dir: &Path, conf: &str) -> Child {
         std::fs::write(dir.join("plugins"), "[].").unwrap();
         std::fs::write(
             dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n{conf}"),
         )
         .unwrap();
         let node = format!("taphook{port}@localhost");
@@ -88,7 +111,7 @@ impl Rabbit {
 
     /// The broker again on the same port and database.
     pub fn restart(&mut self) {
-        self.child = Self::spawn(self.port, self.epmd, self.dir.path());
+        self.child = Self::spawn(self.port, self.epmd, self.dir.path(), &self.conf);
     }
 }
 
@@ -120,30 +143,52 @@ impl Drop for Rabbit {
 pub struct Redis {
     pub port: u16,
     dir: Option<tempfile::TempDir>,
+    /// Arguments for a TLS port too.
+    tls: Vec<String>,
     child: Child,
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = free_port().unwrap();
-        Redis {
-            port,
-            child: Self::spawn(port, None),
-            dir: None,
-        }
+        Self::start_with(None, Vec::new())
     }
 
     pub fn durable() -> Redis {
+        Self::start_with(Some(tempfile::tempdir().unwrap()), Vec::new())
+    }
+
+    /// With a TLS port (`tls_port`) beside the plain one, its certificate
+    /// `server.pem` of `pki`.
+    pub fn start_tls(pki: &super::pki::Pki, tls_port: u16) -> Redis {
+        let path = |n: &str| pki.path(n).display().to_string();
+        let tls = [
+            "--tls-port".to_string(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path("server.pem"),
+            "--tls-key-file".into(),
+            path("server.key"),
+            "--tls-ca-cert-file".into(),
+            path("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let redis = Self::start_with(None, tls.to_vec());
+        wait_port(tls_port, "redis-server (TLS)", Duration::from_secs(10));
+        redis
+    }
+
+    fn start_with(dir: Option<tempfile::TempDir>, tls: Vec<String>) -> Redis {
         let port = free_port().unwrap();
-        let dir = tempfile::tempdir().unwrap();
         Redis {
             port,
-            child: Self::spawn(port, Some(dir.path())),
-            dir: Some(dir),
+            child: Self::spawn(port, dir.as_ref().map(|d| d.path()), &tls),
+            dir,
+            tls,
         }
     }
 
-    fn spawn(port: u16, dir: Option<&Path>) -> Child {
+    fn spawn(port: u16, dir: Option<&Path>, tls: &[String]) -> Child {
         let port_arg = port.to_string();
         let mut args = vec!["--port", &port_arg, "--bind", "127.0.0.1", "--save", ""];
         let dir_arg = dir.map(|d| d.display().to_string());
@@ -155,6 +200,7 @@ impl Redis {
         args.extend(["--notify-keyspace-events", "Et"]);
         let child = Command::new("redis-server")
             .args(&args)
+            .args(tls)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -169,11 +215,20 @@ impl Redis {
     }
 
     pub fn restart(&mut self) {
-        self.child = Self::spawn(self.port, self.dir.as_ref().map(|d| d.path()));
+        self.child = Self::spawn(self.port, self.dir.as_ref().map(|d| d.path()), &self.tls);
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The TLS port (`start_tls`).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls
+            .iter()
+            .position(|a| a == "--tls-port")
+            .and_then(|i| self.tls.get(i + 1))
+            .and_then(|p| p.parse().ok())
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod brokers;
 pub mod nats;
 pub mod ordered;
+pub mod pki;
 pub mod upstream;
 
 use std::net::SocketAddr;
