@@ -96,6 +96,7 @@ bench: prereqs test-prereqs
 	SUDO=$(SUDO) bash benches/load/efficiency.sh
 	SUDO=$(SUDO) bash benches/load/tls.sh
 	SUDO=$(SUDO) bash benches/load/traces.sh
+	SUDO=$(SUDO) bash benches/load/destinations.sh
 	$(CARGO) bench --bench delivery
 	$(CARGO) bench --bench jetstream
 	@python3 -c "import matplotlib" 2>/dev/null || pip install -q matplotlib || echo "matplotlib not installed: plots skipped"

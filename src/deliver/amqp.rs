@@ -169,7 +169,8 @@ impl Publishers {
         let uri = format!("{}://{auth}{host}:{}/{vhost}", url.scheme(), addr.port());
         let uri: lapin::uri::AMQPUri = uri
             .parse()
-            .map_err(|e| Attempt::Error(format!("AMQP URL: {e}")))?;
+            // The parser's message repeats the URI, credentials and all.
+            .map_err(|_| Attempt::Error(format!("AMQP URL for {host}: not valid")))?;
         let tls = OwnedTLSConfig {
             identity: None,
             cert_chain: self.ca.as_ref().map(|ca| ca.pem().to_string()),
