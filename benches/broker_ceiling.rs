@@ -75,12 +75,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An acknowledged publish, or why not.
+type Published<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + 'a>>;
+
 /// One acknowledged publish of [`BODY`] with message id `id`.
 trait Publish: Send + Sync {
-    fn publish(
-        &self,
-        id: String,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + '_>>;
+    fn publish(&self, id: String) -> Published<'_>;
 }
 
 struct Nats(async_nats::jetstream::Context);
@@ -99,11 +100,7 @@ impl Nats {
 }
 
 impl Publish for Nats {
-    fn publish(
-        &self,
-        id: String,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + '_>>
-    {
+    fn publish(&self, id: String) -> Published<'_> {
         Box::pin(async move {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", id.as_str());
@@ -161,11 +158,7 @@ impl Amqp {
 }
 
 impl Publish for Amqp {
-    fn publish(
-        &self,
-        id: String,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + '_>>
-    {
+    fn publish(&self, id: String) -> Published<'_> {
         use lapin::types::{AMQPValue, FieldTable, LongString};
         Box::pin(async move {
             let mut headers = FieldTable::default();
@@ -211,11 +204,7 @@ impl Redis {
 }
 
 impl Publish for Redis {
-    fn publish(
-        &self,
-        id: String,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + '_>>
-    {
+    fn publish(&self, id: String) -> Published<'_> {
         Box::pin(async move {
             let mut conn = self.0.clone();
             let _: String = redis::cmd("XADD")

@@ -470,6 +470,23 @@ async fn an_unroutable_message_is_retried_then_dead_lettered() {
 
 // ---------------------------------------------------------------- Redis
 
+/// A stream's entries, on a new connection (servers restart in these
+/// tests); none when Redis does not answer.
+async fn xrange(url: &str, stream: &str) -> Vec<redis::streams::StreamId> {
+    let client = redis::Client::open(url).unwrap();
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return Vec::new();
+    };
+    let got: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    got.ids
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_reaches_a_redis_stream_even_across_an_outage() {
     let mut redis_server = common::brokers::Redis::start();
@@ -485,32 +502,21 @@ async fn every_event_reaches_a_redis_stream_even_across_an_outage() {
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;
     stack.finish_session(id).await;
-    let client = redis::Client::open(redis_server.url()).unwrap();
-    // The stream's entries once it holds `n` (a new connection each time:
-    // the server restarts below).
+    // The stream's entries once it holds `n`.
+    let url = redis_server.url();
     let entries = |n: usize| {
-        let client = client.clone();
+        let url = url.clone();
         async move {
             let deadline = std::time::Instant::now() + WAIT;
             loop {
-                let got: redis::streams::StreamRangeReply =
-                    match client.get_multiplexed_async_connection().await {
-                        Ok(mut conn) => redis::cmd("XRANGE")
-                            .arg("importer-contacts")
-                            .arg("-")
-                            .arg("+")
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap_or_default(),
-                        Err(_) => Default::default(),
-                    };
-                if got.ids.len() >= n {
-                    return got.ids;
+                let got = xrange(&url, "importer-contacts").await;
+                if got.len() >= n {
+                    return got;
                 }
                 assert!(
                     std::time::Instant::now() < deadline,
                     "{} of {n} entries",
-                    got.ids.len()
+                    got.len()
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -736,20 +742,8 @@ async fn a_redis_server_restarted_mid_run_loses_nothing() {
     )])
     .await;
     let redis_server = run_across_a_restart(&stack, "stream", redis_server, restart_redis).await;
-    let mut conn = redis::Client::open(redis_server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
+    let bodies: Vec<serde_json::Value> = xrange(&redis_server.url(), "importer-events")
         .await
-        .unwrap();
-    let got: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("importer-events")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let bodies: Vec<serde_json::Value> = got
-        .ids
         .iter()
         .map(|e| serde_json::from_str(&e.get::<String>("body").unwrap()).unwrap())
         .collect();
@@ -999,21 +993,10 @@ async fn amqps_and_rediss_are_verified_against_the_delivery_ca() {
     let got = rabbit_messages(&ch, 1).await;
     let body: serde_json::Value = serde_json::from_slice(&got[0].delivery.data).unwrap();
     assert_eq!(body["event_type"], "embed_initialized");
-    let mut conn = redis::Client::open(redis_server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("importer-events")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(entries.ids.len(), 1);
+    let entries = xrange(&redis_server.url(), "importer-events").await;
+    assert_eq!(entries.len(), 1);
     assert_eq!(
-        entries.ids[0].get::<String>("id").as_deref(),
+        entries[0].get::<String>("id").as_deref(),
         body["uuid"].as_str()
     );
     drop(verified);
@@ -1037,12 +1020,9 @@ async fn amqps_and_rediss_are_verified_against_the_delivery_ca() {
         "the log says why: {}",
         refused.log()
     );
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("importer-events")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(entries.ids.len(), 1, "nothing more");
+    assert_eq!(
+        xrange(&redis_server.url(), "importer-events").await.len(),
+        1,
+        "nothing more"
+    );
 }

@@ -60,17 +60,10 @@ wait_port() { # port what
 
 # The importer (a fresh session id per embed) and the HTTP receiver.
 UP=$(port); SINK=$(port)
-nginx_conf importer "server { listen 127.0.0.1:$UP;
-    location /v1/embeds { default_type application/json; return 200 '{\"id\":\"\$request_id\",\"status\":\"initialized\"}'; }
-    location / { default_type application/json; return 200 '{\"ok\":true}'; } }"
+importer_conf "$UP"
 nginx_conf sink "server { listen 127.0.0.1:$SINK; location /hooks { return 200; } }"
 nginx -c "$WORK/importer/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 nginx -c "$WORK/sink/nginx.conf" -g 'daemon off;' & PIDS+=($!)
-cat >"$WORK/event.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"uuid":"event-6f1c2a9e-4b7d-4e21-9a53-0c8d7e5f1b2a","embed_id":"abc","environment_name":"Production","event_type":"embed_initialized","trigger_type":"user","data":{"template_key":"contacts","embed_id":"abc","session":"0123456789abcdef0123456789abcdef"},"created_at":1706112805.5}'
-LUA
 
 # The brokers.
 NATS=$(port); REDIS=$(port); RABBIT=$(port)
@@ -156,7 +149,7 @@ RULES
 
   # 3: the ceiling for as many messages, as many at once.
   if [ "$kind" = http ]; then
-    wrk -t1 -c"$CONCURRENCY" -d10s -s "$WORK/event.lua" "http://127.0.0.1:$SINK/hooks" >"$RAWDIR/wrk-ceiling-http.txt"
+    wrk -t1 -c"$CONCURRENCY" -d10s -s benches/load/event.lua "http://127.0.0.1:$SINK/hooks" >"$RAWDIR/wrk-ceiling-http.txt"
     rate=$(awk '/Requests\/sec/ {print $2}' "$RAWDIR/wrk-ceiling-http.txt")
   else
     KIND=$kind URL=$(broker_url "$kind") N=$n CONCURRENCY=$CONCURRENCY ceiling >"$RAWDIR/ceiling-$kind.txt"

@@ -60,19 +60,11 @@ UP=$(port); SINK=$(port)
 TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')   # the admin API's, for this run
 
 # The importer: a fresh session id per embed; anything else is untapped.
-nginx_conf importer "server { listen 127.0.0.1:$UP;
-    location /v1/embeds { default_type application/json; return 200 '{\"id\":\"\$request_id\",\"status\":\"initialized\"}'; }
-    location / { default_type application/json; return 200 '{\"ok\":true}'; } }"
+importer_conf "$UP"
 # The receiver: 410 Gone while $WORK/gone exists, 200 otherwise.
 nginx_conf sink "server { listen 127.0.0.1:$SINK; location /hooks { if (-f $WORK/gone) { return 410; } return 200; } }"
 nginx -c "$WORK/importer/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 nginx -c "$WORK/sink/nginx.conf" -g 'daemon off;' & PIDS+=($!)
-# What the receiver's ceiling is measured with: an event-sized body.
-cat >"$WORK/event.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"uuid":"event-6f1c2a9e-4b7d-4e21-9a53-0c8d7e5f1b2a","embed_id":"abc","environment_name":"Production","event_type":"embed_initialized","trigger_type":"user","data":{"template_key":"contacts","embed_id":"abc","session":"0123456789abcdef0123456789abcdef"},"created_at":1706112805.5}'
-LUA
 for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$SINK/hooks" && curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
 
 rss_kib() { awk -v f="$2" '$1 == f {print $2}' "/proc/$1/status"; }
@@ -212,7 +204,7 @@ RULES
 
   # 3: drain. First the receiver's ceiling, then enable the webhook.
   rm -f "$WORK/gone"
-  wrk -t1 -c"$CONNS" -d10s -s "$WORK/event.lua" "http://127.0.0.1:$SINK/hooks" >"$RAWDIR/wrk-receiver.txt"
+  wrk -t1 -c"$CONNS" -d10s -s benches/load/event.lua "http://127.0.0.1:$SINK/hooks" >"$RAWDIR/wrk-receiver.txt"
   raw receiver_rps "$(awk '/Requests\/sec/ {print $2}' "$RAWDIR/wrk-receiver.txt")"
   local d0 d=0 code deadline
   d0=$(delivered)

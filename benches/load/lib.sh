@@ -22,6 +22,15 @@ http {
 NGINX
 }
 
+# importer_conf port: nginx as the importer, a fresh session id per
+# `POST /v1/embeds` (one event each through the shipped route); anything
+# else answered 200 and untapped.
+importer_conf() {
+  nginx_conf importer "server { listen 127.0.0.1:$1;
+    location /v1/embeds { default_type application/json; return 200 '{\"id\":\"\$request_id\",\"status\":\"initialized\"}'; }
+    location / { default_type application/json; return 200 '{\"ok\":true}'; } }"
+}
+
 # await_taphook name listen admin: waits (at most 2 minutes) until taphook
 # $name is ready, then sets PID[$name] to the process that listens (under
 # a wrapper, its child); if it does not start, prints its log and exits.
