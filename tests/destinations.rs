@@ -470,6 +470,22 @@ async fn an_unroutable_message_is_retried_then_dead_lettered() {
 
 // ---------------------------------------------------------------- Redis
 
+/// Webhook `stream` to `redis_server`, with `query` (the stream and
+/// `maxlen`) and `extra` lines.
+fn redis_webhook(
+    redis_server: &common::brokers::Redis,
+    query: &str,
+    extra: &str,
+) -> Vec<(&'static str, String)> {
+    vec![(
+        "hooks.yaml",
+        format!(
+            "webhooks:\n  - key: stream\n    url: redis://127.0.0.1:{}/0?{query}\n    events: [\"*\"]\n{extra}",
+            redis_server.port
+        ),
+    )]
+}
+
 /// A stream's entries, on a new connection (servers restart in these
 /// tests); none when Redis does not answer.
 async fn xrange(url: &str, stream: &str) -> Vec<redis::streams::StreamId> {
@@ -490,13 +506,11 @@ async fn xrange(url: &str, stream: &str) -> Vec<redis::streams::StreamId> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_reaches_a_redis_stream_even_across_an_outage() {
     let mut redis_server = common::brokers::Redis::start();
-    let stack = Stack::with_rules(vec![(
-        "hooks.yaml",
-        format!(
-            "webhooks:\n  - key: stream\n    url: redis://127.0.0.1:{}/0?stream=importer-{{template_key}}&maxlen=~1000\n    events: [\"*\"]\n    retry: {{ on: [error, timeout], max_retries: 100, backoff: [200ms] }}\n    timeout: 1s\n    signing: {{ scheme: standard-webhooks, secrets: [{SECRET}] }}\n",
-            redis_server.port
-        ),
-    )])
+    let stack = Stack::with_rules(redis_webhook(
+        &redis_server,
+        "stream=importer-{template_key}&maxlen=~1000",
+        &format!("{PATIENT}    signing: {{ scheme: standard-webhooks, secrets: [{SECRET}] }}\n"),
+    ))
     .await;
     let id = stack
         .create_embed(json!({"template_key": "contacts"}), false)
@@ -733,13 +747,11 @@ async fn a_rabbitmq_broker_restarted_mid_run_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_server_restarted_mid_run_loses_nothing() {
     let redis_server = common::brokers::Redis::durable();
-    let stack = Stack::with_rules(vec![(
-        "hooks.yaml",
-        format!(
-            "webhooks:\n  - key: stream\n    url: redis://127.0.0.1:{}/0?stream=importer-events\n    events: [\"*\"]\n{PATIENT}",
-            redis_server.port
-        ),
-    )])
+    let stack = Stack::with_rules(redis_webhook(
+        &redis_server,
+        "stream=importer-events",
+        PATIENT,
+    ))
     .await;
     let redis_server = run_across_a_restart(&stack, "stream", redis_server, restart_redis).await;
     let bodies: Vec<serde_json::Value> = xrange(&redis_server.url(), "importer-events")
@@ -911,13 +923,11 @@ async fn ordering_session_holds_on_redis_when_a_step_fails() {
                 .push(key.trim_start_matches("importer-").to_string());
         }
     });
-    let stack = Stack::with_rules(vec![(
-        "hooks.yaml",
-        format!(
-            "webhooks:\n  - key: stream\n    url: redis://127.0.0.1:{}/0?stream=importer-{{event_type}}\n    events: [\"*\"]\n{ORDERED}",
-            redis_server.port
-        ),
-    )])
+    let stack = Stack::with_rules(redis_webhook(
+        &redis_server,
+        "stream=importer-{event_type}",
+        ORDERED,
+    ))
     .await;
     let id = stack
         .create_embed(json!({"template_key": "contacts"}), false)
