@@ -20,7 +20,8 @@
 //!   multiplexed connection, each reply awaited.
 //!
 //! `SETUP=1` only makes the stream, or the exchange and queue, and exits.
-//! Prints one line: `<kind> <messages> <seconds> <messages/s>`.
+//! Prints one line: `<kind> <messages> <seconds> <messages/s>`. Without
+//! `--bench` (as `cargo test --all-targets` runs it), a smoke run.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,21 +38,37 @@ fn env(name: &str, default: &str) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; nothing here reads arguments.
+    // `cargo test --all-targets` runs this without `--bench`: then a smoke
+    // run (200 messages to a redis-server and a nats-server started here)
+    // so the loop cannot rot unnoticed.
+    if !std::env::args().any(|a| a == "--bench") {
+        return smoke().await;
+    }
     let kind = env("KIND", "nats");
     let url = std::env::var("URL").context("URL: the broker's URL")?;
     let n: usize = env("N", "20000").parse().context("N")?;
     let concurrency: usize = env("CONCURRENCY", "16").parse().context("CONCURRENCY")?;
-    let setup = std::env::var("SETUP").is_ok();
-    let publisher: Arc<dyn Publish> = match kind.as_str() {
-        "nats" => Arc::new(Nats::connect(&url).await?),
-        "amqp" => Arc::new(Amqp::connect(&url).await?),
-        "redis" => Arc::new(Redis::connect(&url).await?),
-        other => anyhow::bail!("KIND={other}: nats, amqp or redis"),
-    };
-    if setup {
+    if std::env::var("SETUP").is_ok() {
+        connect(&kind, &url).await?;
         return Ok(());
     }
+    let secs = run(connect(&kind, &url).await?, n, concurrency).await?;
+    println!("{kind} {n} {secs:.3} {:.0}", n as f64 / secs);
+    Ok(())
+}
+
+/// The publisher of `kind`, its stream or queue made.
+async fn connect(kind: &str, url: &str) -> anyhow::Result<Arc<dyn Publish>> {
+    Ok(match kind {
+        "nats" => Arc::new(Nats::connect(url).await?),
+        "amqp" => Arc::new(Amqp::connect(url).await?),
+        "redis" => Arc::new(Redis::connect(url).await?),
+        other => anyhow::bail!("KIND={other}: nats, amqp or redis"),
+    })
+}
+
+/// `n` acknowledged publishes, `concurrency` at a time: the seconds taken.
+async fn run(publisher: Arc<dyn Publish>, n: usize, concurrency: usize) -> anyhow::Result<f64> {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -70,9 +87,70 @@ async fn main() -> anyhow::Result<()> {
     for t in tasks {
         t.await??;
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!("{kind} {n} {secs:.3} {:.0}", n as f64 / secs);
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// 200 messages to each of a redis-server and a nats-server on free
+/// loopback ports (`make test` installs both).
+async fn smoke() -> anyhow::Result<()> {
+    let free = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let store = tempfile::tempdir()?;
+    let (redis_port, nats_port) = (free()?, free()?);
+    let servers = [
+        std::process::Command::new("redis-server")
+            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("redis-server")?,
+        std::process::Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &nats_port.to_string(),
+                "-sd",
+            ])
+            .arg(store.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("nats-server")?,
+    ];
+    let _servers = Children(servers);
+    for (kind, url, port) in [
+        (
+            "redis",
+            format!("redis://127.0.0.1:{redis_port}/0"),
+            redis_port,
+        ),
+        ("nats", format!("nats://127.0.0.1:{nats_port}"), nats_port),
+    ] {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "{kind} did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        run(connect(kind, &url).await?, 200, 4).await?;
+        println!("smoke: 200 acknowledged publishes to {kind}");
+    }
     Ok(())
+}
+
+/// Children killed when dropped (an early return included).
+struct Children([std::process::Child; 2]);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// An acknowledged publish, or why not.

@@ -3,7 +3,7 @@
 //! every event arrives once with its headers (the signature verifying); a
 //! broker that is down, then up, gets everything from the outbox; a broker
 //! killed and restarted mid-run loses nothing; `ordering: session` holds
-//! while a step fails and is retried; a refused (NATS), unroutable
+//! while a step fails and is retried; a refused (NATS), unroutable or nacked
 //! (RabbitMQ) message is retried and dead-lettered as the policy says.
 
 mod common;
@@ -466,6 +466,54 @@ async fn an_unroutable_message_is_retried_then_dead_lettered() {
             .await,
         3.0
     );
+}
+
+/// A queue that is full and rejects publishes (`x-overflow:
+/// reject-publish`): RabbitMQ nacks the second message, which is retried
+/// and dead-lettered; the first is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_message_is_retried_then_dead_lettered() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let rabbit = common::brokers::Rabbit::start();
+    let conn = lapin::Connection::connect(&rabbit.url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    ch.queue_declare("one".into(), Default::default(), args)
+        .await
+        .unwrap();
+    // The default exchange routes by queue name.
+    let stack = Stack::with_rules(vec![(
+        "hooks.yaml",
+        format!(
+            "webhooks:\n  - key: rabbit\n    url: amqp://guest:guest@127.0.0.1:{}/%2f?exchange=&routing_key=one\n    events: [embed_initialized]\n    retry: {{ on: [error], max_retries: 2, backoff: [100ms] }}\n",
+            rabbit.port
+        ),
+    )])
+    .await;
+    for _ in 0..2 {
+        stack
+            .create_embed(json!({"template_key": "contacts"}), false)
+            .await;
+    }
+    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"rabbit\"}";
+    assert_eq!(stack.wait_metric(dead, 1.0).await, 1.0, "{}", stack.log());
+    let delivered = "taphook_deliveries_total{outcome=\"delivered\",webhook=\"rabbit\"}";
+    assert_eq!(stack.metric(delivered).await, 1.0);
+    assert_eq!(
+        stack
+            .metric("taphook_delivery_attempts_total{status_class=\"error\",webhook=\"rabbit\"}")
+            .await,
+        3.0,
+        "the nacked one: its first attempt and two retries"
+    );
+    assert!(stack.log().contains("nack"), "the reason: {}", stack.log());
 }
 
 // ---------------------------------------------------------------- Redis
