@@ -118,7 +118,12 @@ impl Publishers {
             return Ok(c);
         }
         let addr = destination::vetted(guard, webhook).await?;
-        let mut options = async_nats::ConnectOptions::new().connection_timeout(timeout);
+        // Only the vetted address: servers a cluster advertises were never
+        // through the guard. A client that lost it is made again (through
+        // the guard, the name resolved anew) at the next attempt.
+        let mut options = async_nats::ConnectOptions::new()
+            .connection_timeout(timeout)
+            .ignore_discovered_servers();
         match destination::credentials(&webhook.url) {
             (user, Some(pass)) => options = options.user_and_password(user, pass),
             (token, None) if !token.is_empty() => options = options.token(token),
