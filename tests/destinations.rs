@@ -1084,3 +1084,80 @@ async fn amqps_and_rediss_are_verified_against_the_delivery_ca() {
         "nothing more"
     );
 }
+
+/// A NATS server that requires TLS, its certificate from a private CA for
+/// `localhost` only, though taphook dials 127.0.0.1: a `tls://`
+/// destination is verified for `localhost` against `delivery.ca` and
+/// delivered; without the CA, refused and nothing published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_over_tls_is_verified_against_the_delivery_ca() {
+    let pki = common::pki::Pki::new("nats");
+    pki.leaf("server", &["localhost"], None);
+    let nats = Nats::start_tls(&pki);
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(pki.path("ca.pem"))
+        .require_tls(true)
+        .connect(format!("tls://localhost:{}", nats.port))
+        .await
+        .unwrap();
+    let mut sub = client.subscribe("importer.>").await.unwrap();
+    client.flush().await.unwrap();
+    let rules = || {
+        vec![(
+            "hooks.yaml",
+            format!(
+                "webhooks:\n  - key: bus\n    url: tls://localhost:{}/importer.{{event_type}}\n    events: [embed_initialized]\n    retry: {{ on: [error, timeout], max_retries: 1, backoff: [100ms] }}\n",
+                nats.port
+            ),
+        )]
+    };
+    // `localhost` is also ::1, where the server does not listen.
+    let with_ca = format!("delivery:\n  ca: {}\n", pki.ca_path());
+    let verified = Stack::start(Setup {
+        rules: rules(),
+        config: &with_ca,
+        allow_private_networks: Some("[127.0.0.0/8]"),
+        ..Default::default()
+    })
+    .await;
+    verified
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let m = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("nothing published: {}", verified.log()))
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(m.subject.as_str(), "importer.embed_initialized");
+    assert_eq!(
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_string()),
+        body["uuid"].as_str().map(str::to_string)
+    );
+    drop(verified);
+
+    let refused = Stack::start(Setup {
+        rules: rules(),
+        allow_private_networks: Some("[127.0.0.0/8]"),
+        ..Default::default()
+    })
+    .await;
+    refused
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"bus\"}";
+    assert_eq!(
+        refused.wait_metric(dead, 1.0).await,
+        1.0,
+        "{}",
+        refused.log()
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "nothing published without the CA"
+    );
+}

@@ -41,7 +41,7 @@ pub enum Kind {
 impl Kind {
     pub fn of(url: &reqwest::Url) -> Self {
         match url.scheme() {
-            "nats" => Kind::Nats,
+            "nats" | "tls" => Kind::Nats,
             "amqp" | "amqps" => Kind::Amqp,
             "redis" | "rediss" => Kind::Redis,
             _ => Kind::Http,
@@ -345,7 +345,7 @@ impl Destinations {
     /// `ca`: `delivery.ca`, for `amqps://` and `rediss://`.
     pub fn new(ca: Option<Ca>) -> Self {
         Self {
-            nats: Default::default(),
+            nats: super::nats::Publishers::new(ca.as_ref()),
             amqp: super::amqp::Publishers::new(ca.clone()),
             redis: super::redis_stream::Publishers::new(ca),
         }

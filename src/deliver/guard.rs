@@ -364,7 +364,7 @@ impl Guard {
     pub fn check_url(&self, url: &reqwest::Url) -> Result<(), Refused> {
         if !matches!(
             url.scheme(),
-            "http" | "https" | "nats" | "amqp" | "amqps" | "redis" | "rediss"
+            "http" | "https" | "nats" | "tls" | "amqp" | "amqps" | "redis" | "rediss"
         ) {
             return Err(Refused::Scheme(url.scheme().to_string()));
         }

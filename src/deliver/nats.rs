@@ -1,5 +1,7 @@
 //! NATS destinations: `nats://[user:password@]host[:4222]/subject.{event_type}`
-//! (a user alone is a token). Each attempt publishes the body to the
+//! (a user alone is a token). Over TLS when the server requires it, or
+//! always with `tls://`: the certificate verified for the URL's host name
+//! against the public roots and `delivery.ca`. Each attempt publishes the body to the
 //! subject, the headers (content type, Standard Webhooks signature,
 //! `traceparent`) as message headers, and `Nats-Msg-Id` set to the
 //! message id (the event's UUID), for JetStream's own dedup window.
@@ -11,7 +13,13 @@
 //! (NATS answers "no responders") gets a core publish, flushed: the server
 //! has it, and its subscribers get it at most once each.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::DigitallySignedStruct;
 
 use super::destination::{self, acknowledged, within, Message, Pool};
 use super::guard::Guard;
@@ -45,12 +53,28 @@ pub fn target(url: &reqwest::Url) -> String {
 }
 
 /// The connections to NATS servers.
-#[derive(Default)]
 pub struct Publishers {
     pool: Pool<async_nats::Client>,
+    /// The roots a server's TLS certificate is verified against: the
+    /// public ones and `delivery.ca`.
+    roots: Arc<rustls::RootCertStore>,
 }
 
 impl Publishers {
+    pub fn new(ca: Option<&destination::Ca>) -> Self {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for cert in ca.iter().flat_map(|ca| ca.der()) {
+            // `Ca::read` parsed them; one the store refuses is left out.
+            let _ = roots.add(rustls::pki_types::CertificateDer::from(cert.to_vec()));
+        }
+        Self {
+            pool: Pool::default(),
+            roots: Arc::new(roots),
+        }
+    }
+
     /// Publishes `message` for `webhook`; what the attempt came to.
     pub async fn publish(
         &self,
@@ -121,19 +145,90 @@ impl Publishers {
         // Only the vetted address: servers a cluster advertises were never
         // through the guard. A client that lost it is made again (through
         // the guard, the name resolved anew) at the next attempt.
+        let host = webhook.url.host_str().unwrap_or_default();
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(timeout)
-            .ignore_discovered_servers();
+            .ignore_discovered_servers()
+            .tls_client_config(self.tls(host)?)
+            .require_tls(webhook.url.scheme() == "tls");
         match destination::credentials(&webhook.url) {
             (user, Some(pass)) => options = options.user_and_password(user, pass),
             (token, None) if !token.is_empty() => options = options.token(token),
             _ => {}
         }
-        let host = webhook.url.host_str().unwrap_or_default();
         let connecting = options.connect(format!("nats://{addr}"));
         let client = destination::connect("NATS", host, timeout, connecting).await?;
         self.pool.put(key, client.clone());
         Ok(client)
+    }
+}
+
+impl Publishers {
+    /// TLS for a server dialled at its vetted address: the certificate is
+    /// verified for `host`, the name in the URL (the client would verify
+    /// it for the address it dials).
+    fn tls(&self, host: &str) -> Result<rustls::ClientConfig, Attempt> {
+        let fail = |e: &dyn std::fmt::Display| Attempt::Error(format!("NATS TLS for {host}: {e}"));
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let name = ServerName::try_from(host.to_string()).map_err(|e| fail(&e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| fail(&e))?;
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(&e))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ForName { inner, name }))
+            .with_no_client_auth())
+    }
+}
+
+/// WebPKI's verification of a server's certificate, for `name` whatever
+/// name the connection was made with.
+#[derive(Debug)]
+struct ForName {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for ForName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

@@ -401,7 +401,12 @@ impl Loader {
     ) -> Option<Webhook> {
         let url = match reqwest::Url::parse(&raw.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
-            Ok(u) if matches!(u.scheme(), "nats" | "amqp" | "amqps" | "redis" | "rediss") => {
+            Ok(u)
+                if matches!(
+                    u.scheme(),
+                    "nats" | "tls" | "amqp" | "amqps" | "redis" | "rediss"
+                ) =>
+            {
                 match crate::deliver::destination::check_url(&u) {
                     Ok(()) => Some(u),
                     Err(why) => {

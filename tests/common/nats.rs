@@ -10,21 +10,45 @@ use taphook::demo::free_port;
 pub struct Nats {
     pub port: u16,
     store: tempfile::TempDir,
+    /// More arguments (TLS).
+    extra: Vec<String>,
     pub child: Child,
 }
 
 impl Nats {
     pub fn start() -> Nats {
-        let store = tempfile::tempdir().unwrap();
-        let port = free_port().unwrap();
-        let child = Self::spawn(port, store.path());
-        Nats { port, store, child }
+        Self::start_with(Vec::new())
     }
 
-    fn spawn(port: u16, store: &Path) -> Child {
+    /// Requiring TLS, with `server.pem` and `server.key` of `pki`.
+    pub fn start_tls(pki: &super::pki::Pki) -> Nats {
+        let path = |n: &str| pki.path(n).display().to_string();
+        Self::start_with(vec![
+            "--tls".into(),
+            "--tlscert".into(),
+            path("server.pem"),
+            "--tlskey".into(),
+            path("server.key"),
+        ])
+    }
+
+    fn start_with(extra: Vec<String>) -> Nats {
+        let store = tempfile::tempdir().unwrap();
+        let port = free_port().unwrap();
+        let child = Self::spawn(port, store.path(), &extra);
+        Nats {
+            port,
+            store,
+            extra,
+            child,
+        }
+    }
+
+    fn spawn(port: u16, store: &Path, extra: &[String]) -> Child {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store)
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -47,7 +71,7 @@ impl Nats {
     }
 
     pub fn restart(&mut self) {
-        self.child = Self::spawn(self.port, self.store.path());
+        self.child = Self::spawn(self.port, self.store.path(), &self.extra);
     }
 }
 
