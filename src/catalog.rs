@@ -320,9 +320,15 @@ fn server(webhook: &Webhook) -> Value {
         (Some(h), None) => h.to_string(),
         _ => String::new(),
     };
+    // AsyncAPI's protocol names: `tls://` is NATS, `rediss://` Redis.
+    let protocol = match crate::deliver::destination::Kind::of(url) {
+        crate::deliver::destination::Kind::Nats => "nats",
+        crate::deliver::destination::Kind::Redis => "redis",
+        _ => url.scheme(),
+    };
     let mut server = json!({
         "host": host,
-        "protocol": url.scheme(),
+        "protocol": protocol,
         "description": format!("The receiver of webhook `{}`", webhook.key),
     });
     if crate::deliver::destination::Kind::of(url) == crate::deliver::destination::Kind::Http {

@@ -10,9 +10,9 @@
 //! - `redis://host:6379/0?stream=importer-events&maxlen=~1000000`
 //!   ([`super::redis_stream`]).
 //!
-//! `amqps://` and `rediss://` speak TLS to the name in the URL (verified
-//! against the public roots and `delivery.ca`) at the address the guard
-//! vetted.
+//! `tls://` (NATS), `amqps://` and `rediss://` speak TLS to the name in
+//! the URL (verified against the public roots and `delivery.ca`) at the
+//! address the guard vetted.
 //!
 //! Every destination's host goes through the SSRF guard (resolved, then
 //! vetted against `delivery.allow_private_networks`); credentials come from
