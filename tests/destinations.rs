@@ -1005,6 +1005,26 @@ async fn ordering_session_holds_on_redis_when_a_step_fails() {
 
 // ---------------------------------------------------------------- TLS
 
+/// A stack whose SSRF guard allows 127.0.0.0/8 only (`localhost` is also
+/// ::1, where the test brokers do not listen), trusting `ca` when given,
+/// after one embed session was created (one `embed_initialized`).
+async fn one_event_trusting(rules: Vec<(&str, String)>, ca: Option<&common::pki::Pki>) -> Stack {
+    let config = ca
+        .map(|pki| format!("delivery:\n  ca: {}\n", pki.ca_path()))
+        .unwrap_or_default();
+    let stack = Stack::start(Setup {
+        rules,
+        config: &config,
+        allow_private_networks: Some("[127.0.0.0/8]"),
+        ..Default::default()
+    })
+    .await;
+    stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    stack
+}
+
 /// `amqps://` and `rediss://` to brokers whose certificates a private CA
 /// signed for `localhost`: verified against `delivery.ca`, the socket at
 /// the address the guard vetted; without the CA, refused (nothing sent).
@@ -1025,19 +1045,7 @@ async fn amqps_and_rediss_are_verified_against_the_delivery_ca() {
             ),
         )]
     };
-    // `localhost` is also ::1, where neither broker listens: the guard
-    // allows 127.0.0.0/8 only.
-    let with_ca = format!("delivery:\n  ca: {}\n", pki.ca_path());
-    let verified = Stack::start(Setup {
-        rules: rules(),
-        config: &with_ca,
-        allow_private_networks: Some("[127.0.0.0/8]"),
-        ..Default::default()
-    })
-    .await;
-    verified
-        .create_embed(json!({"template_key": "contacts"}), false)
-        .await;
+    let verified = one_event_trusting(rules(), Some(&pki)).await;
     for webhook in ["tls-rabbit", "tls-redis"] {
         let delivered =
             format!("taphook_deliveries_total{{outcome=\"delivered\",webhook=\"{webhook}\"}}");
@@ -1060,15 +1068,7 @@ async fn amqps_and_rediss_are_verified_against_the_delivery_ca() {
     drop(verified);
 
     // Without the CA, the brokers' certificates are not trusted.
-    let refused = Stack::start(Setup {
-        rules: rules(),
-        allow_private_networks: Some("[127.0.0.0/8]"),
-        ..Default::default()
-    })
-    .await;
-    refused
-        .create_embed(json!({"template_key": "contacts"}), false)
-        .await;
+    let refused = one_event_trusting(rules(), None).await;
     for webhook in ["tls-rabbit", "tls-redis"] {
         let dead = format!("taphook_deliveries_total{{outcome=\"dead\",webhook=\"{webhook}\"}}");
         assert_eq!(refused.wait_metric(&dead, 1.0).await, 1.0, "{webhook}");
@@ -1111,18 +1111,7 @@ async fn a_nats_server_over_tls_is_verified_against_the_delivery_ca() {
             ),
         )]
     };
-    // `localhost` is also ::1, where the server does not listen.
-    let with_ca = format!("delivery:\n  ca: {}\n", pki.ca_path());
-    let verified = Stack::start(Setup {
-        rules: rules(),
-        config: &with_ca,
-        allow_private_networks: Some("[127.0.0.0/8]"),
-        ..Default::default()
-    })
-    .await;
-    verified
-        .create_embed(json!({"template_key": "contacts"}), false)
-        .await;
+    let verified = one_event_trusting(rules(), Some(&pki)).await;
     let m = tokio::time::timeout(WAIT, sub.next())
         .await
         .unwrap_or_else(|_| panic!("nothing published: {}", verified.log()))
@@ -1138,15 +1127,7 @@ async fn a_nats_server_over_tls_is_verified_against_the_delivery_ca() {
     );
     drop(verified);
 
-    let refused = Stack::start(Setup {
-        rules: rules(),
-        allow_private_networks: Some("[127.0.0.0/8]"),
-        ..Default::default()
-    })
-    .await;
-    refused
-        .create_embed(json!({"template_key": "contacts"}), false)
-        .await;
+    let refused = one_event_trusting(rules(), None).await;
     let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"bus\"}";
     assert_eq!(
         refused.wait_metric(dead, 1.0).await,
