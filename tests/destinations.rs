@@ -1142,3 +1142,76 @@ async fn a_nats_server_over_tls_is_verified_against_the_delivery_ca() {
         "nothing published without the CA"
     );
 }
+
+/// A destination's credentials come from the environment (`${VAR}` in the
+/// rules) and reach no log, metric, API answer, catalog or console page;
+/// a wrong one is an attempt's error that does not repeat it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destinations_credentials_are_shown_nowhere() {
+    const PASSWORD: &str = "nats-pw-5c81e0d2a7";
+    const WRONG: &str = "wrong-pw-93b1f6c4e2";
+    let nats = Nats::start_auth("taphook", PASSWORD);
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("taphook".into(), PASSWORD.into())
+            .connect(nats.url())
+            .await
+            .unwrap();
+    let mut sub = client.subscribe("importer.>").await.unwrap();
+    client.flush().await.unwrap();
+    let stack = Stack::start(Setup {
+        rules: vec![(
+            "hooks.yaml",
+            format!(
+                "webhooks:\n  - key: bus\n    url: nats://taphook:${{BUS_PASSWORD}}@127.0.0.1:{0}/importer.{{event_type}}\n    events: [embed_initialized]\n  - key: wrong\n    url: nats://taphook:${{WRONG_PASSWORD}}@127.0.0.1:{0}/importer.{{event_type}}\n    events: [embed_initialized]\n",
+                nats.port
+            ),
+        )],
+        env: vec![("BUS_PASSWORD", PASSWORD.into()), ("WRONG_PASSWORD", WRONG.into())],
+        config: "admin_token: dest-t0ken\n",
+        ..Default::default()
+    })
+    .await;
+    stack
+        .create_embed(json!({"template_key": "contacts"}), false)
+        .await;
+    let m = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("nothing published: {}", stack.log()))
+        .unwrap();
+    assert_eq!(m.subject.as_str(), "importer.embed_initialized");
+    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"wrong\"}";
+    assert_eq!(stack.wait_metric(dead, 1.0).await, 1.0, "{}", stack.log());
+    let mut seen = vec![
+        ("the log", stack.log()),
+        ("the metrics", stack.metrics().await),
+    ];
+    // What the API answers (the console shows nothing else).
+    for path in [
+        "/v1/event-webhooks",
+        "/v1/event-webhooks/bus",
+        "/v1/event-webhooks/wrong/history",
+        "/v1/deliveries?state=dead",
+        "/v1/catalog/asyncapi.json",
+    ] {
+        let (status, body) = stack.api("dest-t0ken", "GET", path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        seen.push((path, body.to_string()));
+    }
+    // The dead delivery's attempts, with the broker's reason.
+    let dead: serde_json::Value = serde_json::from_str(&seen[5].1).unwrap();
+    let id = &dead["deliveries"][0]["id"];
+    let id = id.as_str().map_or_else(|| id.to_string(), str::to_string);
+    let (_, attempts) = stack
+        .api("dest-t0ken", "GET", &format!("/v1/deliveries/{id}"), None)
+        .await;
+    assert!(
+        attempts.to_string().contains("NATS"),
+        "the attempt says why: {attempts}"
+    );
+    seen.push(("the attempts", attempts.to_string()));
+    for (what, text) in &seen {
+        for secret in [PASSWORD, WRONG] {
+            assert!(!text.contains(secret), "{what} shows a password: {text}");
+        }
+    }
+}

@@ -119,7 +119,7 @@ impl Cluster {
             std::fs::write(dir.join("taphook.yaml"), config).unwrap();
             let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-            match launch(&dir, admin, proxy, "info,taphook=debug").await {
+            match launch(&dir, admin, proxy, "info,taphook=debug", &[]).await {
                 Ok(child) => {
                     return Replica {
                         dir,

@@ -387,7 +387,7 @@ async fn record_dir_with_no_route_yet_records_every_exchange() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::hand_config(dir.path(), &importer.url(), "record:\n  dir: rec\n");
     let (proxy, admin) = (config.proxy, config.admin);
-    let mut child = common::launch(dir.path(), admin, proxy, "info")
+    let mut child = common::launch(dir.path(), admin, proxy, "info", &[])
         .await
         .unwrap();
     let r = common::client()

@@ -188,7 +188,7 @@ async fn a_real_importer_from_nothing_to_delivered_webhooks() {
         String::from_utf8_lossy(&out.stdout)
     );
     let _taphook = Killed(
-        common::launch(dir.path(), admin, proxy, "info")
+        common::launch(dir.path(), admin, proxy, "info", &[])
             .await
             .unwrap_or_else(|log| panic!("{log}")),
     );

@@ -32,6 +32,7 @@ pub struct Stack {
     pub client: reqwest::Client,
     child: Child,
     log_filter: String,
+    env: Vec<(String, String)>,
 }
 
 /// What a test changes in the stack.
@@ -54,6 +55,8 @@ pub struct Setup<'a> {
     /// (the receiver's, which the SSRF guard refuses by default);
     /// `Some("[]")`: taphook's default.
     pub allow_private_networks: Option<&'a str>,
+    /// Environment variables for taphook (rules and config read `${VAR}`).
+    pub env: Vec<(&'a str, String)>,
 }
 
 /// Routes of a session keyed by a hashed cookie (`sessionid`) and joined
@@ -135,6 +138,11 @@ impl Stack {
             std::fs::write(rules_dir.join(name), text).unwrap();
         }
         let log_filter = setup.log_filter.unwrap_or(LOG_FILTER).to_string();
+        let env: Vec<(String, String)> = setup
+            .env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         // A free port is released before taphook binds it, so a parallel
         // test can take it first: then taphook exits, and we try again.
         for _attempt in 0..3 {
@@ -149,7 +157,7 @@ impl Stack {
             std::fs::write(dir.path().join("taphook.yaml"), config).unwrap();
             let proxy: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-            match launch(dir.path(), admin, proxy, &log_filter).await {
+            match launch(dir.path(), admin, proxy, &log_filter, &env).await {
                 Ok(child) => {
                     return Stack {
                         importer,
@@ -160,6 +168,7 @@ impl Stack {
                         client: client(),
                         child,
                         log_filter,
+                        env,
                     }
                 }
                 Err(log) if log.contains("cannot listen") => continue,
@@ -184,7 +193,15 @@ impl Stack {
 
     /// Starts taphook again after it stopped.
     pub async fn relaunch(&mut self) {
-        match launch(self.dir.path(), self.admin, self.proxy, &self.log_filter).await {
+        match launch(
+            self.dir.path(),
+            self.admin,
+            self.proxy,
+            &self.log_filter,
+            &self.env,
+        )
+        .await
+        {
             Ok(child) => self.child = child,
             Err(log) => panic!("taphook did not restart:\n{log}"),
         }
@@ -457,6 +474,7 @@ pub async fn launch(
     admin: SocketAddr,
     proxy: SocketAddr,
     log_filter: &str,
+    env: &[(String, String)],
 ) -> Result<Child, String> {
     let log_path = dir.join("taphook.log");
     let log = std::fs::OpenOptions::new()
@@ -468,6 +486,7 @@ pub async fn launch(
         .args(["run", "--config"])
         .arg(dir.join("taphook.yaml"))
         .env("RUST_LOG", log_filter)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()

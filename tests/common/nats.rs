@@ -20,6 +20,16 @@ impl Nats {
         Self::start_with(Vec::new())
     }
 
+    /// Requiring user `user` with password `password`.
+    pub fn start_auth(user: &str, password: &str) -> Nats {
+        Self::start_with(vec![
+            "--user".into(),
+            user.into(),
+            "--pass".into(),
+            password.into(),
+        ])
+    }
+
     /// Requiring TLS, with `server.pem` and `server.key` of `pki`.
     pub fn start_tls(pki: &super::pki::Pki) -> Nats {
         let path = |n: &str| pki.path(n).display().to_string();
