@@ -123,11 +123,7 @@ impl Publishers {
             }
         })
         .await;
-        if !matches!(attempt, Attempt::Status { .. }) {
-            // A channel that failed may be closed: open a new one next time.
-            self.pool.forget(&key);
-        }
-        attempt
+        self.pool.keep_if_acknowledged(&key, attempt)
     }
 
     async fn channel(

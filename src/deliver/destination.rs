@@ -38,14 +38,25 @@ pub enum Kind {
     Redis,
 }
 
+/// Every scheme a webhook's `url` may have, as the rules' error lists them.
+pub const SCHEMES: &str = "http, https, nats, tls, amqp, amqps, redis or rediss";
+
 impl Kind {
-    pub fn of(url: &reqwest::Url) -> Self {
-        match url.scheme() {
-            "nats" | "tls" => Kind::Nats,
-            "amqp" | "amqps" => Kind::Amqp,
-            "redis" | "rediss" => Kind::Redis,
-            _ => Kind::Http,
+    /// What a URL with `scheme` names; `None` for a scheme taphook does not
+    /// deliver to (the one list the rules and the SSRF guard check).
+    pub fn from_scheme(scheme: &str) -> Option<Self> {
+        match scheme {
+            "http" | "https" => Some(Kind::Http),
+            "nats" | "tls" => Some(Kind::Nats),
+            "amqp" | "amqps" => Some(Kind::Amqp),
+            "redis" | "rediss" => Some(Kind::Redis),
+            _ => None,
         }
+    }
+
+    /// What a webhook's URL (a scheme the rules accepted) names.
+    pub fn of(url: &reqwest::Url) -> Self {
+        Self::from_scheme(url.scheme()).unwrap_or(Kind::Http)
     }
 
     /// The `kind` label of the metrics.
@@ -272,11 +283,17 @@ impl<C: Clone> Pool<C> {
             .insert(key, client);
     }
 
-    pub fn forget(&self, key: &str) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+    /// `attempt`, after dropping `key`'s connection when it failed: the
+    /// connection (or channel) may be gone, and the next attempt makes a
+    /// new one, through the SSRF guard.
+    pub fn keep_if_acknowledged(&self, key: &str, attempt: Attempt) -> Attempt {
+        if !matches!(attempt, Attempt::Status { .. }) {
+            self.clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(key);
+        }
+        attempt
     }
 }
 

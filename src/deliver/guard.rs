@@ -362,10 +362,7 @@ impl Guard {
     /// The scheme, and the host when it is an IP address (which no
     /// resolver sees). A host name is checked when it is resolved.
     pub fn check_url(&self, url: &reqwest::Url) -> Result<(), Refused> {
-        if !matches!(
-            url.scheme(),
-            "http" | "https" | "nats" | "tls" | "amqp" | "amqps" | "redis" | "rediss"
-        ) {
+        if super::destination::Kind::from_scheme(url.scheme()).is_none() {
             return Err(Refused::Scheme(url.scheme().to_string()));
         }
         // The URL parser writes every IPv4 spelling (`2130706433`,

@@ -93,11 +93,7 @@ impl Publishers {
             }
         })
         .await;
-        if !matches!(attempt, Attempt::Status { .. }) {
-            // The connection may be gone: make it again next time.
-            self.pool.forget(&key);
-        }
-        attempt
+        self.pool.keep_if_acknowledged(&key, attempt)
     }
 
     async fn connection(

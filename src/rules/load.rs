@@ -399,15 +399,22 @@ impl Loader {
         at: &str,
         origin: Origin,
     ) -> Option<Webhook> {
+        use crate::deliver::destination::{self, Kind};
         let url = match reqwest::Url::parse(&raw.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
-            Ok(u)
-                if matches!(
-                    u.scheme(),
-                    "nats" | "tls" | "amqp" | "amqps" | "redis" | "rediss"
-                ) =>
-            {
-                match crate::deliver::destination::check_url(&u) {
+            Ok(u) => match Kind::from_scheme(u.scheme()) {
+                Some(Kind::Http) if u.host().is_some() => Some(u),
+                Some(Kind::Http) | None => {
+                    self.problems.push(doc.problem(
+                        &format!("{at}/url"),
+                        format!(
+                            "webhook URL must be {} with a host, got `{}`",
+                            destination::SCHEMES,
+                            u.scheme()
+                        ),
+                    ));
+                    None
+                }
+                Some(_) => match destination::check_url(&u) {
                     Ok(()) => Some(u),
                     Err(why) => {
                         self.problems.push(doc.problem(
@@ -416,18 +423,8 @@ impl Loader {
                         ));
                         None
                     }
-                }
-            }
-            Ok(u) => {
-                self.problems.push(doc.problem(
-                    &format!("{at}/url"),
-                    format!(
-                        "webhook URL must be http, https, nats, amqp, amqps or redis with a host, got `{}`",
-                        u.scheme()
-                    ),
-                ));
-                None
-            }
+                },
+            },
             Err(e) => {
                 self.problems
                     .push(doc.problem(&format!("{at}/url"), format!("invalid webhook URL: {e}")));
