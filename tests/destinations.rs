@@ -58,6 +58,39 @@ async fn messages(
     out
 }
 
+/// What `read` returns once it holds `n` items: read every 50 ms, for at
+/// most `WAIT` (then a panic showing the last read).
+async fn holding<T: std::fmt::Debug, F: std::future::Future<Output = Vec<T>>>(
+    n: usize,
+    read: impl Fn() -> F,
+) -> Vec<T> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got = read().await;
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n}: {got:?}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `taphook_deliveries_total` of `webhook` with `outcome`.
+fn deliveries(webhook: &str, outcome: &str) -> String {
+    format!("taphook_deliveries_total{{outcome=\"{outcome}\",webhook=\"{webhook}\"}}")
+}
+
+/// `taphook_delivery_attempts_total` of `webhook` with `status_class`.
+fn attempts(webhook: &str, status_class: &str) -> String {
+    format!(
+        "taphook_delivery_attempts_total{{status_class=\"{status_class}\",webhook=\"{webhook}\"}}"
+    )
+}
+
 fn nats_webhook(nats: &Nats, extra: &str) -> Vec<(&'static str, String)> {
     vec![(
         "hooks.yaml",
@@ -125,10 +158,7 @@ async fn every_event_reaches_a_nats_stream_once_with_its_headers() {
     );
     assert_eq!(
         stack
-            .wait_metric(
-                "taphook_deliveries_total{outcome=\"delivered\",webhook=\"bus\"}",
-                8.0
-            )
+            .wait_metric(&deliveries("bus", "delivered"), 8.0)
             .await,
         8.0
     );
@@ -184,10 +214,7 @@ async fn a_broker_down_then_up_gets_everything_from_the_outbox() {
     }
     // Attempts fail while NATS is down ...
     stack
-        .wait_metric_at_least(
-            "taphook_delivery_attempts_total{status_class=\"error\",webhook=\"bus\"}",
-            3.0,
-        )
+        .wait_metric_at_least(&attempts("bus", "error"), 3.0)
         .await;
     // ... and once it is back (same store), every event arrives, once.
     nats.restart();
@@ -205,10 +232,7 @@ async fn a_broker_down_then_up_gets_everything_from_the_outbox() {
     );
     assert_eq!(
         stack
-            .wait_metric(
-                "taphook_deliveries_total{outcome=\"delivered\",webhook=\"bus\"}",
-                3.0
-            )
+            .wait_metric(&deliveries("bus", "delivered"), 3.0)
             .await,
         3.0
     );
@@ -232,7 +256,7 @@ async fn the_ssrf_guard_applies_to_a_nats_host() {
     stack
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;
-    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"bus\"}";
+    let dead = &deliveries("bus", "dead");
     let deadline = std::time::Instant::now() + WAIT;
     while stack
         .metric("taphook_delivery_refused_total{reason=\"private_address\",webhook=\"bus\"}")
@@ -276,17 +300,12 @@ async fn a_message_the_stream_refuses_is_retried_then_dead_lettered() {
             .create_embed(json!({"template_key": "contacts"}), false)
             .await;
     }
-    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"bus\"}";
+    let dead = &deliveries("bus", "dead");
     assert_eq!(stack.wait_metric(dead, 1.0).await, 1.0, "{}", stack.log());
-    let delivered = "taphook_deliveries_total{outcome=\"delivered\",webhook=\"bus\"}";
+    let delivered = &deliveries("bus", "delivered");
     assert_eq!(stack.wait_metric(delivered, 1.0).await, 1.0);
     // The refused one: its first attempt and two retries.
-    assert_eq!(
-        stack
-            .metric("taphook_delivery_attempts_total{status_class=\"error\",webhook=\"bus\"}")
-            .await,
-        3.0
-    );
+    assert_eq!(stack.metric(&attempts("bus", "error")).await, 3.0);
 }
 
 // ---------------------------------------------------------------- RabbitMQ
@@ -458,14 +477,9 @@ async fn an_unroutable_message_is_retried_then_dead_lettered() {
     stack
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;
-    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"rabbit\"}";
+    let dead = &deliveries("rabbit", "dead");
     assert_eq!(stack.wait_metric(dead, 1.0).await, 1.0, "{}", stack.log());
-    assert_eq!(
-        stack
-            .metric("taphook_delivery_attempts_total{status_class=\"error\",webhook=\"rabbit\"}")
-            .await,
-        3.0
-    );
+    assert_eq!(stack.metric(&attempts("rabbit", "error")).await, 3.0);
 }
 
 /// A queue that is full and rejects publishes (`x-overflow:
@@ -502,14 +516,12 @@ async fn a_nacked_message_is_retried_then_dead_lettered() {
             .create_embed(json!({"template_key": "contacts"}), false)
             .await;
     }
-    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"rabbit\"}";
+    let dead = &deliveries("rabbit", "dead");
     assert_eq!(stack.wait_metric(dead, 1.0).await, 1.0, "{}", stack.log());
-    let delivered = "taphook_deliveries_total{outcome=\"delivered\",webhook=\"rabbit\"}";
+    let delivered = &deliveries("rabbit", "delivered");
     assert_eq!(stack.metric(delivered).await, 1.0);
     assert_eq!(
-        stack
-            .metric("taphook_delivery_attempts_total{status_class=\"error\",webhook=\"rabbit\"}")
-            .await,
+        stack.metric(&attempts("rabbit", "error")).await,
         3.0,
         "the nacked one: its first attempt and two retries"
     );
@@ -566,24 +578,7 @@ async fn every_event_reaches_a_redis_stream_even_across_an_outage() {
     stack.finish_session(id).await;
     // The stream's entries once it holds `n`.
     let url = redis_server.url();
-    let entries = |n: usize| {
-        let url = url.clone();
-        async move {
-            let deadline = std::time::Instant::now() + WAIT;
-            loop {
-                let got = xrange(&url, "importer-contacts").await;
-                if got.len() >= n {
-                    return got;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{} of {n} entries",
-                    got.len()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let entries = |n: usize| holding(n, || xrange(&url, "importer-contacts"));
     let got = entries(8).await;
     let mut ids = BTreeSet::new();
     for e in &got {
@@ -613,20 +608,14 @@ async fn every_event_reaches_a_redis_stream_even_across_an_outage() {
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;
     stack
-        .wait_metric_at_least(
-            "taphook_delivery_attempts_total{status_class=\"error\",webhook=\"stream\"}",
-            1.0,
-        )
+        .wait_metric_at_least(&attempts("stream", "error"), 1.0)
         .await;
     redis_server.restart();
     let got = entries(1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(
         stack
-            .wait_metric(
-                "taphook_deliveries_total{outcome=\"delivered\",webhook=\"stream\"}",
-                9.0
-            )
+            .wait_metric(&deliveries("stream", "delivered"), 9.0)
             .await,
         9.0
     );
@@ -677,8 +666,7 @@ async fn run_across_a_restart<B: Send + 'static>(
     broker: B,
     restart: fn(&mut B),
 ) -> B {
-    let delivered =
-        format!("taphook_deliveries_total{{outcome=\"delivered\",webhook=\"{webhook}\"}}");
+    let delivered = deliveries(webhook, "delivered");
     let produce = async {
         for i in 0..SESSIONS {
             let id = stack
@@ -702,11 +690,10 @@ async fn run_across_a_restart<B: Send + 'static>(
         .wait_metric_at_least(&delivered, (SESSIONS * 8) as f64)
         .await;
     // The outage was in the run: attempts failed, and were retried.
-    let failed = |class: &str| {
-        format!("taphook_delivery_attempts_total{{status_class=\"{class}\",webhook=\"{webhook}\"}}")
-    };
     assert!(
-        stack.metric(&failed("error")).await + stack.metric(&failed("timeout")).await >= 1.0,
+        stack.metric(&attempts(webhook, "error")).await
+            + stack.metric(&attempts(webhook, "timeout")).await
+            >= 1.0,
         "no attempt failed: the restart missed the run"
     );
     broker
@@ -823,8 +810,7 @@ async fn assert_held_behind_the_failure<F: std::future::Future<Output = Vec<Stri
     webhook: &str,
     arrived: impl Fn() -> F,
 ) {
-    let failing =
-        format!("taphook_delivery_attempts_total{{status_class=\"error\",webhook=\"{webhook}\"}}");
+    let failing = attempts(webhook, "error");
     stack.wait_metric_at_least(&failing, 3.0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -935,12 +921,7 @@ async fn ordering_session_holds_on_rabbitmq_when_a_step_fails() {
     };
     assert_held_behind_the_failure(&stack, "rabbit", drain).await;
     rabbit_bind(&ch, &keys[2]).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while drain().await.len() < 8 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", drain().await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(drain().await, steps);
+    assert_eq!(holding(8, drain).await, steps);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -981,26 +962,14 @@ async fn ordering_session_holds_on_redis_when_a_step_fails() {
         .create_embed(json!({"template_key": "contacts"}), false)
         .await;
     stack.finish_session(id).await;
-    assert_held_behind_the_failure(&stack, "stream", || {
-        let a = appended.clone();
-        async move { a.lock().unwrap().clone() }
-    })
-    .await;
+    let appended_now = || async { appended.lock().unwrap().clone() };
+    assert_held_behind_the_failure(&stack, "stream", appended_now).await;
     let _: () = redis::cmd("DEL")
         .arg(&blocked)
         .query_async(&mut conn)
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while appended.lock().unwrap().len() < 8 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            appended.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(*appended.lock().unwrap(), steps);
+    assert_eq!(holding(8, appended_now).await, steps);
 }
 
 // ---------------------------------------------------------------- TLS
@@ -1047,8 +1016,7 @@ async fn amqps_and_rediss_are_verified_against_the_delivery_ca() {
     };
     let verified = one_event_trusting(rules(), Some(&pki)).await;
     for webhook in ["tls-rabbit", "tls-redis"] {
-        let delivered =
-            format!("taphook_deliveries_total{{outcome=\"delivered\",webhook=\"{webhook}\"}}");
+        let delivered = deliveries(webhook, "delivered");
         assert_eq!(
             verified.wait_metric(&delivered, 1.0).await,
             1.0,
@@ -1070,7 +1038,7 @@ async fn amqps_and_rediss_are_verified_against_the_delivery_ca() {
     // Without the CA, the brokers' certificates are not trusted.
     let refused = one_event_trusting(rules(), None).await;
     for webhook in ["tls-rabbit", "tls-redis"] {
-        let dead = format!("taphook_deliveries_total{{outcome=\"dead\",webhook=\"{webhook}\"}}");
+        let dead = deliveries(webhook, "dead");
         assert_eq!(refused.wait_metric(&dead, 1.0).await, 1.0, "{webhook}");
     }
     assert!(
@@ -1128,7 +1096,7 @@ async fn a_nats_server_over_tls_is_verified_against_the_delivery_ca() {
     drop(verified);
 
     let refused = one_event_trusting(rules(), None).await;
-    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"bus\"}";
+    let dead = &deliveries("bus", "dead");
     assert_eq!(
         refused.wait_metric(dead, 1.0).await,
         1.0,
@@ -1179,7 +1147,7 @@ async fn a_destinations_credentials_are_shown_nowhere() {
         .unwrap_or_else(|_| panic!("nothing published: {}", stack.log()))
         .unwrap();
     assert_eq!(m.subject.as_str(), "importer.embed_initialized");
-    let dead = "taphook_deliveries_total{outcome=\"dead\",webhook=\"wrong\"}";
+    let dead = &deliveries("wrong", "dead");
     assert_eq!(stack.wait_metric(dead, 1.0).await, 1.0, "{}", stack.log());
     let mut seen = vec![
         ("the log", stack.log()),
